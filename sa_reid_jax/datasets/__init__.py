@@ -1,0 +1,1 @@
+"""Re-id datasets in Market-1501 layout."""

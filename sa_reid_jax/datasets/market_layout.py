@@ -1,0 +1,124 @@
+"""The Market-1501 folder layout, shared by every re-id dataset here.
+
+A dataset folder holds ``bounding_box_train/``, ``bounding_box_test/``
+(gallery) and ``query/``, with image names like ``0002_c1s1_000451_03.jpg``:
+person id 0002, camera 1 (1-based in the name). Person id ``-1`` marks junk
+images and ``0000`` distractors; both only occur in the gallery.
+"""
+
+import dataclasses
+import os
+import re
+
+SPLIT_FOLDERS = {
+    'train': 'bounding_box_train',
+    'query': 'query',
+    'gallery': 'bounding_box_test',
+}
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+JUNK_PERSON_ID = -1
+DISTRACTOR_PERSON_ID = 0
+
+# "<pid>_c<cam>" then anything: Market ("0002_c1s1_000451_03.jpg"), Duke
+# ("0005_c2_f0046985.jpg"), CUHK03-NP ("0001_c1_1.png"), MSMT17 in Market
+# layout ("0000_c1_0000.jpg").
+_FILENAME = re.compile(r'^(-1|\d+)_c(\d+)')
+
+
+class LayoutError(ValueError):
+  """A dataset folder or file name does not follow the Market-1501 layout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  """One image of a Market-layout folder.
+
+  Attributes:
+    path: full path of the image file.
+    person_id: id as written in the file name (-1 junk, 0 distractor).
+    camera_id: 0-based camera index (the name's camera number minus one).
+  """
+  path: str
+  person_id: int
+  camera_id: int
+
+  @property
+  def filename(self) -> str:
+    return os.path.basename(self.path)
+
+
+def parse_filename(path: str) -> tuple[int, int]:
+  """Reads (person_id, 0-based camera_id) from a Market-style file name.
+
+  Args:
+    path: file name or path; its base name looks like
+      ``0002_c1s1_000451_03.jpg``.
+
+  Returns:
+    (person_id, camera_id).
+
+  Raises:
+    LayoutError: naming the file when it does not match ``<pid>_c<cam>...``
+      or its camera number is 0.
+  """
+  match = _FILENAME.match(os.path.basename(path))
+  if match is None:
+    raise LayoutError(f'{path}: not a Market-1501 style image name '
+                      '(expected "<person id>_c<camera>...", e.g. '
+                      '"0002_c1s1_000451_03.jpg")')
+  person_id, camera = int(match.group(1)), int(match.group(2))
+  if camera < 1:
+    raise LayoutError(f'{path}: camera numbers start at 1, got c{camera}')
+  return person_id, camera - 1
+
+
+def split_folder(root: str, split: str) -> str:
+  """Path of a split's folder, checked to exist.
+
+  Args:
+    root: dataset folder.
+    split: ``'train'``, ``'query'`` or ``'gallery'``.
+
+  Returns:
+    the folder path.
+
+  Raises:
+    LayoutError: naming the missing folder and the expected layout.
+  """
+  if split not in SPLIT_FOLDERS:
+    raise LayoutError(f'unknown split {split!r}; expected one of '
+                      f'{sorted(SPLIT_FOLDERS)}')
+  folder = os.path.join(root, SPLIT_FOLDERS[split])
+  if not os.path.isdir(folder):
+    layout = ', '.join(f'{name}/ ({s})' for s, name in SPLIT_FOLDERS.items())
+    raise LayoutError(f'{folder}: missing; a dataset folder in Market-1501 '
+                      f'layout holds {layout}')
+  return folder
+
+
+def scan_split(root: str, split: str) -> list[ImageRecord]:
+  """Lists a split's images in file-name order with their ids and cameras.
+
+  Args:
+    root: dataset folder in Market-1501 layout.
+    split: ``'train'``, ``'query'`` or ``'gallery'``.
+
+  Returns:
+    the records, sorted by file name; files that are not images (e.g.
+    ``Thumbs.db``) are ignored.
+
+  Raises:
+    LayoutError: for a missing folder, an unparsable image name, or a split
+      with no images.
+  """
+  folder = split_folder(root, split)
+  records = []
+  for name in sorted(os.listdir(folder)):
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+      continue
+    path = os.path.join(folder, name)
+    person_id, camera_id = parse_filename(path)
+    records.append(ImageRecord(path, person_id, camera_id))
+  if not records:
+    raise LayoutError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)})')
+  return records

@@ -1,0 +1,12 @@
+"""Networks: the ResNet backbone, the spatial attention layer and SANet."""
+
+from sa_reid_jax.models.attention import apply_spatial_attention
+from sa_reid_jax.models.attention import spatial_attention_map
+from sa_reid_jax.models.normalization import BatchNorm
+from sa_reid_jax.models.resnet import ResNet
+from sa_reid_jax.models.resnet import ResNet50
+from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.models.sanet import VARIANTS
+from sa_reid_jax.models.sanet import model_config
+from sa_reid_jax.models.sanet import model_from_config
+from sa_reid_jax.models.sanet import sanet_variant

@@ -1,0 +1,123 @@
+"""ResNet with torchvision's v1.5 topology, NHWC, in flax.linen.
+
+Module names follow torchvision's state-dict names (``conv1``, ``bn1``,
+``layer3_2/conv2``, ``layer4_0/downsample_conv`` ...) so that weight
+conversion is a renaming plus a transposition.
+"""
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sa_reid_jax.models.normalization import BatchNorm
+
+# torchvision initialises convolutions with He-normal over fan-out.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
+
+
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (v1.5: the stride sits on the 3x3 conv)."""
+  width: int
+  stride: int
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+  expansion: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32,
+                             kernel_init=conv_kernel_init)
+    norm = functools.partial(BatchNorm, dtype=self.dtype,
+                             axis_name=self.bn_axis_name)
+    out_channels = self.width * self.expansion
+
+    y = conv(self.width, (1, 1), name='conv1')(x)
+    y = nn.relu(norm(name='bn1')(y, train))
+    y = conv(self.width, (3, 3), strides=(self.stride, self.stride),
+             padding=((1, 1), (1, 1)), name='conv2')(y)
+    y = nn.relu(norm(name='bn2')(y, train))
+    y = conv(out_channels, (1, 1), name='conv3')(y)
+    y = norm(name='bn3')(y, train)
+
+    if self.stride != 1 or x.shape[-1] != out_channels:
+      x = conv(out_channels, (1, 1), strides=(self.stride, self.stride),
+               name='downsample_conv')(x)
+      x = norm(name='downsample_bn')(x, train)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning the feature map of every stage.
+
+  Attributes:
+    stage_sizes: number of bottleneck blocks per stage ((3, 4, 6, 3) = 50).
+    base_width: channels of the stem and of the first stage's 3x3 convs (64
+      for the standard network; smaller values give cheap test models).
+    last_stride: stride of the first block of the last stage (2 in the
+      ImageNet network; 1 in re-id networks, doubling the final resolution).
+    num_classes: if set, adds torchvision's GAP + ``fc`` classifier.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+  """
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  base_width: int = 64
+  last_stride: int = 2
+  num_classes: Optional[int] = None
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """Runs the network.
+
+    Args:
+      x: images (B, H, W, 3), ImageNet-normalised.
+      train: use batch statistics in BatchNorm (and update the running ones).
+
+    Returns:
+      dict with ``layer1`` .. ``layer4`` feature maps (B, h, w, c) in the
+      compute dtype, and ``logits`` (B, num_classes) in float32 when the
+      classifier is present.
+    """
+    if len(self.stage_sizes) != len(STAGE_NAMES):
+      raise ValueError(f'stage_sizes needs {len(STAGE_NAMES)} entries, got '
+                       f'{self.stage_sizes}')
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.base_width, (7, 7), strides=(2, 2),
+                padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=conv_kernel_init,
+                name='conv1')(x)
+    x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name,
+                  name='bn1')(x, train)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    outputs = {}
+    for stage, (stage_name, num_blocks) in enumerate(
+        zip(STAGE_NAMES, self.stage_sizes)):
+      for block in range(num_blocks):
+        if block > 0 or stage == 0:
+          stride = 1
+        elif stage == len(STAGE_NAMES) - 1:
+          stride = self.last_stride
+        else:
+          stride = 2
+        x = Bottleneck(self.base_width * 2**stage, stride, dtype=self.dtype,
+                       bn_axis_name=self.bn_axis_name,
+                       name=f'{stage_name}_{block}')(x, train)
+      outputs[stage_name] = x
+
+    if self.num_classes is not None:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      outputs['logits'] = nn.Dense(self.num_classes, dtype=jnp.float32,
+                                   name='fc')(pooled)
+    return outputs
+
+
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))

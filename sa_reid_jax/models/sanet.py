@@ -1,0 +1,263 @@
+"""The SA network: ResNet-50 + deep supervision + part (PCB) heads.
+
+Layout (see the project's reference notes for the official code):
+
+* backbone: ResNet-50 v1.5 with last stride 1 (24x8 final map at 384x128).
+* deep supervision (DS) on layer1..layer3: [SA] -> GAP -> reduce to 256
+  (1x1 conv = Dense without bias) -> linear classifier. No BN, no dropout.
+* part head on layer4: [SA] -> average-pool into `num_parts` horizontal
+  stripes -> retrieval descriptor (each part L2-normalised) and, for
+  training, dropout -> shared reduction to 256 -> BN -> ReLU -> one classifier
+  per part; the mean of the reduced parts feeds the global classifier.
+
+With ``num_parts=1`` the part head is the paper's "Backbone" baseline: GAP,
+a 1x1 conv to 256 and one classifier (``global_logits`` only).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sa_reid_jax.models.attention import NORMALIZATIONS, apply_spatial_attention
+from sa_reid_jax.models.normalization import BatchNorm
+from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
+
+# The official code initialises every classifier with N(0, 0.001), bias 0.
+classifier_kernel_init = nn.initializers.normal(stddev=0.001)
+
+DS_STAGES = STAGE_NAMES[:3]
+DTYPES = ('float32', 'bfloat16')
+
+
+def stripe_pool(x: jax.Array, num_parts: int) -> jax.Array:
+  """Averages a feature map over `num_parts` horizontal stripes.
+
+  Bins follow `torch.nn.AdaptiveAvgPool2d((num_parts, 1))`: stripe i covers
+  rows floor(i*H/P) .. ceil((i+1)*H/P) - 1, so for H divisible by P this is
+  the official fixed (H/P x W) average pooling.
+
+  Args:
+    x: (B, H, W, C).
+    num_parts: number of stripes P.
+
+  Returns:
+    (B, P, C), same dtype as x.
+  """
+  height = x.shape[1]
+  if height % num_parts == 0:
+    b, h, w, c = x.shape
+    return jnp.mean(x.reshape(b, num_parts, h // num_parts, w, c), axis=(2, 3))
+  stripes = []
+  for i in range(num_parts):
+    start = (i * height) // num_parts
+    stop = -((-(i + 1) * height) // num_parts)
+    stripes.append(jnp.mean(x[:, start:stop], axis=(1, 2)))
+  return jnp.stack(stripes, axis=1)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / ||x|| along `axis` (x / eps for an all-zero vector, i.e. zeros)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+class SANet(nn.Module):
+  """Parameter-free spatial attention network for person re-id.
+
+  Attributes:
+    num_classes: number of training identities.
+    num_parts: horizontal stripes of the part head (6 = PCB; 1 = the plain
+      "Backbone" baseline of the paper's Table 2).
+    deep_supervision: add the DS heads on layer1..layer3.
+    ds_attention: SA before the GAP of the DS heads ("SA2").
+    backbone_attention: SA on layer4 before the part pooling ("SA1").
+    attention_normalization: ``'softmax'`` (paper) or ``'sum'`` (official).
+    num_features: width of the reduced head features.
+    dropout_rate: dropout on the pooled part vectors in training.
+    stage_sizes, base_width, last_stride: backbone shape (see `ResNet`).
+    dtype: compute dtype, float32 or bfloat16 (name or dtype); parameters,
+      BatchNorm statistics, attention, features and logits stay float32.
+    bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+  """
+  num_classes: int
+  num_parts: int = 6
+  deep_supervision: bool = True
+  ds_attention: bool = True
+  backbone_attention: bool = False
+  attention_normalization: str = 'softmax'
+  num_features: int = 256
+  dropout_rate: float = 0.5
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  base_width: int = 64
+  last_stride: int = 1
+  dtype: Any = 'float32'
+  bn_axis_name: Optional[str] = None
+
+  def _check_config(self):
+    if jnp.dtype(self.dtype).name not in DTYPES:
+      raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+    if self.attention_normalization not in NORMALIZATIONS:
+      raise ValueError('attention_normalization must be one of '
+                       f'{NORMALIZATIONS}, got {self.attention_normalization!r}')
+    if self.num_parts < 1 or self.num_classes < 1:
+      raise ValueError('num_parts and num_classes must be >= 1, got '
+                       f'{self.num_parts} and {self.num_classes}')
+
+  @nn.compact
+  def __call__(self, images: jax.Array,
+               train: bool = False) -> dict[str, Any]:
+    """Runs the network.
+
+    Args:
+      images: (B, H, W, 3) float32, ImageNet-normalised.
+      train: batch statistics in BatchNorm and dropout (rng ``'dropout'``).
+
+    Returns:
+      dict with
+        ``features``: (B, P, 2048) float32, each part L2-normalised (the
+          retrieval descriptor);
+        ``part_logits``: (B, P, num_classes), only when P > 1;
+        ``global_logits``: (B, num_classes);
+        ``ds_logits``: (B, 3, num_classes), only with deep supervision;
+        ``attention``: dict stage name -> (B, h, w) SA weights of the stages
+          that use SA (empty when none does).
+    """
+    self._check_config()
+    dtype = jnp.dtype(self.dtype)
+    dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=jnp.float32)
+    classifier = functools.partial(dense, kernel_init=classifier_kernel_init,
+                                   bias_init=nn.initializers.zeros)
+    reducer = functools.partial(dense, self.num_features, use_bias=False,
+                                kernel_init=conv_kernel_init)
+
+    stages = ResNet(stage_sizes=self.stage_sizes, base_width=self.base_width,
+                    last_stride=self.last_stride, dtype=dtype,
+                    bn_axis_name=self.bn_axis_name,
+                    name='backbone')(images, train)
+    outputs: dict[str, Any] = {}
+    attention: dict[str, jax.Array] = {}
+
+    if self.deep_supervision:
+      ds_logits = []
+      for i, stage in enumerate(DS_STAGES, start=1):
+        x = stages[stage]
+        if self.ds_attention:
+          x, attention[stage] = apply_spatial_attention(
+              x, self.attention_normalization)
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)
+        reduced = reducer(name=f'ds_reduce{i}')(pooled)
+        ds_logits.append(
+            classifier(self.num_classes, name=f'ds_classifier{i}')(reduced))
+      outputs['ds_logits'] = jnp.stack(ds_logits, axis=1).astype(jnp.float32)
+
+    x = stages['layer4']
+    if self.backbone_attention:
+      x, attention['layer4'] = apply_spatial_attention(
+          x, self.attention_normalization)
+    parts = stripe_pool(x.astype(jnp.float32), self.num_parts)  # (B, P, C)
+    outputs['features'] = l2_normalize(parts)
+
+    parts = nn.Dropout(self.dropout_rate, deterministic=not train)(parts)
+    reduced = reducer(name='part_reduce')(parts.astype(dtype))
+    reduced = nn.relu(BatchNorm(dtype=dtype, axis_name=self.bn_axis_name,
+                                name='part_bn')(reduced, train))
+    if self.num_parts > 1:
+      kernel = self.param('part_classifier_kernel', classifier_kernel_init,
+                          (self.num_parts, self.num_features, self.num_classes),
+                          jnp.float32)
+      bias = self.param('part_classifier_bias', nn.initializers.zeros,
+                        (self.num_parts, self.num_classes), jnp.float32)
+      # One independent classifier per part, as a single batched matmul.
+      part_logits = jnp.einsum('bpf,pfc->bpc', reduced, kernel.astype(dtype))
+      outputs['part_logits'] = (part_logits.astype(jnp.float32) + bias)
+    global_feature = jnp.mean(reduced.astype(jnp.float32), axis=1)
+    outputs['global_logits'] = classifier(
+        self.num_classes, name='global_classifier')(
+            global_feature.astype(dtype)).astype(jnp.float32)
+    outputs['attention'] = attention
+    return outputs
+
+
+def model_config(model: SANet) -> dict[str, Any]:
+  """The constructor arguments of `model` as a JSON-serialisable dict."""
+  config = {}
+  for field in dataclasses.fields(SANet):
+    if field.name in ('parent', 'name') or not field.init:
+      continue
+    value = getattr(model, field.name)
+    if field.name == 'dtype':
+      value = jnp.dtype(value).name
+    elif isinstance(value, tuple):
+      value = list(value)
+    config[field.name] = value
+  return config
+
+
+def model_from_config(config: dict[str, Any], source: str = 'config') -> SANet:
+  """Builds an `SANet` from `model_config`'s output.
+
+  Args:
+    config: constructor arguments; unknown keys are an error.
+    source: where the config came from, for the error message.
+
+  Returns:
+    the model.
+
+  Raises:
+    ValueError: naming the unknown keys and the `source`.
+  """
+  known = set(model_config(SANet(num_classes=1)))
+  unknown = sorted(set(config) - known)
+  if unknown:
+    raise ValueError(f'{source}: unknown model config keys {unknown}; '
+                     f'known keys are {sorted(known)}')
+  kwargs = dict(config)
+  if 'stage_sizes' in kwargs:
+    kwargs['stage_sizes'] = tuple(kwargs['stage_sizes'])
+  return SANet(**kwargs)
+
+
+# The paper's networks (Table 2 rows and the full model of Tables 1 and 3).
+# "P" = part head with 6 stripes, "DS" = deep supervision, "SA1" = SA on the
+# backbone, "SA2" = SA on the DS branches.
+VARIANTS: dict[str, dict[str, Any]] = {
+    'backbone': dict(num_parts=1, deep_supervision=False, ds_attention=False,
+                     backbone_attention=False),
+    'backbone_sa1': dict(num_parts=1, deep_supervision=False,
+                         ds_attention=False, backbone_attention=True),
+    'backbone_ds': dict(num_parts=1, deep_supervision=True, ds_attention=False,
+                        backbone_attention=False),
+    'backbone_ds_sa2': dict(num_parts=1, deep_supervision=True,
+                            ds_attention=True, backbone_attention=False),
+    'backbone_ds_sa1_sa2': dict(num_parts=1, deep_supervision=True,
+                                ds_attention=True, backbone_attention=True),
+    'backbone_p_ds': dict(num_parts=6, deep_supervision=True,
+                          ds_attention=False, backbone_attention=False),
+    'backbone_p_ds_sa2': dict(num_parts=6, deep_supervision=True,
+                              ds_attention=True, backbone_attention=False),
+    'backbone_p_ds_sa1_sa2': dict(num_parts=6, deep_supervision=True,
+                                  ds_attention=True, backbone_attention=True),
+}
+# The full model of the paper (Tables 1 and 3) is Backbone+P+DS with SA2.
+VARIANTS['full'] = VARIANTS['backbone_p_ds_sa2']
+VARIANTS['full_no_sa'] = VARIANTS['backbone_p_ds']
+
+
+def sanet_variant(name: str, **kwargs) -> SANet:
+  """Builds one of the paper's networks by `VARIANTS` name.
+
+  Args:
+    name: a key of `VARIANTS`.
+    **kwargs: other `SANet` attributes (num_classes, dtype, ...).
+
+  Returns:
+    the model.
+  """
+  if name not in VARIANTS:
+    raise ValueError(f'unknown SANet variant {name!r}; choose one of '
+                     f'{sorted(VARIANTS)}')
+  return SANet(**{**VARIANTS[name], **kwargs})

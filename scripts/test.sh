@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the test suite from a fresh clone: creates .venv if it is missing,
+# installs the package with its test extras, then runs pytest.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k parity`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/venv.sh
+"$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+exec "$VENV_PYTHON" -m pytest "$@"
