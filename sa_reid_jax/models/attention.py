@@ -30,7 +30,7 @@ def spatial_attention_map(x: jax.Array,
     normalization: ``'softmax'`` (paper) or ``'sum'`` (official code).
 
   Returns:
-    float32 array (B, H, W) whose entries sum to one over (H, W). A map whose
+    float32 array (float64 for float64 input) (B, H, W) whose entries sum to one over (H, W). A map whose
     channel means sum to zero (e.g. all zeros) gets uniform weights under
     ``'sum'`` instead of NaN; its gradient stays finite.
   """
@@ -38,7 +38,7 @@ def spatial_attention_map(x: jax.Array,
     raise ValueError(f'attention normalization must be one of {NORMALIZATIONS},'
                      f' got {normalization!r}')
   batch, height, width, _ = x.shape
-  x32 = x.astype(jnp.float32)
+  x32 = x.astype(jnp.promote_types(jnp.float32, x.dtype))
   if normalization == 'softmax':
     scores = jnp.sum(x32, axis=-1).reshape(batch, height * width)
     weights = jax.nn.softmax(scores, axis=-1)
@@ -69,4 +69,4 @@ def apply_spatial_attention(
     that follows sums the small weighted values without bfloat16 rounding.
   """
   weights = spatial_attention_map(x, normalization)
-  return x.astype(jnp.float32) * weights[..., None], weights
+  return x.astype(weights.dtype) * weights[..., None], weights

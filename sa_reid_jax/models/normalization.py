@@ -21,7 +21,8 @@ TORCH_BN_MOMENTUM = 0.1
 class BatchNorm(nn.Module):
   """BatchNorm over all axes but the last, matching `torch.nn.BatchNorm2d`.
 
-  Statistics are computed and kept in float32 whatever the compute dtype.
+  Statistics are computed in float32 (float64 for a float64 compute dtype)
+  and kept in float32 variables whatever the compute dtype.
 
   Attributes:
     momentum: PyTorch-style momentum (weight of the new batch statistic).
@@ -45,7 +46,7 @@ class BatchNorm(nn.Module):
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
                                 jnp.float32)
 
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(jnp.promote_types(jnp.float32, self.dtype))
     if train:
       reduce_axes = tuple(range(x.ndim - 1))
       # Two passes (mean, then mean squared deviation) rather than

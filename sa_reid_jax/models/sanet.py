@@ -30,7 +30,9 @@ from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
 classifier_kernel_init = nn.initializers.normal(stddev=0.001)
 
 DS_STAGES = STAGE_NAMES[:3]
-DTYPES = ('float32', 'bfloat16')
+# float64 exists to verify numerics against float64 references (needs
+# jax_enable_x64); float32 and bfloat16 are the working dtypes.
+DTYPES = ('float32', 'bfloat16', 'float64')
 
 
 def stripe_pool(x: jax.Array, num_parts: int) -> jax.Array:
@@ -81,6 +83,7 @@ class SANet(nn.Module):
     stage_sizes, base_width, last_stride: backbone shape (see `ResNet`).
     dtype: compute dtype, float32 or bfloat16 (name or dtype); parameters,
       BatchNorm statistics, attention, features and logits stay float32.
+      (float64 is accepted for numerical verification under x64.)
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
   """
   num_classes: int
@@ -128,6 +131,8 @@ class SANet(nn.Module):
     """
     self._check_config()
     dtype = jnp.dtype(self.dtype)
+    # Pooling, descriptors and logits are accumulated in float32 or wider.
+    wide = jnp.promote_types(jnp.float32, dtype)
     dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=jnp.float32)
     classifier = functools.partial(dense, kernel_init=classifier_kernel_init,
                                    bias_init=nn.initializers.zeros)
@@ -148,17 +153,17 @@ class SANet(nn.Module):
         if self.ds_attention:
           x, attention[stage] = apply_spatial_attention(
               x, self.attention_normalization)
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)
+        pooled = jnp.mean(x.astype(wide), axis=(1, 2)).astype(dtype)
         reduced = reducer(name=f'ds_reduce{i}')(pooled)
         ds_logits.append(
             classifier(self.num_classes, name=f'ds_classifier{i}')(reduced))
-      outputs['ds_logits'] = jnp.stack(ds_logits, axis=1).astype(jnp.float32)
+      outputs['ds_logits'] = jnp.stack(ds_logits, axis=1).astype(wide)
 
     x = stages['layer4']
     if self.backbone_attention:
       x, attention['layer4'] = apply_spatial_attention(
           x, self.attention_normalization)
-    parts = stripe_pool(x.astype(jnp.float32), self.num_parts)  # (B, P, C)
+    parts = stripe_pool(x.astype(wide), self.num_parts)  # (B, P, C)
     outputs['features'] = l2_normalize(parts)
 
     parts = nn.Dropout(self.dropout_rate, deterministic=not train)(parts)
@@ -173,11 +178,11 @@ class SANet(nn.Module):
                         (self.num_parts, self.num_classes), jnp.float32)
       # One independent classifier per part, as a single batched matmul.
       part_logits = jnp.einsum('bpf,pfc->bpc', reduced, kernel.astype(dtype))
-      outputs['part_logits'] = (part_logits.astype(jnp.float32) + bias)
-    global_feature = jnp.mean(reduced.astype(jnp.float32), axis=1)
+      outputs['part_logits'] = (part_logits.astype(wide) + bias)
+    global_feature = jnp.mean(reduced.astype(wide), axis=1)
     outputs['global_logits'] = classifier(
         self.num_classes, name='global_classifier')(
-            global_feature.astype(dtype)).astype(jnp.float32)
+            global_feature.astype(dtype)).astype(wide)
     outputs['attention'] = attention
     return outputs
 

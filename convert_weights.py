@@ -1,0 +1,49 @@
+r"""Converts PyTorch weights into a model directory.
+
+  python convert_weights.py --format=torchvision --input=resnet50.pth \
+      --output=DIR [--num_classes=N]
+  python convert_weights.py --format=sa_official \
+      --input=checkpoint.pth.tar --output=DIR
+
+Restore the result with `sa_reid_jax.load_model(DIR)`.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from sa_reid_jax import convert
+
+_FORMAT = flags.DEFINE_enum(
+    'format', None, convert.FORMATS,
+    'torchvision: ImageNet ResNet-50 state dict (backbone initialisation); '
+    'sa_official: trained checkpoint of the official SA code.')
+_INPUT = flags.DEFINE_string(
+    'input', None, 'Weight file: .pth/.pth.tar/.pt, .safetensors or .npz.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Model directory to write.')
+_NUM_CLASSES = flags.DEFINE_integer(
+    'num_classes', None,
+    'Identities of the fresh heads (torchvision format; default '
+    f'{convert.convert.DEFAULT_NUM_CLASSES}). Read from the file for '
+    'sa_official.', lower_bound=1)
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the fresh heads.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False,
+                               'Replace an existing output directory.')
+flags.mark_flags_as_required(['format', 'input', 'output'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    result = convert.convert_checkpoint(_FORMAT.value, _INPUT.value,
+                                        _OUTPUT.value, _NUM_CLASSES.value,
+                                        _SEED.value, _OVERWRITE.value)
+  except convert.ConversionError as error:
+    sys.exit(f'convert_weights.py: error: {error}')
+  print(result.summary())
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,148 @@
+"""SANet's output contract, variants, dtypes and the model directory."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import sa_reid_jax
+from sa_reid_jax.models import VARIANTS, SANet, model_config, model_from_config
+from sa_reid_jax.models import sanet_variant
+from sa_reid_jax.models.sanet import stripe_pool
+
+NUM_CLASSES = 7
+# A small backbone: the contract does not depend on the network's size.
+tiny = functools.partial(sanet_variant, num_classes=NUM_CLASSES,
+                         stage_sizes=(1, 1, 1, 1), base_width=4)
+IMAGES = jax.random.normal(jax.random.key(0), (2, 96, 32, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def init(name):
+  model = tiny(name)
+  return model, model.init(jax.random.key(1), IMAGES)
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_outputs_of_every_variant(name):
+  model, variables = init(name)
+  out = model.apply(variables, IMAGES, train=False)
+  parts = model.num_parts
+  assert out['features'].shape == (2, parts, 16 * 4 * 2)
+  np.testing.assert_allclose(jnp.linalg.norm(out['features'], axis=-1), 1.0,
+                             rtol=1e-5)
+  assert out['global_logits'].shape == (2, NUM_CLASSES)
+  assert ('part_logits' in out) == (parts > 1)
+  if parts > 1:
+    assert out['part_logits'].shape == (2, parts, NUM_CLASSES)
+  assert ('ds_logits' in out) == model.deep_supervision
+  if model.deep_supervision:
+    assert out['ds_logits'].shape == (2, 3, NUM_CLASSES)
+  expected_maps = {'layer1': (24, 8), 'layer2': (12, 4), 'layer3': (6, 2)}
+  stages = [s for s in expected_maps if model.ds_attention]
+  if model.backbone_attention:
+    stages.append('layer4')
+    expected_maps['layer4'] = (6, 2)
+  assert sorted(out['attention']) == sorted(stages)
+  for stage in stages:
+    assert out['attention'][stage].shape == (2, *expected_maps[stage])
+    np.testing.assert_allclose(out['attention'][stage].sum(axis=(1, 2)), 1.0,
+                               rtol=1e-5)
+
+
+def test_table2_variants_differ_only_in_their_switches():
+  assert VARIANTS['full'] == dict(num_parts=6, deep_supervision=True,
+                                  ds_attention=True, backbone_attention=False)
+  assert len({tuple(sorted(v.items())) for v in VARIANTS.values()}) == 8
+
+
+def test_backbone_attention_changes_the_descriptor():
+  model, variables = init('backbone_p_ds_sa2')
+  with_sa1 = model.clone(backbone_attention=True)
+  plain = model.apply(variables, IMAGES)['features']
+  attended = with_sa1.apply(variables, IMAGES)['features']
+  assert not np.allclose(plain, attended, atol=1e-4)
+
+
+def test_train_mode_uses_dropout_and_batch_statistics():
+  model, variables = init('full')
+  with pytest.raises(Exception, match='dropout'):
+    model.apply(variables, IMAGES, train=True, mutable=['batch_stats'])
+  outs = [model.apply(variables, IMAGES, train=True, mutable=['batch_stats'],
+                      rngs={'dropout': jax.random.key(seed)})
+          for seed in (0, 1)]
+  (out_a, stats), (out_b, _) = outs
+  assert not np.allclose(out_a['global_logits'], out_b['global_logits'])
+  # Running statistics moved towards the batch statistics.
+  before = variables['batch_stats']['part_bn']['mean']
+  assert not np.allclose(stats['batch_stats']['part_bn']['mean'], before)
+  # Without dropout the descriptor does not depend on the rng.
+  np.testing.assert_array_equal(out_a['features'], out_b['features'])
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  model, variables = init('full')
+  reference = model.apply(variables, IMAGES)
+  out = model.clone(dtype='bfloat16').apply(variables, IMAGES)
+  for name in ('features', 'global_logits', 'part_logits', 'ds_logits'):
+    assert out[name].dtype == jnp.float32, name
+    scale = np.abs(reference[name]).max()
+    assert np.abs(out[name] - reference[name]).max() <= 0.05 * scale, name
+  assert out['attention']['layer1'].dtype == jnp.float32
+
+
+@pytest.mark.parametrize('height', [24, 16, 7, 6])
+def test_stripe_pool_matches_torch_adaptive_pooling(height):
+  x = np.random.default_rng(0).normal(size=(2, height, 3, 5)).astype(
+      np.float32)
+  reference = torch.nn.AdaptiveAvgPool2d((6, 1))(
+      torch.from_numpy(x).permute(0, 3, 1, 2))[..., 0].permute(0, 2, 1)
+  np.testing.assert_allclose(stripe_pool(jnp.asarray(x), 6), reference,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_config_round_trip_and_bad_keys():
+  model = tiny('backbone_ds_sa2', dtype=jnp.bfloat16,
+               attention_normalization='sum')
+  config = model_config(model)
+  assert config['dtype'] == 'bfloat16'
+  assert model_config(model_from_config(config)) == config
+  with pytest.raises(ValueError, match=r"model.json: unknown model config "
+                     r"keys \['num_stripes'\]"):
+    model_from_config({**config, 'num_stripes': 6}, source='model.json')
+
+
+@pytest.mark.parametrize('field, value', [('dtype', 'float16'),
+                                          ('attention_normalization', 'max'),
+                                          ('num_parts', 0)])
+def test_invalid_settings_are_named(field, value):
+  model = tiny('full').clone(**{field: value})
+  with pytest.raises(ValueError, match=field):
+    model.init(jax.random.key(0), IMAGES)
+
+
+def test_unknown_variant_is_named():
+  with pytest.raises(ValueError, match="'sa3'"):
+    sanet_variant('sa3', num_classes=3)
+
+
+def test_save_and_load_model(tmp_path):
+  model, variables = init('backbone_p_ds_sa1_sa2')
+  sa_reid_jax.save_model(str(tmp_path / 'model'), model, variables,
+                         {'note': 'test'})
+  loaded, restored = sa_reid_jax.load_model(str(tmp_path / 'model'))
+  assert loaded == model
+  jax.tree.map(np.testing.assert_array_equal, restored, variables)
+  with pytest.raises(ValueError, match='already exists'):
+    sa_reid_jax.save_model(str(tmp_path / 'model'), model, variables)
+
+
+def test_load_model_errors_name_the_directory(tmp_path):
+  with pytest.raises(ValueError, match='nowhere: no such model directory'):
+    sa_reid_jax.load_model(str(tmp_path / 'nowhere'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='empty: not a model directory'):
+    sa_reid_jax.load_model(str(tmp_path / 'empty'))
