@@ -122,3 +122,26 @@ def scan_split(root: str, split: str) -> list[ImageRecord]:
   if not records:
     raise LayoutError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)})')
   return records
+
+
+def train_labels(records: list[ImageRecord]) -> list[int]:
+  """Contiguous class labels 0..K-1 for a train split, in sorted id order.
+
+  Args:
+    records: the train split's images.
+
+  Returns:
+    one label per record: the rank of its person id among the split's
+    distinct ids, sorted ascending (so the smallest id gets label 0).
+
+  Raises:
+    LayoutError: naming the first junk (person id -1) image; junk belongs in
+      the gallery, never in training.
+  """
+  for record in records:
+    if record.person_id == JUNK_PERSON_ID:
+      raise LayoutError(f'{record.path}: junk image (person id -1) in the '
+                        'train split; junk may only appear in the gallery')
+  label_of = {person_id: label for label, person_id in
+              enumerate(sorted({record.person_id for record in records}))}
+  return [label_of[record.person_id] for record in records]

@@ -1,0 +1,51 @@
+r"""Evaluates a model directory on a dataset's query and gallery splits.
+
+  python eval.py --config=configs/market1501.py --checkpoint=DIR \
+      [--rerank] [--flip] [--output_dir=DIR]
+
+Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
+writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.models import store
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file with dataset, image_size and eval blocks.',
+    lock_config=True)
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Model directory (convert_weights.py or training).')
+_RERANK = flags.DEFINE_bool('rerank', None,
+                            'Also report re-ranked metrics (default: config).')
+_FLIP = flags.DEFINE_bool('flip', None,
+                          'Flip test-time augmentation (default: config).')
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None, 'Where metrics.json goes (default: --checkpoint).')
+flags.mark_flags_as_required(['config', 'checkpoint'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    model, variables = store.load_model(_CHECKPOINT.value)
+    metrics = evaluate.evaluate_model(model, variables, _CONFIG.value,
+                                      flip=_FLIP.value, rerank=_RERANK.value)
+  except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
+    sys.exit(f'eval.py: error: {e}')
+  print(evaluate.format_metrics(metrics))
+  path = os.path.join(_OUTPUT_DIR.value or _CHECKPOINT.value, 'metrics.json')
+  evaluate.write_metrics(metrics, path)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

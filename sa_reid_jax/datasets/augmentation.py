@@ -1,0 +1,167 @@
+"""Train-time augmentation draws (flip, random erasing) and their application.
+
+The random draws are made in numpy, for a whole epoch at once, indexed by the
+example's row in its table and seeded by (seed, epoch): an example gets the
+same augmentation whichever process, step or position it lands at, and the
+tf.data graph only applies them (cheaper than drawing there on CPU).
+"""
+
+import dataclasses
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+ERASING_FILLS = ('zeros', 'random')
+# Distinguishes the augmentation stream from the shuffle's, which is seeded
+# with (seed, epoch) alone.
+_AUGMENTATION_STREAM = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomErasing:
+  """Random erasing (Zhong et al. 2017), applied to the normalised image.
+
+  Attributes:
+    probability: chance of erasing a rectangle (default 0.5).
+    area_range: its area as a fraction of the image (default 0.02-0.4).
+    min_aspect: its height/width is drawn uniformly from
+      [min_aspect, 1 / min_aspect] (default 0.3), as in Zhong et al.'s code.
+    fill: ``'zeros'`` (default: the ImageNet mean colour, i.e. 0 after
+      normalisation) or ``'random'`` (standard normal noise per value).
+    max_attempts: (area, aspect) draws tried until the rectangle fits strictly
+      inside the image (default 100, as the reference code); the first that
+      fits is used, none erases nothing.
+  """
+  probability: float = 0.5
+  area_range: tuple[float, float] = (0.02, 0.4)
+  min_aspect: float = 0.3
+  fill: str = 'zeros'
+  max_attempts: int = 100
+
+  def __post_init__(self):
+    low, high = self.area_range
+    if not 0 <= self.probability <= 1:
+      raise ValueError(f'RandomErasing.probability must be in [0, 1], got '
+                       f'{self.probability}')
+    if not 0 < low <= high < 1:
+      raise ValueError('RandomErasing.area_range must satisfy 0 < low <= high'
+                       f' < 1, got {self.area_range}')
+    if not 0 < self.min_aspect <= 1:
+      raise ValueError(f'RandomErasing.min_aspect must be in (0, 1], got '
+                       f'{self.min_aspect}')
+    if self.fill not in ERASING_FILLS:
+      raise ValueError(f'RandomErasing.fill must be one of {ERASING_FILLS}, '
+                       f'got {self.fill!r}')
+    if self.max_attempts < 1:
+      raise ValueError(f'RandomErasing.max_attempts must be >= 1, got '
+                       f'{self.max_attempts}')
+
+
+def sample_erasing_boxes(rng: np.random.Generator, count: int,
+                         image_size: tuple[int, int],
+                         erasing: RandomErasing) -> np.ndarray:
+  """Draws the rectangles to erase for ``count`` images.
+
+  Per image, as Zhong et al.'s code: erase with probability ``probability``;
+  then up to ``max_attempts`` times draw an area fraction uniformly in
+  ``area_range`` and an aspect uniformly in [min_aspect, 1/min_aspect], round
+  height = sqrt(area * aspect) and width = sqrt(area / aspect) to whole
+  pixels (half to even), and keep the first that fits strictly inside; its
+  corner is uniform over the positions where it fits.
+
+  Args:
+    rng: the generator.
+    count: number of images.
+    image_size: (height, width) of the images erased.
+    erasing: the parameters.
+
+  Returns:
+    int32 array (count, 4) of (top, left, height, width); all four are 0
+    for an image left alone.
+  """
+  height, width = image_size
+  apply = rng.random(count) < erasing.probability
+  shape = (count, erasing.max_attempts)
+  area = height * width * rng.uniform(*erasing.area_range, size=shape)
+  aspect = rng.uniform(erasing.min_aspect, 1 / erasing.min_aspect, size=shape)
+  box_heights = np.round(np.sqrt(area * aspect)).astype(np.int64)
+  box_widths = np.round(np.sqrt(area / aspect)).astype(np.int64)
+  fits = (box_heights < height) & (box_widths < width)
+  first = np.argmax(fits, axis=1)
+  chosen = np.arange(count)
+  box_height = np.where(apply & fits.any(axis=1),
+                        box_heights[chosen, first], 0)
+  box_width = np.where(box_height > 0, box_widths[chosen, first], 0)
+  top = np.floor(rng.random(count) * (height - box_height + 1))
+  left = np.floor(rng.random(count) * (width - box_width + 1))
+  top[box_height == 0] = 0
+  left[box_height == 0] = 0
+  return np.stack([top, left, box_height, box_width], axis=1).astype(np.int32)
+
+
+def sample_epoch(num_examples: int, *, seed: int, epoch: int,
+                 image_size: tuple[int, int], flip_probability: float,
+                 erasing: RandomErasing | None) -> dict[str, np.ndarray]:
+  """Every example's augmentation for one epoch, indexed by table row.
+
+  Args:
+    num_examples: rows in the table.
+    seed: the run's seed.
+    epoch: the epoch.
+    image_size: network input (height, width).
+    flip_probability: chance of a horizontal flip.
+    erasing: random erasing parameters, or None for none.
+
+  Returns:
+    ``flip`` bool (N,), ``erase_box`` int32 (N, 4) as from
+    ``sample_erasing_boxes`` (all zero without erasing), ``noise_seed``
+    int64 (N, 2) for ``'random'`` fills.
+  """
+  if not 0 <= flip_probability <= 1:
+    raise ValueError(f'flip_probability must be in [0, 1], got '
+                     f'{flip_probability}')
+  rng = np.random.default_rng([seed, epoch, _AUGMENTATION_STREAM])
+  flip = rng.random(num_examples) < flip_probability
+  if erasing is None:
+    boxes = np.zeros((num_examples, 4), np.int32)
+  else:
+    boxes = sample_erasing_boxes(rng, num_examples, image_size, erasing)
+  noise_seed = rng.integers(0, 2**62, size=(num_examples, 2), dtype=np.int64)
+  return {'flip': flip, 'erase_box': boxes, 'noise_seed': noise_seed}
+
+
+def erase(image: tf.Tensor, box: tf.Tensor, fill: str = 'zeros',
+          noise_seed: tf.Tensor | None = None) -> tf.Tensor:
+  """Fills a rectangle of a normalised image.
+
+  Args:
+    image: float32 (height, width, channels) with a static shape.
+    box: int32 (4,) as from ``sample_erasing_boxes``; height 0 keeps the image.
+    fill: ``'zeros'`` or ``'random'`` (standard normal values).
+    noise_seed: int64 (2,), the stateless seed of a ``'random'`` fill.
+
+  Returns:
+    the image with the rectangle filled.
+  """
+  if fill not in ERASING_FILLS:
+    raise ValueError(f'fill must be one of {ERASING_FILLS}, got {fill!r}')
+  top, left, box_height, box_width = tf.unstack(box)
+  channels = image.shape[-1]
+
+  def fill_box():
+    # Slicing and concatenation: on CPU, tf.where, tf.pad with computed
+    # paddings and broadcasting are each several times slower than this.
+    box_shape = tf.stack([box_height, box_width, channels])
+    if fill == 'random':
+      values = tf.random.stateless_normal(box_shape, noise_seed)
+    else:
+      values = tf.zeros(box_shape)
+    band = image[top:top + box_height]
+    band = tf.concat([band[:, :left], values, band[:, left + box_width:]], 1)
+    erased = tf.concat([image[:top], band, image[top + box_height:]], 0)
+    return tf.ensure_shape(erased, image.shape)
+
+  return tf.cond(box_height > 0, fill_box, lambda: image)

@@ -1,0 +1,288 @@
+"""TFDS builders for person re-id datasets in Market-1501 layout.
+
+Every dataset here is read from a manually downloaded folder (the datasets'
+licences forbid redistribution): ``market1501``, ``dukemtmc_reid``,
+``cuhk03_np`` (configs ``labeled`` and ``detected``), ``msmt17`` and
+``market_layout_folder`` (any folder in Market-1501 layout, e.g. one written by
+``sa_reid_jax.datasets.synthetic``). They share ``MarketLayoutBuilder`` and
+differ only in name, description and where the folder sits under
+``manual_dir``.
+
+Splits: ``train`` (``bounding_box_train/``), ``query`` (``query/``) and
+``gallery`` (``bounding_box_test/``). Features:
+
+* ``image``: the image file's bytes as they are (JPEG for all but CUHK03-NP,
+  whose PNG files are kept lossless; decoding detects the format).
+* ``person_id``: the id in the file name; -1 junk and 0 distractors are kept
+  in the gallery.
+* ``label``: in ``train``, a contiguous class 0..K-1 assigned in sorted
+  person-id order; ``NO_LABEL`` (-1) in ``query`` and ``gallery``.
+* ``camera_id``: 0-based (camera ``c1`` in a file name is 0).
+* ``filename``: the file's base name.
+
+Building reads every file: a name that does not parse, an image that does not
+decode, junk in ``train`` or a missing split folder stops it with one
+``LayoutError`` naming the file or folder.
+
+Example::
+
+  from sa_reid_jax.datasets import builders
+  builder = builders.prepare('market1501', manual_dir='~/reid_downloads',
+                             data_dir='~/tensorflow_datasets')
+  gallery = builder.as_dataset(split='gallery')
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from sa_reid_jax.datasets import market_layout  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
+
+NO_LABEL = -1
+SPLITS = tuple(market_layout.SPLIT_FOLDERS)
+
+_LAYOUT = ('bounding_box_train/, query/ and bounding_box_test/ with images '
+           'named like 0002_c1s1_000451_03.jpg')
+
+
+class MarketLayoutBuilder(tfds.core.GeneratorBasedBuilder,
+                          skip_registration=True):
+  """Shared implementation; subclasses set the class attributes below.
+
+  Attributes:
+    DATASET_DESCRIPTION: what the dataset is.
+    HOMEPAGE: where it is described.
+    CITATION: BibTeX to cite.
+    FOLDER: where the Market-layout folder sits, relative to ``manual_dir``
+      ('' for ``manual_dir`` itself); a subclass with BuilderConfigs may
+      override ``dataset_folder`` instead.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  DATASET_DESCRIPTION = ''
+  HOMEPAGE = ''
+  CITATION = ''
+  FOLDER = ''
+
+  def dataset_folder(self) -> str:
+    """The dataset folder's path relative to ``manual_dir``."""
+    return self.FOLDER
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(f'{self.DATASET_DESCRIPTION}\n\n'
+                     f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'),
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3),
+                                         encoding_format='jpeg'),
+            'person_id': tf.int32,
+            'label': tf.int32,
+            'camera_id': tf.int32,
+            'filename': tfds.features.Text(),
+        }),
+        supervised_keys=('image', 'label'),
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+    )
+
+  def _split_generators(self, dl_manager):
+    tensorflow_cpu.hide_accelerators_from_tensorflow()
+    root = os.path.join(os.fspath(dl_manager.manual_dir),
+                        self.dataset_folder())
+    if not os.path.isdir(root):
+      raise market_layout.LayoutError(
+          f'{root}: missing; {self.name} expects it to hold {_LAYOUT}.\n'
+          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    # Scan all three splits first so a missing folder or a bad name stops the
+    # build before anything is written.
+    records = {split: market_layout.scan_split(root, split)
+               for split in SPLITS}
+    labels = {'train': market_layout.train_labels(records['train'])}
+    for split in ('query', 'gallery'):
+      labels[split] = [NO_LABEL] * len(records[split])
+    return {split: self._generate_examples(records[split], labels[split])
+            for split in SPLITS}
+
+  def _generate_examples(self, records, labels):
+    for record, label in zip(records, labels):
+      with open(record.path, 'rb') as file:
+        contents = file.read()
+      check_image(record.path, contents)
+      yield record.filename, {
+          'image': contents,
+          'person_id': record.person_id,
+          'label': label,
+          'camera_id': record.camera_id,
+          'filename': record.filename,
+      }
+
+
+def check_image(path: str, contents: bytes):
+  """Checks that an image file decodes to a non-empty RGB image.
+
+  Args:
+    path: the file, for the error message.
+    contents: its bytes.
+
+  Raises:
+    LayoutError: naming the file when it does not decode.
+  """
+  try:
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+    reason = error.message.splitlines()[0] if error.message else 'unknown'
+    raise market_layout.LayoutError(
+        f'{path}: not a decodable image ({reason})') from None
+  if 0 in image.shape:
+    raise market_layout.LayoutError(f'{path}: empty image {image.shape}')
+
+
+def _instructions(download: str, folder: str) -> str:
+  return (f'{download}\nPlace (or link) the extracted folder so that '
+          f'<manual_dir>/{folder}/ holds {_LAYOUT}.')
+
+
+class Market1501(MarketLayoutBuilder):
+  """Market-1501: 1,501 people, 6 cameras, Tsinghua University campus."""
+  DATASET_DESCRIPTION = (
+      'Market-1501: 32,668 detected pedestrian boxes of 1,501 people seen '
+      'by 6 cameras; 751 identities for training (12,936 images), 750 for '
+      'testing (3,368 queries, 19,732 gallery images incl. junk and '
+      'distractors).')
+  HOMEPAGE = 'https://zheng-lab-anu.github.io/Project/project_reid.html'
+  CITATION = """@inproceedings{zheng2015scalable,
+  title={Scalable Person Re-identification: A Benchmark},
+  author={Zheng, Liang and Shen, Liyue and Tian, Lu and Wang, Shengjin and
+          Wang, Jingdong and Tian, Qi},
+  booktitle={ICCV}, year={2015}}"""
+  FOLDER = 'Market-1501-v15.09.15'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
+      'Download Market-1501-v15.09.15.zip from the dataset homepage and '
+      'unzip it into manual_dir.', FOLDER)
+
+
+class DukemtmcReid(MarketLayoutBuilder):
+  """DukeMTMC-reID: 1,404 people (plus distractors), 8 cameras."""
+  DATASET_DESCRIPTION = (
+      'DukeMTMC-reID: 36,411 boxes of 1,812 people seen by 8 cameras; 702 '
+      'identities for training (16,522 images), 702 for testing (2,228 '
+      'queries, 17,661 gallery images incl. 408 distractor identities).')
+  HOMEPAGE = 'https://github.com/sxzrt/DukeMTMC-reID_evaluation'
+  CITATION = """@inproceedings{zheng2017unlabeled,
+  title={Unlabeled Samples Generated by GAN Improve the Person
+         Re-identification Baseline in vitro},
+  author={Zheng, Zhedong and Zheng, Liang and Yang, Yi},
+  booktitle={ICCV}, year={2017}}"""
+  FOLDER = 'DukeMTMC-reID'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
+      'Obtain DukeMTMC-reID.zip (the dataset has been withdrawn by its '
+      'authors; use a copy you are entitled to) and unzip it into '
+      'manual_dir.', FOLDER)
+
+
+class Cuhk03Np(MarketLayoutBuilder):
+  """CUHK03-NP: CUHK03 under the new 767/700 protocol, Market layout."""
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name='labeled', description='Hand-drawn bounding boxes.'),
+      tfds.core.BuilderConfig(
+          name='detected', description='DPM-detected bounding boxes.'),
+  ]
+  DATASET_DESCRIPTION = (
+      'CUHK03-NP: CUHK03 (1,467 people, 2 cameras per person) with the new '
+      'protocol of Zhong et al.: 767 identities for training, 700 for '
+      'testing (1,400 queries, 5,332 gallery images), in Market-1501 '
+      'layout, with labeled and detected boxes.')
+  HOMEPAGE = ('https://github.com/zhunzhong07/person-re-ranking/tree/master/'
+              'CUHK03-NP')
+  CITATION = """@inproceedings{li2014deepreid,
+  title={DeepReID: Deep Filter Pairing Neural Network for Person
+         Re-identification},
+  author={Li, Wei and Zhao, Rui and Xiao, Tong and Wang, Xiaogang},
+  booktitle={CVPR}, year={2014}}
+@inproceedings{zhong2017re,
+  title={Re-ranking Person Re-identification with k-reciprocal Encoding},
+  author={Zhong, Zhun and Zheng, Liang and Cao, Donglin and Li, Shaozi},
+  booktitle={CVPR}, year={2017}}"""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
+      'Download cuhk03-np.zip from the CUHK03-NP page of the '
+      'person-re-ranking repository and unzip it into manual_dir.',
+      'cuhk03-np/labeled (and cuhk03-np/detected)')
+
+  def dataset_folder(self) -> str:
+    return os.path.join('cuhk03-np', self.builder_config.name)
+
+
+class Msmt17(MarketLayoutBuilder):
+  """MSMT17 converted to Market-1501 layout."""
+  DATASET_DESCRIPTION = (
+      'MSMT17: 126,441 boxes of 4,101 people seen by 15 cameras; 1,041 '
+      'identities for training (32,621 images), 3,060 for testing (11,659 '
+      'queries, 82,161 gallery images). Read from the common conversion to '
+      'Market-1501 layout (ids and cameras in the file names; note that '
+      'person id 0000 is a real identity there, not a distractor).')
+  HOMEPAGE = 'https://www.pkuvmc.com/dataset.html'
+  CITATION = """@inproceedings{wei2018person,
+  title={Person Transfer GAN to Bridge Domain Gap for Person
+         Re-Identification},
+  author={Wei, Longhui and Zhang, Shiliang and Gao, Wen and Tian, Qi},
+  booktitle={CVPR}, year={2018}}"""
+  FOLDER = 'MSMT17'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions(
+      'Obtain MSMT17 from its authors and convert it to Market-1501 layout '
+      '(train + val lists -> bounding_box_train, query list -> query, '
+      'gallery list -> bounding_box_test; names <pid>_c<camera>_<n>.jpg), '
+      'naming the converted folder MSMT17.', FOLDER)
+
+
+class MarketLayoutFolder(MarketLayoutBuilder):
+  """Any folder in Market-1501 layout, e.g. your own or a synthetic one."""
+  DATASET_DESCRIPTION = (
+      'A person re-id dataset in Market-1501 layout supplied by the user '
+      '(e.g. written by `python -m sa_reid_jax.datasets.synthetic`). Build '
+      'each different folder into its own data_dir.')
+  FOLDER = ''
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f'Pass the dataset folder itself as manual_dir; it must hold {_LAYOUT}.')
+
+
+BUILDERS = {builder.name: builder for builder in (
+    Market1501, DukemtmcReid, Cuhk03Np, Msmt17, MarketLayoutFolder)}
+
+
+def prepare(name: str, manual_dir: str, data_dir: str | None = None,
+            ) -> tfds.core.DatasetBuilder:
+  """Builds (once) one of these datasets from its manually downloaded folder.
+
+  Args:
+    name: ``'market1501'``, ``'dukemtmc_reid'``, ``'cuhk03_np/labeled'``,
+      ``'cuhk03_np/detected'``, ``'msmt17'`` or ``'market_layout_folder'``.
+    manual_dir: the folder holding the download (see each builder's
+      ``MANUAL_DOWNLOAD_INSTRUCTIONS``).
+    data_dir: where TFDS keeps built datasets; None for its default
+      (``~/tensorflow_datasets``).
+
+  Returns:
+    the prepared builder (``builder.as_dataset(split=...)`` reads it).
+
+  Raises:
+    ValueError: for an unknown name.
+    LayoutError: for a missing folder, a bad file name or an undecodable
+      image.
+  """
+  if name.split('/')[0] not in BUILDERS:
+    raise ValueError(f'unknown dataset {name!r}; expected one of '
+                     f'{sorted(BUILDERS)} (cuhk03_np needs /labeled or '
+                     '/detected; plain cuhk03_np means labeled)')
+  tensorflow_cpu.hide_accelerators_from_tensorflow()
+  builder = tfds.builder(name, data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=os.path.expanduser(manual_dir)))
+  return builder

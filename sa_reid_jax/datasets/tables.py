@@ -1,0 +1,133 @@
+"""A split held in memory as one row per image: what the input pipeline reads.
+
+Two sources give the same table: a Market-layout folder (``from_folder``:
+file paths, read lazily by the pipeline) and a built TFDS dataset
+(``from_tfds``: the encoded images themselves). Rows are in file-name order
+either way, so both sources yield identical batches.
+"""
+
+import dataclasses
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from sa_reid_jax.datasets import builders  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets import market_layout  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleTable:
+  """One split, one row per image, in file-name order.
+
+  Attributes:
+    images: object array; file paths when ``images_are_paths``, else the
+      encoded image bytes.
+    images_are_paths: which of the two ``images`` holds.
+    person_ids: int32, as in the file names (-1 junk, 0 distractor).
+    labels: int32 train classes 0..K-1 (sorted person-id order), or
+      ``builders.NO_LABEL`` (-1) outside the train split.
+    camera_ids: int32, 0-based.
+    filenames: object array of base names.
+  """
+  images: np.ndarray
+  images_are_paths: bool
+  person_ids: np.ndarray
+  labels: np.ndarray
+  camera_ids: np.ndarray
+  filenames: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.filenames)
+
+  @property
+  def num_classes(self) -> int:
+    """Number of train classes (0 when the table has no labels)."""
+    return int(self.labels.max()) + 1 if len(self) else 0
+
+
+def from_folder(root: str, split: str) -> ExampleTable:
+  """Lists a split of a Market-layout folder (images are read later).
+
+  Args:
+    root: dataset folder holding ``bounding_box_train/``, ``query/`` and
+      ``bounding_box_test/``.
+    split: ``'train'``, ``'query'`` or ``'gallery'``.
+
+  Returns:
+    the split's table; train labels as in the TFDS builders.
+
+  Raises:
+    LayoutError: naming the missing folder or the file at fault.
+  """
+  records = market_layout.scan_split(root, split)
+  if split == 'train':
+    labels = market_layout.train_labels(records)
+  else:
+    labels = [builders.NO_LABEL] * len(records)
+  return ExampleTable(
+      images=np.array([record.path for record in records], dtype=object),
+      images_are_paths=True,
+      person_ids=np.array([r.person_id for r in records], np.int32),
+      labels=np.array(labels, np.int32),
+      camera_ids=np.array([r.camera_id for r in records], np.int32),
+      filenames=np.array([r.filename for r in records], dtype=object))
+
+
+def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
+              data_dir: str | None = None,
+              read_batch_size: int = 1024) -> ExampleTable:
+  """Loads a split of a built re-id TFDS dataset into memory.
+
+  The encoded images are kept as they are (a few hundred MB for the largest
+  train split here, MSMT17), so the pipeline can shuffle by index.
+
+  Args:
+    dataset: a builder, or a name such as ``'market1501'`` or
+      ``'cuhk03_np/labeled'`` (see ``builders.BUILDERS``).
+    split: ``'train'``, ``'query'`` or ``'gallery'``.
+    data_dir: where the dataset was built (a name only); None for TFDS's
+      default.
+    read_batch_size: examples read per step while loading.
+
+  Returns:
+    the split's table, sorted by file name.
+
+  Raises:
+    ValueError: when the dataset has not been built, or the split is unknown.
+  """
+  tensorflow_cpu.hide_accelerators_from_tensorflow()
+  if isinstance(dataset, str):
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  else:
+    builder = dataset
+  if split not in builders.SPLITS:
+    raise ValueError(f'unknown split {split!r}; expected one of '
+                     f'{list(builders.SPLITS)}')
+  if not builder.is_prepared():
+    raise ValueError(
+        f'{builder.name} is not built in {builder.data_dir}; build it first '
+        'with sa_reid_jax.datasets.builders.prepare(name, manual_dir, '
+        'data_dir)')
+  examples = builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()})
+  columns = {key: [] for key in
+             ('image', 'person_id', 'label', 'camera_id', 'filename')}
+  for batch in tfds.as_numpy(examples.batch(read_batch_size)):
+    for key, values in columns.items():
+      values.append(batch[key])
+  merged = {key: np.concatenate(values) for key, values in columns.items()}
+  filenames = np.array([name.decode() for name in merged['filename']],
+                       dtype=object)
+  order = np.argsort(filenames, kind='stable')
+  return ExampleTable(
+      images=merged['image'][order].astype(object),
+      images_are_paths=False,
+      person_ids=merged['person_id'][order].astype(np.int32),
+      labels=merged['label'][order].astype(np.int32),
+      camera_ids=merged['camera_id'][order].astype(np.int32),
+      filenames=filenames[order])

@@ -1,0 +1,123 @@
+"""Evaluating a model on a dataset's query and gallery splits.
+
+Kept out of the package's ``__init__`` because it reads images with
+TensorFlow (tf.data), which accelerator-only code must not need to import.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+import numpy as np
+
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation.distances import pairwise_distances
+from sa_reid_jax.evaluation.features import extract_features
+from sa_reid_jax.evaluation.metrics import RankResult, evaluate_rank
+from sa_reid_jax.evaluation.rerank import re_rank
+
+REPORTED_RANKS = (1, 5, 10)
+
+
+def load_split(dataset: ml_collections.ConfigDict,
+               split: str) -> tables.ExampleTable:
+  """The query or gallery split named by a config's ``dataset`` block.
+
+  Args:
+    dataset: ``folder`` (a Market-1501-layout folder, read directly) or, when
+      it is empty, ``name`` and ``data_dir`` of a built TFDS dataset.
+    split: ``'query'`` or ``'gallery'``.
+
+  Returns:
+    the split's table.
+  """
+  if dataset.folder:
+    return tables.from_folder(dataset.folder, split)
+  return tables.from_tfds(dataset.name, split, data_dir=dataset.data_dir or None)
+
+
+def describe(model, variables, table: tables.ExampleTable,
+             config: ml_collections.ConfigDict, flip: bool,
+             description: str) -> np.ndarray:
+  """Descriptors (N, P, D) of every image of `table`, in table order."""
+  batches = input_pipeline.eval_dataset(
+      table, batch_size=config.eval.batch_size,
+      image_size=tuple(config.image_size))
+  return extract_features(model, variables, batches.as_numpy_iterator(),
+                          flip=flip, total=len(table),
+                          description=description)
+
+
+def summarize(result: RankResult) -> dict[str, float]:
+  """Rank-1/5/10, mAP and mINP of a result as plain floats."""
+  summary = {f'rank{k}': float(result.cmc[k - 1]) for k in REPORTED_RANKS
+             if k <= len(result.cmc)}
+  summary.update(mAP=float(result.mAP), mINP=float(result.mINP),
+                 num_valid_queries=int(result.num_valid_queries))
+  return summary
+
+
+def evaluate_model(model, variables, config: ml_collections.ConfigDict,
+                   flip: Optional[bool] = None,
+                   rerank: Optional[bool] = None) -> dict[str, Any]:
+  """Market-1501-protocol metrics of a model on the configured dataset.
+
+  Args:
+    model: a network following the `SANet` output contract.
+    variables: its variables.
+    config: with ``dataset``, ``image_size`` and ``eval`` blocks (see
+      ``configs/``).
+    flip: flip test-time augmentation (default ``config.eval.flip``).
+    rerank: also report k-reciprocal re-ranked metrics (default
+      ``config.eval.rerank``).
+
+  Returns:
+    ``{'plain': {...}}`` and, with re-ranking, ``{'reranked': {...}}``; each
+    holds rank1/rank5/rank10, mAP, mINP and num_valid_queries.
+  """
+  flip = config.eval.flip if flip is None else flip
+  rerank = config.eval.rerank if rerank is None else rerank
+  query = load_split(config.dataset, 'query')
+  gallery = load_split(config.dataset, 'gallery')
+  query_features = describe(model, variables, query, config, flip, 'query')
+  gallery_features = describe(model, variables, gallery, config, flip,
+                              'gallery')
+  metric = config.eval.metric
+  q_g = pairwise_distances(query_features, gallery_features, metric)
+  ids = (query.person_ids, gallery.person_ids, query.camera_ids,
+         gallery.camera_ids)
+  metrics = {'plain': summarize(evaluate_rank(q_g, *ids,
+                                              max_rank=config.eval.max_rank))}
+  if rerank:
+    q_q = pairwise_distances(query_features, query_features, metric)
+    g_g = pairwise_distances(gallery_features, gallery_features, metric)
+    reranked = re_rank(q_g, q_q, g_g, k1=config.eval.k1, k2=config.eval.k2,
+                       lambda_value=config.eval.lambda_value)
+    metrics['reranked'] = summarize(
+        evaluate_rank(reranked, *ids, max_rank=config.eval.max_rank))
+  metrics['settings'] = {'flip': bool(flip), 'metric': metric,
+                         'num_query': len(query), 'num_gallery': len(gallery)}
+  return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+  """One line per setting: rank-1/5/10, mAP and mINP in percent."""
+  lines = []
+  for setting in ('plain', 'reranked'):
+    if setting in metrics:
+      m = metrics[setting]
+      ranks = '  '.join(f'rank-{k} {100 * m[f"rank{k}"]:.2f}'
+                        for k in REPORTED_RANKS if f'rank{k}' in m)
+      lines.append(f'{setting:<9} {ranks}  mAP {100 * m["mAP"]:.2f}  '
+                   f'mINP {100 * m["mINP"]:.2f}  '
+                   f'({m["num_valid_queries"]} queries)')
+  return '\n'.join(lines)
+
+
+def write_metrics(metrics: dict[str, Any], path: str) -> None:
+  """Writes `metrics` as JSON, creating the parent directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(metrics, f, indent=2)

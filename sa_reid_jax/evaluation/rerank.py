@@ -1,0 +1,439 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) with sparse neighbour sets.
+
+Same result as the widely used distance-matrix implementation (the steps are
+spelled out in the project's reference notes), without its dense N x N
+argsort and N x N weight matrix V, N = num_query + num_gallery:
+
+1. T, the joint squared distance matrix with each row divided by its maximum,
+   is never stored. Row blocks of the inputs give each row's maximum and its
+   first k (k1 + 1 or k2) neighbours: a sample of the row bounds its
+   (k + 1)-th smallest distance, and only the entries below that bound (a few
+   hundred per row) are sorted.
+2. The k-reciprocal sets and their expansions come from the neighbour lists
+   only, vectorised over rows.
+3. V is sparse: (row pointer, column, value) arrays with tens of entries per
+   row, built from the few distances the sets refer to.
+4. Jaccard distances of the queries use an inverted index (for each column j
+   the gallery rows k with V[k, j] > 0), so only pairs that share a column
+   are visited.
+
+Peak memory is the inputs, the (Q, G) output and a few hundred MB of blocks.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Rows of the joint distance matrix per block when selecting neighbours.
+NEIGHBOUR_BLOCK_ROWS = 256
+# The neighbour search first bounds each row's (k + 1)-th smallest distance
+# from this fraction of its entries.
+BOUND_SAMPLE_FRACTION = 8
+# Rows per block when testing reciprocity and expansions (their (rows, k1, k1/2,
+# k1) membership tensor is the largest array there).
+SET_BLOCK_ROWS = 1024
+# Upper bound on (query, gallery, shared column) triples visited per block of
+# the Jaccard step.
+JACCARD_BLOCK_ENTRIES = 1 << 23
+# Upper bound on output entries per block of the Jaccard step.
+OUTPUT_BLOCK_ENTRIES = 1 << 22
+
+
+class _SparseRows(NamedTuple):
+  """Row-compressed sparse matrix: row i is columns[row_starts[i]:row_starts[i
+  + 1]] (ascending) with the matching values."""
+  row_starts: np.ndarray
+  columns: np.ndarray
+  values: np.ndarray
+
+  def row_ids(self) -> np.ndarray:
+    return np.repeat(np.arange(len(self.row_starts) - 1),
+                     np.diff(self.row_starts))
+
+
+def re_rank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
+            lambda_value: float = 0.3) -> np.ndarray:
+  """k-reciprocal re-ranking of query-gallery distances.
+
+  Follows the distance-matrix formulation step by step: squared distances,
+  each row of the joint matrix divided by its maximum (T); neighbour lists
+  sorted by T with ties ordered by index; k-reciprocal sets expanded with
+  round(k1 / 2)-reciprocal sets that overlap them by more than 2/3; Gaussian
+  weights V over each expanded set; query expansion over the first k2
+  neighbours (unless k2 == 1); Jaccard distance between V rows; and finally
+  (1 - lambda_value) * Jaccard + lambda_value * T on the query-gallery block.
+
+  Inputs are read block by block in float32 and never copied whole, so
+  float32 inputs cost no extra memory. The joint matrix is taken row-wise:
+  a query row is [q_q_dist[i], q_g_dist[i]] and a gallery row is
+  [q_g_dist[:, j], g_g_dist[j]].
+
+  Args:
+    q_g_dist: (Q, G) non-negative query-gallery distances.
+    q_q_dist: (Q, Q) query-query distances.
+    g_g_dist: (G, G) gallery-gallery distances.
+    k1: neighbourhood size of the k-reciprocal sets.
+    k2: neighbours averaged by the query expansion (1 turns it off).
+    lambda_value: weight of the original distance, in [0, 1].
+
+  Returns:
+    (Q, G) float32 re-ranked distances.
+
+  Raises:
+    ValueError: for shapes that disagree, negative or NaN distances, a row of
+      the joint matrix that is all zeros, or k1, k2, lambda_value out of range.
+  """
+  q_g_dist, q_q_dist, g_g_dist = _check_inputs(q_g_dist, q_q_dist, g_g_dist,
+                                               k1, k2, lambda_value)
+  num_query, num_gallery = q_g_dist.shape
+  num_all = num_query + num_gallery
+  num_neighbours = min(max(k1 + 1, k2), num_all)
+  row_max_sq, neighbours = _nearest_neighbours(q_g_dist, q_q_dist, g_g_dist,
+                                               num_neighbours)
+  rows, cols = _expanded_reciprocal_sets(neighbours, k1)
+  weights = _set_weights(q_g_dist, q_q_dist, g_g_dist, row_max_sq, rows, cols)
+  if k2 != 1:
+    weights = _query_expansion(weights, neighbours[:, :min(k2, num_all)])
+  return _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value)
+
+
+def _check_inputs(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
+  """Validates the arguments; returns the three arrays (no copies)."""
+  arrays = []
+  for name, value in (('q_g_dist', q_g_dist), ('q_q_dist', q_q_dist),
+                      ('g_g_dist', g_g_dist)):
+    value = np.asarray(value)
+    if value.ndim != 2:
+      raise ValueError(f'{name} must be 2-D, got shape {value.shape}')
+    if not (np.issubdtype(value.dtype, np.floating)
+            or np.issubdtype(value.dtype, np.integer)):
+      raise ValueError(f'{name} must hold real numbers, got {value.dtype}')
+    arrays.append(value)
+  q_g_dist, q_q_dist, g_g_dist = arrays
+  num_query, num_gallery = q_g_dist.shape
+  if num_query == 0 or num_gallery == 0:
+    raise ValueError(f'q_g_dist is empty: shape {q_g_dist.shape}')
+  if q_q_dist.shape != (num_query, num_query):
+    raise ValueError(f'q_q_dist must have shape ({num_query}, {num_query}) to '
+                     f'match q_g_dist {q_g_dist.shape}, got {q_q_dist.shape}')
+  if g_g_dist.shape != (num_gallery, num_gallery):
+    raise ValueError(f'g_g_dist must have shape ({num_gallery}, {num_gallery}) '
+                     f'to match q_g_dist {q_g_dist.shape}, got '
+                     f'{g_g_dist.shape}')
+  if k1 < 1:
+    raise ValueError(f'k1 must be >= 1, got {k1}')
+  if k2 < 1:
+    raise ValueError(f'k2 must be >= 1, got {k2}')
+  if not 0 <= lambda_value <= 1:
+    raise ValueError(f'lambda_value must be in [0, 1], got {lambda_value}')
+  return q_g_dist, q_q_dist, g_g_dist
+
+
+def _joint_row_blocks(q_g_dist, q_q_dist, g_g_dist):
+  """Yields (first row, number of rows, pieces) over row blocks.
+
+  A piece is (float32 array, its first column, transposed): side by side the
+  pieces make rows first_row.. of [[qq, qg], [qg^T, gg]]. A transposed piece
+  holds those rows as its columns (a column block of q_g_dist, read in place
+  rather than copied into a transpose).
+  """
+  num_query, num_gallery = q_g_dist.shape
+  as_float32 = lambda x: np.asarray(x, dtype=np.float32)
+  for start in range(0, num_query, NEIGHBOUR_BLOCK_ROWS):
+    stop = min(start + NEIGHBOUR_BLOCK_ROWS, num_query)
+    yield start, stop - start, (
+        (as_float32(q_q_dist[start:stop]), 0, False),
+        (as_float32(q_g_dist[start:stop]), num_query, False))
+  for start in range(0, num_gallery, NEIGHBOUR_BLOCK_ROWS):
+    stop = min(start + NEIGHBOUR_BLOCK_ROWS, num_gallery)
+    yield num_query + start, stop - start, (
+        (as_float32(q_g_dist[:, start:stop]), 0, True),
+        (as_float32(g_g_dist[start:stop]), num_query, False))
+
+
+def _nearest_neighbours(q_g_dist, q_q_dist, g_g_dist, num_neighbours):
+  """Row maxima of the squared joint matrix and each row's first neighbours.
+
+  Returns:
+    (row_max_sq, neighbours): float32 (N,) maxima of the squared rows, and
+    int32 (N, num_neighbours) column indices sorted by T = squared distance /
+    row_max_sq, ties by index (exactly a stable argsort of T's rows, cut).
+  """
+  num_all = sum(q_g_dist.shape)
+  # Sort keys pack (row in block, T's float32 bits without the sign, column)
+  # into 8 + 31 + column_bits < 64 bits.
+  column_bits = max(1, (num_all - 1).bit_length())
+  row_shift = 31 + column_bits
+  row_max_sq = np.empty(num_all, dtype=np.float32)
+  neighbours = np.empty((num_all, num_neighbours), dtype=np.int32)
+  blocks = _joint_row_blocks(q_g_dist, q_q_dist, g_g_dist)
+  for first_row, num_rows, pieces in blocks:
+    rows = slice(first_row, first_row + num_rows)
+    row_max = np.max([piece.max(axis=0 if transposed else 1)
+                      for piece, _, transposed in pieces], axis=0)
+    if not np.isfinite(row_max).all():
+      raise ValueError('the distance matrices must be finite (no NaN or inf)')
+    max_sq = row_max * row_max
+    if not max_sq.all():
+      row = first_row + int(np.flatnonzero(max_sq == 0)[0])
+      raise ValueError(f'row {row} of the joint distance matrix (queries, '
+                       'then gallery) is all zeros: T = 0 / 0')
+    row_max_sq[rows] = max_sq
+
+    bound = _candidate_bound(pieces, num_neighbours)
+    block_rows, cols, values = [], [], []
+    for piece, first_col, transposed in pieces:
+      if bound is None:
+        flat = np.arange(piece.size)
+      else:
+        flat = np.flatnonzero(
+            piece <= (bound[None, :] if transposed else bound[:, None]))
+      major, minor = np.divmod(flat, piece.shape[1])
+      piece_rows, piece_cols = (minor, major) if transposed else (major, minor)
+      block_rows.append(piece_rows)
+      cols.append(piece_cols + first_col)
+      values.append(piece[major, minor])
+    block_rows = np.concatenate(block_rows)
+    values = np.concatenate(values)
+    # Every row's minimum is a candidate.
+    if values.min() < 0:
+      raise ValueError('distances must be non-negative')
+    # T >= 0, so its float32 bits order like its values.
+    keys = block_rows << row_shift
+    keys |= _t_codes(values, max_sq[block_rows]).astype(np.int64) << (
+        column_bits)
+    keys |= np.concatenate(cols)
+    keys.sort()
+    counts = np.bincount(block_rows, minlength=num_rows)
+    firsts = np.cumsum(counts) - counts
+    chosen = keys[firsts[:, None] + np.arange(num_neighbours)]
+    neighbours[rows] = chosen & ((1 << column_bits) - 1)
+    if bound is None:
+      continue
+    # An entry above the bound has T >= T(bound); it could tie with the last
+    # neighbour (and have a smaller index) only when that neighbour's T is
+    # T(bound) itself. Such rows are redone in full.
+    last_codes = (chosen[:, -1] >> column_bits) & 0x7FFFFFFF
+    unsure = last_codes >= _t_codes(bound, max_sq)
+    for row in np.flatnonzero(unsure):
+      full_row = np.concatenate([piece[:, row] if transposed else piece[row]
+                                 for piece, _, transposed in pieces])
+      t_row = (full_row * full_row) / max_sq[row]
+      neighbours[first_row + row] = np.argsort(
+          t_row, kind='stable')[:num_neighbours]
+  return row_max_sq, neighbours
+
+
+def _candidate_bound(pieces, num_neighbours):
+  """Per row, a distance with more than num_neighbours entries at or below it.
+
+  It is the (num_neighbours + 1)-th smallest entry of a sample (the first
+  entries of the widest piece), so the entries at or below it, the candidate
+  neighbours, are typically a few times num_neighbours * (width / sample).
+
+  Returns:
+    (rows,) float32 bounds, or None when the rows are too short to sample (then
+    every entry is a candidate).
+  """
+  widths = [piece.shape[0 if transposed else 1]
+            for piece, _, transposed in pieces]
+  widest, _, transposed = pieces[int(np.argmax(widths))]
+  width = max(widths)
+  if width <= num_neighbours:
+    return None
+  sample_width = min(width, max(width // BOUND_SAMPLE_FRACTION,
+                                16 * (num_neighbours + 1)))
+  if transposed:
+    return np.partition(widest[:sample_width], num_neighbours,
+                        axis=0)[num_neighbours]
+  return np.partition(widest[:, :sample_width], num_neighbours,
+                      axis=1)[:, num_neighbours]
+
+
+def _t_codes(distances, max_sq):
+  """float32 bits, as int32, of T = distance**2 / max_sq, element-wise."""
+  return ((distances * distances) / max_sq).view(np.int32)
+
+
+def _reciprocal_mask(lists):
+  """mask[i, a] = (i is in lists[lists[i, a]]), for (N, k) neighbour lists."""
+  mask = np.empty(lists.shape, dtype=bool)
+  for start in range(0, len(lists), SET_BLOCK_ROWS):
+    block = lists[start:start + SET_BLOCK_ROWS]
+    own = np.arange(start, start + len(block))[:, None, None]
+    mask[start:start + len(block)] = (lists[block] == own).any(axis=-1)
+  return mask
+
+
+def _expanded_reciprocal_sets(neighbours, k1):
+  """Members of every row's expanded k-reciprocal set E(i).
+
+  Returns:
+    (rows, cols): int64 pairs (i, j) with j in E(i), sorted by row then
+    column, without repeats.
+  """
+  num_all = len(neighbours)
+  forward = neighbours[:, :min(k1 + 1, num_all)]
+  half = neighbours[:, :min(int(np.around(k1 / 2.)) + 1, num_all)]
+  reciprocal = _reciprocal_mask(forward)
+  half_reciprocal = _reciprocal_mask(half)
+  half_sizes = half_reciprocal.sum(axis=1)
+  keys = []
+  for start in range(0, num_all, SET_BLOCK_ROWS):
+    stop = min(start + SET_BLOCK_ROWS, num_all)
+    block_forward = forward[start:stop]
+    block_reciprocal = reciprocal[start:stop]
+    # Every (i, c) with c in K(i): c's half-k reciprocal set, and how much of
+    # it lies in K(i) (the forward list with non-members masked to -1).
+    pair_rows, pair_slots = np.nonzero(block_reciprocal)
+    candidates = block_forward[pair_rows, pair_slots]
+    candidate_sets = half[candidates]
+    candidate_masks = half_reciprocal[candidates]
+    own_sets = np.where(block_reciprocal, block_forward, -1)[pair_rows]
+    in_own_set = (candidate_sets[:, :, None] == own_sets[:, None, :]).any(
+        axis=-1)
+    overlap = np.count_nonzero(in_own_set & candidate_masks, axis=1)
+    accepted = overlap > 2. / 3 * half_sizes[candidates]
+    pair_rows = pair_rows.astype(np.int64) + start
+    keys.append(pair_rows * num_all + candidates)
+    added_masks = candidate_masks[accepted]
+    member_rows = np.broadcast_to(pair_rows[accepted][:, None],
+                                  added_masks.shape)[added_masks]
+    keys.append(member_rows * num_all + candidate_sets[accepted][added_masks])
+  keys = np.concatenate(keys)
+  keys.sort()
+  keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+  return keys // num_all, keys % num_all
+
+
+def _gather_distances(q_g_dist, q_q_dist, g_g_dist, rows, cols):
+  """float32 entries (rows[n], cols[n]) of the joint distance matrix."""
+  num_query = q_g_dist.shape[0]
+  out = np.empty(len(rows), dtype=np.float32)
+  query_row, query_col = rows < num_query, cols < num_query
+  for where, source, r, c in (
+      (query_row & query_col, q_q_dist, rows, cols),
+      (query_row & ~query_col, q_g_dist, rows, cols - num_query),
+      (~query_row & query_col, q_g_dist, cols, rows - num_query),
+      (~query_row & ~query_col, g_g_dist, rows - num_query, cols - num_query)):
+    out[where] = source[r[where], c[where]]
+  return out
+
+
+def _set_weights(q_g_dist, q_q_dist, g_g_dist, row_max_sq, rows, cols):
+  """V: exp(-T) over each expanded set, normalised to sum to one per row."""
+  distances = _gather_distances(q_g_dist, q_q_dist, g_g_dist, rows, cols)
+  weights = np.exp(-((distances * distances) / row_max_sq[rows]))
+  num_all = len(row_max_sq)
+  totals = np.bincount(rows, weights=weights, minlength=num_all)
+  values = (weights / totals[rows]).astype(np.float32)
+  row_starts = np.zeros(num_all + 1, dtype=np.int64)
+  np.cumsum(np.bincount(rows, minlength=num_all), out=row_starts[1:])
+  return _SparseRows(row_starts, cols, values)
+
+
+def _query_expansion(weights, lists):
+  """Rows of V replaced by the mean of the rows of their first neighbours."""
+  num_all, num_lists = lists.shape
+  row_sizes = np.diff(weights.row_starts)
+  keys, values = [], []
+  for start in range(0, num_all, SET_BLOCK_ROWS):
+    stop = min(start + SET_BLOCK_ROWS, num_all)
+    sources = lists[start:stop].ravel()
+    counts = row_sizes[sources]
+    entries = _expand_ranges(weights.row_starts[sources], counts)
+    targets = np.repeat(np.arange(start, stop, dtype=np.int64), num_lists)
+    block_keys = (np.repeat(targets, counts) * num_all
+                  + weights.columns[entries])
+    # A stable sort sums each column in neighbour order, like a dense mean.
+    order = np.argsort(block_keys, kind='stable')
+    block_keys = block_keys[order]
+    firsts = np.flatnonzero(np.r_[True, block_keys[1:] != block_keys[:-1]])
+    keys.append(block_keys[firsts])
+    values.append(np.add.reduceat(weights.values[entries][order], firsts)
+                  / np.float32(num_lists))
+  keys = np.concatenate(keys)
+  rows = keys // num_all
+  row_starts = np.zeros(num_all + 1, dtype=np.int64)
+  np.cumsum(np.bincount(rows, minlength=num_all), out=row_starts[1:])
+  return _SparseRows(row_starts, keys % num_all, np.concatenate(values))
+
+
+def _expand_ranges(starts, counts):
+  """Concatenation of arange(s, s + c) over (s, c) pairs."""
+  offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
+                                                counts)
+  return np.repeat(starts, counts) + offsets
+
+
+def _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value):
+  """(1 - lambda) * Jaccard(V[query], V[gallery]) + lambda * T, (Q, G).
+
+  Most query-gallery pairs share no column of V: their Jaccard distance is 1.
+  Each output block is filled with that value first, then the pairs that do
+  share columns are overwritten.
+  """
+  num_query, num_gallery = q_g_dist.shape
+  num_all = num_query + num_gallery
+  # Inverted index over the gallery rows of V: column j -> (row, value).
+  row_ids = weights.row_ids()
+  gallery = slice(weights.row_starts[num_query], None)
+  gallery_rows = row_ids[gallery] - num_query
+  gallery_cols = weights.columns[gallery]
+  order = np.argsort(gallery_cols, kind='stable')
+  index_rows = gallery_rows[order]
+  index_values = weights.values[gallery][order]
+  index_sizes = np.bincount(gallery_cols, minlength=num_all)
+  index_starts = np.cumsum(index_sizes) - index_sizes
+
+  # Work per query row: the index entries its columns lead to.
+  query_rows = row_ids[:weights.row_starts[num_query]]
+  work = np.bincount(query_rows, minlength=num_query,
+                     weights=index_sizes[weights.columns[:len(query_rows)]])
+  original_weight = np.float32(lambda_value)
+  jaccard_weight = np.float32(1 - lambda_value)
+  out = np.empty((num_query, num_gallery), dtype=np.float32)
+  max_rows = max(1, OUTPUT_BLOCK_ENTRIES // num_gallery)
+  start = 0
+  while start < num_query:
+    stop = _block_end(work, start, JACCARD_BLOCK_ENTRIES, max_rows)
+    block = out[start:stop]
+    # lambda * T + (1 - lambda) * Jaccard with Jaccard = 1, in the float32
+    # operations of the dense formula.
+    np.square(np.asarray(q_g_dist[start:stop], dtype=np.float32), out=block)
+    block /= row_max_sq[start:stop, None]
+    block *= original_weight
+    block += np.float32(1) * jaccard_weight
+
+    entries = slice(weights.row_starts[start], weights.row_starts[stop])
+    cols = weights.columns[entries]
+    counts = index_sizes[cols]
+    if not counts.any():
+      start = stop
+      continue
+    visited = _expand_ranges(index_starts[cols], counts)
+    block_rows = query_rows[entries] - start
+    targets = (np.repeat(block_rows, counts) * num_gallery
+               + index_rows[visited])
+    minima = np.minimum(np.repeat(weights.values[entries], counts),
+                        index_values[visited])
+    # Sum per (query, gallery) pair in float32, in ascending column order.
+    order = np.argsort(targets, kind='stable')
+    targets = targets[order]
+    firsts = np.flatnonzero(np.r_[True, targets[1:] != targets[:-1]])
+    shared = np.add.reduceat(minima[order], firsts)
+    targets = targets[firsts]
+    jaccard = 1 - shared / (2 - shared)
+    rows, cols = np.divmod(targets, num_gallery)
+    original = np.asarray(q_g_dist[start + rows, cols], dtype=np.float32)
+    original = (original * original) / row_max_sq[start + rows]
+    block.reshape(-1)[targets] = (jaccard * jaccard_weight
+                                  + original * original_weight)
+    start = stop
+  return out
+
+
+def _block_end(work, start, budget, max_rows):
+  """End of the block from `start` whose summed `work` stays within budget."""
+  spent = np.cumsum(work[start:start + max_rows])
+  return start + max(1, int(np.searchsorted(spent, budget, side='right')))

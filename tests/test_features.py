@@ -1,0 +1,185 @@
+"""Tests of descriptor extraction and of the JAX pairwise distances."""
+
+import functools
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sa_reid_jax.evaluation import extract_features
+from sa_reid_jax.evaluation import pairwise_distances
+from sa_reid_jax.models import SANet
+
+IMAGE_SHAPE = (64, 32, 3)
+
+
+def numpy_distances(a, b, metric):
+  a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+  b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+  if metric == 'euclidean':
+    return np.sqrt(((a[:, None, :] - b[None, :, :])**2).sum(axis=-1))
+  norms_a = np.linalg.norm(a, axis=1)[:, None]
+  norms_b = np.linalg.norm(b, axis=1)[None, :]
+  return 1 - (a @ b.T) / np.maximum(norms_a * norms_b, 1e-300)
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+@pytest.mark.parametrize('shape_a, shape_b, block_size', [
+    ((13, 20), (9, 20), 4),
+    ((5, 3, 8), (11, 3, 8), 1024),
+    ((1, 7), (1, 7), 1),
+])
+def test_pairwise_distances_match_numpy(metric, shape_a, shape_b, block_size):
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal(shape_a).astype(np.float32)
+  b = rng.standard_normal(shape_b).astype(np.float32)
+  result = pairwise_distances(a, b, metric=metric, block_size=block_size)
+  assert result.shape == (shape_a[0], shape_b[0])
+  assert result.dtype == np.float32
+  np.testing.assert_allclose(result, numpy_distances(a, b, metric),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_pairwise_distances_of_part_descriptors_flatten_the_parts():
+  rng = np.random.default_rng(1)
+  parts = rng.standard_normal((6, 4, 16)).astype(np.float32)
+  parts /= np.linalg.norm(parts, axis=-1, keepdims=True)
+  result = pairwise_distances(jnp.asarray(parts), parts)
+  np.testing.assert_allclose(result, pairwise_distances(
+      parts.reshape(6, -1), parts.reshape(6, -1)))
+  # The distance to itself is zero up to float32 cancellation.
+  assert np.abs(np.diag(result)).max() < 1e-2
+
+
+def test_cosine_distance_of_a_zero_vector_is_one():
+  a = np.zeros((1, 4), dtype=np.float32)
+  b = np.eye(4, dtype=np.float32)
+  np.testing.assert_allclose(pairwise_distances(a, b, metric='cosine'),
+                             np.ones((1, 4)))
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(metric='manhattan'), 'metric'),
+    (dict(block_size=0), 'block_size'),
+    (dict(a=np.zeros(5)), 'a must be'),
+    (dict(b=np.zeros((3, 6))), 'differ in size'),
+])
+def test_pairwise_distances_bad_input(arguments, message):
+  kwargs = dict(a=np.zeros((2, 5)), b=np.zeros((3, 5)))
+  kwargs.update(arguments)
+  with pytest.raises(ValueError, match=message):
+    pairwise_distances(**kwargs)
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  """A small SANet and random variables of the right shapes.
+
+  The variables are drawn directly instead of by `model.init`, whose
+  initialisers take tens of seconds to compile on a small CPU.
+  """
+  model = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=8)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1,) + IMAGE_SHAPE))
+  rng = np.random.default_rng(0)
+
+  def draw(path, shape):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']"):
+      return rng.uniform(0.5, 1.5, shape.shape).astype(np.float32)
+    if name.endswith("['scale']"):
+      return rng.uniform(0.8, 1.2, shape.shape).astype(np.float32)
+    fan_in = int(np.prod(shape.shape[:-1])) if len(shape.shape) > 1 else 1
+    return (rng.standard_normal(shape.shape)
+            * np.sqrt(1 / fan_in)).astype(np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(draw, shapes)
+  return model, variables
+
+
+def images(count, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((count,) + IMAGE_SHAPE).astype(np.float32)
+
+
+def padded_batches(all_images, batch_size):
+  """Fixed-size batches; the last one padded with zeros and masked."""
+  for start in range(0, len(all_images), batch_size):
+    chunk = all_images[start:start + batch_size]
+    mask = np.zeros(batch_size, dtype=bool)
+    mask[:len(chunk)] = True
+    padded = np.zeros((batch_size,) + IMAGE_SHAPE, dtype=np.float32)
+    padded[:len(chunk)] = chunk
+    yield {'images': padded, 'mask': mask}
+
+
+def test_padded_batches_give_the_one_batch_descriptors(tiny_model):
+  model, variables = tiny_model
+  seven = images(7)
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  expected = np.asarray(apply(variables, seven)['features'])
+  result = extract_features(model, variables, padded_batches(seven, 3),
+                            progress=False)
+  # 6 parts of layer4's 256 channels (base width 8, times 8, times 4).
+  assert result.shape == expected.shape == (7, 6, 256)
+  assert result.dtype == np.float32
+  np.testing.assert_allclose(result, expected, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(result, axis=-1), 1, atol=1e-5)
+
+
+def test_masked_rows_anywhere_are_dropped(tiny_model):
+  model, variables = tiny_model
+  batch = images(3, seed=1)
+  mask = np.array([True, False, True])
+  result = extract_features(model, variables,
+                            [{'images': batch, 'mask': mask}], progress=False)
+  expected = extract_features(model, variables, [{'images': batch}],
+                              progress=False)[mask]
+  assert len(result) == 2
+  np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_flip_averages_the_mirrored_descriptor(tiny_model):
+  model, variables = tiny_model
+  batch = images(3, seed=2)
+
+  def features(x):
+    return extract_features(model, variables, [{'images': x}],
+                            progress=False).astype(np.float64)
+
+  mean = (features(batch) + features(batch[:, :, ::-1, :])) / 2
+  expected = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+  result = extract_features(model, variables, [{'images': batch}], flip=True,
+                            progress=False)
+  np.testing.assert_allclose(result, expected, atol=1e-5)
+  # Mirroring changes the descriptor, so this checks the flip is applied.
+  assert np.abs(result - features(batch)).max() > 1e-3
+
+
+def test_progress_lines_when_not_on_a_terminal(tiny_model):
+  model, variables = tiny_model
+  stream = io.StringIO()
+  extract_features(model, variables, padded_batches(images(5), 3), total=5,
+                   description='gallery', log_interval_s=0.0, stream=stream)
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 3  # one per batch, then the final line
+  assert lines[0].startswith('gallery: ') and '3/5 images' in lines[0]
+  assert '5/5 images (100%)' in lines[-1] and 'images/s' in lines[-1]
+  assert lines[-1].endswith('done')
+
+
+@pytest.mark.parametrize('batches, message', [
+    ([], 'empty'),
+    ([np.zeros((2,) + IMAGE_SHAPE)], 'expected a dict'),
+    ([{'images': np.zeros(IMAGE_SHAPE)}], 'images must be'),
+    ([{'images': np.zeros((2,) + IMAGE_SHAPE), 'mask': np.ones(3, bool)}],
+     'mask must be'),
+    ([{'images': np.zeros((2,) + IMAGE_SHAPE), 'mask': np.ones(2)}],
+     'mask must be bool'),
+])
+def test_bad_batches_are_a_clear_error(tiny_model, batches, message):
+  model, variables = tiny_model
+  with pytest.raises(ValueError, match=message):
+    extract_features(model, variables, batches, progress=False)

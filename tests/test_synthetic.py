@@ -1,0 +1,163 @@
+"""Tests of the synthetic Market-layout dataset generator."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.datasets import synthetic
+
+SPLITS = ('train', 'query', 'gallery')
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('synthetic'))
+  summary = synthetic.generate(root, num_ids=10, num_test_ids=40,
+                               num_cameras=4, seed=0)
+  records = {split: market_layout.scan_split(root, split) for split in SPLITS}
+  return summary, records
+
+
+def _files(root):
+  contents = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, 'rb') as file:
+        contents[os.path.relpath(path, root)] = file.read()
+  return contents
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+  synthetic.generate(str(tmp_path / 'a'), num_ids=3, num_cameras=3, seed=7)
+  synthetic.generate(str(tmp_path / 'b'), num_ids=3, num_cameras=3, seed=7)
+  synthetic.generate(str(tmp_path / 'c'), num_ids=3, num_cameras=3, seed=8)
+  first, second = _files(tmp_path / 'a'), _files(tmp_path / 'b')
+  assert first and first == second
+  assert _files(tmp_path / 'c') != first
+
+
+def test_layout_round_trips_through_scan_split(dataset):
+  summary, records = dataset
+  assert len(records['train']) == summary.num_train_images
+  assert len(records['query']) == summary.num_query_images
+  assert len(records['gallery']) == summary.num_gallery_images
+  assert ({r.person_id for r in records['train']} ==
+          set(summary.train_person_ids))
+  assert ({r.person_id for r in records['query']} ==
+          set(summary.test_person_ids))
+  gallery_ids = {r.person_id for r in records['gallery']}
+  assert gallery_ids == set(summary.test_person_ids) | {0, -1}
+  for split in SPLITS:
+    for record in records[split]:
+      assert 0 <= record.camera_id < 4
+      name = record.filename
+      assert name.endswith('.jpg')
+      expected_prefix = ('-1' if record.person_id == -1
+                         else f'{record.person_id:04d}')
+      assert name.startswith(f'{expected_prefix}_c{record.camera_id + 1}s')
+
+
+def test_train_and_test_identities_are_disjoint(dataset):
+  summary, _ = dataset
+  assert len(summary.train_person_ids) == 10
+  assert len(summary.test_person_ids) == 40
+  assert not set(summary.train_person_ids) & set(summary.test_person_ids)
+  assert 0 not in summary.train_person_ids + summary.test_person_ids
+
+
+def test_gallery_holds_junk_and_distractors(dataset):
+  summary, records = dataset
+  person_ids = [r.person_id for r in records['gallery']]
+  assert person_ids.count(-1) == summary.num_junk_images == 10
+  assert person_ids.count(0) == summary.num_distractor_images == 20
+
+
+def test_every_identity_has_several_cameras_and_queries_match(dataset):
+  _, records = dataset
+  for split in ('train', 'gallery'):
+    cameras = {}
+    for r in records[split]:
+      cameras.setdefault(r.person_id, set()).add(r.camera_id)
+    assert all(len(c) >= 2 for pid, c in cameras.items() if pid > 0)
+  gallery = {(r.person_id, r.camera_id) for r in records['gallery']}
+  for query in records['query']:
+    assert any(pid == query.person_id and cam != query.camera_id
+               for pid, cam in gallery)
+
+
+def test_images_decode_at_market_size(dataset):
+  _, records = dataset
+  for split in SPLITS:
+    for record in records[split][:20]:
+      with Image.open(record.path) as image:
+        assert image.format == 'JPEG'
+        assert image.mode == 'RGB'
+        assert image.size == (64, 128)  # PIL gives (width, height)
+
+
+def _part_colours(paths):
+  """Mean colour of four body bands, divided by the image mean (a crude
+  colour constancy): a simple hand-made re-id feature."""
+  images = np.stack([np.asarray(Image.open(p), np.float32) for p in paths])
+  relative = images / (images.mean(axis=(1, 2), keepdims=True) + 1)
+  bands = ((12, 30), (30, 64), (64, 100), (100, 122))
+  return np.concatenate(
+      [relative[:, a:b, 22:42].mean(axis=(1, 2)) for a, b in bands], axis=1)
+
+
+def test_retrieval_is_learnable_but_not_trivial(dataset):
+  _, records = dataset
+  query, gallery = records['query'], records['gallery']
+  query_features = _part_colours([r.path for r in query])
+  gallery_features = _part_colours([r.path for r in gallery])
+  distances = ((query_features[:, None] - gallery_features[None]) ** 2).sum(-1)
+  gallery_ids = np.array([r.person_id for r in gallery])
+  gallery_cameras = np.array([r.camera_id for r in gallery])
+  hits, chance = [], []
+  for q, record in enumerate(query):
+    keep = ~(((gallery_ids == record.person_id) &
+              (gallery_cameras == record.camera_id)) | (gallery_ids == -1))
+    ranked = gallery_ids[keep][np.argsort(distances[q][keep], kind='stable')]
+    hits.append(ranked[0] == record.person_id)
+    chance.append(np.mean(ranked == record.person_id))
+  rank1, chance_rank1 = np.mean(hits), np.mean(chance)
+  assert rank1 > 5 * chance_rank1
+  assert rank1 < 0.9
+
+
+@pytest.mark.parametrize('arguments, fault', [
+    ({'num_ids': 0}, 'num_ids'),
+    ({'num_cameras': 1}, 'num_cameras'),
+    ({'images_per_camera': (3, 2)}, 'images_per_camera'),
+    ({'query_probability': 0.0}, 'query_probability'),
+    ({'num_junk': -1}, 'num_junk'),
+    ({'jpeg_quality': 0}, 'jpeg_quality'),
+    ({'num_ids': 5000, 'num_test_ids': 5000}, 'num_test_ids'),
+])
+def test_bad_arguments_name_the_culprit(tmp_path, arguments, fault):
+  with pytest.raises(ValueError, match=fault):
+    synthetic.generate(str(tmp_path), **arguments)
+
+
+def test_refuses_a_folder_that_already_holds_images(tmp_path):
+  synthetic.generate(str(tmp_path), num_ids=2, num_cameras=2)
+  with pytest.raises(ValueError, match='bounding_box_train.*already holds'):
+    synthetic.generate(str(tmp_path), num_ids=2, num_cameras=2)
+
+
+def test_command_line(tmp_path, capsys):
+  output = str(tmp_path / 'cli')
+  assert synthetic.main(['--output', output, '--num_ids', '3',
+                         '--num_cameras', '3']) == 0
+  assert '3 train ids' in capsys.readouterr().out
+  assert market_layout.scan_split(output, 'query')
+  with pytest.raises(SystemExit) as exit_info:
+    synthetic.main(['--output', str(tmp_path / 'bad'), '--num_cameras', '1'])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err
+  assert 'num_cameras must be in [2, 99]' in error
+  assert 'Traceback' not in error
