@@ -10,12 +10,19 @@ TensorFlow's thread pools are fixed when it starts:
 * all cores: TensorFlow's defaults and tf.data autotuning; images/s divided by
   the number of cores, and images per CPU-second used by the process.
 
+With ``--augment_on_device`` the pipeline only decodes (to uint8 at 128x64,
+``train_batches(..., augment_on_device=True)``), and a third process times
+``device_augment.augment_batch`` (resize, flip, normalise, erase) on JAX's
+default backend, for reference.
+
 Run::
 
-  .venv/bin/python benchmarks/bench_input.py [--num_ids 100] [--source tfds]
+  .venv/bin/python benchmarks/bench_input.py [--num_ids 100] [--source tfds] \
+      [--augment_on_device]
 """
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -44,13 +51,58 @@ def _parse_arguments(argv):
                       help='disable random erasing')
   parser.add_argument('--source', choices=('folder', 'tfds'), default='folder',
                       help='read files directly or through the TFDS builder')
-  parser.add_argument('--worker', choices=('one_core', 'all_cores'),
+  parser.add_argument('--augment_on_device', action='store_true',
+                      help='time the decode-only CPU side, then '
+                      'device_augment.augment_batch on JAX\'s default backend')
+  parser.add_argument('--worker', choices=('one_core', 'all_cores', 'augment'),
                       help=argparse.SUPPRESS)
   parser.add_argument('--data_dir', default=None, help=argparse.SUPPRESS)
   arguments = parser.parse_args(argv)
   if min(arguments.batches, arguments.batch_size, arguments.repeats) < 1:
     parser.error('--batches, --batch_size and --repeats must be at least 1')
   return arguments
+
+
+def _best_rates(step, images_per_step, arguments):
+  """The fastest window's (images per wall-second, per CPU-second)."""
+  rates = []
+  for _ in range(arguments.repeats):
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(arguments.batches):
+      step()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    images = arguments.batches * images_per_step
+    rates.append((images / wall, images / cpu))
+  return max(rates)
+
+
+def _measure_augment(arguments):
+  """Runs in a fresh process: times ``augment_batch`` on a staged batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax import device_augment  # pylint: disable=g-import-not-at-top
+  size = arguments.batch_size
+  rng = np.random.default_rng(0)
+  height, width = arguments.image_size
+  boxes = np.zeros((size, 4), np.int32)
+  boxes[::2] = (height // 4, width // 4, height // 2, width // 2)
+  batch = jax.device_put({
+      'images': rng.integers(0, 256, (size, 128, 64, 3), np.uint8),
+      'flip': np.arange(size) % 2 == 0, 'erase_box': boxes,
+      'noise_seed': rng.integers(0, 2**62, (size, 2), np.int64)})
+  # 'zeros' is RandomErasing's default fill; 'random' adds a full-size
+  # normal draw per image, costly on CPU.
+  for fill in ('zeros', 'random'):
+    augment = functools.partial(
+        lambda fill: device_augment.augment_batch(
+            batch, tuple(arguments.image_size), fill).block_until_ready(),
+        fill)
+    for _ in range(3):
+      augment()
+    wall_rate, cpu_rate = _best_rates(augment, size, arguments)
+    print(f'augment_batch on {jax.devices()[0].platform}: {wall_rate:7.0f} '
+          f'img/s; {cpu_rate:.0f} img per CPU-second used (batch {size}, '
+          f'128x64 -> {height}x{width}, {fill} fill on half the images)')
 
 
 def _measure(arguments):
@@ -73,27 +125,23 @@ def _measure(arguments):
   options = dict(
       batch_size=arguments.batch_size, seed=0,
       image_size=tuple(arguments.image_size),
-      erasing=None if arguments.no_erasing else augmentation.RandomErasing())
+      erasing=None if arguments.no_erasing else augmentation.RandomErasing(),
+      augment_on_device=arguments.augment_on_device)
   if one_core:
     options.update(num_parallel_calls=1, prefetch=1)
   batches = input_pipeline.train_batches(table, **options)
   for _ in range(3):
     next(batches)
-  rates = []  # (images per wall-second, images per CPU-second) per window
-  for _ in range(arguments.repeats):
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(arguments.batches):
-      next(batches)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    images = arguments.batches * arguments.batch_size
-    rates.append((images / wall, images / cpu))
-  wall_rate, cpu_rate = max(rates)
+  wall_rate, cpu_rate = _best_rates(lambda: next(batches),
+                                    arguments.batch_size, arguments)
   cores = os.cpu_count() or 1
   erasing = 'off' if arguments.no_erasing else 'on'
+  work = ('decode only, augment_on_device' if arguments.augment_on_device
+          else f'erasing {erasing}')
   if one_core:
     print(f'one core : {wall_rate:7.0f} img/s; {cpu_rate:.0f} img per '
           f'CPU-second used (source {arguments.source}, '
-          f'{len(table)} train images, erasing {erasing})')
+          f'{len(table)} train images, {work})')
   else:
     print(f'all cores: {wall_rate:7.0f} img/s on {cores} cores = '
           f'{wall_rate / cores:.0f} img/s per core; '
@@ -102,6 +150,9 @@ def _measure(arguments):
 
 def main(argv=None):
   arguments = _parse_arguments(argv)
+  if arguments.worker == 'augment':
+    _measure_augment(arguments)
+    return
   if arguments.worker:
     _measure(arguments)
     return
@@ -126,7 +177,11 @@ def main(argv=None):
         *map(str, arguments.image_size)]
     if arguments.no_erasing:
       worker_arguments.append('--no_erasing')
-    for worker in ('one_core', 'all_cores'):
+    workers = ('one_core', 'all_cores')
+    if arguments.augment_on_device:
+      worker_arguments.append('--augment_on_device')
+      workers += ('augment',)
+    for worker in workers:
       status = subprocess.run([sys.executable, os.path.abspath(__file__),
                                *worker_arguments, '--worker', worker],
                               check=False).returncode

@@ -18,6 +18,11 @@ permutation drawn from it, and each example's flip and erasing are drawn from
 it for the example's row (``datasets.augmentation``). So (seed, epoch, step)
 fixes a batch, and a run resumed at (epoch, step) sees what an uninterrupted
 one would.
+
+With ``augment_on_device=True`` the train pipeline stops after decoding: it
+emits uint8 images at a small staging size plus each example's flip and
+erasing draws, and ``sa_reid_jax.device_augment.augment_batch`` does the
+resize, flip, normalisation and erasing on the accelerator.
 """
 
 import functools
@@ -33,8 +38,10 @@ from sa_reid_jax.datasets import augmentation  # pylint: disable=g-import-not-at
 from sa_reid_jax.datasets import tables  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Defined beside the TensorFlow-free device augmentation, used by both paths.
+from sa_reid_jax.device_augment import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.device_augment import IMAGENET_STD  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.device_augment import check_size  # pylint: disable=g-import-not-at-top
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
@@ -185,11 +192,26 @@ def epoch_order(num_examples: int, *, batch_size: int, seed: int, epoch: int,
   return rows[start_step * batch_size:steps * batch_size]
 
 
+def _to_staging_size(image: tf.Tensor,
+                     staging_size: tuple[int, int]) -> tf.Tensor:
+  """Resizes a uint8 image to ``staging_size`` (rounded), unless already so."""
+  same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(staging_size))
+
+  def resized():
+    pixels = resize(tf.cast(image, tf.float32), staging_size)
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+
+  image = tf.cond(same, lambda: image, resized)
+  return tf.ensure_shape(image, [*staging_size, 3])
+
+
 def _train_pipeline(table, plan, *, batch_size, image_size, erasing,
-                    num_parallel_calls, prefetch):
+                    num_parallel_calls, prefetch, staging_size=None):
   """Batches of the examples ``plan()`` yields, one dict of arrays per epoch.
 
-  One pipeline (and one trace of its functions) serves all the epochs.
+  One pipeline (and one trace of its functions) serves all the epochs. With
+  a ``staging_size``, examples are decoded only (see ``train_dataset``'s
+  ``augment_on_device``).
   """
   tensorflow_cpu.hide_accelerators_from_tensorflow()
   images = tf.constant(table.images)
@@ -197,6 +219,16 @@ def _train_pipeline(table, plan, *, batch_size, image_size, erasing,
   person_ids = tf.constant(table.person_ids)
   camera_ids = tf.constant(table.camera_ids)
   fill = erasing.fill if erasing is not None else 'zeros'
+
+  def stage(example):
+    row = example['row']
+    image = _to_staging_size(_read(images[row], table.images_are_paths),
+                             staging_size)
+    return {'images': image, 'flip': example['flip'],
+            'erase_box': example['erase_box'],
+            'noise_seed': example['noise_seed'], 'labels': labels[row],
+            'person_ids': person_ids[row], 'camera_ids': camera_ids[row],
+            'indices': row}
 
   def prepare(example):
     row = example['row']
@@ -214,7 +246,8 @@ def _train_pipeline(table, plan, *, batch_size, image_size, erasing,
       'erase_box': tf.TensorSpec([None, 4], tf.int32),
       'noise_seed': tf.TensorSpec([None, 2], tf.int64)})
   examples = epochs.flat_map(tf.data.Dataset.from_tensor_slices)
-  examples = examples.map(prepare, num_parallel_calls=num_parallel_calls,
+  examples = examples.map(prepare if staging_size is None else stage,
+                          num_parallel_calls=num_parallel_calls,
                           deterministic=True)
   return examples.batch(batch_size, drop_remainder=True).prefetch(prefetch)
 
@@ -237,7 +270,10 @@ def train_dataset(table: tables.ExampleTable, *, batch_size: int, seed: int,
                       augmentation.RandomErasing()),
                   process_index: int = 0, process_count: int = 1,
                   num_parallel_calls: int = tf.data.AUTOTUNE,
-                  prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                  prefetch: int = tf.data.AUTOTUNE,
+                  augment_on_device: bool = False,
+                  staging_size: tuple[int, int] = (128, 64)
+                  ) -> tf.data.Dataset:
   """One epoch of shuffled, augmented train batches for this process.
 
   The rows and their order are ``epoch_order``'s; each example's flip and
@@ -257,11 +293,21 @@ def train_dataset(table: tables.ExampleTable, *, batch_size: int, seed: int,
     process_count: number of processes (e.g. ``jax.process_count()``).
     num_parallel_calls: parallel decode/augment calls (default autotuned).
     prefetch: batches prepared ahead (default autotuned).
+    augment_on_device: only decode here; leave resize, flip, normalisation
+      and erasing to ``device_augment.augment_batch`` (default False).
+    staging_size: (height, width) of the decoded images emitted with
+      ``augment_on_device`` (default (128, 64), Market-1501's own size);
+      other sizes are resized to it as ``resize`` does and rounded to uint8
+      (then resized again on device: not bit-equal to the CPU path).
 
   Returns:
     a dataset of dicts: ``images`` float32 (B, H, W, 3), ``labels``,
     ``person_ids``, ``camera_ids`` int32 (B,), ``indices`` int64 (B,) (rows
-    of the table).
+    of the table). With ``augment_on_device``, ``images`` are uint8
+    (B, *staging_size, 3) and the draws to apply come along: ``flip`` bool
+    (B,), ``erase_box`` int32 (B, 4) (top, left, height, width at
+    ``image_size``; height 0 for none), ``noise_seed`` int64 (B, 2) (seed of
+    a ``'random'`` fill).
   """
   order = epoch_order(len(table), batch_size=batch_size, seed=seed,
                       epoch=epoch, start_step=start_step,
@@ -273,7 +319,9 @@ def train_dataset(table: tables.ExampleTable, *, batch_size: int, seed: int,
   return _train_pipeline(
       table, lambda: iter([examples]), batch_size=batch_size,
       image_size=image_size, erasing=erasing,
-      num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+      num_parallel_calls=num_parallel_calls, prefetch=prefetch,
+      staging_size=(check_size(staging_size, 'staging_size')
+                    if augment_on_device else None))
 
 
 def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
@@ -286,6 +334,8 @@ def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   num_parallel_calls: int = tf.data.AUTOTUNE,
                   prefetch: int = tf.data.AUTOTUNE,
+                  augment_on_device: bool = False,
+                  staging_size: tuple[int, int] = (128, 64),
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Numpy train batches across epochs, from (start_epoch, start_step).
 
@@ -300,7 +350,8 @@ def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
     start_step: step within ``start_epoch`` to start at.
     num_epochs: stop before this epoch; None runs forever.
     image_size, flip_probability, erasing, process_index, process_count,
-      num_parallel_calls, prefetch: as for ``train_dataset``.
+      num_parallel_calls, prefetch, augment_on_device, staging_size: as for
+      ``train_dataset``.
 
   Returns:
     an iterator of dicts of numpy arrays (see ``train_dataset``).
@@ -310,6 +361,8 @@ def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
                        process_count=process_count)
   epoch_order(len(table), epoch=start_epoch, start_step=start_step,
               **order_options)  # checks the arguments now, not in tf.data
+  if augment_on_device:
+    staging_size = check_size(staging_size, 'staging_size')
 
   def plan():
     epoch = start_epoch
@@ -326,7 +379,8 @@ def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
   dataset = _train_pipeline(
       table, plan, batch_size=batch_size, image_size=image_size,
       erasing=erasing, num_parallel_calls=num_parallel_calls,
-      prefetch=prefetch)
+      prefetch=prefetch,
+      staging_size=staging_size if augment_on_device else None)
   return dataset.as_numpy_iterator()
 
 

@@ -1,0 +1,124 @@
+"""Train-time augmentation on the accelerator, in JAX (no TensorFlow here).
+
+The counterpart of ``input_pipeline.train_dataset`` with
+``augment_on_device=True``: that pipeline only decodes, emitting uint8 images
+at a small staging size with each example's flip and erasing draws
+(``datasets.augmentation.sample_epoch``); ``augment_batch`` then applies them
+in the order the CPU path does: mirror, bilinear resize to the network input,
+ImageNet normalisation, random erasing.
+
+For a ``'zeros'`` fill the result equals the CPU path's up to float rounding
+(resize weights are computed differently). A ``'random'`` fill draws its
+standard normal values with ``jax.random`` from the same per-example
+``noise_seed``: same distribution and box, but not TensorFlow's values.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASING_FILLS = ('zeros', 'random')
+_KEYS = ('images', 'flip', 'erase_box', 'noise_seed')
+
+
+def check_size(size, name: str = 'image_size') -> tuple[int, int]:
+  """`size` as a (height, width) tuple of positive ints.
+
+  Raises:
+    ValueError: naming the argument `name` when it is not one.
+  """
+  size = tuple(size)
+  if (len(size) != 2 or
+      not all(isinstance(side, (int, np.integer)) and side >= 1
+              for side in size)):
+    raise ValueError(f'{name} must be a positive (height, width), got {size}')
+  return tuple(int(side) for side in size)
+
+
+def _seed_keys(noise_seed: jax.Array) -> jax.Array:
+  """Threefry keys from (B, 2) integer seeds, using each one's low 32 bits.
+
+  Without x64, JAX already holds int64 seeds as their low 32 bits, so keys
+  are the same with x64 on or off.
+  """
+  bits = jax.lax.convert_element_type(noise_seed, jnp.uint32)
+  return jax.vmap(jax.random.wrap_key_data)(bits)
+
+
+@functools.partial(jax.jit, static_argnames=('image_size', 'fill'))
+def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
+  batch = images.shape[0]
+  height, width = image_size
+  pixels = images.astype(jnp.float32)
+  # Mirror before resizing, as the CPU path: bilinear resizing commutes with
+  # mirroring, and mirroring the small image moves fewer pixels.
+  pixels = jnp.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
+  # antialias=True is plain half-pixel-centre bilinear in an enlarged
+  # dimension and a widened triangle filter in a shrunk one: TensorFlow's and
+  # PIL's rule.
+  pixels = jax.image.resize(pixels, (batch, height, width, 3), 'bilinear',
+                            antialias=True)
+  scale = jnp.array([1 / (255 * s) for s in IMAGENET_STD], jnp.float32)
+  shift = jnp.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+                    jnp.float32)
+  pixels = pixels * scale + shift
+  top, left, box_height, box_width = (erase_box[:, i, None] for i in range(4))
+  rows = jnp.arange(height)[None, :]
+  columns = jnp.arange(width)[None, :]
+  inside = (((rows >= top) & (rows < top + box_height))[:, :, None] &
+            ((columns >= left) & (columns < left + box_width))[:, None, :])
+  if fill == 'random':
+    values = jax.vmap(lambda key: jax.random.normal(
+        key, (height, width, 3), jnp.float32))(_seed_keys(noise_seed))
+  else:
+    values = jnp.zeros((), jnp.float32)
+  return jnp.where(inside[..., None], values, pixels)
+
+
+def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
+                  fill: str = 'zeros') -> jax.Array:
+  """Mirrors, resizes, normalises and erases a batch of staged images.
+
+  Usable under ``jax.jit`` (``image_size`` and ``fill`` are static).
+
+  Args:
+    batch: a batch of ``train_dataset(..., augment_on_device=True)``:
+      ``images`` uint8 (B, h, w, 3), ``flip`` bool (B,), ``erase_box`` int
+      (B, 4) of (top, left, height, width) at ``image_size`` (height 0 for
+      none), ``noise_seed`` int (B, 2); other keys are ignored.
+    image_size: output (height, width); must be the ``image_size`` the
+      pipeline drew the erasing boxes for (default (384, 128)).
+    fill: the erasing fill, ``'zeros'`` (default) or ``'random'``, as the
+      pipeline's ``RandomErasing.fill``.
+
+  Returns:
+    float32 (B, *image_size, 3): ((resized pixel / 255) - mean) / std, the
+    boxes filled.
+
+  Raises:
+    ValueError: naming the argument or batch entry at fault.
+  """
+  image_size = check_size(image_size)
+  if fill not in ERASING_FILLS:
+    raise ValueError(f'fill must be one of {ERASING_FILLS}, got {fill!r}')
+  missing = [key for key in _KEYS if key not in batch]
+  if missing:
+    raise ValueError(f'batch lacks {missing}; make it with '
+                     'train_dataset(..., augment_on_device=True)')
+  images, flip, erase_box, noise_seed = (batch[key] for key in _KEYS)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != jnp.uint8:
+    raise ValueError(f'batch["images"] must be uint8 (B, h, w, 3), got '
+                     f'{images.dtype} {tuple(images.shape)}')
+  size = images.shape[0]
+  expected = {'flip': (size,), 'erase_box': (size, 4),
+              'noise_seed': (size, 2)}
+  for key, shape in expected.items():
+    if tuple(batch[key].shape) != shape:
+      raise ValueError(f'batch["{key}"] must have shape {shape}, got '
+                       f'{tuple(batch[key].shape)}')
+  return _augment(images, flip, erase_box, noise_seed, image_size=image_size,
+                  fill=fill)

@@ -1,0 +1,171 @@
+"""The on-device augmentation path against the tf.data one."""
+
+import io
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from sa_reid_jax import device_augment
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import augmentation
+from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.datasets import tables
+
+# Both paths compute the same float32 arithmetic with differently computed
+# resize weights: they agree to ~2e-5. The bound is 1e-4, well below one
+# grey level after normalisation (1 / (255 * 0.225) = 0.017).
+TOLERANCE = 1e-4
+IMAGE_SIZE = (384, 128)
+ZEROS = augmentation.RandomErasing(probability=0.7)
+RANDOM = augmentation.RandomErasing(probability=0.7, fill='random')
+
+
+@pytest.fixture(scope='module')
+def table(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('data') / 'synthetic')
+  synthetic.generate(root, num_ids=4, num_test_ids=1, num_cameras=3, seed=1)
+  return tables.from_folder(root, 'train')
+
+
+def _both_paths(table, **options):
+  arguments = dict(batch_size=6, seed=2, epoch=0, image_size=IMAGE_SIZE)
+  arguments.update(options)
+  on_cpu = input_pipeline.train_dataset(table, **arguments)
+  staged = input_pipeline.train_dataset(table, augment_on_device=True,
+                                        **arguments)
+  return list(on_cpu.as_numpy_iterator()), list(staged.as_numpy_iterator())
+
+
+@pytest.mark.parametrize('erasing', [ZEROS, None], ids=['erasing', 'none'])
+def test_device_path_equals_tf_path(table, erasing):
+  on_cpu, staged = _both_paths(table, erasing=erasing)
+  assert len(on_cpu) == len(staged) == len(table) // 6 >= 3
+  draws = augmentation.sample_epoch(
+      len(table), seed=2, epoch=0, image_size=IMAGE_SIZE,
+      flip_probability=0.5, erasing=erasing)
+  augment = jax.jit(lambda batch: device_augment.augment_batch(
+      batch, IMAGE_SIZE, 'zeros'))
+  flips = erased = 0
+  for expected, batch in zip(on_cpu, staged):
+    assert batch['images'].dtype == np.uint8
+    assert batch['images'].shape == (6, 128, 64, 3)
+    for key in ('labels', 'person_ids', 'camera_ids', 'indices'):
+      np.testing.assert_array_equal(batch[key], expected[key])
+    rows = batch['indices']
+    for key in ('flip', 'erase_box', 'noise_seed'):
+      np.testing.assert_array_equal(batch[key], draws[key][rows])
+    images = np.asarray(augment(batch))
+    assert images.dtype == np.float32 and images.shape == (6, *IMAGE_SIZE, 3)
+    np.testing.assert_allclose(images, expected['images'], rtol=0,
+                               atol=TOLERANCE)
+    flips += batch['flip'].sum()
+    erased += (batch['erase_box'][:, 2] > 0).sum()
+  assert 0 < flips < len(table)
+  assert (erased > 0) == (erasing is not None)
+
+
+def test_random_fill_keeps_the_boxes_and_draws_normal_values(table):
+  on_cpu, staged = _both_paths(table, erasing=RANDOM)
+  inside = []
+  for expected, batch in zip(on_cpu, staged):
+    images = np.array(device_augment.augment_batch(batch, fill='random'))
+    again = np.asarray(device_augment.augment_batch(batch, fill='random'))
+    np.testing.assert_array_equal(images, again)
+    for image, reference, box in zip(images, expected['images'],
+                                     batch['erase_box']):
+      top, left, height, width = box
+      values = image[top:top + height, left:left + width].copy()
+      inside.append(values.ravel())
+      reference = reference.copy()
+      image[top:top + height, left:left + width] = 0
+      reference[top:top + height, left:left + width] = 0
+      np.testing.assert_allclose(image, reference, rtol=0, atol=TOLERANCE)
+  inside = np.concatenate(inside)
+  assert inside.size > 10000
+  assert abs(inside.mean()) < 0.05 and abs(inside.std() - 1) < 0.05
+
+
+def test_train_batches_stage_the_same_batches(table):
+  options = dict(batch_size=6, seed=2, image_size=IMAGE_SIZE, erasing=ZEROS,
+                 augment_on_device=True)
+  streamed = list(input_pipeline.train_batches(
+      table, start_epoch=1, num_epochs=2, **options))
+  one_epoch = list(input_pipeline.train_dataset(
+      table, epoch=1, **options).as_numpy_iterator())
+  assert len(streamed) == len(one_epoch)
+  for a, b in zip(streamed, one_epoch):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def _jpeg_table(shape, count=4):
+  rng = np.random.default_rng(3)
+  buffers = []
+  for _ in range(count):
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(
+        buffer, format='JPEG', quality=95)
+    buffers.append(buffer.getvalue())
+  ids = np.arange(count, dtype=np.int32)
+  return tables.ExampleTable(
+      images=np.array(buffers, dtype=object), images_are_paths=False,
+      person_ids=ids + 1, labels=ids, camera_ids=ids % 2,
+      filenames=np.array([f'{i}.jpg' for i in ids], dtype=object))
+
+
+def test_other_sizes_are_staged_by_a_rounded_resize():
+  table = _jpeg_table((40, 30, 3))
+  staged = next(input_pipeline.train_dataset(
+      table, batch_size=4, seed=0, epoch=0, augment_on_device=True,
+      staging_size=(20, 10)).as_numpy_iterator())
+  assert staged['images'].dtype == np.uint8
+  assert staged['images'].shape == (4, 20, 10, 3)
+  for row, image in zip(staged['indices'], staged['images']):
+    decoded = input_pipeline.decode_image(tf.constant(table.images[row]))
+    resized = input_pipeline.resize(tf.cast(decoded, tf.float32), (20, 10))
+    np.testing.assert_array_equal(
+        image, np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize('shape', [(128, 64, 3), (150, 140, 3),
+                                   (500, 200, 3)])
+def test_resize_follows_the_tf_rule_when_enlarging_or_shrinking(shape):
+  pixels = np.random.default_rng(4).integers(0, 256, shape, np.uint8)
+  batch = {'images': np.stack([pixels, pixels]),
+           'flip': np.array([False, True]),
+           'erase_box': np.zeros((2, 4), np.int32),
+           'noise_seed': np.zeros((2, 2), np.int64)}
+  images = np.asarray(device_augment.augment_batch(batch, IMAGE_SIZE))
+  for image, flip in zip(images, batch['flip']):
+    expected = input_pipeline.preprocess(tf.constant(pixels), IMAGE_SIZE,
+                                         bool(flip)).numpy()
+    np.testing.assert_allclose(image, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_bad_arguments_are_named():
+  batch = {'images': np.zeros((2, 8, 4, 3), np.uint8),
+           'flip': np.zeros(2, bool), 'erase_box': np.zeros((2, 4), np.int32),
+           'noise_seed': np.zeros((2, 2), np.int64)}
+  with pytest.raises(ValueError, match='fill must be one of'):
+    device_augment.augment_batch(batch, fill='mean')
+  with pytest.raises(ValueError, match='image_size must be'):
+    device_augment.augment_batch(batch, image_size=(0, 16))
+  with pytest.raises(ValueError, match='image_size must be'):
+    device_augment.augment_batch(batch, image_size=(16, 8, 3))
+  with pytest.raises(ValueError, match=r"lacks \['flip'\]"):
+    device_augment.augment_batch({k: v for k, v in batch.items()
+                                  if k != 'flip'})
+  with pytest.raises(ValueError, match=r'batch\["images"\] must be uint8'):
+    device_augment.augment_batch({**batch, 'images': np.zeros((2, 8, 4, 3))})
+  with pytest.raises(ValueError, match=r'batch\["erase_box"\] must have'):
+    device_augment.augment_batch({**batch, 'erase_box': np.zeros((2, 3))})
+  table = _jpeg_table((8, 4, 3))
+  with pytest.raises(ValueError, match='staging_size must be'):
+    input_pipeline.train_dataset(table, batch_size=2, seed=0, epoch=0,
+                                 augment_on_device=True, staging_size=(0, 64))
+  with pytest.raises(ValueError, match='staging_size must be'):
+    input_pipeline.train_batches(table, batch_size=2, seed=0,
+                                 augment_on_device=True, staging_size=(128,))
