@@ -20,9 +20,8 @@ import dataclasses
 
 import numpy as np
 
-# Person id of junk images (as in sa_reid_jax.datasets.market_layout; not
-# imported, to keep this module free of the dataset code).
-JUNK_PERSON_ID = -1
+# market_layout is plain Python (no TensorFlow), so importing it is cheap.
+from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 
 # Distance-matrix entries per chunk of queries: bounds the working memory
 # (about 1 + 4 bytes per entry plus 8 bytes per kept image) and keeps it
