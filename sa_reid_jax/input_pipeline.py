@@ -127,14 +127,14 @@ def steps_per_epoch(num_examples: int, batch_size: int,
     process_count: number of processes sharing the table.
 
   Returns:
-    (num_examples // process_count) // batch_size.
+    num_examples // (batch_size * process_count): whole global batches.
 
   Raises:
     ValueError: when not even one batch fits.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  steps = (num_examples // process_count) // batch_size
+  steps = num_examples // (batch_size * process_count)
   if steps < 1:
     raise ValueError(f'batch_size {batch_size} is larger than one process\'s '
                      f'share of the {num_examples} train examples '
@@ -160,10 +160,12 @@ def epoch_order(num_examples: int, *, batch_size: int, seed: int, epoch: int,
                 process_count: int = 1) -> np.ndarray:
   """The table rows one process trains on in one epoch, in order.
 
-  Row i belongs to process i % process_count (split before shuffling, so
-  every row goes to exactly one process); the process's rows are permuted by
-  a generator seeded with (seed, epoch) and cut to ``steps_per_epoch`` whole
-  batches, equal on every process.
+  All rows are permuted by a generator seeded with (seed, epoch) and cut into
+  global batches of ``batch_size * process_count``; process p takes the p-th
+  slice of ``batch_size`` rows of each. The global batches therefore do not
+  depend on the process count: one process with batch 2B sees exactly what
+  two processes with batch B see together, and every row goes to at most one
+  process (the rows after the last whole global batch are left out).
 
   Args:
     num_examples: rows in the train table.
@@ -187,9 +189,10 @@ def epoch_order(num_examples: int, *, batch_size: int, seed: int, epoch: int,
   steps = steps_per_epoch(num_examples, batch_size, process_count)
   if not 0 <= start_step <= steps:
     raise ValueError(f'start_step {start_step} must be in [0, {steps}]')
-  rows = np.arange(num_examples, dtype=np.int64)[process_index::process_count]
-  rows = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
-  return rows[start_step * batch_size:steps * batch_size]
+  rows = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  rows = rows[:steps * batch_size * process_count].astype(np.int64)
+  per_step = rows.reshape(steps, process_count, batch_size)
+  return per_step[start_step:, process_index].reshape(-1)
 
 
 def _to_staging_size(image: tf.Tensor,

@@ -273,13 +273,16 @@ def test_sharding_gives_each_example_to_one_process(num_rows, process_count):
     batches = _train(table, batch_size=1, process_index=index,
                      process_count=process_count)
     assert len(batches) == steps == num_rows // process_count
-    indices = [int(b['indices'][0]) for b in batches]
-    assert all(i % process_count == index for i in indices)
-    shares.append(indices)
+    shares.append([int(b['indices'][0]) for b in batches])
   everything = sorted(sum(shares, []))
   assert len(everything) == len(set(everything))
   if num_rows % process_count == 0:
     assert everything == list(range(num_rows))
+  # Together the processes see the one-process run's global batches.
+  whole = _train(table, batch_size=process_count)
+  for step, batch in enumerate(whole):
+    together = [share[step] for share in shares]
+    np.testing.assert_array_equal(batch['indices'], together)
 
 
 def test_bad_process_or_batch_arguments():

@@ -111,13 +111,16 @@ class SANet(nn.Module):
                        f'{self.num_parts} and {self.num_classes}')
 
   @nn.compact
-  def __call__(self, images: jax.Array,
-               train: bool = False) -> dict[str, Any]:
+  def __call__(self, images: jax.Array, train: bool = False,
+               example_ids: Optional[jax.Array] = None) -> dict[str, Any]:
     """Runs the network.
 
     Args:
       images: (B, H, W, 3) float32, ImageNet-normalised.
       train: batch statistics in BatchNorm and dropout (rng ``'dropout'``).
+      example_ids: optional (B,) integers naming the examples; each example's
+        dropout mask is then drawn from the ``'dropout'`` rng folded with its
+        id, so it does not depend on how a batch is split across devices.
 
     Returns:
       dict with
@@ -166,7 +169,7 @@ class SANet(nn.Module):
     parts = stripe_pool(x.astype(wide), self.num_parts)  # (B, P, C)
     outputs['features'] = l2_normalize(parts)
 
-    parts = nn.Dropout(self.dropout_rate, deterministic=not train)(parts)
+    parts = self._dropout(parts, train, example_ids)
     reduced = reducer(name='part_reduce')(parts.astype(dtype))
     reduced = nn.relu(BatchNorm(dtype=dtype, axis_name=self.bn_axis_name,
                                 name='part_bn')(reduced, train))
@@ -185,6 +188,16 @@ class SANet(nn.Module):
             global_feature.astype(dtype)).astype(wide)
     outputs['attention'] = attention
     return outputs
+
+  def _dropout(self, x: jax.Array, train: bool,
+               example_ids: Optional[jax.Array]) -> jax.Array:
+    if not train or self.dropout_rate == 0 or example_ids is None:
+      return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    keep = 1.0 - self.dropout_rate
+    rng = self.make_rng('dropout')
+    masks = jax.vmap(lambda i: jax.random.bernoulli(
+        jax.random.fold_in(rng, i), keep, x.shape[1:]))(example_ids)
+    return jnp.where(masks, x / keep, jnp.zeros_like(x))
 
 
 def model_config(model: SANet) -> dict[str, Any]:

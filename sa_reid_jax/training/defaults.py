@@ -1,0 +1,142 @@
+"""The defaults every experiment config starts from (the paper's setting).
+
+The files in ``configs/`` call `experiment_config` and change what their
+experiment changes; every field is documented here, once.
+"""
+
+import ml_collections
+
+from sa_reid_jax.models.sanet import VARIANTS
+
+
+def experiment_config(dataset_name: str,
+                      variant: str = 'full') -> ml_collections.ConfigDict:
+  """The paper's training and evaluation setting for one dataset.
+
+  Args:
+    dataset_name: TFDS builder name (``sa_reid_jax.datasets.builders``).
+    variant: network, a key of ``sa_reid_jax.models.VARIANTS``.
+
+  Returns:
+    an unlocked config; `configs/*.py` adjust it and return it.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; choose one of '
+                     f'{sorted(VARIANTS)}')
+  config = ml_collections.ConfigDict()
+  # Seeds the initialisation, the data order, augmentation and dropout.
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  # TFDS builder name (sa_reid_jax.datasets.builders.BUILDERS).
+  config.dataset.name = dataset_name
+  # Where the TFDS dataset was built; '' for TFDS's default directory.
+  config.dataset.data_dir = ''
+  # A folder in Market-1501 layout read directly; when set, replaces TFDS.
+  config.dataset.folder = ''
+
+  # Network input (height, width); images are resized bilinearly to it.
+  config.image_size = (384, 128)
+
+  config.model = ml_collections.ConfigDict()
+  # Network of the paper (models.VARIANTS): 'full' = Backbone+P+DS+SA2.
+  config.model.variant = variant
+  # SA normalisation: 'softmax' (paper) or 'sum' (official code).
+  config.model.attention_normalization = 'softmax'
+  # Dropout on the pooled part vectors (paper: 0.5; 0.47 on Market).
+  config.model.dropout_rate = 0.5
+  # Width of the reduced head features.
+  config.model.num_features = 256
+  # Backbone shape: ResNet-50 blocks per stage, first stage width, stride of
+  # layer4 (1 = the paper's 24x8 final map).
+  config.model.stage_sizes = (3, 4, 6, 3)
+  config.model.base_width = 64
+  config.model.last_stride = 1
+  # Compute dtype: 'float32' or 'bfloat16' (mixed precision: parameters,
+  # BatchNorm statistics, attention and losses stay float32).
+  config.model.dtype = 'float32'
+  # Synchronise BatchNorm statistics across all devices (results do not
+  # depend on the device count); False normalises each device's share on
+  # its own, as the official code's DataParallel did.
+  config.model.sync_batch_norm = True
+
+  # A model directory written by `convert_weights.py --format=torchvision`
+  # whose backbone initialises ours (the paper starts from ImageNet weights);
+  # '' trains from scratch.
+  config.init_from = ''
+
+  # Images per step over all devices and processes (paper: 48).
+  config.batch_size = 48
+  # Training length (paper: 100 epochs for Tables 1/3, 60 for Table 2).
+  config.num_epochs = 100
+  # Stop after this many steps when > 0 (quick checks; the learning-rate
+  # schedule still follows num_epochs).
+  config.max_steps = 0
+
+  config.optimizer = ml_collections.ConfigDict()
+  # Learning rate of the new layers; the backbone gets it times
+  # backbone_lr_multiplier (paper: 0.1 and 0.1x for the ImageNet backbone).
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.backbone_lr_multiplier = 0.1
+  # SGD momentum and Nesterov (paper: 0.9, Nesterov).
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  # L2 penalty added to every gradient, PyTorch's `weight_decay`.
+  config.optimizer.weight_decay = 5e-4
+  # Both learning rates are multiplied by decay_factor every decay_epochs.
+  config.optimizer.decay_epochs = 40
+  config.optimizer.decay_factor = 0.1
+
+  config.loss = ml_collections.ConfigDict()
+  # 'sum': the plain sum of every head's cross-entropy (official code,
+  # which produced the published numbers); 'paper': part_weight x mean of
+  # the part losses + (1 - part_weight) x mean of the global and DS losses.
+  config.loss.weighting = 'sum'
+  config.loss.part_weight = 0.8
+
+  config.augmentation = ml_collections.ConfigDict()
+  # Chance of a horizontal flip.
+  config.augmentation.flip_probability = 0.5
+  # Random erasing (Zhong et al.): chance per image (0 disables), area as a
+  # fraction of the image, smallest height/width ratio, fill ('zeros' = the
+  # mean colour, or 'random').
+  config.augmentation.erasing_probability = 0.5
+  config.augmentation.erasing_area = (0.02, 0.4)
+  config.augmentation.erasing_min_aspect = 0.3
+  config.augmentation.erasing_fill = 'zeros'
+  # Decode on the CPU only and resize/flip/normalise/erase on the
+  # accelerator (for hosts whose CPUs cannot keep up).
+  config.augmentation.on_device = False
+  # Size images are decoded to in that mode (Market-1501's own size).
+  config.augmentation.staging_size = (128, 64)
+
+  config.checkpoint = ml_collections.ConfigDict()
+  # Save every this many steps, and at the end of every epoch.
+  config.checkpoint.every_steps = 1000
+  # Checkpoints kept (the newest ones).
+  config.checkpoint.keep = 3
+
+  # Write train metrics (averaged over the interval) every this many steps.
+  config.log_every_steps = 50
+
+  config.eval = ml_collections.ConfigDict()
+  # Evaluate every this many epochs (0: only at the end) and once more at
+  # the end of training.
+  config.eval.every_epochs = 20
+  # Also evaluate the network before training (step 0).
+  config.eval.at_start = False
+  # Images per feature-extraction batch (the last one is padded and masked).
+  config.eval.batch_size = 64
+  # Average each descriptor with its mirrored image's (test-time flip).
+  config.eval.flip = False
+  # Also report k-reciprocal re-ranked metrics.
+  config.eval.rerank = False
+  # Distance between descriptors: 'euclidean' (official) or 'cosine'.
+  config.eval.metric = 'euclidean'
+  # Length of the CMC curve computed.
+  config.eval.max_rank = 50
+  # Re-ranking parameters (Zhong et al. 2017 defaults).
+  config.eval.k1 = 20
+  config.eval.k2 = 6
+  config.eval.lambda_value = 0.3
+  return config

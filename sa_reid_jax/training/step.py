@@ -1,0 +1,199 @@
+"""The train state and the data-parallel train step.
+
+The step is written per device, in the pmap style (each device sees its
+share of the batch, gradients are averaged with ``lax.pmean``), and mapped
+over a 1-D ``data`` mesh of every device of every process with
+``jax.shard_map`` under ``jax.jit``.
+"""
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sa_reid_jax import device_augment
+from sa_reid_jax.training import losses
+
+DATA_AXIS = 'data'
+# Batch entries the step uses; the others stay on the host.
+_STEP_KEYS = ('images', 'labels', 'indices', 'flip', 'erase_box',
+              'noise_seed')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; what a checkpoint holds.
+
+  Attributes:
+    step: number of steps taken (int32 scalar).
+    params: network parameters.
+    batch_stats: BatchNorm running statistics.
+    opt_state: optimizer state.
+    rng: the run's base PRNG key data (uint32 (2,)); each step folds in its
+      step number, each example its table row.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation,
+                       seed: int, image_size: tuple[int, int]) -> TrainState:
+  """A fresh state: initialised network, optimizer state, step 0.
+
+  Args:
+    model: the network (a `SANet`).
+    optimizer: the optax transformation.
+    seed: seeds initialisation; the train-time key is derived from it too.
+    image_size: input (height, width).
+
+  Returns:
+    the state (on the default device; `replicate` places it on a mesh).
+  """
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+
+  @jax.jit
+  def init():
+    images = jnp.zeros((2, *image_size, 3), jnp.float32)
+    variables = model.init(init_key, images, train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=optimizer.init(params), rng=train_key)
+
+  return init()
+
+
+def make_mesh() -> Mesh:
+  """A 1-D ``data`` mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` as global arrays held whole by every device of `mesh`."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)), tree)
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+  """This process's batch as slices of global arrays split over `mesh`.
+
+  Args:
+    batch: numpy arrays of this process's share (leading axis = examples).
+    mesh: the ``data`` mesh.
+
+  Returns:
+    global arrays of the entries the step uses (``_STEP_KEYS``).
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  out = {}
+  for key in _STEP_KEYS:
+    if key in batch:
+      value = np.asarray(batch[key])
+      if value.dtype == np.int64:
+        # Table rows and seeds fit in 32 bits as far as the step is
+        # concerned (JAX without x64 would truncate them anyway).
+        value = value.astype(np.int32)
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def local_copy(tree: Any) -> Any:
+  """This process's copy of replicated global arrays (for evaluation)."""
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
+               optimizer: optax.GradientTransformation,
+               loss_config: ml_collections.ConfigDict,
+               augment: Optional[dict[str, Any]] = None,
+               axis_name: Optional[str] = DATA_AXIS,
+               average_batch_stats: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on one device's share of the batch.
+
+  Args:
+    state: the train state (the same on every device).
+    batch: ``images`` (float32 network input, or uint8 staged images with
+      ``flip``/``erase_box``/``noise_seed`` when `augment` is set),
+      ``labels`` and ``indices`` (table rows, which key dropout).
+    model: the network; its ``bn_axis_name`` decides whether BatchNorm
+      statistics are synchronised over `axis_name`.
+    optimizer: the optax transformation.
+    loss_config: the config's ``loss`` block.
+    augment: ``{'image_size': ..., 'fill': ...}`` to run
+      ``device_augment.augment_batch`` on the staged images first.
+    axis_name: the mapped device axis (None on a single device, unmapped).
+    average_batch_stats: average the updated BatchNorm running statistics
+      over `axis_name` (needed when each device normalises on its own, to
+      keep one state).
+
+  Returns:
+    the new state and the step's metrics (each loss term, ``loss``,
+    ``accuracy`` of the global head, ``grad_norm``), averaged over devices.
+  """
+  images = batch['images']
+  if augment is not None:
+    images = device_augment.augment_batch(batch, **augment)
+  step_key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, example_ids=batch['indices'],
+        rngs={'dropout': step_key}, mutable=['batch_stats'])
+    terms = losses.cross_entropy_terms(outputs, batch['labels'])
+    loss = losses.total_loss(terms, loss_config)
+    metrics = dict(terms, loss=loss, accuracy=losses.accuracy(
+        outputs['global_logits'], batch['labels']))
+    return loss, (metrics, updates['batch_stats'])
+
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  if axis_name is not None:
+    # Every device's loss is the mean over an equal share, so the mean of
+    # the devices' gradients is the gradient of the global mean loss.
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = jax.lax.pmean(metrics, axis_name)
+    if average_batch_stats:
+      batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  metrics['grad_norm'] = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_parallel_train_step(mesh: Mesh, **step_options
+                             ) -> Callable[[TrainState, dict],
+                                           tuple[TrainState, dict]]:
+  """`train_step` mapped over the ``data`` axis of `mesh`, jit-compiled.
+
+  Args:
+    mesh: the ``data`` mesh; the state is replicated over it, the batch
+      split along its leading axis.
+    **step_options: `train_step`'s keyword arguments (model, optimizer,
+      loss_config, augment, average_batch_stats).
+
+  Returns:
+    ``step(state, batch) -> (state, metrics)``; the input state's buffers
+    are donated.
+  """
+  per_device = functools.partial(train_step, axis_name=DATA_AXIS,
+                                 **step_options)
+  mapped = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+      out_specs=(PartitionSpec(), PartitionSpec()))
+  return jax.jit(mapped, donate_argnums=0)

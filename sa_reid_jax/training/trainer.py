@@ -1,0 +1,384 @@
+"""`train_and_evaluate`: the training run of an experiment config."""
+
+import json
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import augmentation
+from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.models import store
+from sa_reid_jax.models.sanet import sanet_variant
+from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import optimizer as optimizer_lib
+from sa_reid_jax.training import reporting
+from sa_reid_jax.training import step as step_lib
+
+MODEL_DIR = 'model'
+METRICS_JSON = 'metrics.json'
+EVALUATIONS_JSON = 'evaluations.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or infinite."""
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The network an experiment config describes.
+
+  Args:
+    config: an experiment config (its ``model`` block).
+    num_classes: train identities.
+
+  Returns:
+    a `SANet`, with BatchNorm synchronised over the ``data`` axis when
+    ``config.model.sync_batch_norm``.
+  """
+  m = config.model
+  return sanet_variant(
+      m.variant, num_classes=num_classes,
+      attention_normalization=m.attention_normalization,
+      dropout_rate=m.dropout_rate, num_features=m.num_features,
+      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+      last_stride=m.last_stride, dtype=m.dtype,
+      bn_axis_name=step_lib.DATA_AXIS if m.sync_batch_norm else None)
+
+
+def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
+  if dataset.folder:
+    return tables.from_folder(dataset.folder, 'train')
+  return tables.from_tfds(dataset.name, 'train',
+                          data_dir=dataset.data_dir or None)
+
+
+def _erasing(config: ml_collections.ConfigDict
+             ) -> Optional[augmentation.RandomErasing]:
+  if config.erasing_probability == 0:
+    return None
+  return augmentation.RandomErasing(
+      probability=config.erasing_probability,
+      area_range=tuple(config.erasing_area),
+      min_aspect=config.erasing_min_aspect, fill=config.erasing_fill)
+
+
+def _with_pretrained_backbone(state: step_lib.TrainState,
+                              directory: str) -> step_lib.TrainState:
+  """`state` with the backbone of a converted model directory."""
+  if not os.path.isdir(directory):
+    raise ValueError(f'config.init_from: {directory} is not a directory; '
+                     'write one with convert_weights.py --format=torchvision')
+  try:
+    _, variables = store.load_model(directory)
+  except store.ModelStoreError as e:
+    raise ValueError(f'config.init_from: {e}') from e
+  replaced = {}
+  for collection in ('params', 'batch_stats'):
+    ours = getattr(state, collection)['backbone']
+    theirs = variables.get(collection, {}).get('backbone')
+    ours_shapes = jax.tree.map(np.shape, ours)
+    theirs_shapes = (None if theirs is None
+                     else jax.tree.map(np.shape, theirs))
+    if ours_shapes != theirs_shapes:
+      raise ValueError(
+          f'config.init_from: the backbone {collection} in {directory} do '
+          'not fit config.model (stage_sizes, base_width); convert weights '
+          'of the same ResNet')
+    replaced[collection] = {**getattr(state, collection),
+                            'backbone': jax.tree.map(np.asarray, theirs)}
+  return state.replace(**replaced)
+
+
+def _check_config(config: ml_collections.ConfigDict, device_count: int,
+                  process_count: int) -> None:
+  if config.batch_size % device_count:
+    raise ValueError(f'config.batch_size {config.batch_size} must be a '
+                     f'multiple of the number of devices ({device_count})')
+  if config.batch_size % process_count:
+    raise ValueError(f'config.batch_size {config.batch_size} must be a '
+                     f'multiple of the number of processes ({process_count})')
+  for key in ('num_epochs', 'log_every_steps'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
+  if config.checkpoint.every_steps < 1:
+    raise ValueError('config.checkpoint.every_steps must be >= 1, got '
+                     f'{config.checkpoint.every_steps}')
+
+
+class _TerminationFlag:
+  """Set by SIGTERM; agreed on by all processes when there are several."""
+
+  def __init__(self):
+    self._set = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._set = True
+
+  def is_set(self) -> bool:
+    if jax.process_count() == 1:
+      return self._set
+    flags = multihost_utils.process_allgather(np.asarray(self._set))
+    return bool(np.any(flags))
+
+
+class _Run:
+  """The state of one training run, between its steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.mesh = step_lib.make_mesh()
+    _check_config(config, self.mesh.size, jax.process_count())
+    self.table = _train_table(config.dataset)
+    self.process_batch = config.batch_size // jax.process_count()
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(
+        len(self.table), self.process_batch, jax.process_count())
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.stop_step = (min(config.max_steps, self.total_steps)
+                      if config.max_steps > 0 else self.total_steps)
+    self.model = build_model(config, self.table.num_classes)
+    self.eval_model = self.model.clone(bn_axis_name=None)
+    self.optimizer = optimizer_lib.make_optimizer(config.optimizer,
+                                                  self.steps_per_epoch)
+    self.manager = checkpoints.make_manager(workdir, config.checkpoint.keep)
+    self.writer = reporting.MetricWriter(workdir, enabled=self.is_chief)
+    self.evaluations = self._read_evaluations()
+
+  def data_position(self, step: int) -> dict[str, int]:
+    return {'epoch': step // self.steps_per_epoch,
+            'step_in_epoch': step % self.steps_per_epoch,
+            **self.data_signature()}
+
+  def data_signature(self) -> dict[str, int]:
+    return {'steps_per_epoch': self.steps_per_epoch,
+            'global_batch_size': int(self.config.batch_size),
+            'seed': int(self.config.seed)}
+
+  def initial_state(self) -> step_lib.TrainState:
+    """The newest checkpoint's state, or a fresh (maybe pretrained) one."""
+    def fresh():
+      return step_lib.create_train_state(self.model, self.optimizer,
+                                         self.config.seed,
+                                         tuple(self.config.image_size))
+
+    replicated = jax.sharding.NamedSharding(self.mesh,
+                                            jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(fresh))
+    restored = checkpoints.restore_latest(self.manager, abstract,
+                                          self.data_signature())
+    if restored is not None:
+      state, position = restored
+      print(f'resuming from step {int(state.step)} (epoch '
+            f'{position["epoch"]}, step {position["step_in_epoch"]} in it)',
+            flush=True)
+      return state
+    state = fresh()
+    if self.config.init_from:
+      state = _with_pretrained_backbone(state, self.config.init_from)
+    return step_lib.replicate(state, self.mesh)
+
+  def _read_evaluations(self) -> list[dict[str, Any]]:
+    path = os.path.join(self.workdir, EVALUATIONS_JSON)
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      return json.load(f)
+
+  def evaluate(self, state: step_lib.TrainState) -> dict[str, Any]:
+    """Evaluates the current network; logs and records the metrics."""
+    step = int(jax.device_get(state.step))
+    variables = step_lib.local_copy({'params': state.params,
+                                     'batch_stats': state.batch_stats})
+    metrics = evaluate.evaluate_model(self.eval_model, variables, self.config)
+    metrics['step'] = step
+    metrics['epoch'] = step / self.steps_per_epoch
+    print(f'evaluation at step {step}:\n{evaluate.format_metrics(metrics)}',
+          flush=True)
+    for setting in ('plain', 'reranked'):
+      if setting in metrics:
+        self.writer.write(step, metrics[setting], f'eval_{setting}')
+    self.evaluations = [e for e in self.evaluations if e['step'] != step]
+    self.evaluations.append(metrics)
+    if self.is_chief:
+      evaluate.write_metrics(self.evaluations,
+                             os.path.join(self.workdir, EVALUATIONS_JSON))
+    return metrics
+
+  def check_finite(self, step: int, metrics: dict[str, Any]) -> None:
+    if np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm']):
+      return
+    self.manager.wait_until_finished()
+    last = self.manager.latest_step()
+    kept = ('no checkpoint was written yet' if last is None else
+            f'the last good checkpoint is step {last} in '
+            f'{self.manager.directory}')
+    raise NonFiniteLossError(
+        f'non-finite loss {metrics["loss"]} (gradient norm '
+        f'{metrics["grad_norm"]}) at train step {step}; {kept}; lower '
+        'config.optimizer.learning_rate or check the data')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains the configured network, resuming from `workdir` if it can.
+
+  Checkpoints go to ``workdir/checkpoints`` (every
+  ``config.checkpoint.every_steps`` steps and at each epoch's end), metrics to
+  TensorBoard (``workdir/tensorboard``) and ``workdir/metrics.jsonl``, the
+  evaluations to ``workdir/evaluations.json``; at the end, the trained
+  network to ``workdir/model`` (readable by ``eval.py``) and the final
+  metrics to ``workdir/metrics.json``. SIGTERM saves a checkpoint and
+  returns; running again resumes.
+
+  Args:
+    config: an experiment config (``configs/``).
+    workdir: the run's directory (created if needed).
+
+  Returns:
+    ``status`` (``'completed'`` or ``'terminated'``), ``step``, and the
+    ``initial`` (step 0, if evaluated) and ``final`` evaluation metrics.
+
+  Raises:
+    NonFiniteLossError: when the loss or gradient stops being finite.
+    ValueError: for a config that cannot run (naming the key).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  run = _Run(config, workdir)
+  state = run.initial_state()
+  start = int(jax.device_get(state.step))
+  if start == 0 and config.eval.at_start:
+    run.evaluate(state)
+  try:
+    with _TerminationFlag() as terminate:
+      state, status = _train(run, state, start, terminate)
+    run.manager.wait_until_finished()
+    step = int(jax.device_get(state.step))
+    result = {'status': status, 'step': step,
+              'tensorboard_dir': run.writer.tensorboard_dir}
+    if status == 'completed':
+      result.update(_finish(run, state, step))
+  finally:
+    run.writer.close()
+  run.manager.close()
+  return result
+
+
+def _finish(run: _Run, state: step_lib.TrainState,
+            step: int) -> dict[str, Any]:
+  """Final evaluation, the trained model and metrics.json of a whole run."""
+  if not run.evaluations or run.evaluations[-1]['step'] != step:
+    run.evaluate(state)
+  store.save_model(os.path.join(run.workdir, MODEL_DIR), run.eval_model,
+                   {'params': state.params, 'batch_stats': state.batch_stats},
+                   metadata={'trained_steps': step,
+                             'dataset': run.config.dataset.name},
+                   overwrite=True)
+  initial = [e for e in run.evaluations if e['step'] == 0]
+  summary = {'final': run.evaluations[-1],
+             'initial': initial[0] if initial else None}
+  if run.is_chief:
+    evaluate.write_metrics({'step': step, **summary},
+                           os.path.join(run.workdir, METRICS_JSON))
+  return summary
+
+
+def _train(run: _Run, state: step_lib.TrainState, start: int,
+           terminate: _TerminationFlag) -> tuple[step_lib.TrainState, str]:
+  """Steps from `start` to the run's stop step; returns (state, status)."""
+  config = run.config
+  aug = config.augmentation
+  erasing = _erasing(aug)
+  augment = None
+  if aug.on_device:
+    augment = {'image_size': tuple(config.image_size),
+               'fill': erasing.fill if erasing else 'zeros'}
+  train_step = step_lib.make_parallel_train_step(
+      run.mesh, model=run.model, optimizer=run.optimizer,
+      loss_config=config.loss, augment=augment,
+      average_batch_stats=not config.model.sync_batch_norm)
+  if start >= run.stop_step:
+    return state, 'completed'
+  batches = input_pipeline.train_batches(
+      run.table, batch_size=run.process_batch, seed=config.seed,
+      start_epoch=start // run.steps_per_epoch,
+      start_step=start % run.steps_per_epoch, num_epochs=config.num_epochs,
+      image_size=tuple(config.image_size),
+      flip_probability=aug.flip_probability, erasing=erasing,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(), augment_on_device=aug.on_device,
+      staging_size=tuple(aug.staging_size))
+  progress = reporting.Progress(start, run.stop_step, config.batch_size)
+  averager = reporting.MetricAverager()
+  pending = None  # (step, metrics) not yet read back from the devices
+
+  def settle():
+    nonlocal pending
+    if pending is not None:
+      step, metrics = pending
+      metrics = jax.device_get(metrics)
+      run.check_finite(step, metrics)
+      averager.add(metrics)
+      progress.update(step, float(metrics['loss']))
+      pending = None
+
+  step = start
+  while step < run.stop_step:
+    state, metrics = train_step(state, step_lib.shard_batch(next(batches),
+                                                            run.mesh))
+    step += 1
+    # Reading the previous step's metrics now lets this one run meanwhile.
+    settle()
+    pending = (step, metrics)
+    epoch_end = step % run.steps_per_epoch == 0
+    log_now = step % config.log_every_steps == 0 or step == run.stop_step
+    save_now = (step % config.checkpoint.every_steps == 0 or epoch_end or
+                step == run.stop_step)
+    epoch = step // run.steps_per_epoch
+    eval_now = (epoch_end and config.eval.every_epochs > 0 and
+                epoch % config.eval.every_epochs == 0 and
+                step < run.stop_step)
+    stop_now = terminate.is_set()
+    if not (log_now or save_now or eval_now or stop_now):
+      continue
+    settle()
+    if log_now:
+      scalars = averager.pop()
+      scalars['images_per_second'] = progress.images_per_second(step)
+      scalars.update(optimizer_lib.current_learning_rates(
+          config.optimizer, run.steps_per_epoch, step - 1))
+      run.writer.write(step, scalars, 'train')
+      progress.update(step, scalars['loss'], force=True)
+    if save_now or stop_now:
+      checkpoints.save(run.manager, state, run.data_position(step))
+    if stop_now:
+      progress.close()
+      print(f'SIGTERM: saved the checkpoint of step {step} in '
+            f'{run.manager.directory}; run the same command to resume',
+            flush=True)
+      return state, 'terminated'
+    if eval_now:
+      progress.close()
+      run.evaluate(state)
+  progress.close()
+  return state, 'completed'
