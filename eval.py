@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from sa_reid_jax import command_line
+
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import store
@@ -48,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=command_line.config_flags_parser('eval.py'))

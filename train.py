@@ -17,6 +17,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from sa_reid_jax import command_line
+
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
@@ -70,4 +72,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=command_line.config_flags_parser('train.py'))

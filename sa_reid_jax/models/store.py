@@ -90,7 +90,11 @@ def load_model(directory: str) -> tuple[SANet, Any]:
   info = load_model_info(directory)
   model = model_from_config(info['config'],
                             source=os.path.join(directory, 'model'))
-  target = abstract_variables(model)
+  # Onto this process's first device, whatever devices wrote the file.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      abstract_variables(model))
   try:
     restored = _checkpointer().restore(
         os.path.abspath(directory),

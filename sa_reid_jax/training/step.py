@@ -113,6 +113,13 @@ def local_copy(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
+def _per_device(tree: Any, axis_name: str) -> Any:
+  """`tree` marked as varying over `axis_name` (jax.lax.pcast / pvary)."""
+  if hasattr(jax.lax, 'pcast'):
+    return jax.lax.pcast(tree, axis_name, to='varying')
+  return jax.lax.pvary(tree, axis_name)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
                optimizer: optax.GradientTransformation,
                loss_config: ml_collections.ConfigDict,
@@ -140,7 +147,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
 
   Returns:
     the new state and the step's metrics (each loss term, ``loss``,
-    ``accuracy`` of the global head, ``grad_norm``), averaged over devices.
+    ``accuracy`` of the global head), averaged over devices, and the
+    global ``grad_norm`` and (updated) ``param_norm``.
   """
   images = batch['images']
   if augment is not None:
@@ -158,8 +166,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
         outputs['global_logits'], batch['labels']))
     return loss, (metrics, updates['batch_stats'])
 
-  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-      state.params)
+  params = state.params
+  if axis_name is not None:
+    # Differentiate per-device copies (pmap's model): under shard_map the
+    # gradient of replicated parameters would otherwise be summed over the
+    # devices implicitly, before the explicit average below.
+    params = _per_device(params, axis_name)
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:
     # Every device's loss is the mean over an equal share, so the mean of
     # the devices' gradients is the gradient of the global mean loss.
@@ -167,9 +180,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
     metrics = jax.lax.pmean(metrics, axis_name)
     if average_batch_stats:
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A finite loss and gradient can still step to non-finite parameters.
+  metrics['param_norm'] = optax.tree.norm(params)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   return new_state, metrics

@@ -226,7 +226,8 @@ class _Run:
     return metrics
 
   def check_finite(self, step: int, metrics: dict[str, Any]) -> None:
-    if np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm']):
+    if all(np.isfinite(metrics[key])
+           for key in ('loss', 'grad_norm', 'param_norm')):
       return
     self.manager.wait_until_finished()
     last = self.manager.latest_step()
@@ -234,8 +235,9 @@ class _Run:
             f'the last good checkpoint is step {last} in '
             f'{self.manager.directory}')
     raise NonFiniteLossError(
-        f'non-finite loss {metrics["loss"]} (gradient norm '
-        f'{metrics["grad_norm"]}) at train step {step}; {kept}; lower '
+        f'non-finite training at step {step}: loss {metrics["loss"]}, '
+        f'gradient norm {metrics["grad_norm"]}, parameter norm '
+        f'{metrics["param_norm"]}; {kept}; lower '
         'config.optimizer.learning_rate or check the data')
 
 
@@ -289,8 +291,11 @@ def _finish(run: _Run, state: step_lib.TrainState,
   """Final evaluation, the trained model and metrics.json of a whole run."""
   if not run.evaluations or run.evaluations[-1]['step'] != step:
     run.evaluate(state)
+  # Host copies: the model directory must not depend on this run's devices.
+  variables = jax.device_get(step_lib.local_copy(
+      {'params': state.params, 'batch_stats': state.batch_stats}))
   store.save_model(os.path.join(run.workdir, MODEL_DIR), run.eval_model,
-                   {'params': state.params, 'batch_stats': state.batch_stats},
+                   variables,
                    metadata={'trained_steps': step,
                              'dataset': run.config.dataset.name},
                    overwrite=True)

@@ -1,0 +1,276 @@
+"""The optimizer and the losses against PyTorch and hand computations.
+
+The paper trains with `torch.optim.SGD` (two parameter groups, Nesterov
+momentum, L2 weight decay) and `StepLR`; optax must take the same steps.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from sa_reid_jax.training import experiment_config
+from sa_reid_jax.training import losses
+from sa_reid_jax.training import optimizer
+
+NUM_STEPS = 7
+# max|jax - torch| <= PARAM_BOUND * max(1, max|torch|), float32 throughout.
+PARAM_BOUND = 1e-6
+LOSS_BOUND = 1e-6
+
+
+def relative_error(actual, reference) -> float:
+  reference = np.asarray(reference, np.float64)
+  return float(np.max(np.abs(np.asarray(actual, np.float64) - reference)) /
+               max(1.0, float(np.max(np.abs(reference)))))
+
+
+def small_params(seed: int) -> dict:
+  """A tree with SANet's top-level layout: a backbone and head modules."""
+  rng = np.random.default_rng(seed)
+
+  def normal(*shape):
+    return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+  return {
+      'backbone': {'conv1': {'kernel': normal(4, 5)},
+                   'bn1': {'scale': 1 + normal(5), 'bias': normal(5)}},
+      'part_reduce': {'kernel': normal(5, 3)},
+      'global_classifier': {'kernel': normal(3, 2), 'bias': normal(2)},
+  }
+
+
+def small_loss(p, x, y, tanh):
+  """The same computation for JAX and torch leaves (`tanh` picks the library).
+
+  Two nonlinear layers make the gradients change from step to step, so a
+  wrong momentum buffer or learning rate shows up in the parameters.
+  """
+  backbone = p['backbone']
+  h = tanh((x @ backbone['conv1']['kernel']) * backbone['bn1']['scale'] +
+           backbone['bn1']['bias'])
+  z = tanh(h @ p['part_reduce']['kernel'])
+  out = z @ p['global_classifier']['kernel'] + p['global_classifier']['bias']
+  return ((out - y) ** 2).mean()
+
+
+def optimizer_config(**overrides):
+  """Market-1501's experiment config with `optimizer` fields overridden."""
+  config = experiment_config('market1501')
+  for name, value in overrides.items():
+    setattr(config.optimizer, name, value)
+  return config
+
+
+@pytest.mark.parametrize(
+    'steps_per_epoch, decay_epochs, momentum, nesterov',
+    [(2, 1, 0.9, True),   # decays after steps 2, 4, 6
+     (1, 2, 0.9, True),   # decays after steps 2, 4, 6
+     (3, 2, 0.9, True),   # decays after step 6: the last step uses it
+     (2, 1, 0.9, False),  # plain momentum
+     (2, 1, 0.0, False)])  # no momentum buffer at all
+def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
+                           record_parity):
+  config = optimizer_config(decay_epochs=decay_epochs, momentum=momentum,
+                            nesterov=nesterov).optimizer
+  assert config.weight_decay == 5e-4
+  assert config.backbone_lr_multiplier != 1  # the groups must differ
+  rng = np.random.default_rng(1)
+  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
+  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
+
+  params = jax.tree_util.tree_map(jnp.asarray, small_params(0))
+  tx = optimizer.make_optimizer(config, steps_per_epoch)
+  state = tx.init(params)
+  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
+
+  flat = flax.traverse_util.flatten_dict(small_params(0))
+  torch_flat = {path: torch.tensor(value, requires_grad=True)
+                for path, value in flat.items()}
+  torch_params = flax.traverse_util.unflatten_dict(torch_flat)
+  lr = config.learning_rate
+  groups = [
+      {'params': [v for k, v in torch_flat.items() if k[0] == 'backbone'],
+       'lr': lr * config.backbone_lr_multiplier, 'name': 'backbone'},
+      {'params': [v for k, v in torch_flat.items() if k[0] != 'backbone'],
+       'lr': lr, 'name': 'heads'},
+  ]
+  torch_opt = torch.optim.SGD(groups, lr=lr, momentum=momentum,
+                              nesterov=nesterov,
+                              weight_decay=config.weight_decay)
+  scheduler = torch.optim.lr_scheduler.StepLR(
+      torch_opt, step_size=decay_epochs, gamma=config.decay_factor)
+
+  worst_param, worst_lr, seen_rates = 0.0, 0.0, set()
+  for step in range(NUM_STEPS):
+    rates = optimizer.current_learning_rates(config, steps_per_epoch, step)
+    for group in torch_opt.param_groups:
+      expected = group['lr']
+      got = rates[f'learning_rate_{group["name"]}']
+      worst_lr = max(worst_lr, abs(got - expected) / expected)
+      assert got == pytest.approx(expected, rel=1e-6), (step, group['name'])
+    seen_rates.add(round(torch_opt.param_groups[1]['lr'], 12))
+
+    grads = grad_fn(params, inputs[step], targets[step])
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+
+    torch_opt.zero_grad()
+    small_loss(torch_params, torch.from_numpy(inputs[step]),
+               torch.from_numpy(targets[step]), torch.tanh).backward()
+    torch_opt.step()
+    if (step + 1) % steps_per_epoch == 0:  # StepLR counts epochs
+      scheduler.step()
+
+    ours = flax.traverse_util.flatten_dict(params)
+    assert set(ours) == set(torch_flat)
+    for path, reference in torch_flat.items():
+      reference = reference.detach().numpy()
+      error = relative_error(ours[path], reference)
+      worst_param = max(worst_param, error)
+      assert error <= PARAM_BOUND, (step, path, error)
+  # The parameters have to move for the comparison to mean anything.
+  moved = relative_error(params['backbone']['conv1']['kernel'],
+                         small_params(0)['backbone']['conv1']['kernel'])
+  assert moved > 1e-3
+  # The schedule must have decayed within the steps compared.
+  assert len(seen_rates) >= 2, seen_rates
+  what = (f'SGD {NUM_STEPS} steps, spe={steps_per_epoch} '
+          f'decay_epochs={decay_epochs} m={momentum} nesterov={nesterov}')
+  record_parity(what + ': params', worst_param, PARAM_BOUND)
+  record_parity(what + ': learning rates', worst_lr, 1e-6)
+
+
+def test_parameter_groups():
+  labels = optimizer.parameter_groups(small_params(0))
+  flat = flax.traverse_util.flatten_dict(labels)
+  assert set(flat) == set(flax.traverse_util.flatten_dict(small_params(0)))
+  for path, label in flat.items():
+    assert label == ('backbone' if path[0] == 'backbone' else 'heads'), path
+  # Only the top-level key decides: a head's inner 'backbone' is a head.
+  nested = optimizer.parameter_groups(
+      {'heads_x': {'backbone': {'kernel': np.zeros(2)}}})
+  assert nested == {'heads_x': {'backbone': {'kernel': 'heads'}}}
+
+
+def test_decay_epochs_below_one_raises():
+  config = optimizer_config(decay_epochs=0).optimizer
+  with pytest.raises(ValueError, match='config.optimizer.decay_epochs'):
+    optimizer.learning_rate_schedules(config, 10)
+  with pytest.raises(ValueError, match='config.optimizer.decay_epochs'):
+    optimizer.make_optimizer(config, 10)
+
+
+def random_outputs(seed, batch=6, parts=6, classes=5, with_parts=True,
+                   with_ds=True):
+  rng = np.random.default_rng(seed)
+  outputs = {'global_logits': rng.standard_normal((batch, classes))}
+  if with_parts:
+    outputs['part_logits'] = rng.standard_normal((batch, parts, classes))
+  if with_ds:
+    outputs['ds_logits'] = rng.standard_normal((batch, 3, classes))
+  outputs = {k: (3 * v).astype(np.float32) for k, v in outputs.items()}
+  labels = rng.integers(0, classes, batch)
+  return outputs, labels
+
+
+def torch_terms(outputs, labels):
+  """Per-head mean cross-entropy, named as `cross_entropy_terms` names them."""
+  target = torch.from_numpy(labels)
+  terms = {}
+  for i in range(outputs.get('part_logits', np.zeros((1, 0))).shape[1]):
+    terms[f'part{i + 1}_ce'] = F.cross_entropy(
+        torch.from_numpy(outputs['part_logits'][:, i]), target).item()
+  terms['global_ce'] = F.cross_entropy(
+      torch.from_numpy(outputs['global_logits']), target).item()
+  for i in range(outputs.get('ds_logits', np.zeros((1, 0))).shape[1]):
+    terms[f'ds{i + 1}_ce'] = F.cross_entropy(
+        torch.from_numpy(outputs['ds_logits'][:, i]), target).item()
+  return terms
+
+
+@pytest.mark.parametrize('with_parts, with_ds',
+                         [(True, True), (False, True), (True, False),
+                          (False, False)])
+def test_cross_entropy_terms_match_torch(with_parts, with_ds, record_parity):
+  outputs, labels = random_outputs(2, with_parts=with_parts, with_ds=with_ds)
+  ours = losses.cross_entropy_terms(
+      {k: jnp.asarray(v) for k, v in outputs.items()}, jnp.asarray(labels))
+  reference = torch_terms(outputs, labels)
+  expected_names = ([f'part{i}_ce' for i in range(1, 7)] if with_parts else
+                    []) + ['global_ce'] + (
+                        ['ds1_ce', 'ds2_ce', 'ds3_ce'] if with_ds else [])
+  assert list(ours) == expected_names
+  assert set(reference) == set(expected_names)
+  worst = 0.0
+  for name, value in ours.items():
+    assert value.shape == () and value.dtype == jnp.float32
+    error = abs(float(value) - reference[name]) / max(1.0, reference[name])
+    worst = max(worst, error)
+    assert error <= LOSS_BOUND, (name, float(value), reference[name])
+  record_parity(f'cross-entropy terms parts={with_parts} ds={with_ds}',
+                worst, LOSS_BOUND)
+
+
+def loss_config(weighting, part_weight=0.8):
+  config = experiment_config('market1501')
+  config.loss.weighting = weighting
+  config.loss.part_weight = part_weight
+  return config.loss
+
+
+def test_total_loss_sum():
+  outputs, labels = random_outputs(3)
+  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  assert len(terms) == 10
+  expected = float(np.sum([float(v) for v in terms.values()]))
+  got = float(losses.total_loss(terms, loss_config('sum')))
+  assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize('part_weight', [0.8, 0.3])
+def test_total_loss_paper(part_weight):
+  outputs, labels = random_outputs(4)
+  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  values = {k: float(v) for k, v in terms.items()}
+  parts = [values[f'part{i}_ce'] for i in range(1, 7)]
+  others = [values['global_ce'], values['ds1_ce'], values['ds2_ce'],
+            values['ds3_ce']]
+  expected = (part_weight * sum(parts) / 6 +
+              (1 - part_weight) * sum(others) / 4)
+  got = float(losses.total_loss(terms, loss_config('paper', part_weight)))
+  assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_total_loss_paper_without_parts():
+  outputs, labels = random_outputs(5, with_parts=False)
+  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  values = [float(v) for v in terms.values()]
+  assert len(values) == 4
+  # part_weight must not shrink the loss when there are no part terms.
+  got = float(losses.total_loss(terms, loss_config('paper', 0.8)))
+  assert got == pytest.approx(sum(values) / 4, rel=1e-6)
+
+
+def test_total_loss_unknown_weighting_raises():
+  outputs, labels = random_outputs(6)
+  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  with pytest.raises(ValueError, match='config.loss.weighting'):
+    losses.total_loss(terms, loss_config('mean'))
+
+
+def test_accuracy_matches_hand_count():
+  rng = np.random.default_rng(7)
+  logits = rng.standard_normal((50, 9)).astype(np.float32)
+  labels = rng.integers(0, 9, 50)
+  # Plant known hits so the count is neither 0 nor everything.
+  labels[:10] = np.argmax(logits[:10], axis=-1)
+  hits = 0
+  for row, label in zip(logits, labels):
+    hits += all(row[label] > row[j] for j in range(len(row)) if j != label)
+  assert 10 <= hits < 50
+  got = float(losses.accuracy(jnp.asarray(logits), jnp.asarray(labels)))
+  assert got == pytest.approx(hits / 50, abs=1e-7)

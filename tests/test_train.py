@@ -1,0 +1,227 @@
+"""Training runs end to end: devices, faults, resuming, initialisation.
+
+Runs that need their own device count or must be killed go through
+``train.py`` in a subprocess; the others call `train_and_evaluate` here.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.models import store
+from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import trainer
+from sa_reid_jax.training import experiment_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small network and input: what these tests check does not depend on size.
+TINY = {
+    'model.stage_sizes': (1, 1, 1, 1),
+    'model.base_width': 4,
+    'image_size': (64, 32),
+    'batch_size': 8,
+    'eval.every_epochs': 0,
+    'eval.batch_size': 32,
+    'log_every_steps': 5,
+}
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('synthetic'))
+  synthetic.generate(root, num_ids=8, num_test_ids=4, seed=0)
+  return root
+
+
+def tiny_config(data, **overrides):
+  config = experiment_config('market_layout_folder', 'full')
+  config.dataset.folder = data
+  for key, value in {**TINY, **overrides}.items():
+    *parents, leaf = key.split('.')
+    block = config
+    for parent in parents:
+      block = block[parent]
+    block[leaf] = value
+  return config
+
+
+def _flag(key, value):
+  if isinstance(value, tuple):
+    value = '(' + ','.join(str(v) for v in value) + ')'
+  return f'--config.{key}={value}'
+
+
+def train_command(data, workdir, **overrides):
+  return [sys.executable, os.path.join(REPO, 'train.py'),
+          '--config=' + os.path.join(REPO, 'configs', 'demo_synthetic.py'),
+          f'--workdir={workdir}', f'--config.dataset.folder={data}',
+          *(_flag(k, v) for k, v in {**TINY, **overrides}.items())]
+
+
+def environment(devices=1):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return env
+
+
+def run_train(data, workdir, devices=1, **overrides):
+  result = subprocess.run(train_command(data, workdir, **overrides),
+                          env=environment(devices), capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def trained_variables(workdir):
+  _, variables = store.load_model(os.path.join(workdir, 'model'))
+  return flax.traverse_util.flatten_dict(jax.device_get(variables), sep='/')
+
+
+def test_two_devices_equal_one_device(data, tmp_path):
+  one = tmp_path / 'one'
+  two = tmp_path / 'two'
+  for workdir, devices in ((one, 1), (two, 2)):
+    result = run_train(data, workdir, devices=devices, max_steps=3)
+    assert 'step 3/' in result.stdout
+  a, b = trained_variables(one), trained_variables(two)
+  assert a.keys() == b.keys()
+  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+  assert worst <= 1e-5, worst
+
+
+def _finalized_steps(workdir):
+  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _interrupt(data, workdir, sig, after_step, **overrides):
+  """Starts a run and sends it `sig` once checkpoint `after_step` exists."""
+  process = subprocess.Popen(train_command(data, workdir, **overrides),
+                             env=environment(), cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 600
+  while not any(s >= after_step for s in _finalized_steps(workdir)):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+  still_running = process.poll() is None
+  process.send_signal(sig)
+  stdout, stderr = process.communicate(timeout=600)
+  assert still_running, 'the run ended before it could be interrupted'
+  return process.returncode, stdout, stderr
+
+
+def test_sigterm_and_sigkill_then_resume_are_bit_identical(data, tmp_path):
+  # Long enough that the interrupts land mid-run; checkpoints every 5 steps.
+  options = dict(num_epochs=30, **{'checkpoint.every_steps': 5,
+                                   'checkpoint.keep': 2})
+  reference = tmp_path / 'reference'
+  run_train(data, reference, **options)
+
+  workdir = tmp_path / 'interrupted'
+  code, stdout, stderr = _interrupt(data, workdir, signal.SIGTERM, 10,
+                                    **options)
+  assert code == 0, stderr[-3000:]
+  assert 'SIGTERM: saved the checkpoint of step' in stdout
+  saved = _finalized_steps(workdir)[-1]
+  assert not os.path.exists(workdir / 'model')
+
+  code, _, _ = _interrupt(data, workdir, signal.SIGKILL, saved + 10,
+                          **options)
+  assert code == -signal.SIGKILL
+  result = run_train(data, workdir, **options)
+  assert 'resuming from step' in result.stdout
+
+  a, b = trained_variables(reference), trained_variables(workdir)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    data, tmp_path):
+  config = tiny_config(data, **{'optimizer.learning_rate': 1e12,
+                                'checkpoint.every_steps': 1})
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r'non-finite training at step (\d+).*last good'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  steps = _finalized_steps(tmp_path)
+  assert steps, 'no checkpoint before the failure'
+  # The newest checkpoint restores and holds finite parameters.
+  state = ocp.StandardCheckpointer().restore(
+      tmp_path / checkpoints.CHECKPOINT_DIR / str(steps[-1]) / 'state')
+  assert int(state['step']) == steps[-1]
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
+
+
+def test_init_from_loads_the_backbone(data, tmp_path):
+  config = tiny_config(data, max_steps=1, init_from=str(tmp_path / 'init'),
+                       **{'optimizer.learning_rate': 0.0})
+  source = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=4)
+  variables = source.init(jax.random.PRNGKey(7),
+                          np.zeros((1, 64, 32, 3), np.float32))
+  store.save_model(str(tmp_path / 'init'), source, variables)
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  trained = trained_variables(tmp_path / 'run')
+  given = flax.traverse_util.flatten_dict(variables['params'], sep='/')
+  for key, value in given.items():
+    if key.startswith('backbone/'):
+      # Learning rate 0: one step leaves the imported weights as they were.
+      np.testing.assert_array_equal(trained['params/' + key], value)
+
+
+@pytest.mark.parametrize('init_from, message', [
+    ('missing', 'config.init_from: .*missing is not a directory'),
+    ('wide', 'config.init_from: the backbone params .* do not fit'),
+])
+def test_init_from_errors_name_the_key(data, tmp_path, init_from, message):
+  wide = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=8)
+  store.save_model(str(tmp_path / 'wide'), wide, wide.init(
+      jax.random.PRNGKey(0), np.zeros((1, 64, 32, 3), np.float32)))
+  config = tiny_config(data, max_steps=1,
+                       init_from=str(tmp_path / init_from))
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('overrides', [
+    {'model.dtype': 'bfloat16'},
+    {'augmentation.on_device': True, 'augmentation.staging_size': (64, 32)},
+    {'model.sync_batch_norm': False, 'loss.weighting': 'paper'},
+])
+def test_training_options_run_and_learn(data, tmp_path, overrides):
+  config = tiny_config(data, max_steps=6, **overrides)
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert result['status'] == 'completed' and result['step'] == 6
+  with open(tmp_path / 'metrics.jsonl') as f:
+    lines = [line for line in f if '"train"' in line]
+  assert len(lines) == 2
+  assert np.isfinite(result['final']['plain']['mAP'])
+
+
+def test_resuming_with_another_batch_size_is_refused(data, tmp_path):
+  trainer.train_and_evaluate(tiny_config(data, max_steps=2), str(tmp_path))
+  with pytest.raises(checkpoints.ResumeError,
+                     match='global_batch_size was 8, is now 4'):
+    trainer.train_and_evaluate(tiny_config(data, max_steps=4, batch_size=4),
+                               str(tmp_path))
+
+
+def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path):
+  command = train_command(data, tmp_path) + ['--config.optimizer.lr=0.1']
+  result = subprocess.run(command, env=environment(), capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+  assert result.returncode != 0
+  assert 'lr' in result.stderr and 'Traceback' not in result.stderr
