@@ -1,47 +1,28 @@
 r"""The full SA model on Market-1501 (paper Tables 1 and 3).
 
-Evaluate a model directory (e.g. from convert_weights.py) on the built TFDS
-dataset, with re-ranking and flip test-time augmentation:
+Train (ImageNet backbone from convert_weights.py --format=torchvision, see
+the README), then it reports plain (Table 3) and re-ranked (Table 1) metrics:
 
-  python eval.py --config=configs/market1501.py --checkpoint=DIR \
-      --rerank --flip
+  python train.py --config=configs/market1501.py \
+      --workdir=workdirs/market1501 \
+      --config.init_from=models/imagenet
 
-or directly on the extracted folder (bounding_box_test/, query/):
+The same network without spatial attention (Table 3, "-SA"):
 
-  python eval.py --config=configs/market1501.py --checkpoint=DIR \
-      --config.dataset.folder=/data/Market-1501-v15.09.15
+  python train.py --config=configs/market1501.py:no_sa \
+      --workdir=workdirs/market1501_no_sa \
+      --config.init_from=models/imagenet
+
+Evaluate a model directory (from training or convert_weights.py):
+
+  python eval.py --config=configs/market1501.py --checkpoint=DIR [--flip]
+
+or read the extracted folder directly instead of the built TFDS dataset with
+--config.dataset.folder=/path/to/folder.
 """
 
-import ml_collections
+from sa_reid_jax.training.defaults import table3_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-
-  config.dataset = ml_collections.ConfigDict()
-  # TFDS builder name (sa_reid_jax.datasets.builders.BUILDERS).
-  config.dataset.name = 'market1501'
-  # Where the TFDS dataset was built; '' for TFDS's default directory.
-  config.dataset.data_dir = ''
-  # A folder in Market-1501 layout read directly; when set, replaces TFDS.
-  config.dataset.folder = ''
-
-  # Network input (height, width); images are resized bilinearly to it.
-  config.image_size = (384, 128)
-
-  config.eval = ml_collections.ConfigDict()
-  # Images per feature-extraction batch (the last one is padded and masked).
-  config.eval.batch_size = 64
-  # Average each descriptor with its mirrored image's (test-time flip).
-  config.eval.flip = False
-  # Also report k-reciprocal re-ranked metrics.
-  config.eval.rerank = False
-  # Distance between descriptors: 'euclidean' (official) or 'cosine'.
-  config.eval.metric = 'euclidean'
-  # Length of the CMC curve computed.
-  config.eval.max_rank = 50
-  # Re-ranking parameters (Zhong et al. 2017 defaults).
-  config.eval.k1 = 20
-  config.eval.k2 = 6
-  config.eval.lambda_value = 0.3
-  return config
+def get_config(arg=None):
+  return table3_config('market1501', arg)

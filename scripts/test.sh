@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-"$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+install_package -e '.[test]'
 exec "$VENV_PYTHON" -m pytest "$@"

@@ -10,3 +10,14 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 VENV_PYTHON=.venv/bin/python
+
+# install_package SPEC: pip-installs SPEC (e.g. -e '.[test]') into .venv,
+# showing pip's output only when it fails.
+install_package() {
+  local log=.venv/pip-install.log
+  if ! "$VENV_PYTHON" -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "error: pip install $* failed (log above, also in $log)" >&2
+    exit 1
+  fi
+}

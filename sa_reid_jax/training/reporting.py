@@ -92,10 +92,18 @@ class Progress:
     self._batch = global_batch
     self._start = time.perf_counter()
     self._last_draw = 0.0
+    self._interval_start = (first_step, self._start)
 
   def images_per_second(self, step: int) -> float:
-    elapsed = time.perf_counter() - self._start
-    return (step - self._first) * self._batch / max(elapsed, 1e-9)
+    """Throughput since the previous call (or the start), then resets."""
+    first, since = self._interval_start
+    now = time.perf_counter()
+    self._interval_start = (step, now)
+    return (step - first) * self._batch / max(now - since, 1e-9)
+
+  def reset_interval(self, step: int) -> None:
+    """Starts the next throughput interval now (e.g. after an evaluation)."""
+    self._interval_start = (step, time.perf_counter())
 
   def update(self, step: int, loss: float, force: bool = False) -> None:
     """Reports that `step` steps are done, with the latest loss."""
@@ -110,7 +118,7 @@ class Progress:
     eta = (self._total - step) / rate if rate > 0 else float('inf')
     fraction = step / max(self._total, 1)
     text = (f'step {step}/{self._total} ({100 * fraction:.0f}%)  loss '
-            f'{loss:.4f}  {self.images_per_second(step):.1f} images/s  '
+            f'{loss:.4f}  {self._batch * rate:.1f} images/s  '
             f'ETA {_clock(eta) if np.isfinite(eta) else "?"}')
     if self._on_terminal:
       bar = '#' * int(24 * fraction)

@@ -385,5 +385,6 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
     if eval_now:
       progress.close()
       run.evaluate(state)
+      progress.reset_interval(step)
   progress.close()
   return state, 'completed'

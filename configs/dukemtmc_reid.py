@@ -1,0 +1,28 @@
+r"""The full SA model on DukeMTMC-reID (paper Tables 1 and 3).
+
+Train (ImageNet backbone from convert_weights.py --format=torchvision, see
+the README), then it reports plain (Table 3) and re-ranked (Table 1) metrics:
+
+  python train.py --config=configs/dukemtmc_reid.py \
+      --workdir=workdirs/dukemtmc_reid \
+      --config.init_from=models/imagenet
+
+The same network without spatial attention (Table 3, "-SA"):
+
+  python train.py --config=configs/dukemtmc_reid.py:no_sa \
+      --workdir=workdirs/dukemtmc_reid_no_sa \
+      --config.init_from=models/imagenet
+
+Evaluate a model directory (from training or convert_weights.py):
+
+  python eval.py --config=configs/dukemtmc_reid.py --checkpoint=DIR [--flip]
+
+or read the extracted folder directly instead of the built TFDS dataset with
+--config.dataset.folder=/path/to/folder.
+"""
+
+from sa_reid_jax.training.defaults import table3_config
+
+
+def get_config(arg=None):
+  return table3_config('dukemtmc_reid', arg)

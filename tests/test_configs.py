@@ -1,0 +1,109 @@
+"""Every experiment config loads, and the commands in its docstring work."""
+
+import glob
+import importlib.util
+import os
+import re
+import shlex
+import sys
+from unittest import mock
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from sa_reid_jax.models.sanet import VARIANTS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+TRAIN_FLAGS = ('workdir', 'distributed', 'coordinator_address',
+               'num_processes', 'process_id')
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(
+      os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _documented_commands(path, script):
+  """The `python <script> ...` commands of a config's docstring, as argv."""
+  text = _load(path).__doc__.replace('\\\n', ' ')
+  return [shlex.split(line.strip())[1:]
+          for line in text.splitlines()
+          if line.strip().startswith(f'python {script}')]
+
+
+def _parse(argv):
+  """Parses argv like train.py/eval.py would; returns the config."""
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, '',
+                                           flag_values=values,
+                                           lock_config=True)
+  for name in TRAIN_FLAGS + ('checkpoint', 'rerank', 'flip', 'output_dir'):
+    flags.DEFINE_string(name, None, '', flag_values=values)
+  argv = [argv[0]] + [a if not a.startswith('--flip') else '--flip=1'
+                      for a in argv[1:] if not a.startswith('[')]
+  cwd = os.getcwd()
+  os.chdir(REPO)  # the documented commands run from the repository root
+  try:
+    # config_flags finds the --config.* overrides in sys.argv.
+    with mock.patch.object(sys, 'argv', argv):
+      values(argv)
+  finally:
+    os.chdir(cwd)
+  return holder.value
+
+
+def test_there_is_a_config_per_experiment():
+  names = {os.path.basename(p) for p in CONFIG_FILES}
+  assert {'market1501.py', 'dukemtmc_reid.py', 'cuhk03_labeled.py',
+          'cuhk03_detected.py', 'market1501_ablation.py',
+          'demo_synthetic.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_every_documented_train_command_parses(path):
+  commands = _documented_commands(path, 'train.py')
+  assert commands, f'{path}: the docstring holds no train.py command'
+  for argv in commands:
+    config = _parse(argv)
+    assert config.model.variant in VARIANTS
+    assert config.num_epochs >= 1 and config.batch_size >= 1
+
+
+def test_table3_configs_with_and_without_sa():
+  for name in ('market1501', 'dukemtmc_reid', 'cuhk03_labeled',
+               'cuhk03_detected'):
+    path = os.path.join(REPO, 'configs', f'{name}.py')
+    full = _parse(['train.py', f'--config={path}'])
+    no_sa = _parse(['train.py', f'--config={path}:no_sa'])
+    assert VARIANTS[full.model.variant]['ds_attention']
+    assert not VARIANTS[no_sa.model.variant]['ds_attention']
+    assert not VARIANTS[no_sa.model.variant]['backbone_attention']
+    assert full.num_epochs == 100 and full.augmentation.erasing_probability
+    assert full.batch_size == 48 and full.eval.rerank
+    with pytest.raises(ValueError, match='no_sa'):
+      _load(path).get_config('sa')
+
+
+def test_ablation_config_covers_table2():
+  path = os.path.join(REPO, 'configs', 'market1501_ablation.py')
+  module = _load(path)
+  documented = {re.search(r'ablation\.py:(\w+)', ' '.join(argv)).group(1)
+                for argv in _documented_commands(path, 'train.py')}
+  assert documented == set(module.ROWS)
+  for row in module.ROWS:
+    config = module.get_config(row)
+    assert config.model.variant == row and config.num_epochs == 60
+    assert config.augmentation.erasing_probability == 0
+  with pytest.raises(ValueError, match='needs a row argument'):
+    module.get_config()
+
+
+def test_eval_commands_parse():
+  for path in CONFIG_FILES:
+    for argv in _documented_commands(path, 'eval.py'):
+      assert _parse(argv).eval.batch_size >= 1
