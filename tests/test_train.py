@@ -4,6 +4,7 @@ Runs that need their own device count or must be killed go through
 ``train.py`` in a subprocess; the others call `train_and_evaluate` here.
 """
 
+import io
 import os
 import signal
 import subprocess
@@ -15,11 +16,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import reporting
 from sa_reid_jax.training import trainer
 from sa_reid_jax.training import experiment_config
 
@@ -212,6 +215,15 @@ def test_training_options_run_and_learn(data, tmp_path, overrides):
     lines = [line for line in f if '"train"' in line]
   assert len(lines) == 2
   assert np.isfinite(result['final']['plain']['mAP'])
+  events = event_accumulator.EventAccumulator(result['tensorboard_dir'])
+  events.Reload()
+  tags = set(events.Tags()['tensors']) | set(events.Tags()['scalars'])
+  expected = {'train/loss', 'train/global_ce', 'train/ds3_ce',
+              'train/accuracy', 'train/grad_norm', 'train/images_per_second',
+              'train/learning_rate_backbone', 'train/learning_rate_heads',
+              'eval_plain/rank1', 'eval_plain/mAP'}
+  expected |= {f'train/part{i}_ce' for i in range(1, 7)}
+  assert expected <= tags, expected - tags
 
 
 def test_resuming_with_another_batch_size_is_refused(data, tmp_path):
@@ -228,3 +240,17 @@ def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path):
                           text=True, timeout=300, cwd=REPO)
   assert result.returncode != 0
   assert 'lr' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_progress_lines_off_a_terminal(monkeypatch):
+  clock = iter([0.0, 10.0, 10.0, 20.0])
+  monkeypatch.setattr(reporting.time, 'perf_counter', lambda: next(clock))
+  stream = io.StringIO()
+  progress = reporting.Progress(first_step=100, total_steps=300,
+                                global_batch=8, stream=stream)
+  progress.update(150, 1.5)  # not forced: nothing off a terminal
+  assert stream.getvalue() == ''
+  progress.update(150, 1.5, force=True)  # 50 steps in 10 s
+  assert stream.getvalue() == ('step 150/300 (50%)  loss 1.5000  40.0 '
+                               'images/s  ETA 0:30\n')
+  assert progress.images_per_second(200) == pytest.approx(100 * 8 / 20)

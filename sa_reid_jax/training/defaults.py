@@ -115,6 +115,9 @@ def experiment_config(dataset_name: str,
   config.checkpoint.every_steps = 1000
   # Checkpoints kept (the newest ones).
   config.checkpoint.keep = 3
+  # With several processes, how often (in steps) they agree on whether one
+  # got SIGTERM: an exchange between hosts that waits for the step to end.
+  config.checkpoint.sigterm_check_steps = 10
 
   # Write train metrics (averaged over the interval) every this many steps.
   config.log_every_steps = 50

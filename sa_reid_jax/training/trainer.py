@@ -107,9 +107,10 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
   for key in ('num_epochs', 'log_every_steps'):
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
-  if config.checkpoint.every_steps < 1:
-    raise ValueError('config.checkpoint.every_steps must be >= 1, got '
-                     f'{config.checkpoint.every_steps}')
+  for key in ('every_steps', 'sigterm_check_steps'):
+    if config.checkpoint[key] < 1:
+      raise ValueError(f'config.checkpoint.{key} must be >= 1, got '
+                       f'{config.checkpoint[key]}')
 
 
 class _TerminationFlag:
@@ -132,9 +133,17 @@ class _TerminationFlag:
     del signum, frame
     self._set = True
 
-  def is_set(self) -> bool:
+  def is_set(self, step: int, every_steps: int) -> bool:
+    """Whether to stop now; with several processes, asked every few steps.
+
+    Args:
+      step: the current step.
+      every_steps: steps between the processes' exchanges of their flags.
+    """
     if jax.process_count() == 1:
       return self._set
+    if step % every_steps:
+      return False
     flags = multihost_utils.process_allgather(np.asarray(self._set))
     return bool(np.any(flags))
 
@@ -363,7 +372,7 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
     eval_now = (epoch_end and config.eval.every_epochs > 0 and
                 epoch % config.eval.every_epochs == 0 and
                 step < run.stop_step)
-    stop_now = terminate.is_set()
+    stop_now = terminate.is_set(step, config.checkpoint.sigterm_check_steps)
     if not (log_now or save_now or eval_now or stop_now):
       continue
     settle()
