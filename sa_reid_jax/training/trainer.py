@@ -306,7 +306,8 @@ def _finish(run: _Run, state: step_lib.TrainState,
   store.save_model(os.path.join(run.workdir, MODEL_DIR), run.eval_model,
                    variables,
                    metadata={'trained_steps': step,
-                             'dataset': run.config.dataset.name},
+                             'dataset': run.config.dataset.name,
+                             'image_size': list(run.config.image_size)},
                    overwrite=True)
   initial = [e for e in run.evaluations if e['step'] == 0]
   summary = {'final': run.evaluations[-1],

@@ -1,0 +1,130 @@
+"""Descriptors of arbitrary image files, for tools that work outside datasets.
+
+Images are decoded and preprocessed exactly as evaluation does
+(``input_pipeline.decode_image`` and ``preprocess``); a file that cannot be
+read or decoded is reported by name and left out, never dropped silently.
+"""
+
+import os
+import re
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import tensorflow_cpu
+from sa_reid_jax.evaluation.features import extract_features
+from sa_reid_jax.models import store
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+DEFAULT_IMAGE_SIZE = (384, 128)
+
+
+def list_images(path: str, flag: str = 'path') -> list[str]:
+  """`path` itself if it is a file, else the image files under the folder.
+
+  Args:
+    path: an image file or a folder (searched recursively, sorted).
+    flag: the flag or argument `path` came from, for error messages.
+
+  Returns:
+    absolute paths.
+
+  Raises:
+    ValueError: naming `flag` and `path` when it does not exist or holds no
+      image file.
+  """
+  if os.path.isfile(path):
+    return [os.path.abspath(path)]
+  if not os.path.isdir(path):
+    raise ValueError(f'{flag}: {path} is neither an image file nor a folder')
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    found.extend(os.path.join(root, name) for name in files
+                 if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not found:
+    raise ValueError(f'{flag}: {path} holds no image files '
+                     f'({", ".join(IMAGE_EXTENSIONS)})')
+  return sorted(os.path.abspath(p) for p in found)
+
+
+def model_image_size(checkpoint: str,
+                     override: Optional[Sequence[int]] = None
+                     ) -> tuple[int, int]:
+  """The input size a model directory was trained at.
+
+  Args:
+    checkpoint: a model directory.
+    override: a size given explicitly (wins when set).
+
+  Returns:
+    (height, width): `override`, else the ``image_size`` recorded in the
+    model's metadata by training, else 384x128.
+  """
+  if override:
+    return tuple(int(v) for v in override)
+  metadata = store.load_model_info(checkpoint).get('metadata', {})
+  return tuple(metadata.get('image_size', DEFAULT_IMAGE_SIZE))
+
+
+def _decode_error(path: str) -> Optional[str]:
+  """Why `path` cannot be decoded, or None if it can."""
+  try:
+    input_pipeline.decode_image(tf.io.read_file(path))
+  except (tf.errors.OpError, ValueError) as e:
+    # Keep TensorFlow's reason, without its op and device decorations.
+    message = str(getattr(e, 'message', e)).strip().splitlines()[0]
+    return re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:.*$', '', message)
+  return None
+
+
+def describe_files(model, variables: Any, paths: Sequence[str], *,
+                   image_size: tuple[int, int], batch_size: int = 64,
+                   flip: bool = False, progress: bool = True,
+                   description: str = 'images'
+                   ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+  """Retrieval descriptors of image files.
+
+  Args:
+    model: a network following the `SANet` output contract.
+    variables: its variables.
+    paths: image files.
+    image_size: network input (height, width).
+    batch_size: images per forward pass.
+    flip: average with the mirrored image's descriptor.
+    progress: print progress lines.
+    description: label of the progress lines.
+
+  Returns:
+    (descriptors (N, P, D) float32 of the readable files, those files in
+    input order, [(file, reason)] of the unreadable ones).
+  """
+  tensorflow_cpu.hide_accelerators_from_tensorflow()
+  failures = [(p, reason) for p in paths
+              if (reason := _decode_error(p)) is not None]
+  failed = {p for p, _ in failures}
+  kept = [p for p in paths if p not in failed]
+  if not kept:
+    return np.zeros((0, 0, 0), np.float32), kept, failures
+
+  def load(path):
+    image = input_pipeline.decode_image(tf.io.read_file(path))
+    return {'images': input_pipeline.preprocess(image, image_size)}
+
+  dataset = tf.data.Dataset.from_tensor_slices(kept).map(
+      load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  descriptors = extract_features(model, variables,
+                                 batches.as_numpy_iterator(), flip=flip,
+                                 total=len(kept), progress=progress,
+                                 description=description)
+  return descriptors, kept, failures
+
+
+def display_pixels(path: str, size: tuple[int, int]) -> np.ndarray:
+  """An image file as uint8 (height, width, 3) at `size`, for pictures."""
+  image = input_pipeline.decode_image(tf.io.read_file(path))
+  resized = input_pipeline.resize(tf.cast(image, tf.float32), size)
+  return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
