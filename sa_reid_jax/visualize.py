@@ -1,0 +1,382 @@
+r"""Pictures of what the network looks at and what it retrieves.
+
+  python -m sa_reid_jax.visualize cam --checkpoint=DIR [--compare=DIR2] \
+      --images=FILE_OR_FOLDER [--classes=3,7] --output=cam.png
+  python -m sa_reid_jax.visualize ranks --checkpoint=DIR \
+      --dataset_folder=FOLDER [--queries=0,5,9 | --num_queries=8] \
+      [--topk=10] --output=ranks.png
+
+``cam``: per image, the image, the class activation map (CAM) of each
+supervised stage overlaid on it, and the raw SA maps of the stages that have
+SA. Stages 1-3 use their deep-supervision head: the head is linear after SA
+(pooling, 1x1 reduction, classifier), so the CAM at a position is the class
+score of the feature there, and its mean over positions plus the bias is
+the head's logit exactly. Stage 4 applies the global head (reduction, BN,
+ReLU, classifier) at each position of the layer4 map (as CAM does for
+non-linear heads). The class is the global head's prediction unless given.
+With ``--compare``, a second row under each image shows the second network
+(e.g. with and without SA, as the paper's figures).
+
+``ranks``: per query of a Market-layout dataset, the query and its top-k
+gallery images by the official distance, bordered green (same person, other
+camera: a true match), red (another person), or grey (ignored by the
+protocol: junk, or the same person seen by the same camera, marked "junk"
+or "same cam").
+"""
+
+import argparse
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+import tensorflow as tf
+
+from sa_reid_jax import image_files
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import extract_features, pairwise_distances
+from sa_reid_jax.models import store
+from sa_reid_jax.models.normalization import TORCH_BN_EPS
+from sa_reid_jax.models.sanet import DS_STAGES, SANet
+
+GREEN = (0, 170, 0)
+RED = (220, 0, 0)
+GREY = (150, 150, 150)
+BLUE = (0, 90, 220)
+BORDER = 4
+GAP = 6
+LABEL_HEIGHT = 14
+CAM_BLEND = 0.5
+
+
+def class_activation_maps(model: SANet, variables: Any, images: jax.Array,
+                          classes: Optional[Sequence[int]] = None
+                          ) -> dict[str, Any]:
+  """CAMs of every supervised stage, and the SA maps, for a batch.
+
+  Args:
+    model: the network (needs deep supervision for stages 1-3).
+    variables: its variables.
+    images: (B, H, W, 3) float32, preprocessed as for evaluation.
+    classes: the class of each image; None for the global head's argmax.
+
+  Returns:
+    ``cams``: stage name -> (B, h, w) float32 maps (class score per
+    position); ``attention``: stage name -> (B, h, w) SA weights;
+    ``classes``: (B,) int; ``logits``: stage name -> (B,) logit of the
+    class from the network itself (for checking).
+  """
+  outputs, state = model.apply(
+      variables, images, train=False,
+      capture_intermediates=lambda module, _: module.name == 'backbone')
+  stages = state['intermediates']['backbone']['__call__'][0]
+  params = variables['params']
+  if classes is None:
+    classes = jnp.argmax(outputs['global_logits'], axis=-1)
+  classes = jnp.asarray(classes)
+  attention = outputs['attention']
+  cams, logits = {}, {}
+  if model.deep_supervision:
+    for i, stage in enumerate(DS_STAGES, start=1):
+      x = stages[stage].astype(jnp.float32)
+      if stage in attention:
+        x = x * attention[stage][..., None]  # the map the head pools
+      weights = params[f'ds_classifier{i}']['kernel'][:, classes].T  # (B, F)
+      reduced = x @ params[f'ds_reduce{i}']['kernel']  # (B, h, w, F)
+      cams[stage] = jnp.einsum('bhwf,bf->bhw', reduced, weights)
+      logits[stage] = outputs['ds_logits'][jnp.arange(len(classes)), i - 1,
+                                           classes]
+  x = stages['layer4'].astype(jnp.float32)
+  if 'layer4' in attention:
+    x = x * attention['layer4'][..., None]
+  bn = params['part_bn']
+  stats = variables['batch_stats']['part_bn']
+  reduced = x @ params['part_reduce']['kernel']
+  normalised = ((reduced - stats['mean']) / jnp.sqrt(stats['var'] + TORCH_BN_EPS) *
+                bn['scale'] + bn['bias'])
+  weights = params['global_classifier']['kernel'][:, classes].T
+  cams['layer4'] = jnp.einsum('bhwf,bf->bhw', jax.nn.relu(normalised),
+                              weights)
+  logits['layer4'] = outputs['global_logits'][jnp.arange(len(classes)),
+                                              classes]
+  return {'cams': cams, 'attention': attention, 'classes': classes,
+          'logits': logits}
+
+
+def colorize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """A map scaled to [0, 1], resized bilinearly, in a blue-red colour scale.
+
+  Args:
+    heat: (h, w) values.
+    size: output (height, width).
+
+  Returns:
+    uint8 (height, width, 3): blue (low) through cyan, yellow to red (high).
+  """
+  heat = np.asarray(heat, np.float32)
+  span = heat.max() - heat.min()
+  scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+  resized = np.asarray(Image.fromarray(scaled).resize(
+      (size[1], size[0]), Image.BILINEAR)).clip(0, 1)
+  # Piecewise-linear ramps of a 'jet'-like scale.
+  red = np.clip(1.5 - np.abs(4 * resized - 3), 0, 1)
+  green = np.clip(1.5 - np.abs(4 * resized - 2), 0, 1)
+  blue = np.clip(1.5 - np.abs(4 * resized - 1), 0, 1)
+  return (np.stack([red, green, blue], -1) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+  """`heat` coloured and blended over the uint8 `image`."""
+  coloured = colorize(heat, image.shape[:2]).astype(np.float32)
+  return (CAM_BLEND * coloured + (1 - CAM_BLEND) * image).astype(np.uint8)
+
+
+def _tile_row(tiles: Sequence[np.ndarray], labels: Sequence[str],
+              borders: Optional[Sequence[tuple]] = None,
+              gap_after_first: bool = False) -> Image.Image:
+  """Tiles side by side, each with an optional border and a label below."""
+  height, width = tiles[0].shape[:2]
+  cell_w, cell_h = width + 2 * BORDER, height + 2 * BORDER
+  extra = GAP if gap_after_first else 0
+  row = Image.new('RGB', (len(tiles) * (cell_w + GAP) + extra,
+                          cell_h + LABEL_HEIGHT), 'white')
+  draw = ImageDraw.Draw(row)
+  for i, (tile, label) in enumerate(zip(tiles, labels)):
+    left = i * (cell_w + GAP) + (extra if i > 0 else 0)
+    if borders is not None and borders[i] is not None:
+      draw.rectangle([left, 0, left + cell_w - 1, cell_h - 1],
+                     fill=borders[i])
+    row.paste(Image.fromarray(tile), (left + BORDER, BORDER))
+    # The default font is about 6 pixels a character.
+    draw.text((left + 1, cell_h + 1), label[:cell_w // 6], fill='black')
+  return row
+
+
+def _stack(rows: Sequence[Image.Image]) -> Image.Image:
+  width = max(r.width for r in rows)
+  picture = Image.new('RGB', (width, sum(r.height + GAP for r in rows)),
+                      'white')
+  top = 0
+  for r in rows:
+    picture.paste(r, (0, top))
+    top += r.height + GAP
+  return picture
+
+
+def cam_picture(models: Sequence[tuple[str, SANet, Any]],
+                paths: Sequence[str], image_size: tuple[int, int],
+                classes: Optional[Sequence[int]] = None) -> Image.Image:
+  """The ``cam`` picture: one row per image and model.
+
+  Args:
+    models: (name, model, variables) of each network to show.
+    paths: image files.
+    image_size: network input (height, width).
+    classes: class per image, or None for each network's prediction.
+
+  Returns:
+    the picture.
+  """
+  inputs = np.stack([_preprocessed(p, image_size) for p in paths])
+  rows = []
+  results = [class_activation_maps(model, variables, inputs,
+                                   classes) for _, model, variables in models]
+  for index, path in enumerate(paths):
+    image = image_files.display_pixels(path, image_size)
+    for (name, _, _), result in zip(models, results):
+      predicted = int(result['classes'][index])
+      tiles = [image]
+      labels = [f'{name} {predicted}' if len(models) > 1 else
+                f'class {predicted}']
+      for stage, cam in result['cams'].items():
+        tiles.append(overlay(image, np.asarray(cam[index])))
+        labels.append(f'CAM {stage}')
+      for stage, weights in result['attention'].items():
+        tiles.append(colorize(np.asarray(weights[index]), image_size))
+        labels.append(f'SA {stage}')
+      rows.append(_tile_row(tiles, labels))
+  return _stack(rows)
+
+
+def _preprocessed(path: str, image_size: tuple[int, int]) -> np.ndarray:
+  image = input_pipeline.decode_image(tf.io.read_file(path))
+  return input_pipeline.preprocess(image, image_size).numpy()
+
+
+def match_kinds(query_pid: int, query_cam: int, gallery_pids: np.ndarray,
+                gallery_cams: np.ndarray) -> np.ndarray:
+  """Per gallery image: 'match', 'wrong', 'junk' or 'same cam' (protocol)."""
+  kinds = np.where(gallery_pids == query_pid, 'match', 'wrong').astype(object)
+  kinds[(gallery_pids == query_pid) & (gallery_cams == query_cam)] = 'same cam'
+  kinds[gallery_pids == -1] = 'junk'
+  return kinds
+
+
+KIND_COLOURS = {'match': GREEN, 'wrong': RED, 'junk': GREY, 'same cam': GREY}
+
+
+def ranks_picture(query_paths: Sequence[str], ranked: Sequence[dict],
+                  image_size: tuple[int, int]) -> Image.Image:
+  """The ``ranks`` picture: per query, itself then its ranked gallery.
+
+  Args:
+    query_paths: query image files.
+    ranked: per query, ``paths``, ``kinds`` (see `match_kinds`) and
+      ``distances`` of its top-k gallery images in rank order.
+    image_size: thumbnail (height, width).
+
+  Returns:
+    the picture: the query in a blue border, a gap, then the gallery images
+    with borders coloured by `KIND_COLOURS` and "#rank" (plus the kind for
+    ignored ones) below.
+  """
+  rows = []
+  for query, result in zip(query_paths, ranked):
+    tiles = [image_files.display_pixels(query, image_size)]
+    labels, borders = ['query'], [BLUE]
+    for rank, (path, kind, distance) in enumerate(
+        zip(result['paths'], result['kinds'], result['distances']), start=1):
+      tiles.append(image_files.display_pixels(path, image_size))
+      ignored = kind in ('junk', 'same cam')
+      labels.append(f'#{rank} {kind}' if ignored else
+                    f'#{rank} {distance:.2f}')
+      borders.append(KIND_COLOURS[kind])
+    rows.append(_tile_row(tiles, labels, borders, gap_after_first=True))
+  return _stack(rows)
+
+
+def rank_queries(model, variables, dataset_folder: str,
+                 queries: Sequence[int], topk: int,
+                 image_size: tuple[int, int], batch_size: int = 64
+                 ) -> tuple[list[str], list[dict]]:
+  """Top-k gallery images of chosen queries of a Market-layout folder.
+
+  Args:
+    model, variables: the network.
+    dataset_folder: holds ``query/`` and ``bounding_box_test/``.
+    queries: indices into the query split (file-name order).
+    topk: gallery images per query.
+    image_size: network input.
+    batch_size: images per forward pass.
+
+  Returns:
+    (query paths, per query ``{'paths', 'kinds', 'distances'}``).
+  """
+  query = tables.from_folder(dataset_folder, 'query')
+  gallery = tables.from_folder(dataset_folder, 'gallery')
+  bad = [q for q in queries if not 0 <= q < len(query)]
+  if bad:
+    raise ValueError(f'--queries: {bad} out of range; {dataset_folder} has '
+                     f'{len(query)} queries')
+
+  def describe(table, name):
+    batches = input_pipeline.eval_dataset(table, batch_size=batch_size,
+                                          image_size=image_size)
+    return extract_features(model, variables, batches.as_numpy_iterator(),
+                            total=len(table), description=name)
+
+  query_features = describe(query, 'query')[np.asarray(queries)]
+  distances = np.asarray(pairwise_distances(
+      query_features, describe(gallery, 'gallery'), 'euclidean'))
+  ranked = []
+  for row, q in zip(distances, queries):
+    order = np.argsort(row, kind='stable')[:topk]
+    kinds = match_kinds(query.person_ids[q], query.camera_ids[q],
+                        gallery.person_ids, gallery.camera_ids)
+    ranked.append({'paths': [str(gallery.images[i]) for i in order],
+                   'kinds': [str(kinds[i]) for i in order],
+                   'distances': [float(row[i]) for i in order]})
+  return [str(query.images[q]) for q in queries], ranked
+
+
+def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
+  if not text:
+    return None
+  try:
+    height, width = (int(v) for v in text.split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected H,W, got {text!r}') from None
+  return height, width
+
+
+def _ints(text: str) -> list[int]:
+  try:
+    return [int(v) for v in text.split(',') if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'expected comma-separated integers, got {text!r}') from None
+
+
+def _parse_arguments(argv):
+  parser = argparse.ArgumentParser(prog='python -m sa_reid_jax.visualize',
+                                   description=__doc__.split('\n\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True)
+  cam = commands.add_parser('cam', help='class activation and SA maps')
+  cam.add_argument('--checkpoint', required=True, help='model directory')
+  cam.add_argument('--compare', help='a second model directory')
+  cam.add_argument('--images', required=True, help='image file or folder')
+  cam.add_argument('--classes', type=_ints,
+                   help='class per image (default: predicted)')
+  cam.add_argument('--max_images', type=int, default=8,
+                   help='images of a folder shown (default 8)')
+  ranks = commands.add_parser('ranks', help='ranked gallery per query')
+  ranks.add_argument('--checkpoint', required=True, help='model directory')
+  ranks.add_argument('--dataset_folder', required=True,
+                     help='folder in Market-1501 layout')
+  ranks.add_argument('--queries', type=_ints, help='query indices')
+  ranks.add_argument('--num_queries', type=int, default=6,
+                     help='without --queries: this many, evenly spread')
+  ranks.add_argument('--topk', type=int, default=10)
+  for sub in (cam, ranks):
+    sub.add_argument('--output', required=True, help='PNG file to write')
+    sub.add_argument('--image_size', type=_size,
+                     help='H,W (default: the model\'s)')
+  return parser.parse_args(argv)
+
+
+def _run(args) -> Image.Image:
+  image_size = image_files.model_image_size(args.checkpoint, args.image_size)
+  model, variables = store.load_model(args.checkpoint)
+  if args.command == 'cam':
+    paths = image_files.list_images(args.images, '--images')[:args.max_images]
+    if args.classes is not None and len(args.classes) != len(paths):
+      raise ValueError(f'--classes: {len(args.classes)} classes for '
+                       f'{len(paths)} images')
+    models = [(os.path.basename(os.path.normpath(args.checkpoint)), model,
+               variables)]
+    if args.compare:
+      other, other_variables = store.load_model(args.compare)
+      models.append((os.path.basename(os.path.normpath(args.compare)), other,
+                     other_variables))
+    return cam_picture(models, paths, image_size, args.classes)
+  if args.topk < 1:
+    raise ValueError(f'--topk must be >= 1, got {args.topk}')
+  queries = args.queries
+  if queries is None:
+    count = len(tables.from_folder(args.dataset_folder, 'query'))
+    queries = sorted(set(np.linspace(0, count - 1, min(args.num_queries,
+                                                       count)).astype(int)))
+  query_paths, ranked = rank_queries(model, variables, args.dataset_folder,
+                                     queries, args.topk, image_size)
+  return ranks_picture(query_paths, ranked, image_size)
+
+
+def main(argv=None) -> int:
+  args = _parse_arguments(argv)
+  try:
+    picture = _run(args)
+  except (ValueError, market_layout.LayoutError) as e:
+    sys.exit(f'visualize {args.command}: error: {e}')
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  picture.save(args.output)
+  print(f'wrote {args.output} ({picture.width}x{picture.height})')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

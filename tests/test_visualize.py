@@ -1,0 +1,171 @@
+"""Class activation maps and the pictures: values and pixels, not only files."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from sa_reid_jax import visualize
+from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.models import store
+from sa_reid_jax.models.sanet import SANet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (64, 32)
+
+
+def tiny(**kwargs):
+  model = SANet(num_classes=7, stage_sizes=(1, 1, 1, 1), base_width=4,
+                **kwargs)
+  variables = model.init(jax.random.PRNGKey(1),
+                         np.zeros((1, *SIZE, 3), np.float32))
+  # Non-trivial BatchNorm statistics, so the stage-4 head's BN matters.
+  stats = jax.tree.map(
+      lambda x: x + np.random.default_rng(0).uniform(0.1, 0.5, x.shape),
+      variables['batch_stats'])
+  return model, {**variables, 'batch_stats': stats}
+
+
+@pytest.mark.parametrize('ds_attention, backbone_attention',
+                         [(True, False), (False, True)])
+def test_ds_cams_average_to_the_heads_logits(ds_attention,
+                                             backbone_attention):
+  model, variables = tiny(ds_attention=ds_attention,
+                          backbone_attention=backbone_attention)
+  images = np.random.default_rng(2).normal(size=(3, *SIZE, 3)).astype(
+      np.float32)
+  result = visualize.class_activation_maps(model, variables, images,
+                                           classes=[0, 3, 6])
+  params = variables['params']
+  for i, stage in enumerate(('layer1', 'layer2', 'layer3'), start=1):
+    bias = params[f'ds_classifier{i}']['bias'][np.array([0, 3, 6])]
+    averaged = np.asarray(result['cams'][stage]).mean(axis=(1, 2)) + bias
+    np.testing.assert_allclose(averaged, result['logits'][stage], rtol=1e-4,
+                               atol=1e-5)
+  assert set(result['attention']) == (
+      {'layer1', 'layer2', 'layer3'} if ds_attention else {'layer4'})
+
+
+def test_stage4_cam_is_the_global_head_at_each_position():
+  model, variables = tiny(backbone_attention=True)
+  images = np.random.default_rng(3).normal(size=(2, *SIZE, 3)).astype(
+      np.float32)
+  result = visualize.class_activation_maps(model, variables, images)
+  _, state = model.apply(variables, images, capture_intermediates=True)
+  layer4 = np.asarray(state['intermediates']['backbone']['__call__'][0]
+                      ['layer4'], np.float64)
+  attention = np.asarray(result['attention']['layer4'], np.float64)
+  params = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                        variables['params'])
+  stats = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                       variables['batch_stats'])['part_bn']
+  classes = np.asarray(result['classes'])
+  logits = model.apply(variables, images)['global_logits']
+  np.testing.assert_array_equal(classes, np.argmax(logits, axis=-1))
+  # A loop over positions, written independently of the vectorised code.
+  for b in range(2):
+    h, w = layer4.shape[1:3]
+    expected = np.zeros((h, w))
+    for y in range(h):
+      for x in range(w):
+        feature = layer4[b, y, x] * attention[b, y, x]
+        reduced = feature @ params['part_reduce']['kernel']
+        normed = ((reduced - stats['mean']) / np.sqrt(stats['var'] + 1e-5) *
+                  params['part_bn']['scale'] + params['part_bn']['bias'])
+        expected[y, x] = (np.maximum(normed, 0) @
+                          params['global_classifier']['kernel'][:, classes[b]])
+    np.testing.assert_allclose(result['cams']['layer4'][b], expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_match_kinds():
+  kinds = visualize.match_kinds(5, 1, np.array([5, 5, -1, 7, 0]),
+                                np.array([1, 2, 1, 1, 3]))
+  assert list(kinds) == ['same cam', 'match', 'junk', 'wrong', 'wrong']
+
+
+def test_colorize_runs_from_blue_to_red():
+  heat = np.array([[0.0, 1.0]])
+  colours = visualize.colorize(heat, (1, 2))
+  assert colours.shape == (1, 2, 3)
+  assert colours[0, 0, 2] > 100 and colours[0, 0, 0] == 0  # low: blue
+  assert colours[0, 1, 0] > 100 and colours[0, 1, 2] == 0  # high: red
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('synthetic'))
+  synthetic.generate(root, num_ids=4, num_test_ids=4, seed=0)
+  return root
+
+
+CELL_W = SIZE[1] + 2 * visualize.BORDER
+
+
+def _cell_left(index):
+  """Left edge of a ranks tile: the query, a gap, then the gallery."""
+  return index * (CELL_W + visualize.GAP) + (visualize.GAP if index else 0)
+
+
+def test_ranks_picture_borders(dataset):
+  query = os.path.join(dataset, 'query', sorted(os.listdir(
+      os.path.join(dataset, 'query')))[0])
+  kinds = ['match', 'wrong', 'junk', 'same cam']
+  ranked = [{'paths': [query] * 4, 'kinds': kinds,
+             'distances': [0.1, 0.2, 0.3, 0.4]}] * 2
+  picture = np.asarray(visualize.ranks_picture([query, query], ranked, SIZE))
+  cell_h = SIZE[0] + 2 * visualize.BORDER
+  row_h = cell_h + visualize.LABEL_HEIGHT + visualize.GAP
+  assert picture.shape == (2 * row_h, 5 * (CELL_W + visualize.GAP) +
+                           visualize.GAP, 3)
+  expected = [visualize.BLUE, visualize.GREEN, visualize.RED, visualize.GREY,
+              visualize.GREY]
+  for row in range(2):
+    for index, colour in enumerate(expected):
+      top, left = row * row_h, _cell_left(index)
+      assert tuple(picture[top + 1, left + 1]) == colour
+      assert tuple(picture[top + cell_h - 2, left + 1]) == colour
+  # Inside the border: the image itself, at the thumbnail size.
+  inner = picture[visualize.BORDER:visualize.BORDER + SIZE[0],
+                  _cell_left(1) + visualize.BORDER:
+                  _cell_left(1) + visualize.BORDER + SIZE[1]]
+  np.testing.assert_array_equal(
+      inner, visualize.image_files.display_pixels(query, SIZE))
+
+
+def test_cli_draws_cams_and_ranks(dataset, tmp_path):
+  for name, kwargs in (('sa', {}), ('no_sa', {'ds_attention': False})):
+    model, variables = tiny(**kwargs)
+    store.save_model(str(tmp_path / name), model, variables,
+                     metadata={'image_size': list(SIZE)})
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  run = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'sa_reid_jax.visualize', *args], env=env,
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = run('cam', f'--checkpoint={tmp_path / "sa"}',
+               f'--compare={tmp_path / "no_sa"}',
+               f'--images={os.path.join(dataset, "query")}', '--max_images=2',
+               f'--output={tmp_path / "cam.png"}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  picture = Image.open(tmp_path / 'cam.png')
+  # Row per image and model; columns: image, 4 CAMs, 3 SA maps (SA model).
+  cell_h = SIZE[0] + 2 * visualize.BORDER
+  assert picture.size == (8 * (CELL_W + visualize.GAP),
+                          4 * (cell_h + visualize.LABEL_HEIGHT +
+                               visualize.GAP))
+  result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
+               f'--dataset_folder={dataset}', '--queries=0,2', '--topk=3',
+               f'--output={tmp_path / "ranks.png"}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert Image.open(tmp_path / 'ranks.png').size[0] == (
+      4 * (CELL_W + visualize.GAP) + visualize.GAP)
+  result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
+               f'--dataset_folder={dataset}', '--queries=0,9999',
+               f'--output={tmp_path / "bad.png"}')
+  assert result.returncode == 1
+  assert 'error: --queries: [9999] out of range' in result.stderr
+  assert 'Traceback' not in result.stderr
