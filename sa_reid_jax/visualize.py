@@ -15,7 +15,8 @@ the head's logit exactly. Stage 4 applies the global head (reduction, BN,
 ReLU, classifier) at each position of the layer4 map (as CAM does for
 non-linear heads). The class is the global head's prediction unless given.
 With ``--compare``, a second row under each image shows the second network
-(e.g. with and without SA, as the paper's figures).
+(e.g. with and without SA, as the paper's figures); the first tile of each
+row is then labelled with its model's name instead of the class.
 
 ``ranks``: per query of a Market-layout dataset, the query and its top-k
 gallery images by the official distance, bordered green (same person, other
@@ -191,8 +192,7 @@ def cam_picture(models: Sequence[tuple[str, SANet, Any]],
     for (name, _, _), result in zip(models, results):
       predicted = int(result['classes'][index])
       tiles = [image]
-      labels = [f'{name} {predicted}' if len(models) > 1 else
-                f'class {predicted}']
+      labels = [name if len(models) > 1 else f'class {predicted}']
       for stage, cam in result['cams'].items():
         tiles.append(overlay(image, np.asarray(cam[index])))
         labels.append(f'CAM {stage}')
@@ -339,6 +339,13 @@ def _parse_arguments(argv):
   return parser.parse_args(argv)
 
 
+def _short_name(checkpoint: str) -> str:
+  """A model directory's name; its run's for training's ``WORKDIR/model``."""
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if name == 'model' else name
+
+
 def _run(args) -> Image.Image:
   image_size = image_files.model_image_size(args.checkpoint, args.image_size)
   model, variables = store.load_model(args.checkpoint)
@@ -347,12 +354,10 @@ def _run(args) -> Image.Image:
     if args.classes is not None and len(args.classes) != len(paths):
       raise ValueError(f'--classes: {len(args.classes)} classes for '
                        f'{len(paths)} images')
-    models = [(os.path.basename(os.path.normpath(args.checkpoint)), model,
-               variables)]
+    models = [(_short_name(args.checkpoint), model, variables)]
     if args.compare:
       other, other_variables = store.load_model(args.compare)
-      models.append((os.path.basename(os.path.normpath(args.compare)), other,
-                     other_variables))
+      models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
   if args.topk < 1:
     raise ValueError(f'--topk must be >= 1, got {args.topk}')
