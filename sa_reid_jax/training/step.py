@@ -18,12 +18,34 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sa_reid_jax import device_augment
+from sa_reid_jax.models.sanet import sanet_variant
 from sa_reid_jax.training import losses
 
 DATA_AXIS = 'data'
 # Batch entries the step uses; the others stay on the host.
 _STEP_KEYS = ('images', 'labels', 'indices', 'flip', 'erase_box',
               'noise_seed')
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The network an experiment config describes.
+
+  Args:
+    config: an experiment config (its ``model`` block).
+    num_classes: train identities.
+
+  Returns:
+    a `SANet`, with BatchNorm synchronised over the ``data`` axis when
+    ``config.model.sync_batch_norm``.
+  """
+  m = config.model
+  return sanet_variant(
+      m.variant, num_classes=num_classes,
+      attention_normalization=m.attention_normalization,
+      dropout_rate=m.dropout_rate, num_features=m.num_features,
+      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+      last_stride=m.last_stride, dtype=m.dtype,
+      bn_axis_name=DATA_AXIS if m.sync_batch_norm else None)
 
 
 @flax.struct.dataclass

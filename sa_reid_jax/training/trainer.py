@@ -16,7 +16,6 @@ from sa_reid_jax.datasets import augmentation
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import store
-from sa_reid_jax.models.sanet import sanet_variant
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
@@ -29,27 +28,6 @@ EVALUATIONS_JSON = 'evaluations.json'
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradient became NaN or infinite."""
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The network an experiment config describes.
-
-  Args:
-    config: an experiment config (its ``model`` block).
-    num_classes: train identities.
-
-  Returns:
-    a `SANet`, with BatchNorm synchronised over the ``data`` axis when
-    ``config.model.sync_batch_norm``.
-  """
-  m = config.model
-  return sanet_variant(
-      m.variant, num_classes=num_classes,
-      attention_normalization=m.attention_normalization,
-      dropout_rate=m.dropout_rate, num_features=m.num_features,
-      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-      last_stride=m.last_stride, dtype=m.dtype,
-      bn_axis_name=step_lib.DATA_AXIS if m.sync_batch_norm else None)
 
 
 def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
@@ -164,7 +142,7 @@ class _Run:
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.stop_step = (min(config.max_steps, self.total_steps)
                       if config.max_steps > 0 else self.total_steps)
-    self.model = build_model(config, self.table.num_classes)
+    self.model = step_lib.build_model(config, self.table.num_classes)
     self.eval_model = self.model.clone(bn_axis_name=None)
     self.optimizer = optimizer_lib.make_optimizer(config.optimizer,
                                                   self.steps_per_epoch)

@@ -1,0 +1,598 @@
+r"""Retrieval on any folder of person crops: no person ids or cameras needed.
+
+  python -m sa_reid_jax.search --checkpoint=DIR --gallery=FOLDER \
+      --query=IMAGE_OR_FOLDER [--topk=10] [--output=DIR] [--image_size=H,W] \
+      [--flip] [--batch_size=64]
+
+Ranks the gallery images by the Euclidean distance between their part
+descriptors and each query's (the paper's retrieval distance) and writes
+OUTPUT/results.json (the top-k gallery files of every query, with distances
+and ranks, and every file that could not be read) and OUTPUT/ranks.png (one
+row per query, for the first `MAX_GRID_ROWS` queries: the query, a gap, then
+its top-k matches, at most `MAX_GRID_MATCHES`, with their distances
+underneath).
+
+A query that is itself a gallery file (the same file after resolving the
+absolute path and symlinks) is left out of its own results, so a query folder
+may be the gallery folder; an identical copy elsewhere is still a match, at
+a distance of about 0 (up to ~1e-3: `evaluation.pairwise_distances` expands
+|a - b|^2 in float32).
+
+Gallery descriptors are cached in FOLDER/.sa_reid_cache/ (list_images skips
+hidden folders) and reused while the model and the files are unchanged; see
+`search` for what the cache key covers.
+"""
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from typing import Any, Callable, Optional, Sequence
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+from PIL import Image  # pylint: disable=g-import-not-at-top
+from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+from PIL import ImageFont  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
+
+CACHE_FOLDER = '.sa_reid_cache'
+# Part of the cache key: bump when decoding or preprocessing changes, since
+# descriptors cached by older code would no longer match fresh ones.
+CACHE_VERSION = 1
+METRIC = 'euclidean'
+# The picture is an overview: results.json holds every query and match.
+MAX_GRID_ROWS = 20
+MAX_GRID_MATCHES = 20
+MAX_THUMBNAIL_HEIGHT = 128
+# Grid geometry in pixels: padding around cells, the distance label under
+# each thumbnail, and the extra gap separating a query from its matches.
+GRID_PADDING = 4
+GRID_LABEL_HEIGHT = 14
+GRID_QUERY_GAP = 16
+_BACKGROUND = (255, 255, 255)
+_PLACEHOLDER = (200, 200, 200)
+_TEXT = (0, 0, 0)
+
+
+class SearchError(ValueError):
+  """No readable image on one side of the search.
+
+  Attributes:
+    role: ``'gallery'`` or ``'query'``, the side at fault.
+  """
+
+  def __init__(self, role: str, message: str):
+    super().__init__(message)
+    self.role = role
+
+
+def model_fingerprint(model, variables: Any) -> str:
+  """A hash of everything in a model that determines its descriptors.
+
+  Covers the module's configuration (its repr: class and attributes) and the
+  name, shape, dtype and bytes of every variable, so it identifies the
+  weights themselves, not the files they came from.
+
+  Args:
+    model: a Flax module.
+    variables: its variables.
+
+  Returns:
+    a hex SHA-256 digest.
+  """
+  digest = hashlib.sha256(repr(model).encode())
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)} {array.dtype.str} '
+                  f'{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, image_size: Sequence[int], flip: bool) -> str:
+  """The key of a gallery cache file: model, input size, flip, code version.
+
+  Args:
+    fingerprint: `model_fingerprint` of the model.
+    image_size: network input (height, width).
+    flip: whether descriptors average in the mirrored image.
+
+  Returns:
+    a hex SHA-256 digest.
+  """
+  settings = {'version': CACHE_VERSION, 'model': fingerprint,
+              'image_size': [int(v) for v in image_size], 'flip': bool(flip)}
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+@dataclasses.dataclass
+class _Entry:
+  """One gallery file: its stat signature and descriptor or failure."""
+  size: int
+  mtime_ns: int
+  descriptor: Optional[np.ndarray] = None
+  reason: Optional[str] = None
+
+
+def _plural(count: int, noun: str) -> str:
+  return f'{count} {noun}' + ('' if count == 1 else 's')
+
+
+def _signature(path: str) -> tuple[int, int]:
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
+
+
+def _load_cache(path: str, key: str, log: Callable[[str], None]
+                ) -> dict[str, _Entry]:
+  """Entries of a cache file by absolute path; empty when absent or stale."""
+  if not os.path.exists(path):
+    return {}
+  folder = os.path.dirname(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if str(data['key']) != key:
+        return {}
+      files, sizes, mtimes, reasons, descriptors = (
+          data['files'], data['sizes'], data['mtimes'], data['reasons'],
+          data['descriptors'])
+    if len(descriptors) != sum(not r for r in reasons):
+      raise ValueError('descriptor count does not match the file list')
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    log(f'gallery cache: ignoring unreadable {path} ({e})')
+    return {}
+  entries = {}
+  described = iter(descriptors)
+  for name, size, mtime, reason in zip(files, sizes, mtimes, reasons):
+    entry = _Entry(int(size), int(mtime))
+    if reason:
+      entry.reason = str(reason)
+    else:
+      entry.descriptor = next(described)
+    entries[os.path.normpath(os.path.join(folder, str(name)))] = entry
+  return entries
+
+
+def _write_cache(path: str, key: str, entries: dict[str, _Entry],
+                 log: Callable[[str], None]) -> bool:
+  """Writes `entries` atomically (a crash never leaves a truncated file)."""
+  folder = os.path.dirname(path)
+  # Relative names keep the cache valid when the gallery folder is moved.
+  names = sorted(entries)
+  described = [entries[n].descriptor for n in names
+               if entries[n].reason is None]
+  arrays = {
+      'key': np.array(key),
+      'files': np.array([os.path.relpath(n, folder) for n in names], str),
+      'sizes': np.array([entries[n].size for n in names], np.int64),
+      'mtimes': np.array([entries[n].mtime_ns for n in names], np.int64),
+      'reasons': np.array([entries[n].reason or '' for n in names], str),
+      'descriptors': (np.stack(described) if described
+                      else np.zeros((0, 0, 0), np.float32)),
+  }
+  temporary = None
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix='.npz.tmp',
+                                     delete=False) as f:
+      temporary = f.name
+      np.savez(f, **arrays)
+    os.replace(temporary, path)
+  except OSError as e:
+    if temporary is not None:
+      with contextlib.suppress(OSError):
+        os.remove(temporary)
+    log(f'gallery cache: cannot write {path} ({e}); continuing without it')
+    return False
+  return True
+
+
+def _describe(model, variables, paths, *, role, image_size, flip, batch_size,
+              progress):
+  """{path: descriptor} and {path: reason} of `paths`."""
+  if not paths:
+    return {}, {}
+  descriptors, kept, failures = image_files.describe_files(
+      model, variables, paths, image_size=image_size, batch_size=batch_size,
+      flip=flip, progress=progress, description=f'{role} images')
+  return dict(zip(kept, descriptors)), dict(failures)
+
+
+def _gallery_entries(model, variables, paths, *, key, cache_dir, image_size,
+                     flip, batch_size, progress, log):
+  """Gallery entries in `paths` order, from the cache where still valid."""
+  cache_path = (os.path.join(os.path.abspath(cache_dir), key[:16] + '.npz')
+                if cache_dir else None)
+  cached = _load_cache(cache_path, key, log) if cache_path else {}
+  entries, stale, reused = {}, [], 0
+  for path in paths:
+    try:
+      signature = _signature(path)
+    except OSError as e:
+      entries[path] = _Entry(-1, -1, reason=f'cannot stat: {e.strerror}')
+      continue
+    entry = cached.get(path)
+    if entry is not None and (entry.size, entry.mtime_ns) == signature:
+      entries[path] = entry
+      reused += 1
+    else:
+      entries[path] = _Entry(*signature)
+      stale.append(path)
+  if cache_path is None:
+    log('gallery cache: off')
+  elif reused == len(paths):
+    log(f'gallery cache: used ({_plural(reused, "file")} unchanged, '
+        f'{cache_path})')
+  elif reused:
+    log(f'gallery cache: used for {reused} of {len(paths)} files; describing '
+        f'{_plural(len(stale), "new or changed file")}')
+  elif cached:
+    log('gallery cache: no entry matches the current files; describing '
+        f'{_plural(len(stale), "file")}')
+  else:
+    log('gallery cache: none for this model and settings; describing '
+        f'{_plural(len(stale), "file")}')
+  descriptors, failures = _describe(model, variables, stale, role='gallery',
+                                    image_size=image_size, flip=flip,
+                                    batch_size=batch_size, progress=progress)
+  changed = set()
+  for path in stale:
+    entries[path].descriptor = descriptors.get(path)
+    entries[path].reason = failures.get(path)
+    try:
+      # A file rewritten while it was read must not be cached as it was.
+      if _signature(path) != (entries[path].size, entries[path].mtime_ns):
+        changed.add(path)
+    except OSError:
+      changed.add(path)
+  # Rewrite when anything was described or a cached file has gone.
+  if cache_path and (stale or set(cached) - set(paths)):
+    keep = {p: e for p, e in entries.items()
+            if e.size >= 0 and p not in changed}
+    if _write_cache(cache_path, key, keep, log):
+      log(f'gallery cache: wrote {cache_path}')
+  info = {'file': cache_path, 'reused': reused if cache_path else 0,
+          'described': len(stale)}
+  return entries, info
+
+
+def search(model, variables: Any, gallery_paths: Sequence[str],
+           query_paths: Sequence[str], *, topk: int = 10,
+           image_size: Sequence[int], flip: bool = False,
+           batch_size: int = 64, cache_dir: Optional[str] = None,
+           progress: bool = True,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Ranks gallery images for each query image by descriptor distance.
+
+  A query that is itself one of the gallery files (same path after
+  ``os.path.realpath``) is excluded from its own results. Unreadable files
+  are logged (``skipped FILE: reason``) and listed under ``failures``.
+
+  With `cache_dir`, gallery descriptors are kept in
+  ``cache_dir/<key>.npz``. The key covers `model_fingerprint` (config and
+  variable values), `image_size`, `flip` and `CACHE_VERSION`; inside, every
+  gallery file is recorded with its size and modification time (ns), and
+  only those still matching are reused: a changed or added file is described
+  again, a removed one dropped. Failures are cached too and reported again.
+
+  Args:
+    model: a network following the `SANet` output contract.
+    variables: its variables.
+    gallery_paths: gallery image files.
+    query_paths: query image files.
+    topk: gallery matches kept per query.
+    image_size: network input (height, width).
+    flip: average each descriptor with the mirrored image's.
+    batch_size: images per forward pass.
+    cache_dir: folder of the gallery descriptor cache; None disables it.
+    progress: print progress lines while describing images.
+    log: where messages go.
+
+  Returns:
+    a JSON-serialisable dict: ``metric``, ``topk``, ``image_size``,
+    ``flip``, ``num_gallery`` (readable gallery images), ``gallery_cache``
+    (``file``, ``reused``, ``described``), ``failures`` (``file``, ``role``,
+    ``reason``) and ``queries``: per readable query, in input order,
+    ``query``, ``excluded_self`` and ``matches`` (``rank`` from 1, ``file``,
+    ``distance``), nearest first.
+
+  Raises:
+    SearchError: when no gallery or no query image is readable.
+    ValueError: for a `topk` or `batch_size` below 1.
+  """
+  if topk < 1:
+    raise ValueError(f'topk must be at least 1, got {topk}')
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+  image_size = tuple(int(v) for v in image_size)
+  gallery_paths = [os.path.abspath(p) for p in gallery_paths]
+  query_paths = [os.path.abspath(p) for p in query_paths]
+  key = cache_key(model_fingerprint(model, variables), image_size, flip)
+  entries, cache_info = _gallery_entries(
+      model, variables, gallery_paths, key=key, cache_dir=cache_dir,
+      image_size=image_size, flip=flip, batch_size=batch_size,
+      progress=progress, log=log)
+  failures = [{'file': p, 'role': 'gallery', 'reason': e.reason}
+              for p, e in entries.items() if e.reason is not None]
+  gallery = [p for p in gallery_paths if entries[p].reason is None]
+  if not gallery:
+    for failure in failures:
+      log(f'skipped {failure["file"]}: {failure["reason"]}')
+    raise SearchError('gallery', f'none of the {len(gallery_paths)} gallery '
+                      'images could be read')
+  gallery_descriptors = np.stack([entries[p].descriptor for p in gallery])
+
+  # Queries from the gallery reuse its descriptors and skip themselves.
+  same_file = collections.defaultdict(list)
+  for index, path in enumerate(gallery):
+    same_file[os.path.realpath(path)].append(index)
+  failed_gallery = {os.path.realpath(f['file']): f['reason']
+                    for f in failures}
+  fresh = [p for p in query_paths if os.path.realpath(p) not in same_file
+           and os.path.realpath(p) not in failed_gallery]
+  fresh_descriptors, query_failures = _describe(
+      model, variables, fresh, role='query', image_size=image_size, flip=flip,
+      batch_size=batch_size, progress=progress)
+  for path in query_paths:
+    reason = query_failures.get(path,
+                                failed_gallery.get(os.path.realpath(path)))
+    if reason is not None:
+      failures.append({'file': path, 'role': 'query', 'reason': reason})
+  # A file failing as gallery and as query image is reported once.
+  for path, reason in dict((f['file'], f['reason']) for f in failures).items():
+    log(f'skipped {path}: {reason}')
+  queries, query_descriptors = [], []
+  for path in query_paths:
+    own = same_file.get(os.path.realpath(path))
+    if own:
+      queries.append(path)
+      query_descriptors.append(gallery_descriptors[own[0]])
+    elif path in fresh_descriptors:
+      queries.append(path)
+      query_descriptors.append(fresh_descriptors[path])
+  if not queries:
+    raise SearchError('query', f'none of the {len(query_paths)} query images '
+                      'could be read')
+
+  distances = evaluation.pairwise_distances(
+      np.stack(query_descriptors), gallery_descriptors, METRIC)
+  results = []
+  for path, row in zip(queries, distances):
+    own = same_file.get(os.path.realpath(path), [])
+    ranked = row.copy()
+    ranked[own] = np.inf
+    # Stable sort: equal distances keep gallery (sorted path) order.
+    order = np.argsort(ranked, kind='stable')[:min(topk, len(row) - len(own))]
+    results.append({
+        'query': path,
+        'excluded_self': bool(own),
+        'matches': [{'rank': rank, 'file': gallery[i],
+                     'distance': float(row[i])}
+                    for rank, i in enumerate(order, start=1)],
+    })
+  return {'metric': METRIC, 'topk': topk, 'image_size': list(image_size),
+          'flip': bool(flip), 'num_gallery': len(gallery),
+          'gallery_cache': cache_info, 'failures': failures,
+          'queries': results}
+
+
+def thumbnail_size(image_size: Sequence[int],
+                   max_height: int = MAX_THUMBNAIL_HEIGHT) -> tuple[int, int]:
+  """The model's input size, scaled down to at most `max_height` rows.
+
+  Args:
+    image_size: network input (height, width).
+    max_height: the tallest thumbnail wanted.
+
+  Returns:
+    (height, width), keeping the input's aspect ratio.
+  """
+  height, width = (int(v) for v in image_size)
+  if height <= max_height:
+    return height, width
+  return max_height, max(1, round(width * max_height / height))
+
+
+def _thumbnail(path: str, size: tuple[int, int]) -> np.ndarray:
+  try:
+    return image_files.display_pixels(path, size)
+  except (tf.errors.OpError, ValueError):
+    # The file changed or vanished since the search: leave a grey cell.
+    return np.full((*size, 3), _PLACEHOLDER, np.uint8)
+
+
+def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
+              max_rows: int = MAX_GRID_ROWS,
+              max_matches: int = MAX_GRID_MATCHES) -> Image.Image:
+  """A picture of the rankings in `search`'s results.
+
+  One row per query (the first `max_rows`): the query at x = GRID_PADDING,
+  then after GRID_QUERY_GAP min(``topk``, `max_matches`) match cells, each
+  followed by GRID_PADDING; every row is thumbnail height +
+  GRID_LABEL_HEIGHT + GRID_PADDING tall after a top GRID_PADDING. Labels
+  under the thumbnails read ``query`` or the match's distance.
+
+  Args:
+    results: the dict returned by `search`.
+    thumbnail: (height, width) of every image in the grid.
+    max_rows: the most queries drawn.
+    max_matches: the most matches drawn per query.
+
+  Returns:
+    an RGB image.
+
+  Raises:
+    ValueError: when `results` holds no query, or `max_rows` or
+      `max_matches` is below 1.
+  """
+  if max_rows < 1 or max_matches < 1:
+    raise ValueError('max_rows and max_matches must be at least 1, got '
+                     f'{max_rows} and {max_matches}')
+  rows = results['queries'][:max_rows]
+  if not rows:
+    raise ValueError('results hold no query to draw')
+  columns = min(results['topk'], max_matches)
+  height, width = (int(v) for v in thumbnail)
+  row_height = height + GRID_LABEL_HEIGHT + GRID_PADDING
+  first_match = GRID_PADDING + width + GRID_QUERY_GAP
+  canvas = Image.new(
+      'RGB', (first_match + columns * (width + GRID_PADDING),
+              GRID_PADDING + len(rows) * row_height), _BACKGROUND)
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+
+  def cell(path, x, y, label):
+    canvas.paste(Image.fromarray(_thumbnail(path, (height, width))), (x, y))
+    text_x = x + (width - draw.textlength(label, font=font)) / 2
+    draw.text((text_x, y + height + 1), label, fill=_TEXT, font=font)
+
+  for row, query in enumerate(rows):
+    y = GRID_PADDING + row * row_height
+    cell(query['query'], GRID_PADDING, y, 'query')
+    for column, match in enumerate(query['matches'][:columns]):
+      cell(match['file'], first_match + column * (width + GRID_PADDING), y,
+           f'{match["distance"]:.3f}')
+  return canvas
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  """Reports bad arguments in one line, without the usage block."""
+
+  def error(self, message):
+    sys.exit(f'{self.prog}: error: {message}')
+
+
+def _image_size_flag(value: str) -> tuple[int, int]:
+  try:
+    size = tuple(int(v) for v in value.split(','))
+  except ValueError:
+    size = ()
+  if len(size) != 2 or min(size) < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected two positive integers H,W, got {value!r}')
+  return size
+
+
+def _positive_int(value: str) -> int:
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected a positive integer, got {value!r}')
+  return number
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _ArgumentParser(
+      prog='python -m sa_reid_jax.search',
+      description='Ranks a folder of person crops for query images.')
+  parser.add_argument('--checkpoint', required=True,
+                      help='model directory (convert_weights.py or training)')
+  parser.add_argument('--gallery', required=True,
+                      help='folder of gallery images (searched recursively)')
+  parser.add_argument('--query', required=True,
+                      help='a query image or a folder of them')
+  parser.add_argument('--topk', type=_positive_int, default=10,
+                      help='matches kept per query (default 10)')
+  parser.add_argument('--output', default='search_results',
+                      help='where results.json and ranks.png go (default '
+                      'search_results)')
+  parser.add_argument('--image_size', type=_image_size_flag, default=None,
+                      help='network input H,W (default: the size recorded '
+                      'with the model)')
+  parser.add_argument('--flip', action='store_true',
+                      help='average descriptors with the mirrored images')
+  parser.add_argument('--batch_size', type=_positive_int, default=64,
+                      help='images per forward pass (default 64)')
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line; exits with one error line on bad input.
+
+  Args:
+    argv: the arguments, without the program name (default sys.argv[1:]).
+  """
+  parser = _parser()
+  args = parser.parse_args(argv)
+  program = parser.prog
+  try:
+    # A ranks.png from an earlier run with --output inside the gallery is
+    # not a gallery image.
+    grid_file = os.path.realpath(os.path.join(args.output, 'ranks.png'))
+    gallery = [p for p in image_files.list_images(args.gallery, '--gallery')
+               if os.path.realpath(p) != grid_file]
+    if not gallery:
+      raise ValueError(f'--gallery: {args.gallery} holds no image but the '
+                       'ranks.png of --output')
+    queries = image_files.list_images(args.query, '--query')
+  except ValueError as e:
+    sys.exit(f'{program}: error: {e}')
+  try:
+    image_size = image_files.model_image_size(args.checkpoint,
+                                              args.image_size)
+    model, variables = store.load_model(args.checkpoint)
+  except store.ModelStoreError as e:
+    sys.exit(f'{program}: error: --checkpoint: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax and TensorStore report broken checkpoints with many error types.
+    sys.exit(f'{program}: error: --checkpoint: cannot load '
+             f'{args.checkpoint}: {type(e).__name__}: {e}')
+  folder = (args.gallery if os.path.isdir(args.gallery)
+            else os.path.dirname(os.path.abspath(args.gallery)))
+  print(f'model {args.checkpoint}, input {image_size[0]}x{image_size[1]}; '
+        f'{_plural(len(gallery), "gallery file")}, '
+        f'{_plural(len(queries), "query file")}')
+  try:
+    results = search(model, variables, gallery, queries, topk=args.topk,
+                     image_size=image_size, flip=args.flip,
+                     batch_size=args.batch_size,
+                     cache_dir=os.path.join(folder, CACHE_FOLDER))
+  except SearchError as e:
+    sys.exit(f'{program}: error: --{e.role}: {e}')
+  num_queries = len(results['queries'])
+  drawn = min(num_queries, MAX_GRID_ROWS)
+  columns = min(args.topk, MAX_GRID_MATCHES)
+  results = {'checkpoint': os.path.abspath(args.checkpoint),
+             'gallery': os.path.abspath(args.gallery),
+             'query': os.path.abspath(args.query),
+             'grid': {'file': 'ranks.png', 'queries_drawn': drawn,
+                      'matches_drawn': columns},
+             **results}
+  try:
+    os.makedirs(args.output, exist_ok=True)
+    results_path = os.path.join(args.output, 'results.json')
+    with open(results_path, 'w') as f:
+      json.dump(results, f, indent=2)
+    grid_path = os.path.join(args.output, 'ranks.png')
+    draw_grid(results, thumbnail=thumbnail_size(image_size)).save(grid_path)
+  except OSError as e:
+    sys.exit(f'{program}: error: --output: cannot write {args.output}: {e}')
+  print(f'wrote {results_path}')
+  notes = []
+  if drawn < num_queries:
+    notes.append(f'first {drawn} of {num_queries} queries')
+  if columns < args.topk:
+    notes.append(f'top {columns} of {args.topk} matches')
+  print(f'wrote {grid_path}' + (f' ({", ".join(notes)})' if notes else ''))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,69 @@
+"""Smoke tests of the training and inference benchmarks on a tiny network.
+
+Each script runs as a subprocess, as it is used, on the CPU. XLA's LLVM
+optimisation level 0 cuts the compile time of the tiny train step several
+times over; the figures are not the point here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BENCHMARKS = os.path.join(_ROOT, 'benchmarks')
+_TINY = ['--image_size=64,32', '--stage_sizes=1,1,1,1', '--base_width=4',
+         '--batch_per_device=4', '--steps=2', '--warmup=1', '--num_classes=10',
+         '--json']
+
+
+def _run(arguments: list[str]) -> tuple[str, dict]:
+  """Runs a Python command line; its stdout and its last JSON line."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_backend_optimization_level=0',
+             # PyTorch's OpenMP threads can spin for seconds per step on a
+             # few shared cores.
+             OMP_NUM_THREADS='1')
+  completed = subprocess.run([sys.executable, *arguments], cwd=_ROOT,
+                             env=env, capture_output=True, text=True,
+                             timeout=300, check=False)
+  assert completed.returncode == 0, completed.stdout + completed.stderr
+  lines = completed.stdout.strip().splitlines()
+  return completed.stdout, json.loads(lines[-1])
+
+
+def test_bench_train_with_torch_comparison():
+  stdout, figures = _run([os.path.join(_BENCHMARKS, 'bench_train.py'),
+                          *_TINY, '--compare_torch',
+                          '--torch_flags=--no_compile'])
+  assert figures['images_per_s'] > 0 and figures['step_ms'] > 0
+  assert figures['xla_flops_per_step_per_device'] > 0
+  # XLA skips multiplications with convolution padding and the stem's input
+  # gradient, and adds the elementwise work: the counts agree roughly.
+  assert figures['xla_flops_per_image'] == pytest.approx(
+      figures['analytic_flops_per_image'], rel=0.3)
+  torch_figures = figures['torch']
+  assert torch_figures['images_per_s'] > 0
+  assert torch_figures['network'] == 'ScaledSANet'
+  assert figures['jax_over_torch'] > 0
+  assert 'images/s' in stdout and 'JAX / PyTorch' in stdout
+
+
+def test_bench_infer():
+  stdout, figures = _run([os.path.join(_BENCHMARKS, 'bench_infer.py'),
+                          *_TINY, '--peak_tflops=1'])
+  assert figures['images_per_s'] > 0
+  assert figures['xla_flops_per_image'] > 0
+  assert figures['mfu_analytic'] > 0
+  assert 'images/s' in stdout
+
+
+def test_jax_benchmarks_do_not_import_tensorflow():
+  # The accelerator machine the benchmarks are for has no TensorFlow.
+  code = ('import sys; sys.path.insert(0, "benchmarks"); '
+          'import bench_train, bench_infer, bench_train_torch; '
+          'assert "tensorflow" not in sys.modules, sorted('
+          'm for m in sys.modules if m.startswith("tensorflow"))')
+  _run(['-c', code + '; print("{}")'])
