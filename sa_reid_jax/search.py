@@ -20,38 +20,30 @@ a distance of about 0 (up to ~1e-3: `evaluation.pairwise_distances` expands
 
 Gallery descriptors are cached in FOLDER/.sa_reid_cache/ (list_images skips
 hidden folders) and reused while the model and the files are unchanged; see
-`search` for what the cache key covers.
+`descriptor_cache`.
 """
 
 import argparse
 import collections
-import contextlib
-import dataclasses
-import hashlib
+import functools
 import json
 import os
 import sys
-import tempfile
-import zipfile
 from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
 from PIL import ImageFont  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from sa_reid_jax import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 
-CACHE_FOLDER = '.sa_reid_cache'
-# Part of the cache key: bump when decoding or preprocessing changes, since
-# descriptors cached by older code would no longer match fresh ones.
-CACHE_VERSION = 1
 METRIC = 'euclidean'
 # The picture is an overview: results.json holds every query and match.
 MAX_GRID_ROWS = 20
@@ -79,129 +71,6 @@ class SearchError(ValueError):
     self.role = role
 
 
-def model_fingerprint(model, variables: Any) -> str:
-  """A hash of everything in a model that determines its descriptors.
-
-  Covers the module's configuration (its repr: class and attributes) and the
-  name, shape, dtype and bytes of every variable, so it identifies the
-  weights themselves, not the files they came from.
-
-  Args:
-    model: a Flax module.
-    variables: its variables.
-
-  Returns:
-    a hex SHA-256 digest.
-  """
-  digest = hashlib.sha256(repr(model).encode())
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
-  for path, leaf in leaves:
-    array = np.ascontiguousarray(leaf)
-    digest.update(f'{jax.tree_util.keystr(path)} {array.dtype.str} '
-                  f'{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
-
-
-def cache_key(fingerprint: str, image_size: Sequence[int], flip: bool) -> str:
-  """The key of a gallery cache file: model, input size, flip, code version.
-
-  Args:
-    fingerprint: `model_fingerprint` of the model.
-    image_size: network input (height, width).
-    flip: whether descriptors average in the mirrored image.
-
-  Returns:
-    a hex SHA-256 digest.
-  """
-  settings = {'version': CACHE_VERSION, 'model': fingerprint,
-              'image_size': [int(v) for v in image_size], 'flip': bool(flip)}
-  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
-                        ).hexdigest()
-
-
-@dataclasses.dataclass
-class _Entry:
-  """One gallery file: its stat signature and descriptor or failure."""
-  size: int
-  mtime_ns: int
-  descriptor: Optional[np.ndarray] = None
-  reason: Optional[str] = None
-
-
-def _plural(count: int, noun: str) -> str:
-  return f'{count} {noun}' + ('' if count == 1 else 's')
-
-
-def _signature(path: str) -> tuple[int, int]:
-  stat = os.stat(path)
-  return stat.st_size, stat.st_mtime_ns
-
-
-def _load_cache(path: str, key: str, log: Callable[[str], None]
-                ) -> dict[str, _Entry]:
-  """Entries of a cache file by absolute path; empty when absent or stale."""
-  if not os.path.exists(path):
-    return {}
-  folder = os.path.dirname(path)
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      if str(data['key']) != key:
-        return {}
-      files, sizes, mtimes, reasons, descriptors = (
-          data['files'], data['sizes'], data['mtimes'], data['reasons'],
-          data['descriptors'])
-    if len(descriptors) != sum(not r for r in reasons):
-      raise ValueError('descriptor count does not match the file list')
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    log(f'gallery cache: ignoring unreadable {path} ({e})')
-    return {}
-  entries = {}
-  described = iter(descriptors)
-  for name, size, mtime, reason in zip(files, sizes, mtimes, reasons):
-    entry = _Entry(int(size), int(mtime))
-    if reason:
-      entry.reason = str(reason)
-    else:
-      entry.descriptor = next(described)
-    entries[os.path.normpath(os.path.join(folder, str(name)))] = entry
-  return entries
-
-
-def _write_cache(path: str, key: str, entries: dict[str, _Entry],
-                 log: Callable[[str], None]) -> bool:
-  """Writes `entries` atomically (a crash never leaves a truncated file)."""
-  folder = os.path.dirname(path)
-  # Relative names keep the cache valid when the gallery folder is moved.
-  names = sorted(entries)
-  described = [entries[n].descriptor for n in names
-               if entries[n].reason is None]
-  arrays = {
-      'key': np.array(key),
-      'files': np.array([os.path.relpath(n, folder) for n in names], str),
-      'sizes': np.array([entries[n].size for n in names], np.int64),
-      'mtimes': np.array([entries[n].mtime_ns for n in names], np.int64),
-      'reasons': np.array([entries[n].reason or '' for n in names], str),
-      'descriptors': (np.stack(described) if described
-                      else np.zeros((0, 0, 0), np.float32)),
-  }
-  temporary = None
-  try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, suffix='.npz.tmp',
-                                     delete=False) as f:
-      temporary = f.name
-      np.savez(f, **arrays)
-    os.replace(temporary, path)
-  except OSError as e:
-    if temporary is not None:
-      with contextlib.suppress(OSError):
-        os.remove(temporary)
-    log(f'gallery cache: cannot write {path} ({e}); continuing without it')
-    return False
-  return True
-
-
 def _describe(model, variables, paths, *, role, image_size, flip, batch_size,
               progress):
   """{path: descriptor} and {path: reason} of `paths`."""
@@ -211,64 +80,6 @@ def _describe(model, variables, paths, *, role, image_size, flip, batch_size,
       model, variables, paths, image_size=image_size, batch_size=batch_size,
       flip=flip, progress=progress, description=f'{role} images')
   return dict(zip(kept, descriptors)), dict(failures)
-
-
-def _gallery_entries(model, variables, paths, *, key, cache_dir, image_size,
-                     flip, batch_size, progress, log):
-  """Gallery entries in `paths` order, from the cache where still valid."""
-  cache_path = (os.path.join(os.path.abspath(cache_dir), key[:16] + '.npz')
-                if cache_dir else None)
-  cached = _load_cache(cache_path, key, log) if cache_path else {}
-  entries, stale, reused = {}, [], 0
-  for path in paths:
-    try:
-      signature = _signature(path)
-    except OSError as e:
-      entries[path] = _Entry(-1, -1, reason=f'cannot stat: {e.strerror}')
-      continue
-    entry = cached.get(path)
-    if entry is not None and (entry.size, entry.mtime_ns) == signature:
-      entries[path] = entry
-      reused += 1
-    else:
-      entries[path] = _Entry(*signature)
-      stale.append(path)
-  if cache_path is None:
-    log('gallery cache: off')
-  elif reused == len(paths):
-    log(f'gallery cache: used ({_plural(reused, "file")} unchanged, '
-        f'{cache_path})')
-  elif reused:
-    log(f'gallery cache: used for {reused} of {len(paths)} files; describing '
-        f'{_plural(len(stale), "new or changed file")}')
-  elif cached:
-    log('gallery cache: no entry matches the current files; describing '
-        f'{_plural(len(stale), "file")}')
-  else:
-    log('gallery cache: none for this model and settings; describing '
-        f'{_plural(len(stale), "file")}')
-  descriptors, failures = _describe(model, variables, stale, role='gallery',
-                                    image_size=image_size, flip=flip,
-                                    batch_size=batch_size, progress=progress)
-  changed = set()
-  for path in stale:
-    entries[path].descriptor = descriptors.get(path)
-    entries[path].reason = failures.get(path)
-    try:
-      # A file rewritten while it was read must not be cached as it was.
-      if _signature(path) != (entries[path].size, entries[path].mtime_ns):
-        changed.add(path)
-    except OSError:
-      changed.add(path)
-  # Rewrite when anything was described or a cached file has gone.
-  if cache_path and (stale or set(cached) - set(paths)):
-    keep = {p: e for p, e in entries.items()
-            if e.size >= 0 and p not in changed}
-    if _write_cache(cache_path, key, keep, log):
-      log(f'gallery cache: wrote {cache_path}')
-  info = {'file': cache_path, 'reused': reused if cache_path else 0,
-          'described': len(stale)}
-  return entries, info
 
 
 def search(model, variables: Any, gallery_paths: Sequence[str],
@@ -284,11 +95,12 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   are logged (``skipped FILE: reason``) and listed under ``failures``.
 
   With `cache_dir`, gallery descriptors are kept in
-  ``cache_dir/<key>.npz``. The key covers `model_fingerprint` (config and
-  variable values), `image_size`, `flip` and `CACHE_VERSION`; inside, every
-  gallery file is recorded with its size and modification time (ns), and
-  only those still matching are reused: a changed or added file is described
-  again, a removed one dropped. Failures are cached too and reported again.
+  ``cache_dir/<key>.npz`` (see `descriptor_cache`). The key covers
+  `descriptor_cache.model_fingerprint` (config and variable values),
+  `image_size`, `flip` and `descriptor_cache.CACHE_VERSION`; only files whose
+  size and modification time (ns) still match are reused: a changed or added
+  file is described again, a removed one dropped. Failures are cached too and
+  reported again.
 
   Args:
     model: a network following the `SANet` output contract.
@@ -322,11 +134,14 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   image_size = tuple(int(v) for v in image_size)
   gallery_paths = [os.path.abspath(p) for p in gallery_paths]
   query_paths = [os.path.abspath(p) for p in query_paths]
-  key = cache_key(model_fingerprint(model, variables), image_size, flip)
-  entries, cache_info = _gallery_entries(
-      model, variables, gallery_paths, key=key, cache_dir=cache_dir,
-      image_size=image_size, flip=flip, batch_size=batch_size,
-      progress=progress, log=log)
+  key = descriptor_cache.cache_key(
+      descriptor_cache.model_fingerprint(model, variables), image_size, flip)
+  describe_gallery = functools.partial(
+      _describe, model, variables, role='gallery', image_size=image_size,
+      flip=flip, batch_size=batch_size, progress=progress)
+  entries, cache_info = descriptor_cache.gallery_entries(
+      gallery_paths, key=key, cache_dir=cache_dir, describe=describe_gallery,
+      log=log)
   failures = [{'file': p, 'role': 'gallery', 'reason': e.reason}
               for p, e in entries.items() if e.reason is not None]
   gallery = [p for p in gallery_paths if entries[p].reason is None]
@@ -558,13 +373,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   folder = (args.gallery if os.path.isdir(args.gallery)
             else os.path.dirname(os.path.abspath(args.gallery)))
   print(f'model {args.checkpoint}, input {image_size[0]}x{image_size[1]}; '
-        f'{_plural(len(gallery), "gallery file")}, '
-        f'{_plural(len(queries), "query file")}')
+        f'{descriptor_cache.plural(len(gallery), "gallery file")}, '
+        f'{descriptor_cache.plural(len(queries), "query file")}')
   try:
     results = search(model, variables, gallery, queries, topk=args.topk,
                      image_size=image_size, flip=args.flip,
                      batch_size=args.batch_size,
-                     cache_dir=os.path.join(folder, CACHE_FOLDER))
+                     cache_dir=os.path.join(folder,
+                                            descriptor_cache.CACHE_FOLDER))
   except SearchError as e:
     sys.exit(f'{program}: error: --{e.role}: {e}')
   num_queries = len(results['queries'])

@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from sa_reid_jax import descriptor_cache
 from sa_reid_jax import input_pipeline
 from sa_reid_jax import search
 from sa_reid_jax.datasets import synthetic
@@ -174,11 +175,11 @@ def test_rankings_cache_and_picture(env, capsys):
 
 
 def test_cache_key_covers_settings():
-  key = search.cache_key('fingerprint', (64, 32), False)
-  assert key == search.cache_key('fingerprint', [64, 32], False)
-  assert len({key, search.cache_key('other', (64, 32), False),
-              search.cache_key('fingerprint', (64, 31), False),
-              search.cache_key('fingerprint', (64, 32), True)}) == 4
+  key = descriptor_cache.cache_key('fingerprint', (64, 32), False)
+  assert key == descriptor_cache.cache_key('fingerprint', [64, 32], False)
+  assert len({key, descriptor_cache.cache_key('other', (64, 32), False),
+              descriptor_cache.cache_key('fingerprint', (64, 31), False),
+              descriptor_cache.cache_key('fingerprint', (64, 32), True)}) == 4
 
 
 def test_query_in_gallery_is_excluded(env, capsys):
