@@ -119,6 +119,8 @@ def experiment_config(dataset_name: str,
   # got SIGTERM: an exchange between hosts that waits for the step to end.
   config.checkpoint.sigterm_check_steps = 10
 
+  # Batches copied to the devices ahead of the step that uses them.
+  config.prefetch_batches = 2
   # Write train metrics (averaged over the interval) every this many steps.
   config.log_every_steps = 50
 

@@ -1,5 +1,6 @@
 """`train_and_evaluate`: the training run of an experiment config."""
 
+import collections
 import json
 import os
 import signal
@@ -296,6 +297,23 @@ def _finish(run: _Run, state: step_lib.TrainState,
   return summary
 
 
+def _on_devices(batches, mesh, depth: int):
+  """Batches sent to the devices `depth` steps ahead of their use.
+
+  Transfers are asynchronous: sending batch n + depth while step n runs
+  hides the host-to-device copy behind the computation.
+  """
+  if depth < 1:
+    raise ValueError(f'config.prefetch_batches must be >= 1, got {depth}')
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(step_lib.shard_batch(batch, mesh))
+    if len(queue) > depth:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def _train(run: _Run, state: step_lib.TrainState, start: int,
            terminate: _TerminationFlag) -> tuple[step_lib.TrainState, str]:
   """Steps from `start` to the run's stop step; returns (state, status)."""
@@ -321,6 +339,7 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       process_index=jax.process_index(),
       process_count=jax.process_count(), augment_on_device=aug.on_device,
       staging_size=tuple(aug.staging_size))
+  device_batches = _on_devices(batches, run.mesh, config.prefetch_batches)
   progress = reporting.Progress(start, run.stop_step, config.batch_size)
   averager = reporting.MetricAverager()
   pending = None  # (step, metrics) not yet read back from the devices
@@ -337,8 +356,7 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
 
   step = start
   while step < run.stop_step:
-    state, metrics = train_step(state, step_lib.shard_batch(next(batches),
-                                                            run.mesh))
+    state, metrics = train_step(state, next(device_batches))
     step += 1
     # Reading the previous step's metrics now lets this one run meanwhile.
     settle()
