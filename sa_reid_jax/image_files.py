@@ -5,6 +5,7 @@ Images are decoded and preprocessed exactly as evaluation does
 read or decoded is reported by name and left out, never dropped silently.
 """
 
+import itertools
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -69,7 +70,7 @@ def model_image_size(checkpoint: str,
   return tuple(metadata.get('image_size', DEFAULT_IMAGE_SIZE))
 
 
-def _decode_error(path: str) -> Optional[str]:
+def decode_error(path: str) -> Optional[str]:
   """Why `path` cannot be decoded, or None if it can."""
   try:
     input_pipeline.decode_image(tf.io.read_file(path))
@@ -102,25 +103,37 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
     input order, [(file, reason)] of the unreadable ones).
   """
   tensorflow_cpu.hide_accelerators_from_tensorflow()
-  failures = [(p, reason) for p in paths
-              if (reason := _decode_error(p)) is not None]
-  failed = {p for p, _ in failures}
-  kept = [p for p in paths if p not in failed]
-  if not kept:
-    return np.zeros((0, 0, 0), np.float32), kept, failures
 
-  def load(path):
+  def load(index, path):
     image = input_pipeline.decode_image(tf.io.read_file(path))
-    return {'images': input_pipeline.preprocess(image, image_size)}
+    return {'images': input_pipeline.preprocess(image, image_size),
+            'index': index}
 
-  dataset = tf.data.Dataset.from_tensor_slices(kept).map(
-      load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  batches = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  descriptors = extract_features(model, variables,
-                                 batches.as_numpy_iterator(), flip=flip,
-                                 total=len(kept), progress=progress,
-                                 description=description)
-  return descriptors, kept, failures
+  # Each file is decoded once; the ones that fail are dropped here and
+  # named below (their reasons found by decoding just those again).
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (np.arange(len(paths)), list(paths))).map(
+          load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.ignore_errors().batch(batch_size).prefetch(
+      tf.data.AUTOTUNE)
+  described = []
+
+  def batches():
+    for batch in dataset.as_numpy_iterator():
+      described.extend(batch['index'].tolist())
+      yield batch
+
+  stream = batches()
+  first = next(stream, None)
+  descriptors = np.zeros((0, 0, 0), np.float32)
+  if first is not None:
+    descriptors = extract_features(
+        model, variables, itertools.chain([first], stream), flip=flip,
+        total=len(paths), progress=progress, description=description)
+  kept_indices = set(described)
+  failures = [(p, decode_error(p) or 'could not be read')
+              for i, p in enumerate(paths) if i not in kept_indices]
+  return descriptors, [paths[i] for i in described], failures
 
 
 def display_pixels(path: str, size: tuple[int, int]) -> np.ndarray:

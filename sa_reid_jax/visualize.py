@@ -42,7 +42,7 @@ from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
 from sa_reid_jax.models import store
-from sa_reid_jax.models.normalization import TORCH_BN_EPS
+from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.sanet import DS_STAGES, SANet
 
 GREEN = (0, 170, 0)
@@ -95,11 +95,11 @@ def class_activation_maps(model: SANet, variables: Any, images: jax.Array,
   x = stages['layer4'].astype(jnp.float32)
   if 'layer4' in attention:
     x = x * attention['layer4'][..., None]
-  bn = params['part_bn']
-  stats = variables['batch_stats']['part_bn']
   reduced = x @ params['part_reduce']['kernel']
-  normalised = ((reduced - stats['mean']) / jnp.sqrt(stats['var'] + TORCH_BN_EPS) *
-                bn['scale'] + bn['bias'])
+  normalised = BatchNorm().apply(
+      {'params': params['part_bn'],
+       'batch_stats': variables['batch_stats']['part_bn']},
+      reduced, train=False)
   weights = params['global_classifier']['kernel'][:, classes].T
   cams['layer4'] = jnp.einsum('bhwf,bf->bhw', jax.nn.relu(normalised),
                               weights)
@@ -350,7 +350,17 @@ def _run(args) -> Image.Image:
   image_size = image_files.model_image_size(args.checkpoint, args.image_size)
   model, variables = store.load_model(args.checkpoint)
   if args.command == 'cam':
-    paths = image_files.list_images(args.images, '--images')[:args.max_images]
+    paths = []
+    for path in image_files.list_images(args.images, '--images'):
+      if len(paths) == args.max_images:
+        break
+      reason = image_files.decode_error(path)
+      if reason is None:
+        paths.append(path)
+      else:
+        print(f'skipped {path}: {reason}')
+    if not paths:
+      raise ValueError(f'--images: no readable image in {args.images}')
     if args.classes is not None and len(args.classes) != len(paths):
       raise ValueError(f'--classes: {len(args.classes)} classes for '
                        f'{len(paths)} images')
@@ -377,6 +387,10 @@ def main(argv=None) -> int:
     picture = _run(args)
   except (ValueError, market_layout.LayoutError) as e:
     sys.exit(f'visualize {args.command}: error: {e}')
+  except tf.errors.OpError as e:
+    # A dataset image that does not decode (the dataset was not validated).
+    sys.exit(f'visualize {args.command}: error: cannot read an image of '
+             f'--dataset_folder: {e.message}')
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   picture.save(args.output)
   print(f'wrote {args.output} ({picture.width}x{picture.height})')

@@ -226,6 +226,20 @@ def test_training_options_run_and_learn(data, tmp_path, overrides):
   assert expected <= tags, expected - tags
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'loss.weighting': 'mean'}, 'config.loss.weighting must be one of'),
+    ({'augmentation.erasing_fill': 'noise'},
+     'config.augmentation: RandomErasing.fill'),
+    ({'image_size': (0, 32)}, 'config.image_size must be a positive'),
+    ({'checkpoint.every_steps': 0}, 'config.checkpoint.every_steps'),
+])
+def test_bad_config_values_are_named_before_training(data, tmp_path,
+                                                     overrides, message):
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(tiny_config(data, **overrides), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
 def test_resuming_with_another_batch_size_is_refused(data, tmp_path):
   trainer.train_and_evaluate(tiny_config(data, max_steps=2), str(tmp_path))
   with pytest.raises(checkpoints.ResumeError,

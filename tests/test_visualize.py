@@ -157,6 +157,19 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert picture.size == (8 * (CELL_W + visualize.GAP),
                           4 * (cell_h + visualize.LABEL_HEIGHT +
                                visualize.GAP))
+  # An unreadable image is named and skipped; the readable one is drawn.
+  mixed = tmp_path / 'mixed'
+  mixed.mkdir()
+  (mixed / 'a_broken.jpg').write_bytes(b'not an image')
+  first = sorted(os.listdir(os.path.join(dataset, 'query')))[0]
+  (mixed / 'b.jpg').write_bytes(
+      open(os.path.join(dataset, 'query', first), 'rb').read())
+  result = run('cam', f'--checkpoint={tmp_path / "sa"}', f'--images={mixed}',
+               f'--output={tmp_path / "mixed.png"}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f'skipped {mixed / "a_broken.jpg"}: ' in result.stdout
+  assert Image.open(tmp_path / 'mixed.png').size[1] == (
+      cell_h + visualize.LABEL_HEIGHT + visualize.GAP)
   result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,2', '--topk=3',
                f'--output={tmp_path / "ranks.png"}')

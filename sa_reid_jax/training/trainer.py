@@ -15,9 +15,11 @@ import numpy as np
 from sa_reid_jax import input_pipeline
 from sa_reid_jax.datasets import augmentation
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import losses
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
 from sa_reid_jax.training import step as step_lib
@@ -83,6 +85,18 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
   if config.batch_size % process_count:
     raise ValueError(f'config.batch_size {config.batch_size} must be a '
                      f'multiple of the number of processes ({process_count})')
+  # Checked now rather than where they are first used, which can be inside
+  # a traced step or a tf.data pipeline, or after the first evaluation.
+  check_size(config.image_size, 'config.image_size')
+  check_size(config.augmentation.staging_size,
+             'config.augmentation.staging_size')
+  if config.loss.weighting not in losses.WEIGHTINGS:
+    raise ValueError(f'config.loss.weighting must be one of '
+                     f'{losses.WEIGHTINGS}, got {config.loss.weighting!r}')
+  try:
+    _erasing(config.augmentation)
+  except ValueError as e:
+    raise ValueError(f'config.augmentation: {e}') from e
   for key in ('num_epochs', 'log_every_steps'):
     if config[key] < 1:
       raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
