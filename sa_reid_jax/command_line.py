@@ -1,5 +1,6 @@
-"""Flag parsing shared by the command-line entry points."""
+"""Flag and argument parsing shared by the command-line entry points."""
 
+import argparse
 import sys
 from typing import Callable
 
@@ -32,3 +33,35 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
                'a value of the wrong type)')
 
   return parse
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+  """An argparse parser that reports bad arguments in one line (no usage)."""
+
+  def error(self, message):
+    # argparse says "argument --flag: ..."; the flag alone names it.
+    sys.exit(f'{self.prog}: error: {message.removeprefix("argument ")}')
+
+
+def image_size_argument(text: str) -> tuple[int, int]:
+  """An argparse type for ``H,W`` (or ``HxW``): two positive integers."""
+  try:
+    size = tuple(int(v) for v in text.replace('x', ',').split(','))
+  except ValueError:
+    size = ()
+  if len(size) != 2 or min(size) < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected two positive integers H,W, got {text!r}')
+  return size
+
+
+def positive_int_argument(text: str) -> int:
+  """An argparse type for an integer >= 1."""
+  try:
+    number = int(text)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise argparse.ArgumentTypeError(
+        f'expected a positive integer, got {text!r}')
+  return number

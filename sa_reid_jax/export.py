@@ -25,7 +25,6 @@ Serve with ``tf.saved_model.load(DIR).signatures['serving_default'](
 images=...)`` or TensorFlow Serving.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -40,6 +39,7 @@ from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
@@ -136,28 +136,6 @@ def _variable_name(path) -> str:
   """'params/backbone/conv1/kernel' for a variables pytree path."""
   keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
   return '/'.join(keys).replace(':', '_')
-
-
-def parse_image_size(text: str, flag: str = '--image_size'
-                     ) -> tuple[int, int]:
-  """Reads 'H,W' (or 'HxW').
-
-  Args:
-    text: the flag's value.
-    flag: the flag's name, for the message.
-
-  Returns:
-    (height, width).
-
-  Raises:
-    ExportError: naming `flag` when `text` is not two positive integers.
-  """
-  parts = text.replace('x', ',').split(',')
-  try:
-    return check_size([int(p) for p in parts], flag)
-  except ValueError:
-    raise ExportError(f'{flag}: expected HEIGHT,WIDTH (two positive '
-                      f'integers, e.g. 384,128), got {text!r}') from None
 
 
 def parse_platforms(text: str, flag: str = '--platforms') -> tuple[str, ...]:
@@ -322,13 +300,6 @@ def _one_line(error: BaseException) -> str:
   return lines[0] if lines else type(error).__name__
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-  """Reports bad flags in one line (no usage block)."""
-
-  def error(self, message):
-    sys.exit(f'{self.prog}: error: {message}')
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Command-line entry point.
 
@@ -338,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   Returns:
     0 on success; bad input exits with a one-line ``export: error: ...``.
   """
-  parser = _ArgumentParser(
+  parser = command_line.OneLineArgumentParser(
       prog=PROGRAM, description='Exports a model directory as a TensorFlow '
       'SavedModel (uint8 images in, retrieval descriptors out).')
   parser.add_argument('--checkpoint', required=True,
@@ -346,6 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--output', required=True,
                       help='SavedModel directory to write')
   parser.add_argument('--image_size', default=None, metavar='H,W',
+                      type=command_line.image_size_argument,
                       help='network input size (default: recorded by '
                       'training, else 384,128)')
   parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
@@ -355,13 +327,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='replace an existing --output directory')
   args = parser.parse_args(argv)
   try:
-    image_size = (parse_image_size(args.image_size)
-                  if args.image_size is not None else None)
     platforms = parse_platforms(args.platforms)
     # TensorFlow only resizes images here; JAX restores the weights.
     tensorflow_cpu.hide_accelerators_from_tensorflow()
     info = export_checkpoint(args.checkpoint, args.output,
-                             image_size=image_size, platforms=platforms,
+                             image_size=args.image_size, platforms=platforms,
                              overwrite=args.overwrite)
   except ExportError as error:
     sys.exit(f'{PROGRAM}: error: {error}')

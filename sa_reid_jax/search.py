@@ -39,6 +39,7 @@ from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
 from PIL import ImageFont  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -285,37 +286,8 @@ def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
   return canvas
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-  """Reports bad arguments in one line, without the usage block."""
-
-  def error(self, message):
-    sys.exit(f'{self.prog}: error: {message}')
-
-
-def _image_size_flag(value: str) -> tuple[int, int]:
-  try:
-    size = tuple(int(v) for v in value.split(','))
-  except ValueError:
-    size = ()
-  if len(size) != 2 or min(size) < 1:
-    raise argparse.ArgumentTypeError(
-        f'expected two positive integers H,W, got {value!r}')
-  return size
-
-
-def _positive_int(value: str) -> int:
-  try:
-    number = int(value)
-  except ValueError:
-    number = 0
-  if number < 1:
-    raise argparse.ArgumentTypeError(
-        f'expected a positive integer, got {value!r}')
-  return number
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _ArgumentParser(
+  parser = command_line.OneLineArgumentParser(
       prog='python -m sa_reid_jax.search',
       description='Ranks a folder of person crops for query images.')
   parser.add_argument('--checkpoint', required=True,
@@ -324,17 +296,20 @@ def _parser() -> argparse.ArgumentParser:
                       help='folder of gallery images (searched recursively)')
   parser.add_argument('--query', required=True,
                       help='a query image or a folder of them')
-  parser.add_argument('--topk', type=_positive_int, default=10,
+  parser.add_argument('--topk', type=command_line.positive_int_argument,
+                      default=10,
                       help='matches kept per query (default 10)')
   parser.add_argument('--output', default='search_results',
                       help='where results.json and ranks.png go (default '
                       'search_results)')
-  parser.add_argument('--image_size', type=_image_size_flag, default=None,
+  parser.add_argument('--image_size', type=command_line.image_size_argument,
+                      default=None,
                       help='network input H,W (default: the size recorded '
                       'with the model)')
   parser.add_argument('--flip', action='store_true',
                       help='average descriptors with the mirrored images')
-  parser.add_argument('--batch_size', type=_positive_int, default=64,
+  parser.add_argument('--batch_size', type=command_line.positive_int_argument,
+                      default=64,
                       help='images per forward pass (default 64)')
   return parser
 

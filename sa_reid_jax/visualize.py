@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import tensorflow as tf
 
+from sa_reid_jax import command_line
 from sa_reid_jax import image_files
 from sa_reid_jax import input_pipeline
 from sa_reid_jax.datasets import market_layout
@@ -294,16 +295,6 @@ def rank_queries(model, variables, dataset_folder: str,
   return [str(query.images[q]) for q in queries], ranked
 
 
-def _size(text: Optional[str]) -> Optional[tuple[int, int]]:
-  if not text:
-    return None
-  try:
-    height, width = (int(v) for v in text.split(','))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected H,W, got {text!r}') from None
-  return height, width
-
-
 def _ints(text: str) -> list[int]:
   try:
     return [int(v) for v in text.split(',') if v]
@@ -313,8 +304,9 @@ def _ints(text: str) -> list[int]:
 
 
 def _parse_arguments(argv):
-  parser = argparse.ArgumentParser(prog='python -m sa_reid_jax.visualize',
-                                   description=__doc__.split('\n\n')[0])
+  parser = command_line.OneLineArgumentParser(
+      prog='python -m sa_reid_jax.visualize',
+      description=__doc__.split('\n\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
   cam = commands.add_parser('cam', help='class activation and SA maps')
   cam.add_argument('--checkpoint', required=True, help='model directory')
@@ -331,10 +323,11 @@ def _parse_arguments(argv):
   ranks.add_argument('--queries', type=_ints, help='query indices')
   ranks.add_argument('--num_queries', type=int, default=6,
                      help='without --queries: this many, evenly spread')
-  ranks.add_argument('--topk', type=int, default=10)
+  ranks.add_argument('--topk', type=command_line.positive_int_argument,
+                     default=10)
   for sub in (cam, ranks):
     sub.add_argument('--output', required=True, help='PNG file to write')
-    sub.add_argument('--image_size', type=_size,
+    sub.add_argument('--image_size', type=command_line.image_size_argument,
                      help='H,W (default: the model\'s)')
   return parser.parse_args(argv)
 
@@ -369,8 +362,6 @@ def _run(args) -> Image.Image:
       other, other_variables = store.load_model(args.compare)
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
-  if args.topk < 1:
-    raise ValueError(f'--topk must be >= 1, got {args.topk}')
   queries = args.queries
   if queries is None:
     count = len(tables.from_folder(args.dataset_folder, 'query'))
