@@ -10,10 +10,17 @@ Restore the result with `sa_reid_jax.load_model(DIR)`.
 
 import sys
 
+from sa_reid_jax import command_line
+
+# Before TensorFlow is imported (it prints INFO lines as it loads).
+command_line.quiet_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
 
 from sa_reid_jax import convert
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _FORMAT = flags.DEFINE_enum(
     'format', None, convert.FORMATS,
@@ -36,6 +43,7 @@ flags.mark_flags_as_required(['format', 'input', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  command_line.set_library_verbosity()
   try:
     result = convert.convert_checkpoint(_FORMAT.value, _INPUT.value,
                                         _OUTPUT.value, _NUM_CLASSES.value,
@@ -46,4 +54,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  with command_line.interrupt_exits('convert_weights.py'):
+    app.run(main)

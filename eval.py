@@ -10,15 +10,20 @@ writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory).
 import os
 import sys
 
+from sa_reid_jax import command_line
+
+# Before TensorFlow is imported (it prints INFO lines as it loads).
+command_line.quiet_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from sa_reid_jax import command_line
-
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import store
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file with dataset, image_size and eval blocks.',
@@ -37,17 +42,31 @@ flags.mark_flags_as_required(['config', 'checkpoint'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  command_line.set_library_verbosity()
+  config = _CONFIG.value
   try:
-    model, variables = store.load_model(_CHECKPOINT.value)
-    metrics = evaluate.evaluate_model(model, variables, _CONFIG.value,
+    checkpoint = store.resolve_model_directory(_CHECKPOINT.value)
+  except store.ModelStoreError as e:
+    sys.exit(f'eval.py: error: --checkpoint: {e}')
+  try:
+    # The size the network was trained at, unless asked for explicitly: at
+    # another size it scores much lower without any error.
+    explicit = command_line.overridden(argv_flags=sys.argv,
+                                       key='config.image_size')
+    config.image_size = store.input_size(
+        checkpoint, config.image_size if explicit else None,
+        flag='--config.image_size', default=config.image_size)
+    model, variables = store.load_model(checkpoint)
+    metrics = evaluate.evaluate_model(model, variables, config,
                                       flip=_FLIP.value, rerank=_RERANK.value)
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
   print(evaluate.format_metrics(metrics))
-  path = os.path.join(_OUTPUT_DIR.value or _CHECKPOINT.value, 'metrics.json')
+  path = os.path.join(_OUTPUT_DIR.value or checkpoint, 'metrics.json')
   evaluate.write_metrics(metrics, path)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_flags_parser('eval.py'))
+  with command_line.interrupt_exits('eval.py'):
+    app.run(main, flags_parser=command_line.config_flags_parser('eval.py'))

@@ -11,18 +11,24 @@ find them out itself); every process reads its own share of each batch.
 
 import sys
 
+from sa_reid_jax import command_line
+
+# Before TensorFlow is imported (it prints INFO lines as it loads).
+command_line.quiet_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
-
-from sa_reid_jax import command_line
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import signals
 from sa_reid_jax.training import trainer
+from sa_reid_jax.training import workdir
+# pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
@@ -47,7 +53,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # Orbax and JAX log every checkpoint step at INFO; the run prints its own.
-  logging.set_verbosity(logging.WARNING)
+  command_line.set_library_verbosity()
   if _DISTRIBUTED.value:
     # Cross-process collectives between CPU devices need an implementation;
     # accelerators bring their own.
@@ -57,8 +63,11 @@ def main(argv):
   try:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, market_layout.LayoutError, store.ModelStoreError,
-          trainer.NonFiniteLossError, checkpoints.ResumeError, OSError) as e:
+          trainer.NonFiniteLossError, checkpoints.ResumeError,
+          workdir.WorkdirBusyError, OSError) as e:
     sys.exit(f'train.py: error: {e}')
+  if result.get('signal') == 'SIGINT':
+    sys.exit(signals.INTERRUPTED_EXIT_STATUS)
   if result['status'] != 'completed':
     return
   if jax.process_index() == 0:
@@ -72,4 +81,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=command_line.config_flags_parser('train.py'))
+  with command_line.interrupt_exits('train.py'):
+    app.run(main, flags_parser=command_line.config_flags_parser('train.py'))

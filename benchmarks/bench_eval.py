@@ -209,10 +209,10 @@ def benchmark_rerank(compare_query, compare_gallery):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--naive-queries', type=int, default=300,
+  parser.add_argument('--naive_queries', type=int, default=300,
                       help='queries the naive loop is timed on')
-  parser.add_argument('--compare-queries', type=int, default=1000)
-  parser.add_argument('--compare-gallery', type=int, default=5000)
+  parser.add_argument('--compare_queries', type=int, default=1000)
+  parser.add_argument('--compare_gallery', type=int, default=5000)
   parser.add_argument('--measure', choices=('sparse', 'dense'),
                       help=argparse.SUPPRESS)
   parser.add_argument('--queries', type=int, help=argparse.SUPPRESS)

@@ -1,10 +1,21 @@
 """Flag and argument parsing shared by the command-line entry points."""
 
 import argparse
+import contextlib
+import logging as std_logging
+import os
 import sys
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 from absl import flags
+from absl import logging
+
+# absl's --verbosity levels: -1 WARNING (the default here), 0 INFO, 1 DEBUG.
+WARNING_VERBOSITY = -1
+# Loggers that set their own level (so the root's does not reach them).
+LIBRARY_LOGGERS = ('absl', 'jax', 'orbax', 'tensorflow', 'etils')
+# 128 + SIGINT: the shells' exit status of a process stopped by Ctrl-C.
+INTERRUPTED_EXIT_STATUS = 128 + 2
 
 
 def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
@@ -23,16 +34,46 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
 
   def parse(argv: list[str]) -> list[str]:
     try:
-      return flags.FLAGS(argv)
+      remaining = flags.FLAGS(argv)
     except flags.Error as e:
-      sys.exit(f'{program}: error: {e}')
+      sys.exit(f'{program}: error: {one_line(e)}')
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-      overrides = [a for a in argv[1:] if a.startswith('--config')]
+      overrides = [a for a in argv[1:] if a.startswith('--config.')]
       sys.exit(f'{program}: error: cannot apply {" ".join(overrides)}: '
-               f'{type(e).__name__} {e} (a key the config does not have, or '
-               'a value of the wrong type)')
+               f'{one_line(e)} (a key the config does not have, or a value '
+               'of the wrong type)')
+    # A config file that does not load is kept as an object that raises on
+    # first use, far from here (ml_collections' _ErrorConfig).
+    config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+    if type(config).__name__ == '_ErrorConfig':
+      error = config._error  # pylint: disable=protected-access
+      sys.exit(f'{program}: error: --config: {one_line(error)}')
+    return remaining
 
   return parse
+
+
+def one_line(error: BaseException) -> str:
+  """An error's message on one line, without a traceback or escapes.
+
+  ml_collections reports an error raised by a config file with the whole
+  traceback in the flag error's message (only its last line says what is
+  wrong), and a missing key as an AttributeError around a KeyError whose
+  text is quoted and holds a newline (the "Did you mean" hint).
+  """
+  while (isinstance(error, (AttributeError, KeyError)) and error.args and
+         isinstance(error.args[0], BaseException)):
+    error = error.args[0]
+  if (isinstance(error, KeyError) and len(error.args) == 1 and
+      isinstance(error.args[0], str)):
+    text = f'no key {error.args[0]}'
+  else:
+    text = str(error)
+  if 'Traceback (most recent call last)' in text:
+    lines = [line for line in text.splitlines() if line.strip()]
+    flag = text.split(':', 1)[0] if text.startswith('flag --') else ''
+    text = (f'{flag}: ' if flag else '') + lines[-1]
+  return ' '.join(text.split())
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -65,3 +106,82 @@ def positive_int_argument(text: str) -> int:
     raise argparse.ArgumentTypeError(
         f'expected a positive integer, got {text!r}')
   return number
+
+
+def overridden(argv_flags: Sequence[str], key: str) -> bool:
+  """Whether ``--KEY=...`` (or ``--KEY VALUE``) is among `argv_flags`."""
+  return any(arg == f'--{key}' or arg.startswith(f'--{key}=')
+             for arg in argv_flags)
+
+
+def verbosity_in(argv: Sequence[str]) -> int:
+  """The ``--verbosity``/``-v`` value among `argv`, read before absl does.
+
+  Entry points need it before importing TensorFlow, which prints its C++
+  INFO lines (e.g. "oneDNN custom operations are on") at import time.
+  """
+  for index, arg in enumerate(argv):
+    for name in ('--verbosity', '-v'):
+      value = None
+      if arg.startswith(name + '='):
+        value = arg[len(name) + 1:]
+      elif arg == name and index + 1 < len(argv):
+        value = argv[index + 1]
+      if value is not None:
+        try:
+          return int(value)
+        except ValueError:
+          return WARNING_VERBOSITY
+  return WARNING_VERBOSITY
+
+
+def quiet_tensorflow(argv: Sequence[str]) -> None:
+  """Hides TensorFlow's C++ INFO lines unless ``--verbosity`` >= 0.
+
+  Must run before TensorFlow is imported; an explicit TF_CPP_MIN_LOG_LEVEL
+  in the environment wins.
+  """
+  level = '0' if verbosity_in(argv) >= 0 else '1'
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', level)
+
+
+def set_library_verbosity(verbosity: Optional[int] = None) -> None:
+  """Python logging (absl, JAX, orbax, TensorFlow) at absl's `verbosity`.
+
+  Args:
+    verbosity: -1 WARNING (only problems), 0 INFO, 1 DEBUG; None: absl's
+      ``--verbosity`` flag when given on the command line, else -1
+      (``absl.app.run`` turns an unset flag into 0, INFO, which shows every
+      checkpoint step orbax takes).
+  """
+  if verbosity is None:
+    given = flags.FLAGS['verbosity'].present
+    verbosity = flags.FLAGS.verbosity if given else WARNING_VERBOSITY
+  logging.set_verbosity(verbosity)
+  level = (std_logging.WARNING if verbosity < 0 else
+           std_logging.INFO if verbosity == 0 else std_logging.DEBUG)
+  std_logging.getLogger().setLevel(level)
+  for name in LIBRARY_LOGGERS:
+    std_logging.getLogger(name).setLevel(level)
+
+
+def add_verbosity_argument(parser: argparse.ArgumentParser) -> None:
+  """``--verbosity`` for an argparse tool, as absl's flag means it."""
+  parser.add_argument('--verbosity', '-v', type=int,
+                      default=WARNING_VERBOSITY,
+                      help='library logging: -1 warnings (default), 0 info, '
+                      '1 debug')
+
+
+@contextlib.contextmanager
+def interrupt_exits(program: str):
+  """Ctrl-C outside a run's own handling ends `program` with one line.
+
+  Args:
+    program: the script's name, for the message.
+  """
+  try:
+    yield
+  except KeyboardInterrupt:
+    print(f'{program}: interrupted', file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_STATUS)

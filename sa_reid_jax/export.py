@@ -32,7 +32,10 @@ import sys
 import tempfile
 from typing import Any, Optional, Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if __name__ == '__main__':
+  # Run as a program: TensorFlow's INFO lines, printed as it loads, hidden.
+  from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
+  command_line.quiet_tensorflow(sys.argv)
 
 import jax  # pylint: disable=g-import-not-at-top
 from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
@@ -282,7 +285,8 @@ def export_checkpoint(checkpoint: str, output: str, *,
   # Checked before the (slow) restore, and against replacing the checkpoint.
   _check_output(output, overwrite, protected=checkpoint)
   try:
-    size = image_files.model_image_size(checkpoint, image_size)
+    checkpoint = store.resolve_model_directory(checkpoint)
+    size = store.input_size(checkpoint, image_size)
     model, variables = store.load_model(checkpoint)
   except (store.ModelStoreError, OSError) as error:
     raise ExportError(f'--checkpoint: {_one_line(error)}') from None
@@ -325,7 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f'{",".join(KNOWN_PLATFORMS)} (default: %(default)s)')
   parser.add_argument('--overwrite', action='store_true',
                       help='replace an existing --output directory')
+  command_line.add_verbosity_argument(parser)
   args = parser.parse_args(argv)
+  command_line.set_library_verbosity(args.verbosity)
   try:
     platforms = parse_platforms(args.platforms)
     # TensorFlow only resizes images here; JAX restores the weights.

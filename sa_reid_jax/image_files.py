@@ -16,10 +16,8 @@ import tensorflow as tf
 from sa_reid_jax import input_pipeline
 from sa_reid_jax.datasets import tensorflow_cpu
 from sa_reid_jax.evaluation.features import extract_features
-from sa_reid_jax.models import store
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
-DEFAULT_IMAGE_SIZE = (384, 128)
 
 
 def list_images(path: str, flag: str = 'path') -> list[str]:
@@ -49,25 +47,6 @@ def list_images(path: str, flag: str = 'path') -> list[str]:
     raise ValueError(f'{flag}: {path} holds no image files '
                      f'({", ".join(IMAGE_EXTENSIONS)})')
   return sorted(os.path.abspath(p) for p in found)
-
-
-def model_image_size(checkpoint: str,
-                     override: Optional[Sequence[int]] = None
-                     ) -> tuple[int, int]:
-  """The input size a model directory was trained at.
-
-  Args:
-    checkpoint: a model directory.
-    override: a size given explicitly (wins when set).
-
-  Returns:
-    (height, width): `override`, else the ``image_size`` recorded in the
-    model's metadata by training, else 384x128.
-  """
-  if override:
-    return tuple(int(v) for v in override)
-  metadata = store.load_model_info(checkpoint).get('metadata', {})
-  return tuple(metadata.get('image_size', DEFAULT_IMAGE_SIZE))
 
 
 def decode_error(path: str) -> Optional[str]:

@@ -31,7 +31,10 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if __name__ == '__main__':
+  # Run as a program: TensorFlow's INFO lines, printed as it loads, hidden.
+  from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
+  command_line.quiet_tensorflow(sys.argv)
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -311,6 +314,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--batch_size', type=command_line.positive_int_argument,
                       default=64,
                       help='images per forward pass (default 64)')
+  command_line.add_verbosity_argument(parser)
   return parser
 
 
@@ -322,6 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """
   parser = _parser()
   args = parser.parse_args(argv)
+  command_line.set_library_verbosity(args.verbosity)
   program = parser.prog
   try:
     # A ranks.png from an earlier run with --output inside the gallery is
@@ -336,8 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except ValueError as e:
     sys.exit(f'{program}: error: {e}')
   try:
-    image_size = image_files.model_image_size(args.checkpoint,
-                                              args.image_size)
+    args.checkpoint = store.resolve_model_directory(args.checkpoint)
+    image_size = store.input_size(args.checkpoint, args.image_size)
     model, variables = store.load_model(args.checkpoint)
   except store.ModelStoreError as e:
     sys.exit(f'{program}: error: --checkpoint: {e}')
@@ -347,7 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
              f'{args.checkpoint}: {type(e).__name__}: {e}')
   folder = (args.gallery if os.path.isdir(args.gallery)
             else os.path.dirname(os.path.abspath(args.gallery)))
-  print(f'model {args.checkpoint}, input {image_size[0]}x{image_size[1]}; '
+  print(f'model {args.checkpoint}; '
         f'{descriptor_cache.plural(len(gallery), "gallery file")}, '
         f'{descriptor_cache.plural(len(queries), "query file")}')
   try:

@@ -30,6 +30,11 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+if __name__ == '__main__':
+  # Run as a program: TensorFlow's INFO lines, printed as it loads, hidden.
+  from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
+  command_line.quiet_tensorflow(sys.argv)
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -329,6 +334,7 @@ def _parse_arguments(argv):
     sub.add_argument('--output', required=True, help='PNG file to write')
     sub.add_argument('--image_size', type=command_line.image_size_argument,
                      help='H,W (default: the model\'s)')
+    command_line.add_verbosity_argument(sub)
   return parser.parse_args(argv)
 
 
@@ -339,8 +345,16 @@ def _short_name(checkpoint: str) -> str:
   return os.path.basename(os.path.dirname(path)) if name == 'model' else name
 
 
+def _model_directory(path: str, flag: str) -> str:
+  try:
+    return store.resolve_model_directory(path)
+  except store.ModelStoreError as e:
+    raise ValueError(f'{flag}: {e}') from None
+
+
 def _run(args) -> Image.Image:
-  image_size = image_files.model_image_size(args.checkpoint, args.image_size)
+  args.checkpoint = _model_directory(args.checkpoint, '--checkpoint')
+  image_size = store.input_size(args.checkpoint, args.image_size)
   model, variables = store.load_model(args.checkpoint)
   if args.command == 'cam':
     paths = []
@@ -359,6 +373,7 @@ def _run(args) -> Image.Image:
                        f'{len(paths)} images')
     models = [(_short_name(args.checkpoint), model, variables)]
     if args.compare:
+      args.compare = _model_directory(args.compare, '--compare')
       other, other_variables = store.load_model(args.compare)
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
@@ -374,6 +389,7 @@ def _run(args) -> Image.Image:
 
 def main(argv=None) -> int:
   args = _parse_arguments(argv)
+  command_line.set_library_verbosity(args.verbosity)
   try:
     picture = _run(args)
   except (ValueError, market_layout.LayoutError) as e:

@@ -13,6 +13,7 @@ import pytest
 import sa_reid_jax
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import sanet_variant
+from sa_reid_jax.models import store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = (64, 32)
@@ -31,12 +32,13 @@ def setup(tmp_path_factory):
   return root, data
 
 
-def run_eval(*args):
+def run_eval(*args, image_size=IMAGE_SIZE, env=None):
+  size = [f'--config.image_size={image_size}'] if image_size else []
   return subprocess.run(
       [sys.executable, os.path.join(REPO, 'eval.py'),
        f'--config={os.path.join(REPO, "configs", "market1501.py")}',
-       f'--config.image_size={IMAGE_SIZE}', '--config.eval.batch_size=5',
-       *args], capture_output=True, text=True, cwd=REPO, check=False)
+       *size, '--config.eval.batch_size=5', *args],
+      capture_output=True, text=True, cwd=REPO, check=False, env=env)
 
 
 def test_eval_prints_and_writes_metrics(setup):
@@ -84,3 +86,117 @@ def test_bad_paths_give_one_clear_error(setup, tmp_path, bad, message):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert message in result.stderr
+
+
+@pytest.fixture(scope='module')
+def workdir(setup):
+  """A training workdir's layout around a model trained at IMAGE_SIZE."""
+  root, _ = setup
+  model, variables = sa_reid_jax.load_model(str(root / 'model'))
+  path = root / 'workdir'
+  (path / 'checkpoints').mkdir(parents=True)
+  sa_reid_jax.save_model(str(path / 'model'), model, variables,
+                         metadata={'image_size': list(IMAGE_SIZE)})
+  return path
+
+
+def test_workdir_and_trained_size_are_used_and_output_is_ours(setup,
+                                                              workdir):
+  _, data = setup
+  # TensorFlow's and the libraries' own settings, as a user has them.
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  # market1501.py says 384x128; the model records 64x32.
+  implicit = run_eval(f'--checkpoint={workdir}',
+                      f'--config.dataset.folder={data}',
+                      f'--output_dir={workdir / "implicit"}',
+                      image_size=None, env=env)
+  assert implicit.returncode == 0, implicit.stderr
+  assert (f'{workdir} is a training workdir: using its trained network, '
+          f'{workdir / "model"}') in implicit.stdout
+  assert 'input size 64x32 (the size the model was trained at)' in (
+      implicit.stdout)
+  # Only our lines: no TensorFlow start-up notices, no library INFO lines.
+  assert implicit.stderr.strip() == '', implicit.stderr
+  explicit = run_eval(f'--checkpoint={workdir / "model"}',
+                      f'--config.dataset.folder={data}',
+                      f'--output_dir={workdir / "explicit"}', '--verbosity=0',
+                      env=env)
+  assert explicit.returncode == 0, explicit.stderr
+  assert 'input size 64x32 (--config.image_size)' in explicit.stdout
+  # --verbosity=0 lets orbax's INFO lines through.
+  assert 'checkpoint' in explicit.stderr.lower(), explicit.stderr
+  metrics = []
+  for name in ('implicit', 'explicit'):
+    with open(workdir / name / 'metrics.json') as f:
+      metrics.append(json.load(f))
+  assert metrics[0]['settings']['image_size'] == list(IMAGE_SIZE)
+  assert metrics[0] == metrics[1]
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('missing', 'no such model directory'),
+    ('empty', 'empty; expected a model directory (written by '
+     'convert_weights.py or by training as WORKDIR/model)'),
+    ('foreign', 'not a model directory (no "model" and "variables" items) '
+     'nor a training workdir; expected the output of convert_weights.py or '
+     'a training WORKDIR/model'),
+    ('unfinished', 'a training workdir whose run has not finished (no '
+     'model/ in it yet); run train.py with this --workdir to the end, or '
+     'pass a model directory'),
+])
+def test_wrong_directories_are_named(tmp_path, kind, message):
+  path = tmp_path / 'given'
+  if kind != 'missing':
+    path.mkdir()
+  if kind == 'foreign':
+    (path / 'notes.txt').write_text('not a model')
+  if kind == 'unfinished':
+    (path / 'checkpoints').mkdir()
+  with pytest.raises(store.ModelStoreError) as error:
+    store.resolve_model_directory(str(path))
+  assert str(error.value) == f'{path}: {message}'
+  # Every reader says the same, not an orbax error about missing files.
+  with pytest.raises(store.ModelStoreError) as error:
+    store.load_model_info(str(path))
+  assert str(error.value) == f'{path}: {message}'
+
+
+def test_resolver_says_which_directory_it_uses(workdir):
+  said = []
+  assert store.resolve_model_directory(str(workdir), say=said.append) == str(
+      workdir / 'model')
+  assert said == [f'{workdir} is a training workdir: using its trained '
+                  f'network, {workdir / "model"}']
+  assert store.resolve_model_directory(str(workdir / 'model'),
+                                       say=said.append) == str(
+                                           workdir / 'model')
+  assert len(said) == 1
+
+
+def test_input_size_prefers_the_trained_size_and_warns(setup, workdir):
+  root, _ = setup
+  said = []
+  trained = str(workdir / 'model')
+  assert store.input_size(trained, None, say=said.append) == IMAGE_SIZE
+  assert store.input_size(trained, (32, 16), flag='--config.image_size',
+                          say=said.append) == (32, 16)
+  # A converted model records no size: the default (a config's) is used.
+  assert store.input_size(str(root / 'model'), None, default=(48, 24),
+                          say=said.append) == (48, 24)
+  assert said == [
+      'input size 64x32 (the size the model was trained at)',
+      'warning: --config.image_size 32x16 differs from the size the model '
+      'was trained at, 64x32; using 32x16',
+      'input size 32x16 (--config.image_size)',
+      'input size 48x24 (the model records no size)']
+
+
+def test_eval_cli_names_a_wrong_directory_in_one_line(setup, tmp_path):
+  _, data = setup
+  result = run_eval(f'--checkpoint={tmp_path}',
+                    f'--config.dataset.folder={data}')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'eval.py: error: --checkpoint: {tmp_path}: empty; expected a model '
+      'directory (written by convert_weights.py or by training as '
+      'WORKDIR/model)'], result.stderr

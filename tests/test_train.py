@@ -149,6 +149,8 @@ def test_sigterm_and_sigkill_then_resume_are_bit_identical(data, tmp_path):
   assert code == -signal.SIGKILL
   result = run_train(data, workdir, **options)
   assert 'resuming from step' in result.stdout
+  # SIGKILL left the lock file; the dead run's lock is taken over.
+  assert 'took over the lock of process' in result.stdout
 
   a, b = trained_variables(reference), trained_variables(workdir)
   assert a.keys() == b.keys()
@@ -172,13 +174,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
 
 
-def test_init_from_loads_the_backbone(data, tmp_path):
+@pytest.mark.parametrize('layout', ['model', 'training_workdir'])
+def test_init_from_loads_the_backbone(data, tmp_path, layout):
   config = tiny_config(data, max_steps=1, init_from=str(tmp_path / 'init'),
                        **{'optimizer.learning_rate': 0.0})
   source = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=4)
   variables = source.init(jax.random.PRNGKey(7),
                           np.zeros((1, 64, 32, 3), np.float32))
-  store.save_model(str(tmp_path / 'init'), source, variables)
+  # A training workdir stands for its trained network, WORKDIR/model.
+  saved = tmp_path / 'init' / ('model' if layout == 'training_workdir'
+                               else '')
+  store.save_model(str(saved), source, variables)
   trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   trained = trained_variables(tmp_path / 'run')
   given = flax.traverse_util.flatten_dict(variables['params'], sep='/')
@@ -189,7 +195,7 @@ def test_init_from_loads_the_backbone(data, tmp_path):
 
 
 @pytest.mark.parametrize('init_from, message', [
-    ('missing', 'config.init_from: .*missing is not a directory'),
+    ('missing', 'config.init_from: .*missing: no such model directory'),
     ('wide', 'config.init_from: the backbone params .* do not fit'),
 ])
 def test_init_from_errors_name_the_key(data, tmp_path, init_from, message):
@@ -254,6 +260,33 @@ def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path):
                           text=True, timeout=300, cwd=REPO)
   assert result.returncode != 0
   assert 'lr' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config, override, expected', [
+    ('market1501_ablation.py', None,
+     'train.py: error: flag --config=CONFIG: ValueError: '
+     'configs/market1501_ablation.py needs a row argument, one of ('),
+    ('market1501.py', '--config.batchsize=64',
+     "train.py: error: cannot apply --config.batchsize=64: no key "
+     "'batchsize' Did you mean \"batch_size\" instead of \"batchsize\"? "
+     '(a key the config does not have, or a value of the wrong type)'),
+    ('missing.py', None, 'train.py: error: --config: Failed loading config '
+     'file'),
+])
+def test_cli_config_errors_are_one_clean_line(tmp_path, config, override,
+                                               expected):
+  path = os.path.join(REPO, 'configs', config)
+  command = [sys.executable, os.path.join(REPO, 'train.py'),
+             f'--config={path}', f'--workdir={tmp_path / "run"}',
+             *([override] if override else [])]
+  result = subprocess.run(command, env=environment(), capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(expected.replace('CONFIG', path)), lines[0]
+  assert '\\' not in lines[0] and 'Traceback' not in lines[0]
+  assert not (tmp_path / 'run').exists()
 
 
 def test_progress_lines_off_a_terminal(monkeypatch):

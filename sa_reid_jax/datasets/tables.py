@@ -111,7 +111,8 @@ def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
     raise ValueError(
         f'{builder.name} is not built in {builder.data_dir}; build it first '
         'with sa_reid_jax.datasets.builders.prepare(name, manual_dir, '
-        'data_dir)')
+        'data_dir), or read a folder in Market-1501 layout directly with '
+        '--config.dataset.folder=DIR')
   examples = builder.as_dataset(
       split=split, shuffle_files=False,
       decoders={'image': tfds.decode.SkipDecoding()})

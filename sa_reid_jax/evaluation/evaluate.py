@@ -98,6 +98,7 @@ def evaluate_model(model, variables, config: ml_collections.ConfigDict,
     metrics['reranked'] = summarize(
         evaluate_rank(reranked, *ids, max_rank=config.eval.max_rank))
   metrics['settings'] = {'flip': bool(flip), 'metric': metric,
+                         'image_size': [int(v) for v in config.image_size],
                          'num_query': len(query), 'num_gallery': len(gallery)}
   return metrics
 

@@ -6,7 +6,7 @@ under ``config`` and free-form provenance under ``metadata``).
 """
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,19 @@ import orbax.checkpoint as ocp
 
 from sa_reid_jax.models.sanet import SANet, model_config, model_from_config
 
+# The paper's input (height, width), for models that record no size
+# (arXiv 1811.12150, Sec. 4.2).
+DEFAULT_IMAGE_SIZE = (384, 128)
+
 # Variable shapes do not depend on the image size; this one is only traced
 # (never computed) to build the restore target.
 _SHAPE_PROBE_IMAGES = jax.ShapeDtypeStruct((1, 384, 128, 3), jnp.float32)
+
+
+# What a training workdir holds (``sa_reid_jax.training``): its checkpoints
+# and, once the run has finished, its trained network.
+TRAINING_CHECKPOINTS = 'checkpoints'
+TRAINING_MODEL = 'model'
 
 
 class ModelStoreError(ValueError):
@@ -63,18 +73,83 @@ def save_model(directory: str, model: SANet, variables: Any,
   return path
 
 
+def is_model_directory(directory: str) -> bool:
+  """Whether `directory` holds the ``model`` and ``variables`` items."""
+  return all(os.path.isdir(os.path.join(directory, item))
+             for item in ('model', 'variables'))
+
+
+def _not_a_model_directory(directory: str) -> str:
+  """Why `directory` is not a model directory, and what to pass instead."""
+  if not os.path.exists(directory):
+    return f'{directory}: no such model directory'
+  if not os.path.isdir(directory):
+    return f'{directory}: is a file, not a model directory'
+  if os.path.isdir(os.path.join(directory, TRAINING_CHECKPOINTS)):
+    return (f'{directory}: a training workdir whose run has not finished '
+            f'(no {TRAINING_MODEL}/ in it yet); run train.py with this '
+            '--workdir to the end, or pass a model directory')
+  if not os.listdir(directory):
+    return (f'{directory}: empty; expected a model directory (written by '
+            'convert_weights.py or by training as WORKDIR/model)')
+  return (f'{directory}: not a model directory (no "model" and "variables" '
+          'items) nor a training workdir; expected the output of '
+          'convert_weights.py or a training WORKDIR/model')
+
+
+def resolve_model_directory(path: str,
+                            say: Optional[Callable[[str], None]] = print
+                            ) -> str:
+  """The model directory meant by `path`, a model or a training workdir.
+
+  Tools accept either: a training workdir (``train.py --workdir``) stands for
+  its trained network, ``WORKDIR/model``.
+
+  Args:
+    path: what the user passed (``--checkpoint``, ``config.init_from``...).
+    say: called with one line when a workdir is replaced by its model
+      directory (None: silent).
+
+  Returns:
+    `path` itself, or ``path/model`` for a training workdir.
+
+  Raises:
+    ModelStoreError: one line saying why `path` is neither (missing, empty,
+      foreign, or a workdir whose run has not finished) and what to pass.
+  """
+  if is_model_directory(path):
+    return path
+  trained = os.path.join(path, TRAINING_MODEL)
+  if is_model_directory(trained):
+    if say is not None:
+      say(f'{path} is a training workdir: using its trained network, '
+          f'{trained}')
+    return trained
+  raise ModelStoreError(_not_a_model_directory(path))
+
+
 def load_model_info(directory: str) -> dict[str, Any]:
-  """Reads the JSON item (``config`` and ``metadata``) of a model directory."""
+  """Reads the JSON item (``config`` and ``metadata``) of a model directory.
+
+  Raises:
+    ModelStoreError: `directory` is not a model directory (see
+      `resolve_model_directory`), or its JSON item does not read.
+  """
   path = os.path.abspath(directory)
-  if not os.path.isdir(path):
-    raise ModelStoreError(f'{directory}: no such model directory')
-  if not os.path.isdir(os.path.join(path, 'model')):
-    raise ModelStoreError(f'{directory}: not a model directory (no "model" '
-                          'item; expected the output of convert_weights.py '
-                          'or of training)')
-  restored = _checkpointer().restore(
-      path, ocp.args.Composite(model=ocp.args.JsonRestore()))
+  if not is_model_directory(path):
+    raise ModelStoreError(_not_a_model_directory(directory))
+  try:
+    restored = _checkpointer().restore(
+        path, ocp.args.Composite(model=ocp.args.JsonRestore()))
+  except (OSError, ValueError, KeyError) as error:
+    raise ModelStoreError(f'{directory}: cannot read the model config: '
+                          f'{_first_line(error)}') from error
   return restored['model']
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
 
 
 def load_model(directory: str) -> tuple[SANet, Any]:
@@ -101,5 +176,51 @@ def load_model(directory: str) -> tuple[SANet, Any]:
         ocp.args.Composite(variables=ocp.args.StandardRestore(target)))
   except (ValueError, KeyError) as error:
     raise ModelStoreError(f'{directory}: variables do not match the recorded '
-                          f'model config: {error}') from error
+                          f'model config: {_first_line(error)}') from error
   return model, restored['variables']
+
+
+def input_size(directory: str, explicit: Optional[Sequence[int]] = None, *,
+               flag: str = '--image_size',
+               default: Sequence[int] = DEFAULT_IMAGE_SIZE,
+               say: Callable[[str], None] = print) -> tuple[int, int]:
+  """The input size to run a model directory at, and a line saying which.
+
+  The size the model was trained at (``image_size`` in the metadata written
+  by training) wins over `default`; a size given explicitly wins over both,
+  with a warning when it differs from the trained one (a network evaluated
+  at another size than it was trained at scores much lower, silently).
+
+  Args:
+    directory: a model directory.
+    explicit: a size the user asked for (None: not given).
+    flag: the flag `explicit` came from, for the messages.
+    default: used when neither is known (the paper's 384x128, or a
+      config's ``image_size``).
+    say: called with the chosen size's line (and the warning, if any).
+
+  Returns:
+    (height, width) in pixels.
+
+  Raises:
+    ModelStoreError: `directory` is not a model directory.
+  """
+  recorded = load_model_info(directory).get('metadata', {}).get('image_size')
+  recorded = tuple(int(v) for v in recorded) if recorded else None
+  if explicit:
+    size = tuple(int(v) for v in explicit)
+    source = flag
+    if recorded and recorded != size:
+      say(f'warning: {flag} {_size(size)} differs from the size the model '
+          f'was trained at, {_size(recorded)}; using {_size(size)}')
+  elif recorded:
+    size, source = recorded, 'the size the model was trained at'
+  else:
+    size = tuple(int(v) for v in default)
+    source = 'the model records no size'
+  say(f'input size {_size(size)} ({source})')
+  return size
+
+
+def _size(size: Sequence[int]) -> str:
+  return 'x'.join(str(v) for v in size)

@@ -7,13 +7,19 @@ seed): a run resumed with another batch size or dataset is refused rather
 than silently reading other data.
 """
 
+import contextlib
+import errno
+import json
 import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = 'checkpoints'
+from sa_reid_jax.models import store
+from sa_reid_jax.training import workdir as workdir_lib
+
+CHECKPOINT_DIR = store.TRAINING_CHECKPOINTS
 
 
 class ResumeError(ValueError):
@@ -36,18 +42,58 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: Any,
-         data_position: dict[str, int]) -> None:
-  """Starts saving `state` and `data_position` at the state's step."""
+         data_position: dict[str, Any], workdir: str) -> None:
+  """Starts saving `state` and `data_position` at the state's step.
+
+  Raises:
+    workdir.DiskFullError: this save, or the one before it (which finishes
+      in the background), ran out of space.
+  """
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_position)), force=True)
+  with _disk_full_reported(manager, workdir, step):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_position)), force=True)
+
+
+def wait(manager: ocp.CheckpointManager, workdir: str, step: int) -> None:
+  """Waits for the checkpoint being written (of `step`) to be finished.
+
+  Raises:
+    workdir.DiskFullError: it ran out of space.
+  """
+  with _disk_full_reported(manager, workdir, step):
+    manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _disk_full_reported(manager: ocp.CheckpointManager, workdir: str,
+                        step: int):
+  """Turns orbax's errors for a full disk into one `DiskFullError` line."""
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except
+    # Orbax and TensorStore wrap the write error in several types.
+    if not workdir_lib.is_disk_full(error):
+      raise
+    directory = str(manager.directory)
+    finished = [int(name) for name in os.listdir(directory)
+                if name.isdigit() and int(name) != step]
+    raise workdir_lib.DiskFullError(
+        errno.ENOSPC, workdir_lib.disk_full_message(
+            workdir, step, max(finished) if finished else None,
+            directory)) from None
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   expected_data: dict[str, int]
-                   ) -> Optional[tuple[Any, dict[str, int]]]:
+                   expected_data: dict[str, int],
+                   expected_config: Optional[dict[str, Any]] = None
+                   ) -> Optional[tuple[Any, dict[str, Any]]]:
   """The newest checkpoint's state and data position, or None if none.
+
+  The checkpoint's JSON item is read and compared first, so a checkpoint of
+  another network or optimizer is refused with the keys that differ rather
+  than failing inside orbax.
 
   Args:
     manager: from `make_manager`.
@@ -55,27 +101,60 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       (``jax.eval_shape`` output with ``sharding`` set).
     expected_data: the current run's ``steps_per_epoch``,
       ``global_batch_size`` and ``seed``; the checkpoint's must agree.
+    expected_config: the current run's ``model`` and ``optimizer`` config
+      blocks (dicts) and ``num_classes``, saved with each checkpoint (in
+      its data item) by `save` callers; the checkpoint's must agree.
+      Checkpoints written before these were recorded skip this check.
 
   Returns:
     (state, data position) or None.
 
   Raises:
-    ResumeError: naming the checkpoint and the entries that differ.
+    ResumeError: naming the checkpoint and the entries that differ, or why
+      its state does not restore.
   """
   step = manager.latest_step()
   if step is None:
     return None
   path = os.path.join(str(manager.directory), str(step))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore()))
-  data = dict(restored['data'])
+  data = dict(manager.restore(step, args=ocp.args.Composite(
+      data=ocp.args.JsonRestore()))['data'])
   differing = {key: (data.get(key), value)
                for key, value in expected_data.items()
                if data.get(key) != value}
+  for key, value in (expected_config or {}).items():
+    if key in data:
+      differing.update(_differences(data[key], _json_like(value), key))
   if differing:
     details = ', '.join(f'{key} was {old}, is now {new}'
                         for key, (old, new) in differing.items())
     raise ResumeError(f'{path}: cannot resume this run with the current '
-                      f'config ({details}); use a new --workdir')
+                      f'config ({details}); use a new --workdir, or the '
+                      'config it was started with')
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+  except (ValueError, KeyError, TypeError) as error:
+    lines = str(error).strip().splitlines()
+    raise ResumeError(f'{path}: the saved train state does not fit the '
+                      f'current config ({lines[0] if lines else error}); '
+                      'use a new --workdir') from None
   return restored['state'], data
+
+
+def _json_like(value: Any) -> Any:
+  """`value` as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _differences(old: Any, new: Any, prefix: str) -> dict[str, tuple]:
+  """{dotted key: (old, new)} of the leaves where two JSON trees differ."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    found = {}
+    for key in sorted(set(old) | set(new)):
+      found.update(_differences(old.get(key), new.get(key),
+                                f'{prefix}.{key}'))
+    return found
+  return {} if old == new else {f'config.{prefix}'
+                                if prefix != 'num_classes'
+                                else 'number of identities': (old, new)}

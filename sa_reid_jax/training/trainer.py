@@ -1,14 +1,13 @@
 """`train_and_evaluate`: the training run of an experiment config."""
 
 import collections
+import contextlib
 import json
 import os
 import signal
-import threading
 from typing import Any, Optional
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -22,9 +21,11 @@ from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import losses
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
+from sa_reid_jax.training import signals
 from sa_reid_jax.training import step as step_lib
+from sa_reid_jax.training import workdir as workdir_lib
 
-MODEL_DIR = 'model'
+MODEL_DIR = store.TRAINING_MODEL
 METRICS_JSON = 'metrics.json'
 EVALUATIONS_JSON = 'evaluations.json'
 
@@ -53,10 +54,8 @@ def _erasing(config: ml_collections.ConfigDict
 def _with_pretrained_backbone(state: step_lib.TrainState,
                               directory: str) -> step_lib.TrainState:
   """`state` with the backbone of a converted model directory."""
-  if not os.path.isdir(directory):
-    raise ValueError(f'config.init_from: {directory} is not a directory; '
-                     'write one with convert_weights.py --format=torchvision')
   try:
+    directory = store.resolve_model_directory(directory)
     _, variables = store.load_model(directory)
   except store.ModelStoreError as e:
     raise ValueError(f'config.init_from: {e}') from e
@@ -106,41 +105,6 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
                        f'{config.checkpoint[key]}')
 
 
-class _TerminationFlag:
-  """Set by SIGTERM; agreed on by all processes when there are several."""
-
-  def __init__(self):
-    self._set = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._set = True
-
-  def is_set(self, step: int, every_steps: int) -> bool:
-    """Whether to stop now; with several processes, asked every few steps.
-
-    Args:
-      step: the current step.
-      every_steps: steps between the processes' exchanges of their flags.
-    """
-    if jax.process_count() == 1:
-      return self._set
-    if step % every_steps:
-      return False
-    flags = multihost_utils.process_allgather(np.asarray(self._set))
-    return bool(np.any(flags))
-
-
 class _Run:
   """The state of one training run, between its steps."""
 
@@ -161,19 +125,33 @@ class _Run:
     self.eval_model = self.model.clone(bn_axis_name=None)
     self.optimizer = optimizer_lib.make_optimizer(config.optimizer,
                                                   self.steps_per_epoch)
-    self.manager = checkpoints.make_manager(workdir, config.checkpoint.keep)
-    self.writer = reporting.MetricWriter(workdir, enabled=self.is_chief)
+
+  def open(self) -> None:
+    """Starts writing to the workdir (created, and held, by now)."""
+    if self.is_chief:
+      workdir_lib.remove_unfinished_checkpoints(
+          os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR))
+    self.manager = checkpoints.make_manager(self.workdir,
+                                            self.config.checkpoint.keep)
+    self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_chief)
     self.evaluations = self._read_evaluations()
 
-  def data_position(self, step: int) -> dict[str, int]:
+  def data_position(self, step: int) -> dict[str, Any]:
+    """The checkpoint's JSON item: data position and what it depends on."""
     return {'epoch': step // self.steps_per_epoch,
             'step_in_epoch': step % self.steps_per_epoch,
-            **self.data_signature()}
+            **self.data_signature(), **self.config_signature()}
 
   def data_signature(self) -> dict[str, int]:
     return {'steps_per_epoch': self.steps_per_epoch,
             'global_batch_size': int(self.config.batch_size),
             'seed': int(self.config.seed)}
+
+  def config_signature(self) -> dict[str, Any]:
+    """What the state's structure and its updates depend on."""
+    return {'model': self.config.model.to_dict(),
+            'optimizer': self.config.optimizer.to_dict(),
+            'num_classes': int(self.table.num_classes)}
 
   def initial_state(self) -> step_lib.TrainState:
     """The newest checkpoint's state, or a fresh (maybe pretrained) one."""
@@ -188,7 +166,8 @@ class _Run:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(fresh))
     restored = checkpoints.restore_latest(self.manager, abstract,
-                                          self.data_signature())
+                                          self.data_signature(),
+                                          self.config_signature())
     if restored is not None:
       state, position = restored
       print(f'resuming from step {int(state.step)} (epoch '
@@ -252,39 +231,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   TensorBoard (``workdir/tensorboard``) and ``workdir/metrics.jsonl``, the
   evaluations to ``workdir/evaluations.json``; at the end, the trained
   network to ``workdir/model`` (readable by ``eval.py``) and the final
-  metrics to ``workdir/metrics.json``. SIGTERM saves a checkpoint and
-  returns; running again resumes.
+  metrics to ``workdir/metrics.json``. SIGTERM or Ctrl-C saves a checkpoint
+  and returns; running again resumes. The workdir is held (``workdir/lock``)
+  for the run: a second run on it is refused.
 
   Args:
     config: an experiment config (``configs/``).
     workdir: the run's directory (created if needed).
 
   Returns:
-    ``status`` (``'completed'`` or ``'terminated'``), ``step``, and the
-    ``initial`` (step 0, if evaluated) and ``final`` evaluation metrics.
+    ``status`` (``'completed'`` or ``'terminated'``, then with ``signal``,
+    e.g. ``'SIGINT'``), ``step``, and the ``initial`` (step 0, if
+    evaluated) and ``final`` evaluation metrics.
 
   Raises:
     NonFiniteLossError: when the loss or gradient stops being finite.
     ValueError: for a config that cannot run (naming the key).
+    checkpoints.ResumeError: the workdir's checkpoint was written with
+      another model, optimizer, dataset or batch size.
+    workdir.WorkdirBusyError: another live process holds the workdir.
+    workdir.DiskFullError: a checkpoint could not be written.
   """
-  os.makedirs(workdir, exist_ok=True)
-  run = _Run(config, workdir)
+  with signals.StopRequest() as stop, contextlib.ExitStack() as held:
+    is_chief = jax.process_index() == 0
+
+    def hold():
+      lock = held.enter_context(workdir_lib.WorkdirLock(workdir))
+      stop.on_quit = lock.release
+
+    # A workdir in use is refused at once; a new one is created only once
+    # the config and the dataset are known to be usable, so that a failed
+    # start leaves nothing behind.
+    existed = os.path.isdir(workdir)
+    if existed and is_chief:
+      hold()
+    run = _Run(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if not existed and is_chief:
+      hold()
+    run.open()
+    try:
+      result = _resume_and_train(run, stop)
+    finally:
+      run.writer.close()
+    run.manager.close()
+  return result
+
+
+def _resume_and_train(run: _Run, stop: signals.StopRequest) -> dict[str, Any]:
+  """Training from the newest checkpoint on, then the end of the run."""
   state = run.initial_state()
   start = int(jax.device_get(state.step))
-  if start == 0 and config.eval.at_start:
+  if start == 0 and run.config.eval.at_start:
     run.evaluate(state)
-  try:
-    with _TerminationFlag() as terminate:
-      state, status = _train(run, state, start, terminate)
-    run.manager.wait_until_finished()
-    step = int(jax.device_get(state.step))
-    result = {'status': status, 'step': step,
-              'tensorboard_dir': run.writer.tensorboard_dir}
-    if status == 'completed':
-      result.update(_finish(run, state, step))
-  finally:
-    run.writer.close()
-  run.manager.close()
+  state, status = _train(run, state, start, stop)
+  checkpoints.wait(run.manager, run.workdir, int(jax.device_get(state.step)))
+  step = int(jax.device_get(state.step))
+  result = {'status': status, 'step': step,
+            'tensorboard_dir': run.writer.tensorboard_dir}
+  if status == 'completed':
+    result.update(_finish(run, state, step))
+  elif stop.signal is not None:
+    result['signal'] = signal.Signals(stop.signal).name
   return result
 
 
@@ -329,7 +337,7 @@ def _on_devices(batches, mesh, depth: int):
 
 
 def _train(run: _Run, state: step_lib.TrainState, start: int,
-           terminate: _TerminationFlag) -> tuple[step_lib.TrainState, str]:
+           stop: signals.StopRequest) -> tuple[step_lib.TrainState, str]:
   """Steps from `start` to the run's stop step; returns (state, status)."""
   config = run.config
   aug = config.augmentation
@@ -383,7 +391,7 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
     eval_now = (epoch_end and config.eval.every_epochs > 0 and
                 epoch % config.eval.every_epochs == 0 and
                 step < run.stop_step)
-    stop_now = terminate.is_set(step, config.checkpoint.sigterm_check_steps)
+    stop_now = stop.is_set(step, config.checkpoint.sigterm_check_steps)
     if not (log_now or save_now or eval_now or stop_now):
       continue
     settle()
@@ -395,10 +403,12 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       run.writer.write(step, scalars, 'train')
       progress.update(step, scalars['loss'], force=True)
     if save_now or stop_now:
-      checkpoints.save(run.manager, state, run.data_position(step))
+      checkpoints.save(run.manager, state, run.data_position(step),
+                       run.workdir)
     if stop_now:
+      checkpoints.wait(run.manager, run.workdir, step)
       progress.close()
-      print(f'SIGTERM: saved the checkpoint of step {step} in '
+      print(f'{stop.name}: saved the checkpoint of step {step} in '
             f'{run.manager.directory}; run the same command to resume',
             flush=True)
       return state, 'terminated'
