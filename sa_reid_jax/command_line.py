@@ -163,6 +163,22 @@ def set_library_verbosity(verbosity: Optional[int] = None) -> None:
   std_logging.getLogger().setLevel(level)
   for name in LIBRARY_LOGGERS:
     std_logging.getLogger(name).setLevel(level)
+  absl_logger = std_logging.getLogger('absl')
+  if verbosity < 0:
+    absl_logger.addFilter(_not_from_orbax)
+  else:
+    absl_logger.removeFilter(_not_from_orbax)
+
+
+def _not_from_orbax(record: std_logging.LogRecord) -> bool:
+  """Drops orbax's records (logged through absl's logger).
+
+  Orbax logs a failed background save as several ERROR tracebacks and then
+  raises it where the caller waits; the commands turn that error into one
+  line themselves (e.g. a full disk), and orbax's WARNINGs are about its
+  own pacing. ``--verbosity=0`` shows them all.
+  """
+  return f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
 def add_verbosity_argument(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,9 @@ from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import signals
 from sa_reid_jax.training import trainer
 from sa_reid_jax.training import workdir as workdir_lib
-from test_train import REPO, data, environment, tiny_config, train_command  # pylint: disable=unused-import
+# pylint: disable-next=unused-import
+from test_train import data  # the synthetic dataset fixture
+from test_train import REPO, environment, tiny_config, train_command
 from test_train import _finalized_steps
 
 

@@ -8,7 +8,6 @@ than silently reading other data.
 """
 
 import contextlib
-import errno
 import json
 import os
 from typing import Any, Optional
@@ -77,11 +76,18 @@ def _disk_full_reported(manager: ocp.CheckpointManager, workdir: str,
     if not workdir_lib.is_disk_full(error):
       raise
     directory = str(manager.directory)
-    finished = [int(name) for name in os.listdir(directory)
-                if name.isdigit() and int(name) != step]
+    names = os.listdir(directory)
+    # Saves finish in the background: the one that failed may be an
+    # earlier step than `step`, left under its temporary name.
+    unfinished = [int(name.split('.')[0]) for name in names
+                  if workdir_lib.TMP_CHECKPOINT_MARKER in name and
+                  name.split('.')[0].isdigit()]
+    failed = min(unfinished) if unfinished else step
+    finished = [int(name) for name in names
+                if name.isdigit() and int(name) < failed]
     raise workdir_lib.DiskFullError(
-        errno.ENOSPC, workdir_lib.disk_full_message(
-            workdir, step, max(finished) if finished else None,
+        workdir_lib.disk_full_message(
+            workdir, failed, max(finished) if finished else None,
             directory)) from None
 
 

@@ -376,45 +376,52 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       progress.update(step, float(metrics['loss']))
       pending = None
 
-  step = start
-  while step < run.stop_step:
-    state, metrics = train_step(state, next(device_batches))
-    step += 1
-    # Reading the previous step's metrics now lets this one run meanwhile.
-    settle()
-    pending = (step, metrics)
-    epoch_end = step % run.steps_per_epoch == 0
-    log_now = step % config.log_every_steps == 0 or step == run.stop_step
-    save_now = (step % config.checkpoint.every_steps == 0 or epoch_end or
-                step == run.stop_step)
-    epoch = step // run.steps_per_epoch
-    eval_now = (epoch_end and config.eval.every_epochs > 0 and
-                epoch % config.eval.every_epochs == 0 and
-                step < run.stop_step)
-    stop_now = stop.is_set(step, config.checkpoint.sigterm_check_steps)
-    if not (log_now or save_now or eval_now or stop_now):
-      continue
-    settle()
-    if log_now:
-      scalars = averager.pop()
-      scalars['images_per_second'] = progress.images_per_second(step)
-      scalars.update(optimizer_lib.current_learning_rates(
-          config.optimizer, run.steps_per_epoch, step - 1))
-      run.writer.write(step, scalars, 'train')
-      progress.update(step, scalars['loss'], force=True)
-    if save_now or stop_now:
-      checkpoints.save(run.manager, state, run.data_position(step),
-                       run.workdir)
-    if stop_now:
-      checkpoints.wait(run.manager, run.workdir, step)
-      progress.close()
-      print(f'{stop.name}: saved the checkpoint of step {step} in '
-            f'{run.manager.directory}; run the same command to resume',
-            flush=True)
-      return state, 'terminated'
-    if eval_now:
-      progress.close()
-      run.evaluate(state)
-      progress.reset_interval(step)
-  progress.close()
-  return state, 'completed'
+  # Closed even when a step fails: a tf.data iterator still open when the
+  # interpreter exits prints TensorFlow warnings after our error line.
+  try:
+    step = start
+    while step < run.stop_step:
+      state, metrics = train_step(state, next(device_batches))
+      step += 1
+      # Reading the previous step's metrics now lets this one run meanwhile.
+      settle()
+      pending = (step, metrics)
+      epoch_end = step % run.steps_per_epoch == 0
+      log_now = step % config.log_every_steps == 0 or step == run.stop_step
+      save_now = (step % config.checkpoint.every_steps == 0 or epoch_end or
+                  step == run.stop_step)
+      epoch = step // run.steps_per_epoch
+      eval_now = (epoch_end and config.eval.every_epochs > 0 and
+                  epoch % config.eval.every_epochs == 0 and
+                  step < run.stop_step)
+      stop_now = stop.is_set(step, config.checkpoint.sigterm_check_steps)
+      if not (log_now or save_now or eval_now or stop_now):
+        continue
+      settle()
+      if log_now:
+        scalars = averager.pop()
+        scalars['images_per_second'] = progress.images_per_second(step)
+        scalars.update(optimizer_lib.current_learning_rates(
+            config.optimizer, run.steps_per_epoch, step - 1))
+        run.writer.write(step, scalars, 'train')
+        progress.update(step, scalars['loss'], force=True)
+      if save_now or stop_now:
+        checkpoints.save(run.manager, state, run.data_position(step),
+                         run.workdir)
+      if stop_now:
+        checkpoints.wait(run.manager, run.workdir, step)
+        progress.close()
+        print(f'{stop.name}: saved the checkpoint of step {step} in '
+              f'{run.manager.directory}; run the same command to resume',
+              flush=True)
+        return state, 'terminated'
+      if eval_now:
+        progress.close()
+        run.evaluate(state)
+        progress.reset_interval(step)
+    progress.close()
+    return state, 'completed'
+  finally:
+    # The failure's traceback keeps this frame: drop its references here.
+    device_batches.close()
+    del batches

@@ -27,7 +27,13 @@ class WorkdirBusyError(RuntimeError):
 
 
 class DiskFullError(OSError):
-  """A checkpoint could not be written for lack of space."""
+  """A checkpoint could not be written for lack of space (errno ENOSPC)."""
+
+  def __init__(self, message: str):
+    super().__init__(errno.ENOSPC, message)
+
+  def __str__(self):
+    return self.strerror
 
 
 class WorkdirLock:
