@@ -168,6 +168,11 @@ def set_library_verbosity(verbosity: Optional[int] = None) -> None:
     absl_logger.addFilter(_not_from_orbax)
   else:
     absl_logger.removeFilter(_not_from_orbax)
+  # A failed orbax save leaves one asyncio future per array whose error
+  # nobody retrieves (the same error orbax raises to us): asyncio logs each
+  # with a traceback at exit. Shown from --verbosity=0 on.
+  std_logging.getLogger('asyncio').setLevel(
+      std_logging.CRITICAL if verbosity < 0 else level)
 
 
 def _not_from_orbax(record: std_logging.LogRecord) -> bool:
