@@ -19,6 +19,9 @@ from sa_reid_jax.training import experiment_config
 
 def get_config():
   config = experiment_config('market_layout_folder', 'full')
+  # No ImageNet backbone fits this small network: train it from random
+  # weights, explicitly (an empty init_from is refused).
+  config.init_from = 'scratch'
   config.image_size = (128, 64)
   config.model.stage_sizes = (1, 1, 1, 1)
   config.model.base_width = 16

@@ -1,7 +1,10 @@
 r"""The ablation study on Market-1501 (paper Table 2): one run per row.
 
-60 epochs, no random erasing, no re-ranking. The config argument picks the
-row's network (sa_reid_jax.models.VARIANTS):
+60 epochs, no random erasing (as the paper's Table 2), no re-ranking; SA
+rows use the official code's 'sum' normalisation, which produced the
+published numbers (--config.model.attention_normalization=softmax gives the
+paper text's softmax, nearly one-hot on hundreds of post-ReLU channels).
+The config argument picks the row's network (sa_reid_jax.models.VARIANTS):
 
   python train.py --config=configs/market1501_ablation.py:backbone \
       --workdir=workdirs/ablation/backbone --config.init_from=models/imagenet

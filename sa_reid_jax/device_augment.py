@@ -8,9 +8,10 @@ in the order the CPU path does: mirror, bilinear resize to the network input,
 ImageNet normalisation, random erasing.
 
 For a ``'zeros'`` fill the result equals the CPU path's up to float rounding
-(resize weights are computed differently). A ``'random'`` fill draws its
-standard normal values with ``jax.random`` from the same per-example
-``noise_seed``: same distribution and box, but not TensorFlow's values.
+(resize weights are computed differently). A ``'random'`` fill (the default,
+as ``RandomErasing``'s) draws its standard normal values, one per pixel and
+channel, with ``jax.random`` from the same per-example ``noise_seed``: same
+box and distribution, but not TensorFlow's values.
 """
 
 import functools
@@ -80,7 +81,7 @@ def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
 
 
 def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
-                  fill: str = 'zeros') -> jax.Array:
+                  fill: str = 'random') -> jax.Array:
   """Mirrors, resizes, normalises and erases a batch of staged images.
 
   Usable under ``jax.jit`` (``image_size`` and ``fill`` are static).
@@ -92,8 +93,9 @@ def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
       none), ``noise_seed`` int (B, 2); other keys are ignored.
     image_size: output (height, width); must be the ``image_size`` the
       pipeline drew the erasing boxes for (default (384, 128)).
-    fill: the erasing fill, ``'zeros'`` (default) or ``'random'``, as the
-      pipeline's ``RandomErasing.fill``.
+    fill: the erasing fill, as the pipeline's ``RandomErasing.fill``:
+      ``'random'`` (default, the official code's: standard normal noise per
+      pixel and channel) or ``'zeros'``.
 
   Returns:
     float32 (B, *image_size, 3): ((resized pixel / 255) - mean) / std, the

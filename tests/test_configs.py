@@ -72,21 +72,75 @@ def test_every_documented_train_command_parses(path):
     config = _parse(argv)
     assert config.model.variant in VARIANTS
     assert config.num_epochs >= 1 and config.batch_size >= 1
+    # An empty init_from is refused: each documented command runs.
+    assert config.init_from
+
+
+TABLE3_CONFIGS = ('market1501', 'dukemtmc_reid', 'cuhk03_labeled',
+                  'cuhk03_detected')
+
+
+def _assert_official_erasing(config):
+  """The official code's random erasing (p 0.5, area 0.02-0.2, N(0, 1))."""
+  erasing = config.augmentation
+  assert erasing.erasing_probability == 0.5
+  assert tuple(erasing.erasing_area) == (0.02, 0.2)
+  assert erasing.erasing_min_aspect == 0.3
+  assert erasing.erasing_fill == 'random'
 
 
 def test_table3_configs_with_and_without_sa():
-  for name in ('market1501', 'dukemtmc_reid', 'cuhk03_labeled',
-               'cuhk03_detected'):
+  for name in TABLE3_CONFIGS:
     path = os.path.join(REPO, 'configs', f'{name}.py')
     full = _parse(['train.py', f'--config={path}'])
     no_sa = _parse(['train.py', f'--config={path}:no_sa'])
     assert VARIANTS[full.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['backbone_attention']
-    assert full.num_epochs == 100 and full.augmentation.erasing_probability
-    assert full.batch_size == 48 and full.eval.rerank
+    assert full.num_epochs == 100 and full.batch_size == 48
+    assert full.eval.rerank
+    for config in (full, no_sa):
+      _assert_official_erasing(config)
     with pytest.raises(ValueError, match='no_sa'):
       _load(path).get_config('sa')
+
+
+def test_released_preset_is_the_default_without_erasing():
+  for name in TABLE3_CONFIGS:
+    path = os.path.join(REPO, 'configs', f'{name}.py')
+    full = _parse(['train.py', f'--config={path}'])
+    for arg, variant in (('released', 'full'), ('released,no_sa', 'full_no_sa'),
+                         ('no_sa,released', 'full_no_sa')):
+      released = _parse(['train.py', f'--config={path}:{arg}'])
+      assert released.model.variant == variant
+      assert released.augmentation.erasing_probability == 0
+      # Everything else is the default recipe.
+      released.augmentation.erasing_probability = 0.5
+      released.model.variant = 'full'
+      assert released.to_dict() == full.to_dict()
+    module = _load(path)
+    for bad in ('released,released', 'released,softmax', 'released;no_sa'):
+      with pytest.raises(ValueError, match='released,no_sa'):
+        module.get_config(bad)
+
+
+def test_every_table_config_uses_the_official_sum_attention():
+  """The published numbers came from the official code's 'sum' SA."""
+  configs = []
+  for name in TABLE3_CONFIGS:
+    path = os.path.join(REPO, 'configs', f'{name}.py')
+    for arg in ('', ':no_sa', ':released', ':released,no_sa'):
+      configs.append(_parse(['train.py', f'--config={path}{arg}']))
+  ablation = _load(os.path.join(REPO, 'configs', 'market1501_ablation.py'))
+  configs += [ablation.get_config(row) for row in ablation.ROWS]
+  for config in configs:
+    assert config.model.attention_normalization == 'sum'
+    # No silent training from scratch: these need an ImageNet backbone.
+    assert config.init_from == ''
+  softmax = _parse(['train.py', '--config=' + os.path.join(
+      REPO, 'configs', 'market1501.py'),
+                    '--config.model.attention_normalization=softmax'])
+  assert softmax.model.attention_normalization == 'softmax'
 
 
 def test_ablation_config_covers_table2():

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import stats
 import tensorflow as tf
 
 from sa_reid_jax import device_augment
@@ -19,7 +20,7 @@ from sa_reid_jax.datasets import tables
 # grey level after normalisation (1 / (255 * 0.225) = 0.017).
 TOLERANCE = 1e-4
 IMAGE_SIZE = (384, 128)
-ZEROS = augmentation.RandomErasing(probability=0.7)
+ZEROS = augmentation.RandomErasing(probability=0.7, fill='zeros')
 RANDOM = augmentation.RandomErasing(probability=0.7, fill='random')
 
 
@@ -86,6 +87,43 @@ def test_random_fill_keeps_the_boxes_and_draws_normal_values(table):
   inside = np.concatenate(inside)
   assert inside.size > 10000
   assert abs(inside.mean()) < 0.05 and abs(inside.std() - 1) < 0.05
+
+
+def _fill_statistics(images, boxes):
+  """The erased values of a batch: pooled, and as (pixel, channel) boxes."""
+  pooled, channel_pairs, row_pairs = [], [], []
+  for image, (top, left, height, width) in zip(images, boxes):
+    values = image[top:top + height, left:left + width]
+    pooled.append(values.ravel())
+    channel_pairs.append(values[..., :2].reshape(-1, 2))
+    row_pairs.append(np.stack([values[:-1].ravel(), values[1:].ravel()], 1))
+  return (np.concatenate(pooled), np.concatenate(channel_pairs),
+          np.concatenate(row_pairs))
+
+
+def test_random_fill_has_the_same_distribution_on_both_paths(table):
+  # The official fill: N(0, 1) per pixel and channel after normalisation.
+  # TensorFlow and JAX draw different values from the same boxes.
+  on_cpu, staged = _both_paths(table, erasing=RANDOM)
+  tf_values, jax_values = [], []
+  for expected, batch in zip(on_cpu, staged):
+    boxes = batch['erase_box']
+    tf_values.append(_fill_statistics(expected['images'], boxes))
+    jax_values.append(_fill_statistics(
+        np.asarray(device_augment.augment_batch(batch, IMAGE_SIZE)), boxes))
+  pooled = []
+  for path in (tf_values, jax_values):
+    values, channels, rows = (np.concatenate(part) for part in zip(*path))
+    assert values.size > 100000
+    # Standard errors at this size are ~0.003; a box filled with one value
+    # per pixel (shared by channels) or per row would correlate fully.
+    assert abs(values.mean()) < 0.02 and abs(values.std() - 1) < 0.02
+    assert abs(np.corrcoef(channels.T)[0, 1]) < 0.02
+    assert abs(np.corrcoef(rows.T)[0, 1]) < 0.02
+    assert stats.kstest(values, 'norm').pvalue > 1e-3
+    pooled.append(values)
+  assert not np.array_equal(*pooled)
+  assert stats.ks_2samp(*pooled).pvalue > 1e-3
 
 
 def test_train_batches_stage_the_same_batches(table):

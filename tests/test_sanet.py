@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 import torch
 
 import sa_reid_jax
@@ -57,6 +58,33 @@ def test_table2_variants_differ_only_in_their_switches():
   assert VARIANTS['full'] == dict(num_parts=6, deep_supervision=True,
                                   ds_attention=True, backbone_attention=False)
   assert len({tuple(sorted(v.items())) for v in VARIANTS.values()}) == 8
+
+
+def test_reductions_are_initialised_as_the_official_code():
+  """DS reductions: PyTorch's default conv init; part reduction: He fan-out.
+
+  PyTorch's default (kaiming_uniform, a = sqrt(5)) is U(-b, b) with
+  b = 1 / sqrt(fan_in); the official code keeps it for local_conv_layer1-3
+  and gives local_conv Kaiming normal with fan-out (std sqrt(2 / fan_out)).
+  """
+  params = init('full')[1]['params']
+  torch.manual_seed(0)
+  for i in (1, 2, 3):
+    kernel = np.asarray(params[f'ds_reduce{i}']['kernel']).ravel()
+    fan_in = params[f'ds_reduce{i}']['kernel'].shape[0]
+    bound = 1 / np.sqrt(fan_in)
+    # >= 4096 values: the largest comes within 2% of the bound for sure.
+    assert 0.98 * bound < np.abs(kernel).max() <= bound
+    assert abs(kernel.std() / (bound / np.sqrt(3)) - 1) < 0.05
+    uniform = stats.kstest(kernel, 'uniform', args=(-bound, 2 * bound))
+    assert uniform.pvalue > 1e-3
+    conv = torch.nn.Conv2d(fan_in, 256, 1, bias=False)  # PyTorch's own init
+    reference = conv.weight.detach().numpy().ravel()
+    assert stats.ks_2samp(kernel, reference).pvalue > 1e-3
+  kernel = np.asarray(params['part_reduce']['kernel'])
+  std = np.sqrt(2 / kernel.shape[1])
+  assert abs(kernel.std() / std - 1) < 0.02
+  assert stats.kstest(kernel.ravel(), 'norm', args=(0, std)).pvalue > 1e-3
 
 
 def test_backbone_attention_changes_the_descriptor():

@@ -29,6 +29,7 @@ from sa_reid_jax.training import experiment_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small network and input: what these tests check does not depend on size.
 TINY = {
+    'init_from': 'scratch',
     'model.stage_sizes': (1, 1, 1, 1),
     'model.base_width': 4,
     'image_size': (64, 32),
@@ -287,6 +288,33 @@ def test_cli_config_errors_are_one_clean_line(tmp_path, config, override,
   assert lines[0].startswith(expected.replace('CONFIG', path)), lines[0]
   assert '\\' not in lines[0] and 'Traceback' not in lines[0]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_forgotten_backbone_stops_before_anything_is_written(data,
+                                                               tmp_path):
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=(
+      r'^config\.init_from is empty: pass --config\.init_from=DIR .*'
+      r'convert_weights\.py --format=torchvision .*'
+      r'--config\.init_from=scratch to train from random weights$')):
+    trainer.train_and_evaluate(tiny_config(data, init_from=''), str(workdir))
+  assert not os.path.exists(workdir)
+
+
+def test_cli_refuses_a_paper_config_without_backbone_in_one_line(tmp_path):
+  # A new user's first command: the paper's config, no --config.init_from.
+  workdir = tmp_path / 'market1501'
+  command = [sys.executable, os.path.join(REPO, 'train.py'),
+             '--config=' + os.path.join(REPO, 'configs', 'market1501.py'),
+             f'--workdir={workdir}']
+  result = subprocess.run(command, env=environment(), capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if 'init_from' in line]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('train.py: error: config.init_from is empty')
+  assert 'convert_weights.py --format=torchvision' in lines[0]
+  assert not os.path.exists(workdir)
 
 
 def test_progress_lines_off_a_terminal(monkeypatch):

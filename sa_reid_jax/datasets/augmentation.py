@@ -24,21 +24,25 @@ _AUGMENTATION_STREAM = 1
 class RandomErasing:
   """Random erasing (Zhong et al. 2017), applied to the normalised image.
 
+  The defaults are the official SA code's (its ``RandomErasing`` with
+  ``random_fill=True``; the paper's Tables 1 and 3 train with it).
+
   Attributes:
     probability: chance of erasing a rectangle (default 0.5).
-    area_range: its area as a fraction of the image (default 0.02-0.4).
+    area_range: its area as a fraction of the image (default 0.02-0.2).
     min_aspect: its height/width is drawn uniformly from
-      [min_aspect, 1 / min_aspect] (default 0.3), as in Zhong et al.'s code.
-    fill: ``'zeros'`` (default: the ImageNet mean colour, i.e. 0 after
-      normalisation) or ``'random'`` (standard normal noise per value).
-    max_attempts: (area, aspect) draws tried until the rectangle fits strictly
-      inside the image (default 100, as the reference code); the first that
-      fits is used, none erases nothing.
+      [min_aspect, 1 / min_aspect] (default 0.3).
+    fill: ``'random'`` (default: standard normal noise drawn per pixel and
+      channel, after normalisation) or ``'zeros'`` (the ImageNet mean
+      colour, i.e. 0 after normalisation).
+    max_attempts: (area, aspect) draws tried until the rectangle fits in the
+      image, height <= image height and width <= image width (default 100);
+      the first that fits is used, none erases nothing.
   """
   probability: float = 0.5
-  area_range: tuple[float, float] = (0.02, 0.4)
+  area_range: tuple[float, float] = (0.02, 0.2)
   min_aspect: float = 0.3
-  fill: str = 'zeros'
+  fill: str = 'random'
   max_attempts: int = 100
 
   def __post_init__(self):
@@ -65,12 +69,14 @@ def sample_erasing_boxes(rng: np.random.Generator, count: int,
                          erasing: RandomErasing) -> np.ndarray:
   """Draws the rectangles to erase for ``count`` images.
 
-  Per image, as Zhong et al.'s code: erase with probability ``probability``;
-  then up to ``max_attempts`` times draw an area fraction uniformly in
-  ``area_range`` and an aspect uniformly in [min_aspect, 1/min_aspect], round
-  height = sqrt(area * aspect) and width = sqrt(area / aspect) to whole
-  pixels (half to even), and keep the first that fits strictly inside; its
-  corner is uniform over the positions where it fits.
+  Per image, as the official SA code: erase with probability
+  ``probability``; then up to ``max_attempts`` times draw an area fraction
+  uniformly in ``area_range`` and an aspect uniformly in
+  [min_aspect, 1/min_aspect], round height = sqrt(area * aspect) and
+  width = sqrt(area / aspect) to whole pixels (half to even, as Python's
+  ``round``), and keep the first with height <= image height and
+  width <= image width; its corner is uniform over the positions where it
+  fits. A box rounded to no pixels erases nothing.
 
   Args:
     rng: the generator.
@@ -89,12 +95,16 @@ def sample_erasing_boxes(rng: np.random.Generator, count: int,
   aspect = rng.uniform(erasing.min_aspect, 1 / erasing.min_aspect, size=shape)
   box_heights = np.round(np.sqrt(area * aspect)).astype(np.int64)
   box_widths = np.round(np.sqrt(area / aspect)).astype(np.int64)
-  fits = (box_heights < height) & (box_widths < width)
+  fits = (box_heights <= height) & (box_widths <= width)
   first = np.argmax(fits, axis=1)
   chosen = np.arange(count)
-  box_height = np.where(apply & fits.any(axis=1),
-                        box_heights[chosen, first], 0)
-  box_width = np.where(box_height > 0, box_widths[chosen, first], 0)
+  box_height = box_heights[chosen, first]
+  box_width = box_widths[chosen, first]
+  # The official code stops at the first box that fits even when a side
+  # rounds to 0 pixels; that erases nothing, recorded as no box.
+  erased = apply & fits.any(axis=1) & (box_height > 0) & (box_width > 0)
+  box_height = np.where(erased, box_height, 0)
+  box_width = np.where(erased, box_width, 0)
   top = np.floor(rng.random(count) * (height - box_height + 1))
   left = np.floor(rng.random(count) * (width - box_width + 1))
   top[box_height == 0] = 0
@@ -140,7 +150,8 @@ def erase(image: tf.Tensor, box: tf.Tensor, fill: str = 'zeros',
   Args:
     image: float32 (height, width, channels) with a static shape.
     box: int32 (4,) as from ``sample_erasing_boxes``; height 0 keeps the image.
-    fill: ``'zeros'`` or ``'random'`` (standard normal values).
+    fill: ``'random'`` (standard normal values, one per pixel and
+      channel) or ``'zeros'``.
     noise_seed: int64 (2,), the stateless seed of a ``'random'`` fill.
 
   Returns:

@@ -28,6 +28,13 @@ from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
 
 # The official code initialises every classifier with N(0, 0.001), bias 0.
 classifier_kernel_init = nn.initializers.normal(stddev=0.001)
+# The official code leaves the DS reductions (local_conv_layer{1,2,3}) at
+# PyTorch's default conv initialisation, kaiming_uniform with a = sqrt(5):
+# gain^2 = 2 / (1 + 5) = 1/3, so U(-b, b) with b = sqrt(3 * (1/3) / fan_in)
+# = 1 / sqrt(fan_in). The part reduction (local_conv) is Kaiming normal,
+# fan-out, like the backbone's convolutions (conv_kernel_init).
+torch_default_conv_init = nn.initializers.variance_scaling(
+    1 / 3, 'fan_in', 'uniform')
 
 DS_STAGES = STAGE_NAMES[:3]
 # float64 exists to verify numerics against float64 references (needs
@@ -139,8 +146,7 @@ class SANet(nn.Module):
     dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=jnp.float32)
     classifier = functools.partial(dense, kernel_init=classifier_kernel_init,
                                    bias_init=nn.initializers.zeros)
-    reducer = functools.partial(dense, self.num_features, use_bias=False,
-                                kernel_init=conv_kernel_init)
+    reducer = functools.partial(dense, self.num_features, use_bias=False)
 
     stages = ResNet(stage_sizes=self.stage_sizes, base_width=self.base_width,
                     last_stride=self.last_stride, dtype=dtype,
@@ -157,7 +163,8 @@ class SANet(nn.Module):
           x, attention[stage] = apply_spatial_attention(
               x, self.attention_normalization)
         pooled = jnp.mean(x.astype(wide), axis=(1, 2)).astype(dtype)
-        reduced = reducer(name=f'ds_reduce{i}')(pooled)
+        reduced = reducer(kernel_init=torch_default_conv_init,
+                          name=f'ds_reduce{i}')(pooled)
         ds_logits.append(
             classifier(self.num_classes, name=f'ds_classifier{i}')(reduced))
       outputs['ds_logits'] = jnp.stack(ds_logits, axis=1).astype(wide)
@@ -170,7 +177,8 @@ class SANet(nn.Module):
     outputs['features'] = l2_normalize(parts)
 
     parts = self._dropout(parts, train, example_ids)
-    reduced = reducer(name='part_reduce')(parts.astype(dtype))
+    reduced = reducer(kernel_init=conv_kernel_init,
+                      name='part_reduce')(parts.astype(dtype))
     reduced = nn.relu(BatchNorm(dtype=dtype, axis_name=self.bn_axis_name,
                                 name='part_bn')(reduced, train))
     if self.num_parts > 1:

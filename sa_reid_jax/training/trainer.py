@@ -18,6 +18,7 @@ from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import defaults
 from sa_reid_jax.training import losses
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
@@ -76,8 +77,20 @@ def _with_pretrained_backbone(state: step_lib.TrainState,
   return state.replace(**replaced)
 
 
+def _check_init_from(init_from: str) -> None:
+  """Refuses an empty init_from: a forgotten backbone is never silent."""
+  if not init_from:
+    raise ValueError(
+        'config.init_from is empty: pass --config.init_from=DIR with DIR '
+        'written by `python convert_weights.py --format=torchvision '
+        '--input=resnet50.pth --output=DIR` (the ImageNet backbone the '
+        f'paper starts from), or --config.init_from={defaults.SCRATCH} to '
+        'train from random weights')
+
+
 def _check_config(config: ml_collections.ConfigDict, device_count: int,
                   process_count: int) -> None:
+  _check_init_from(config.init_from)
   if config.batch_size % device_count:
     raise ValueError(f'config.batch_size {config.batch_size} must be a '
                      f'multiple of the number of devices ({device_count})')
@@ -175,7 +188,7 @@ class _Run:
             flush=True)
       return state
     state = fresh()
-    if self.config.init_from:
+    if self.config.init_from != defaults.SCRATCH:
       state = _with_pretrained_backbone(state, self.config.init_from)
     return step_lib.replicate(state, self.mesh)
 
@@ -246,7 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Raises:
     NonFiniteLossError: when the loss or gradient stops being finite.
-    ValueError: for a config that cannot run (naming the key).
+    ValueError: for a config that cannot run (naming the key), among them
+      an empty ``config.init_from`` (``'scratch'`` trains from random
+      weights); raised before ``workdir`` is created or written.
     checkpoints.ResumeError: the workdir's checkpoint was written with
       another model, optimizer, dataset or batch size.
     workdir.WorkdirBusyError: another live process holds the workdir.
