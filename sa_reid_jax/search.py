@@ -20,7 +20,10 @@ a distance of about 0 (up to ~1e-3: `evaluation.pairwise_distances` expands
 
 Gallery descriptors are cached in FOLDER/.sa_reid_cache/ (list_images skips
 hidden folders) and reused while the model and the files are unchanged; see
-`descriptor_cache`.
+`descriptor_cache`. Before that, every gallery and query file is checked
+decodable (`datasets.image_check`, its verdicts cached in the same folder):
+unreadable files are skipped and listed, hidden and system files
+(.DS_Store, ._name.jpg, Thumbs.db) skipped with a count.
 """
 
 import argparse

@@ -39,6 +39,9 @@ CACHE_FILE = 'image_verdicts.npz'
 CHECK_VERSION = 1
 # Files checked per tf.data batch (their decoded sizes come back together).
 CHECK_BATCH = 1024
+# Up to this many files to check (e.g. a few changed since the cache was
+# written) are decoded one by one: building a tf.data pipeline costs more.
+EAGER_BELOW = 32
 
 
 class UnreadableImagesError(market_layout.LayoutError):
@@ -221,16 +224,18 @@ def check_files(paths: Sequence[str], cache_folder: Optional[str] = None,
     else:
       verdicts[path] = (size, mtime, '')
       stale.append(path)
-  if stale:
+  if len(stale) > EAGER_BELOW:
     sizes = _decoded_sizes(stale)
-    for path, pixels in zip(stale, sizes):
-      if pixels <= 0:
-        size, mtime, _ = verdicts[path]
-        verdicts[path] = (size, mtime,
-                          decode_error(path) or 'could not be decoded')
-  if cache_folder and (stale or set(cached) - set(verdicts)):
+    failed = [path for path, pixels in zip(stale, sizes) if pixels <= 0]
+  else:
+    failed = stale  # each decoded by decode_error below
+  for path in failed:
+    size, mtime, _ = verdicts[path]
+    verdicts[path] = (size, mtime, decode_error(path) or '')
+  if cache_folder and stale:
     keep = {p: v for p, v in verdicts.items() if v[0] >= 0}
-    # Verdicts of files outside this check (another split) are kept.
+    # Verdicts of files outside this check (another split) are kept while
+    # the files exist.
     keep.update({p: v for p, v in cached.items() if p not in verdicts
                  and os.path.exists(p)})
     _save(cache_folder, keep, log)

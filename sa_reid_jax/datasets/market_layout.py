@@ -98,8 +98,8 @@ def list_folder(folder: str, extensions: Iterable[str]
 
   Returns:
     (sorted base names of the images, count of `is_system_file` names,
-    which are left out whatever their extension). Other files (not an image
-    extension) are left out too, uncounted, as they always were.
+    which are left out whatever their extension). Other files without an
+    image extension (e.g. a readme) are left out uncounted.
   """
   extensions = tuple(extensions)
   names, system = [], 0

@@ -1,8 +1,9 @@
 """A split held in memory as one row per image: what the input pipeline reads.
 
-Two sources give the same table: a Market-layout folder (``from_folder``:
-file paths, read lazily by the pipeline) and a built TFDS dataset
-(``from_tfds``: the encoded images themselves). Rows are in file-name order
+Two sources give the same table: a Market-layout folder (``from_folders``,
+``from_folder``: file paths, read lazily by the pipeline after every image
+was checked decodable) and a built TFDS dataset (``from_tfds``: the encoded
+images themselves, checked when it was built). Rows are in file-name order
 either way, so both sources yield identical batches.
 """
 
