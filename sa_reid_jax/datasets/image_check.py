@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import zipfile
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
