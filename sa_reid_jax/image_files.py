@@ -2,30 +2,40 @@
 
 Images are decoded and preprocessed exactly as evaluation does
 (``input_pipeline.decode_image`` and ``preprocess``); a file that cannot be
-read or decoded is reported by name and left out, never dropped silently.
+read or decoded is reported by name and left out, never dropped silently
+(the tools check files first with `datasets.image_check`; a file that
+breaks between the check and its description is caught here).
 """
 
 import itertools
 import os
-import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import image_check
+from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tensorflow_cpu
 from sa_reid_jax.evaluation.features import extract_features
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 
-def list_images(path: str, flag: str = 'path') -> list[str]:
+def list_images(path: str, flag: str = 'path',
+                log: Callable[[str], None] = print) -> list[str]:
   """`path` itself if it is a file, else the image files under the folder.
+
+  Hidden folders (such as the caches in ``.sa_reid_cache``) are not entered;
+  hidden and system files (``.DS_Store``, AppleDouble ``._name.jpg``,
+  ``Thumbs.db``: `market_layout.is_system_file`) are skipped with a count
+  logged. Whether the images decode is `image_check`'s job.
 
   Args:
     path: an image file or a folder (searched recursively, sorted).
     flag: the flag or argument `path` came from, for error messages.
+    log: where the line about skipped system files goes.
 
   Returns:
     absolute paths.
@@ -38,26 +48,20 @@ def list_images(path: str, flag: str = 'path') -> list[str]:
     return [os.path.abspath(path)]
   if not os.path.isdir(path):
     raise ValueError(f'{flag}: {path} is neither an image file nor a folder')
-  found = []
-  for root, dirs, files in os.walk(path):
+  found, system = [], 0
+  for root, dirs, _ in os.walk(path):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    found.extend(os.path.join(root, name) for name in files
-                 if name.lower().endswith(IMAGE_EXTENSIONS))
+    names, skipped = market_layout.list_folder(root, IMAGE_EXTENSIONS)
+    found.extend(os.path.join(root, name) for name in names)
+    system += skipped
+  if system:
+    log(market_layout.skipped_message(system, path))
   if not found:
     raise ValueError(f'{flag}: {path} holds no image files '
                      f'({", ".join(IMAGE_EXTENSIONS)})')
   return sorted(os.path.abspath(p) for p in found)
 
 
-def decode_error(path: str) -> Optional[str]:
-  """Why `path` cannot be decoded, or None if it can."""
-  try:
-    input_pipeline.decode_image(tf.io.read_file(path))
-  except (tf.errors.OpError, ValueError) as e:
-    # Keep TensorFlow's reason, without its op and device decorations.
-    message = str(getattr(e, 'message', e)).strip().splitlines()[0]
-    return re.sub(r'^\{\{.*?\}\}\s*|\s*\[Op:.*$', '', message)
-  return None
 
 
 def describe_files(model, variables: Any, paths: Sequence[str], *,
@@ -110,7 +114,7 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
         model, variables, itertools.chain([first], stream), flip=flip,
         total=len(paths), progress=progress, description=description)
   kept_indices = set(described)
-  failures = [(p, decode_error(p) or 'could not be read')
+  failures = [(p, image_check.decode_error(p) or 'could not be read')
               for i, p in enumerate(paths) if i not in kept_indices]
   return descriptors, [paths[i] for i in described], failures
 

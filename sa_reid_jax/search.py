@@ -20,12 +20,14 @@ a distance of about 0 (up to ~1e-3: `evaluation.pairwise_distances` expands
 
 Gallery descriptors are cached in FOLDER/.sa_reid_cache/ (list_images skips
 hidden folders) and reused while the model and the files are unchanged; see
-`descriptor_cache`.
+`descriptor_cache`. Before that, every gallery and query file is checked
+decodable (`datasets.image_check`, its verdicts cached in the same folder):
+unreadable files are skipped and listed, hidden and system files
+(.DS_Store, ._name.jpg, Thumbs.db) skipped with a count.
 """
 
 import argparse
 import collections
-import functools
 import json
 import os
 import sys
@@ -46,6 +48,7 @@ from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 
 METRIC = 'euclidean'
@@ -90,13 +93,15 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
            query_paths: Sequence[str], *, topk: int = 10,
            image_size: Sequence[int], flip: bool = False,
            batch_size: int = 64, cache_dir: Optional[str] = None,
-           progress: bool = True,
+           check_folder: Optional[str] = None, progress: bool = True,
            log: Callable[[str], None] = print) -> dict[str, Any]:
   """Ranks gallery images for each query image by descriptor distance.
 
   A query that is itself one of the gallery files (same path after
-  ``os.path.realpath``) is excluded from its own results. Unreadable files
-  are logged (``skipped FILE: reason``) and listed under ``failures``.
+  ``os.path.realpath``) is excluded from its own results. Every file is
+  checked readable before any is described (`image_check.check_files`);
+  unreadable files are skipped, logged (``skipped FILE: reason``) and listed
+  under ``failures``.
 
   With `cache_dir`, gallery descriptors are kept in
   ``cache_dir/<key>.npz`` (see `descriptor_cache`). The key covers
@@ -116,6 +121,8 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
     flip: average each descriptor with the mirrored image's.
     batch_size: images per forward pass.
     cache_dir: folder of the gallery descriptor cache; None disables it.
+    check_folder: the folder whose image-check verdict cache covers the
+      gallery (see `image_check`); None checks without a cache.
     progress: print progress lines while describing images.
     log: where messages go.
 
@@ -140,9 +147,19 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   query_paths = [os.path.abspath(p) for p in query_paths]
   key = descriptor_cache.cache_key(
       descriptor_cache.model_fingerprint(model, variables), image_size, flip)
-  describe_gallery = functools.partial(
-      _describe, model, variables, role='gallery', image_size=image_size,
-      flip=flip, batch_size=batch_size, progress=progress)
+  # Every gallery file is checked first (verdicts cached in the gallery
+  # folder, see image_check); only the readable ones are described, and the
+  # failures go into the descriptor cache like any other entry.
+  unreadable = dict(image_check.check_files(gallery_paths, check_folder, log))
+
+  def describe_gallery(paths):
+    descriptors, failures = _describe(
+        model, variables, [p for p in paths if p not in unreadable],
+        role='gallery', image_size=image_size, flip=flip,
+        batch_size=batch_size, progress=progress)
+    failures.update((p, unreadable[p]) for p in paths if p in unreadable)
+    return descriptors, failures
+
   entries, cache_info = descriptor_cache.gallery_entries(
       gallery_paths, key=key, cache_dir=cache_dir, describe=describe_gallery,
       log=log)
@@ -164,9 +181,12 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
                     for f in failures}
   fresh = [p for p in query_paths if os.path.realpath(p) not in same_file
            and os.path.realpath(p) not in failed_gallery]
-  fresh_descriptors, query_failures = _describe(
-      model, variables, fresh, role='query', image_size=image_size, flip=flip,
-      batch_size=batch_size, progress=progress)
+  query_failures = dict(image_check.check_files(fresh, None, log))
+  fresh_descriptors, described_failures = _describe(
+      model, variables, [p for p in fresh if p not in query_failures],
+      role='query', image_size=image_size, flip=flip, batch_size=batch_size,
+      progress=progress)
+  query_failures.update(described_failures)
   for path in query_paths:
     reason = query_failures.get(path,
                                 failed_gallery.get(os.path.realpath(path)))
@@ -360,7 +380,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      image_size=image_size, flip=args.flip,
                      batch_size=args.batch_size,
                      cache_dir=os.path.join(folder,
-                                            descriptor_cache.CACHE_FOLDER))
+                                            descriptor_cache.CACHE_FOLDER),
+                     check_folder=folder)
   except SearchError as e:
     sys.exit(f'{program}: error: --{e.role}: {e}')
   num_queries = len(results['queries'])

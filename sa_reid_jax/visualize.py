@@ -23,6 +23,10 @@ gallery images by the official distance, bordered green (same person, other
 camera: a true match), red (another person), or grey (ignored by the
 protocol: junk, or the same person seen by the same camera, marked "junk"
 or "same cam").
+
+Images are checked before any work (`datasets.image_check`): ``cam`` skips
+an unreadable image by name and shows the next one; ``ranks`` stops with
+one error listing every unreadable image of the query and gallery folders.
 """
 
 import argparse
@@ -44,6 +48,7 @@ import tensorflow as tf
 from sa_reid_jax import command_line
 from sa_reid_jax import image_files
 from sa_reid_jax import input_pipeline
+from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
@@ -272,9 +277,13 @@ def rank_queries(model, variables, dataset_folder: str,
 
   Returns:
     (query paths, per query ``{'paths', 'kinds', 'distances'}``).
+
+  Raises:
+    LayoutError: for a folder not in Market layout, or listing every
+      unreadable image of its query and gallery folders.
   """
-  query = tables.from_folder(dataset_folder, 'query')
-  gallery = tables.from_folder(dataset_folder, 'gallery')
+  both = tables.from_folders(dataset_folder, ('query', 'gallery'))
+  query, gallery = both['query'], both['gallery']
   bad = [q for q in queries if not 0 <= q < len(query)]
   if bad:
     raise ValueError(f'--queries: {bad} out of range; {dataset_folder} has '
@@ -352,20 +361,33 @@ def _model_directory(path: str, flag: str) -> str:
     raise ValueError(f'{flag}: {e}') from None
 
 
+def _readable_images(images: str, count: int) -> list[str]:
+  """The first `count` readable images of a file or folder; unreadable ones
+  before them are skipped by name (`image_check`, verdicts cached in the
+  folder)."""
+  candidates = image_files.list_images(images, '--images')
+  folder = images if os.path.isdir(images) else None
+  paths = []
+  # Checked a chunk at a time: a large folder is not decoded to show a few.
+  for start in range(0, len(candidates), max(count, 1)):
+    chunk = candidates[start:start + max(count, 1)]
+    failures = dict(image_check.check_files(chunk, folder))
+    for path in chunk:
+      if path in failures:
+        print(f'skipped {path}: {failures[path]}')
+      elif len(paths) < count:
+        paths.append(path)
+    if len(paths) == count:
+      break
+  return paths
+
+
 def _run(args) -> Image.Image:
   args.checkpoint = _model_directory(args.checkpoint, '--checkpoint')
   image_size = store.input_size(args.checkpoint, args.image_size)
   model, variables = store.load_model(args.checkpoint)
   if args.command == 'cam':
-    paths = []
-    for path in image_files.list_images(args.images, '--images'):
-      if len(paths) == args.max_images:
-        break
-      reason = image_files.decode_error(path)
-      if reason is None:
-        paths.append(path)
-      else:
-        print(f'skipped {path}: {reason}')
+    paths = _readable_images(args.images, args.max_images)
     if not paths:
       raise ValueError(f'--images: no readable image in {args.images}')
     if args.classes is not None and len(args.classes) != len(paths):
@@ -379,7 +401,8 @@ def _run(args) -> Image.Image:
     return cam_picture(models, paths, image_size, args.classes)
   queries = args.queries
   if queries is None:
-    count = len(tables.from_folder(args.dataset_folder, 'query'))
+    count = len(market_layout.scan_split(args.dataset_folder, 'query',
+                                         log=lambda _: None))
     queries = sorted(set(np.linspace(0, count - 1, min(args.num_queries,
                                                        count)).astype(int)))
   query_paths, ranked = rank_queries(model, variables, args.dataset_folder,
@@ -395,9 +418,9 @@ def main(argv=None) -> int:
   except (ValueError, market_layout.LayoutError) as e:
     sys.exit(f'visualize {args.command}: error: {e}')
   except tf.errors.OpError as e:
-    # A dataset image that does not decode (the dataset was not validated).
-    sys.exit(f'visualize {args.command}: error: cannot read an image of '
-             f'--dataset_folder: {e.message}')
+    # A file that broke after the check.
+    sys.exit(f'visualize {args.command}: error: cannot read an image: '
+             f'{e.message}')
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   picture.save(args.output)
   print(f'wrote {args.output} ({picture.width}x{picture.height})')

@@ -67,3 +67,12 @@ def test_jax_benchmarks_do_not_import_tensorflow():
           'assert "tensorflow" not in sys.modules, sorted('
           'm for m in sys.modules if m.startswith("tensorflow"))')
   _run(['-c', code + '; print("{}")'])
+
+
+def test_bench_image_check():
+  stdout, figures = _run([os.path.join(_BENCHMARKS, 'bench_image_check.py'),
+                          '--num_files=40', '--json'])
+  assert figures['files'] == 40
+  for case in ('cold', 'warm', 'one_changed'):
+    assert figures[f'{case}_s'] > 0
+  assert 'warm, one file changed' in stdout

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -205,3 +206,38 @@ def test_eval_cli_names_a_wrong_directory_in_one_line(setup, tmp_path):
       f'eval.py: error: --checkpoint: {tmp_path}: empty; expected a model '
       'directory (written by convert_weights.py or by training as '
       'WORKDIR/model)'], result.stderr
+
+
+def test_cosine_distances_re_rank(setup):
+  # Cosine distances of an image to itself rounded below zero, and
+  # re-ranking refused them.
+  root, data = setup
+  result = run_eval(f'--checkpoint={root / "model"}', '--rerank',
+                    '--config.eval.metric=cosine',
+                    f'--config.dataset.folder={data}',
+                    f'--output_dir={root / "cosine"}')
+  assert result.returncode == 0, result.stderr
+  with open(root / 'cosine' / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert metrics['settings']['metric'] == 'cosine'
+  assert 0 < metrics['reranked']['mAP'] <= 1
+
+
+def test_corrupt_image_is_named_before_any_work(setup, tmp_path):
+  root, data = setup
+  copy = tmp_path / 'data'
+  shutil.copytree(data, copy)
+  victim = sorted((copy / 'bounding_box_test').iterdir())[3]
+  contents = victim.read_bytes()
+  victim.write_bytes(contents[:len(contents) // 2])  # an interrupted copy
+  # A macOS AppleDouble file: skipped and counted, not an error.
+  (copy / 'query' / f'._{victim.name}').write_bytes(b'\x00\x05\x16\x07')
+  result = run_eval(f'--checkpoint={root / "model"}',
+                    f'--config.dataset.folder={copy}')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  lines = result.stderr.splitlines()
+  assert lines[0] == (f'eval.py: error: 1 unreadable image in {copy}; '
+                      'remove or replace it:')
+  assert lines[1].startswith(f'  {victim}: not a decodable image (')
+  assert 'skipped 1 hidden or system file' in result.stdout

@@ -3,6 +3,9 @@
 import functools
 import io
 
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 from sa_reid_jax.evaluation import extract_features
 from sa_reid_jax.evaluation import pairwise_distances
+from sa_reid_jax.evaluation import re_rank
 from sa_reid_jax.models import SANet
 
 IMAGE_SHAPE = (64, 32, 3)
@@ -58,6 +62,60 @@ def test_cosine_distance_of_a_zero_vector_is_one():
   b = np.eye(4, dtype=np.float32)
   np.testing.assert_allclose(pairwise_distances(a, b, metric='cosine'),
                              np.ones((1, 4)))
+
+
+def _part_descriptors(count, seed):
+  """(count, 6, 32) float32 descriptors, each part L2-normalised (as SANet)."""
+  parts = np.random.default_rng(seed).standard_normal(
+      (count, 6, 32)).astype(np.float32)
+  return parts / np.linalg.norm(parts, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+def test_distances_of_descriptors_to_themselves_are_not_negative(metric):
+  descriptors = _part_descriptors(200, seed=2)
+  flat = descriptors.reshape(200, -1)
+  unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+  # Unclamped float32 arithmetic goes below zero on this data: without the
+  # clamp the check below would fail.
+  assert (1 - np.sum(unit * unit, axis=1)).min() < 0
+  result = pairwise_distances(descriptors, descriptors, metric)
+  assert result.min() >= 0
+  assert np.abs(np.diag(result)).max() < 1e-2
+
+
+def test_cosine_distance_of_opposite_vectors_is_at_most_two():
+  a = _part_descriptors(50, seed=3).reshape(50, -1)
+  result = pairwise_distances(a, -a, 'cosine')
+  assert result.max() <= 2
+  np.testing.assert_allclose(np.diag(result), 2, atol=1e-6)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5)),
+               elements=st.floats(-1e3, 1e3, width=32)),
+    st.sampled_from(['euclidean', 'cosine']))
+def test_distances_are_never_negative(descriptors, metric):
+  # Repeated rows and their multiples are where rounding bites.
+  both = np.concatenate([descriptors, descriptors, 3 * descriptors])
+  result = pairwise_distances(both, both, metric)
+  assert np.isfinite(result).all()
+  assert result.min() >= 0
+  if metric == 'cosine':
+    assert result.max() <= 2
+
+
+def test_cosine_distances_can_be_re_ranked():
+  # A query that is also a gallery image: its cosine distance to itself
+  # rounded below zero before the clamp, and re_rank refused it.
+  gallery = _part_descriptors(40, seed=4)
+  query = gallery[:8].copy()
+  distances = [pairwise_distances(a, b, 'cosine') for a, b in
+               ((query, gallery), (query, query), (gallery, gallery))]
+  reranked = re_rank(*distances, k1=5, k2=3)
+  assert reranked.shape == (8, 40)
+  assert reranked.min() >= 0
 
 
 @pytest.mark.parametrize('arguments, message', [

@@ -206,6 +206,19 @@ def test_bad_distances_are_a_clear_error(change, message):
     re_rank(*change(distances))
 
 
+@pytest.mark.parametrize('matrix', [0, 1, 2])
+def test_negative_distances_name_the_matrix_and_the_worst_value(matrix):
+  distances = [np.array(d) for d in clustered_distances(5, 20, seed=0)]
+  distances[matrix][1, 3] = -0.25
+  distances[matrix][2, 4] = -1e-3
+  name = ('q_g_dist', 'q_q_dist', 'g_g_dist')[matrix]
+  with pytest.raises(ValueError) as error:
+    re_rank(*distances)
+  assert str(error.value) == (
+      f'distances must be non-negative: {name} has 2 negative entries, the '
+      'most negative -0.25 at [1, 3]')
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(k1=0), 'k1'), (dict(k2=0), 'k2'), (dict(lambda_value=1.5), 'lambda'),
     (dict(lambda_value=-0.1), 'lambda')])

@@ -1,6 +1,7 @@
 """Class activation maps and the pictures: values and pixels, not only files."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -182,3 +183,23 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert result.returncode == 1
   assert 'error: --queries: [9999] out of range' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_ranks_lists_unreadable_images_before_any_work(dataset, tmp_path):
+  model, variables = tiny()
+  store.save_model(str(tmp_path / 'model'), model, variables,
+                   metadata={'image_size': list(SIZE)})
+  copy = tmp_path / 'data'
+  shutil.copytree(dataset, copy)
+  victim = sorted((copy / 'bounding_box_test').iterdir())[0]
+  contents = victim.read_bytes()
+  victim.write_bytes(contents[:len(contents) // 2])
+  with pytest.raises(SystemExit) as error:
+    visualize.main(['ranks', f'--checkpoint={tmp_path / "model"}',
+                    f'--dataset_folder={copy}', '--queries=0',
+                    f'--output={tmp_path / "ranks.png"}'])
+  lines = str(error.value).splitlines()
+  assert lines[0] == (f'visualize ranks: error: 1 unreadable image in {copy}; '
+                      'remove or replace it:')
+  assert lines[1].startswith(f'  {victim}: not a decodable image (')
+  assert not (tmp_path / 'ranks.png').exists()

@@ -9,6 +9,7 @@ images and ``0000`` distractors; both only occur in the gallery.
 import dataclasses
 import os
 import re
+from typing import Callable, Iterable
 
 SPLIT_FOLDERS = {
     'train': 'bounding_box_train',
@@ -16,6 +17,8 @@ SPLIT_FOLDERS = {
     'gallery': 'bounding_box_test',
 }
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+# Names operating systems leave in folders (lower case); never images.
+WINDOWS_SYSTEM_FILES = ('thumbs.db', 'ehthumbs.db', 'desktop.ini')
 JUNK_PERSON_ID = -1
 DISTRACTOR_PERSON_ID = 0
 
@@ -72,6 +75,48 @@ def parse_filename(path: str) -> tuple[int, int]:
   return person_id, camera - 1
 
 
+def is_system_file(name: str) -> bool:
+  """Whether a file name is a hidden or operating-system file, not data.
+
+  Args:
+    name: a base name.
+
+  Returns:
+    True for names starting with ``.`` (``.DS_Store``, AppleDouble
+    ``._x.jpg``) and for ``Thumbs.db``, ``ehthumbs.db``, ``desktop.ini``.
+  """
+  return name.startswith('.') or name.lower() in WINDOWS_SYSTEM_FILES
+
+
+def list_folder(folder: str, extensions: Iterable[str]
+                ) -> tuple[list[str], int]:
+  """The image files directly in a folder, and how many system files it has.
+
+  Args:
+    folder: an existing folder.
+    extensions: lower-case image extensions with the dot, e.g. ``'.jpg'``.
+
+  Returns:
+    (sorted base names of the images, count of `is_system_file` names,
+    which are left out whatever their extension). Other files without an
+    image extension (e.g. a readme) are left out uncounted.
+  """
+  extensions = tuple(extensions)
+  names, system = [], 0
+  for name in sorted(os.listdir(folder)):
+    if is_system_file(name):
+      system += 1
+    elif name.lower().endswith(extensions):
+      names.append(name)
+  return names, system
+
+
+def skipped_message(count: int, where: str) -> str:
+  """The line a reader prints for the system files it skipped."""
+  return (f'skipped {count} hidden or system file{"" if count == 1 else "s"} '
+          f'(e.g. .DS_Store, ._name.jpg, Thumbs.db) in {where}')
+
+
 def split_folder(root: str, split: str) -> str:
   """Path of a split's folder, checked to exist.
 
@@ -96,26 +141,31 @@ def split_folder(root: str, split: str) -> str:
   return folder
 
 
-def scan_split(root: str, split: str) -> list[ImageRecord]:
+def scan_split(root: str, split: str,
+               log: Callable[[str], None] = print) -> list[ImageRecord]:
   """Lists a split's images in file-name order with their ids and cameras.
 
   Args:
     root: dataset folder in Market-1501 layout.
     split: ``'train'``, ``'query'`` or ``'gallery'``.
+    log: where the line about skipped system files goes.
 
   Returns:
-    the records, sorted by file name; files that are not images (e.g.
-    ``Thumbs.db``) are ignored.
+    the records, sorted by file name. Hidden and system files
+    (`is_system_file`: ``.DS_Store``, AppleDouble ``._name.jpg``,
+    ``Thumbs.db``) are skipped and counted in a line to `log`; other files
+    without an image extension are ignored.
 
   Raises:
     LayoutError: for a missing folder, an unparsable image name, or a split
       with no images.
   """
   folder = split_folder(root, split)
+  names, system = list_folder(folder, IMAGE_EXTENSIONS)
+  if system:
+    log(skipped_message(system, folder))
   records = []
-  for name in sorted(os.listdir(folder)):
-    if not name.lower().endswith(IMAGE_EXTENSIONS):
-      continue
+  for name in names:
     path = os.path.join(folder, name)
     person_id, camera_id = parse_filename(path)
     records.append(ImageRecord(path, person_id, camera_id))

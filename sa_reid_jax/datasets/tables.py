@@ -1,13 +1,15 @@
 """A split held in memory as one row per image: what the input pipeline reads.
 
-Two sources give the same table: a Market-layout folder (``from_folder``:
-file paths, read lazily by the pipeline) and a built TFDS dataset
-(``from_tfds``: the encoded images themselves). Rows are in file-name order
+Two sources give the same table: a Market-layout folder (``from_folders``,
+``from_folder``: file paths, read lazily by the pipeline after every image
+was checked decodable) and a built TFDS dataset (``from_tfds``: the encoded
+images themselves, checked when it was built). Rows are in file-name order
 either way, so both sources yield identical batches.
 """
 
 import dataclasses
 import os
+from typing import Callable, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -15,6 +17,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax.datasets import builders  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import market_layout  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 
@@ -49,21 +52,47 @@ class ExampleTable:
     return int(self.labels.max()) + 1 if len(self) else 0
 
 
-def from_folder(root: str, split: str) -> ExampleTable:
-  """Lists a split of a Market-layout folder (images are read later).
+def from_folders(root: str, splits: Sequence[str],
+                 log: Callable[[str], None] = print
+                 ) -> dict[str, ExampleTable]:
+  """Lists splits of a Market-layout folder, every image checked readable.
+
+  All images of all `splits` are decoded once (in parallel; verdicts cached
+  per file by size and modification time, see `image_check`) before
+  anything else happens, so a corrupt file stops a run at its start, with
+  one error listing every such file, not minutes in with a decoder
+  traceback. Hidden and system files (``.DS_Store``, ``._name.jpg``,
+  ``Thumbs.db``) are skipped with a count logged.
 
   Args:
     root: dataset folder holding ``bounding_box_train/``, ``query/`` and
       ``bounding_box_test/``.
-    split: ``'train'``, ``'query'`` or ``'gallery'``.
+    splits: which of ``'train'``, ``'query'``, ``'gallery'`` to list.
+    log: where messages go.
 
   Returns:
-    the split's table; train labels as in the TFDS builders.
+    {split: its table}; train labels as in the TFDS builders.
 
   Raises:
-    LayoutError: naming the missing folder or the file at fault.
+    LayoutError: naming the missing folder or the file at fault;
+      ``image_check.UnreadableImagesError`` (a LayoutError) listing every
+      image that cannot be read or decoded.
   """
-  records = market_layout.scan_split(root, split)
+  records = {split: market_layout.scan_split(root, split, log)
+             for split in splits}
+  image_check.require_readable(
+      [record.path for split in splits for record in records[split]], root,
+      log)
+  return {split: _folder_table(split, records[split]) for split in splits}
+
+
+def from_folder(root: str, split: str,
+                log: Callable[[str], None] = print) -> ExampleTable:
+  """`from_folders` for one split."""
+  return from_folders(root, (split,), log)[split]
+
+
+def _folder_table(split: str, records) -> ExampleTable:
   if split == 'train':
     labels = market_layout.train_labels(records)
   else:
@@ -108,9 +137,12 @@ def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
     raise ValueError(f'unknown split {split!r}; expected one of '
                      f'{list(builders.SPLITS)}')
   if not builder.is_prepared():
+    name = builder.name
+    if builder.builder_config is not None:
+      name += '/' + builder.builder_config.name  # e.g. cuhk03_np/labeled
     raise ValueError(
-        f'{builder.name} is not built in {builder.data_dir}; build it first '
-        'with sa_reid_jax.datasets.builders.prepare(name, manual_dir, '
+        f'{name} is not built in {builder.data_dir}; build it first with '
+        f"sa_reid_jax.datasets.builders.prepare('{name}', manual_dir, "
         'data_dir), or read a folder in Market-1501 layout directly with '
         '--config.dataset.folder=DIR')
   examples = builder.as_dataset(

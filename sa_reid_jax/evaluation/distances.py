@@ -13,8 +13,13 @@ def pairwise_distances(a, b, metric: str = 'euclidean',
                        block_size: int = 1024) -> np.ndarray:
   """Distances between every descriptor of `a` and every descriptor of `b`.
 
-  Euclidean: sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)). Cosine: 1 - a.b / (|a| |b|),
-  a zero vector counting as orthogonal to everything. Part descriptors
+  Euclidean: sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)). Cosine: 1 - a.b / (|a| |b|)
+  clipped to [0, 2], a zero vector counting as orthogonal to everything.
+  Both are non-negative by definition, and both come out non-negative:
+  float32 rounding makes the unclipped forms slightly negative for
+  (near-)identical descriptors (about -5e-7 for cosine, and a negative
+  square before the square root for Euclidean), which `re_rank` rightly
+  refuses. Part descriptors
   (N, P, D) are flattened to (N, P * D) first, so the Euclidean distance of
   per-part L2-normalised features is the paper's retrieval distance.
 
@@ -29,7 +34,7 @@ def pairwise_distances(a, b, metric: str = 'euclidean',
     block_size: rows of `a` per device computation.
 
   Returns:
-    (N, M) float32 numpy array.
+    (N, M) float32 numpy array, every entry >= 0 (cosine also <= 2).
 
   Raises:
     ValueError: for an unknown metric, a non-positive block_size, or
@@ -97,6 +102,7 @@ def _distance_block(a, b, b_squared_norms, metric):
     a = a * jax.lax.rsqrt(jnp.maximum(a_squared_norms, 1e-24))[:, None]
   products = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
   if metric == 'cosine':
-    return 1 - products
+    # The similarity of unit vectors can round to just above 1 (or below -1).
+    return jnp.clip(1 - products, 0, 2)
   squared = a_squared_norms[:, None] + b_squared_norms[None, :] - 2 * products
   return jnp.sqrt(jnp.maximum(squared, 0))

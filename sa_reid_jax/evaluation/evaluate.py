@@ -21,21 +21,29 @@ from sa_reid_jax.evaluation.rerank import re_rank
 REPORTED_RANKS = (1, 5, 10)
 
 
-def load_split(dataset: ml_collections.ConfigDict,
-               split: str) -> tables.ExampleTable:
-  """The query or gallery split named by a config's ``dataset`` block.
+def load_splits(dataset: ml_collections.ConfigDict,
+                splits=('query', 'gallery')) -> list[tables.ExampleTable]:
+  """The splits named by a config's ``dataset`` block.
 
   Args:
-    dataset: ``folder`` (a Market-1501-layout folder, read directly) or, when
-      it is empty, ``name`` and ``data_dir`` of a built TFDS dataset.
-    split: ``'query'`` or ``'gallery'``.
+    dataset: ``folder`` (a Market-1501-layout folder, read directly, every
+      image of the splits checked readable first) or, when it is empty,
+      ``name`` and ``data_dir`` of a built TFDS dataset.
+    splits: which splits.
 
   Returns:
-    the split's table.
+    the splits' tables, in `splits` order.
+
+  Raises:
+    LayoutError: for a folder not in Market layout, or listing every
+      unreadable image of the splits.
   """
   if dataset.folder:
-    return tables.from_folder(dataset.folder, split)
-  return tables.from_tfds(dataset.name, split, data_dir=dataset.data_dir or None)
+    folder_tables = tables.from_folders(dataset.folder, splits)
+    return [folder_tables[split] for split in splits]
+  return [tables.from_tfds(dataset.name, split,
+                           data_dir=dataset.data_dir or None)
+          for split in splits]
 
 
 def describe(model, variables, table: tables.ExampleTable,
@@ -79,8 +87,7 @@ def evaluate_model(model, variables, config: ml_collections.ConfigDict,
   """
   flip = config.eval.flip if flip is None else flip
   rerank = config.eval.rerank if rerank is None else rerank
-  query = load_split(config.dataset, 'query')
-  gallery = load_split(config.dataset, 'gallery')
+  query, gallery = load_splits(config.dataset)
   query_features = describe(model, variables, query, config, flip, 'query')
   gallery_features = describe(model, variables, gallery, config, flip,
                               'gallery')

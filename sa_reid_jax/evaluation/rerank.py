@@ -129,6 +129,30 @@ def _check_inputs(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
   return q_g_dist, q_q_dist, g_g_dist
 
 
+def _raise_negative(q_g_dist, q_q_dist, g_g_dist):
+  """Raises the error for negative distances, naming each matrix at fault.
+
+  Only reached on bad input, so the full scans of the matrices cost nothing
+  in normal use.
+
+  Raises:
+    ValueError: e.g. ``distances must be non-negative: q_q_dist has 3
+      negative entries, the most negative -0.5 at [2, 7]``.
+  """
+  faults = []
+  for name, value in (('q_g_dist', q_g_dist), ('q_q_dist', q_q_dist),
+                      ('g_g_dist', g_g_dist)):
+    value = np.asarray(value)
+    negative = int(np.count_nonzero(value < 0))
+    if negative:
+      where = np.unravel_index(int(np.argmin(value)), value.shape)
+      faults.append(f'{name} has {negative} negative '
+                    f'{"entry" if negative == 1 else "entries"}, the most '
+                    f'negative {value[where]:.3g} at '
+                    f'[{where[0]}, {where[1]}]')
+  raise ValueError('distances must be non-negative: ' + '; '.join(faults))
+
+
 def _joint_row_blocks(q_g_dist, q_q_dist, g_g_dist):
   """Yields (first row, number of rows, pieces) over row blocks.
 
@@ -195,9 +219,9 @@ def _nearest_neighbours(q_g_dist, q_q_dist, g_g_dist, num_neighbours):
       values.append(piece[major, minor])
     block_rows = np.concatenate(block_rows)
     values = np.concatenate(values)
-    # Every row's minimum is a candidate.
+    # Every row's minimum is a candidate, so this sees any negative entry.
     if values.min() < 0:
-      raise ValueError('distances must be non-negative')
+      _raise_negative(q_g_dist, q_q_dist, g_g_dist)
     # T >= 0, so its float32 bits order like its values.
     keys = block_rows << row_shift
     keys |= _t_codes(values, max_sq[block_rows]).astype(np.int64) << (

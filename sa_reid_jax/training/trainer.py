@@ -37,7 +37,10 @@ class NonFiniteLossError(FloatingPointError):
 
 def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
   if dataset.folder:
-    return tables.from_folder(dataset.folder, 'train')
+    # The evaluation splits too: a corrupt gallery image must stop the run
+    # now, not at its first evaluation.
+    return tables.from_folders(dataset.folder,
+                               ('train', 'query', 'gallery'))['train']
   return tables.from_tfds(dataset.name, 'train',
                           data_dir=dataset.data_dir or None)
 
