@@ -1,10 +1,12 @@
 r"""Evaluates a model directory on a dataset's query and gallery splits.
 
   python eval.py --config=configs/market1501.py --checkpoint=DIR \
-      [--rerank] [--flip] [--output_dir=DIR]
+      [--rerank] [--flip] [--report] [--output_dir=DIR]
 
 Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
-writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory).
+writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory);
+with --report also OUTPUT_DIR/report.html (plots, per-camera results and
+example rank lists; see sa_reid_jax/evaluation/report.py).
 """
 
 import os
@@ -18,6 +20,7 @@ from sa_reid_jax import command_line
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,6 +32,8 @@ _RERANK = flags.DEFINE_bool('rerank', None,
                             'Also report re-ranked metrics (default: config).')
 _FLIP = flags.DEFINE_bool('flip', None,
                           'Flip test-time augmentation (default: config).')
+_REPORT = flags.DEFINE_bool(
+    'report', False, 'Also write report.html next to metrics.json.')
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Where metrics.json goes (default: --checkpoint).')
 flags.mark_flags_as_required(['config', 'checkpoint'])
@@ -39,14 +44,21 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     model, variables = store.load_model(_CHECKPOINT.value)
-    metrics = evaluate.evaluate_model(model, variables, _CONFIG.value,
-                                      flip=_FLIP.value, rerank=_RERANK.value)
+    evaluation = evaluate.run_evaluation(model, variables, _CONFIG.value,
+                                         flip=_FLIP.value,
+                                         rerank=_RERANK.value)
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
-  print(evaluate.format_metrics(metrics))
-  path = os.path.join(_OUTPUT_DIR.value or _CHECKPOINT.value, 'metrics.json')
-  evaluate.write_metrics(metrics, path)
+  print(evaluate.format_metrics(evaluation.metrics))
+  output_dir = _OUTPUT_DIR.value or _CHECKPOINT.value
+  path = os.path.join(output_dir, 'metrics.json')
+  evaluate.write_metrics(evaluation.metrics, path)
   print(f'wrote {path}')
+  if _REPORT.value:
+    path = report.write_report(evaluation,
+                               os.path.join(output_dir, report.REPORT_HTML),
+                               model, _CONFIG.value, _CHECKPOINT.value)
+    print(f'wrote {path}')
 
 
 if __name__ == '__main__':
