@@ -298,8 +298,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _finish(run: _Run, state: step_lib.TrainState,
             step: int) -> dict[str, Any]:
   """Final evaluation, the trained model and metrics.json of a whole run."""
+  # The report needs this process's evaluation of the final step (a rerun
+  # of a complete run has only the recorded metrics).
+  needs_report = run.config.eval.report and (
+      run.last_evaluation is None or run.last_evaluation[0] != step)
   if (not run.evaluations or run.evaluations[-1]['step'] != step or
-      (run.config.eval.report and run.last_evaluation is None)):
+      needs_report):
     run.evaluate(state)
   # Host copies: the model directory must not depend on this run's devices.
   variables = jax.device_get(step_lib.local_copy(
