@@ -1,10 +1,12 @@
 r"""Evaluates a model directory on a dataset's query and gallery splits.
 
   python eval.py --config=configs/market1501.py --checkpoint=DIR \
-      [--rerank] [--flip] [--output_dir=DIR]
+      [--rerank] [--flip] [--report] [--output_dir=DIR]
 
 Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
-writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory).
+writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory);
+with --report also OUTPUT_DIR/report.html (plots, per-camera results and
+example rank lists; see sa_reid_jax/evaluation/report.py).
 """
 
 import os
@@ -22,6 +24,7 @@ from ml_collections import config_flags
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -34,6 +37,8 @@ _RERANK = flags.DEFINE_bool('rerank', None,
                             'Also report re-ranked metrics (default: config).')
 _FLIP = flags.DEFINE_bool('flip', None,
                           'Flip test-time augmentation (default: config).')
+_REPORT = flags.DEFINE_bool(
+    'report', False, 'Also write report.html next to metrics.json.')
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Where metrics.json goes (default: --checkpoint).')
 flags.mark_flags_as_required(['config', 'checkpoint'])
@@ -57,14 +62,21 @@ def main(argv):
         checkpoint, config.image_size if explicit else None,
         flag='--config.image_size', default=config.image_size)
     model, variables = store.load_model(checkpoint)
-    metrics = evaluate.evaluate_model(model, variables, config,
-                                      flip=_FLIP.value, rerank=_RERANK.value)
+    evaluation = evaluate.run_evaluation(model, variables, config,
+                                         flip=_FLIP.value,
+                                         rerank=_RERANK.value)
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
-  print(evaluate.format_metrics(metrics))
-  path = os.path.join(_OUTPUT_DIR.value or checkpoint, 'metrics.json')
-  evaluate.write_metrics(metrics, path)
+  print(evaluate.format_metrics(evaluation.metrics))
+  output_dir = _OUTPUT_DIR.value or checkpoint
+  path = os.path.join(output_dir, 'metrics.json')
+  evaluate.write_metrics(evaluation.metrics, path)
   print(f'wrote {path}')
+  if _REPORT.value:
+    path = report.write_report(evaluation,
+                               os.path.join(output_dir, report.REPORT_HTML),
+                               model, config, checkpoint)
+    print(f'wrote {path}')
 
 
 if __name__ == '__main__':

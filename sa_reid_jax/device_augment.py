@@ -50,6 +50,21 @@ def _seed_keys(noise_seed: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.wrap_key_data)(bits)
 
 
+def normalize(pixels: jax.Array) -> jax.Array:
+  """(pixels / 255 - mean) / std with ImageNet's mean and std.
+
+  Args:
+    pixels: float32 (..., 3) RGB values in [0, 255].
+
+  Returns:
+    float32, the same shape: as ``input_pipeline.preprocess`` normalises.
+  """
+  scale = jnp.array([1 / (255 * s) for s in IMAGENET_STD], jnp.float32)
+  shift = jnp.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+                    jnp.float32)
+  return pixels * scale + shift
+
+
 @functools.partial(jax.jit, static_argnames=('image_size', 'fill'))
 def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
   batch = images.shape[0]
@@ -63,10 +78,7 @@ def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
   # PIL's rule.
   pixels = jax.image.resize(pixels, (batch, height, width, 3), 'bilinear',
                             antialias=True)
-  scale = jnp.array([1 / (255 * s) for s in IMAGENET_STD], jnp.float32)
-  shift = jnp.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
-                    jnp.float32)
-  pixels = pixels * scale + shift
+  pixels = normalize(pixels)
   top, left, box_height, box_width = (erase_box[:, i, None] for i in range(4))
   rows = jnp.arange(height)[None, :]
   columns = jnp.arange(width)[None, :]

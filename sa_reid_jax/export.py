@@ -2,6 +2,11 @@ r"""Exports a model directory's feature extractor as a TensorFlow SavedModel.
 
   python -m sa_reid_jax.export --checkpoint=DIR --output=DIR \
       [--image_size=H,W] [--platforms=cpu,cuda] [--overwrite]
+  python -m sa_reid_jax.export --format=onnx --checkpoint=DIR \
+      --output=model.onnx [--image_size=H,W] [--overwrite]
+
+``--format=onnx`` writes an ONNX file instead (see ``export_onnx``: uint8
+images at the network's input size, any batch size).
 
 The SavedModel's ``serving_default`` signature takes ``images``: uint8
 (batch, height, width, 3), any batch size and any image size (one size per
@@ -44,6 +49,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax import export_onnx  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.device_augment import check_size  # pylint: disable=g-import-not-at-top
@@ -263,19 +269,22 @@ def export_saved_model(model, variables: Any, output: str, *,
 def export_checkpoint(checkpoint: str, output: str, *,
                       image_size: Optional[Sequence[int]] = None,
                       platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                      overwrite: bool = False) -> dict[str, Any]:
+                      overwrite: bool = False,
+                      output_format: str = 'saved_model') -> dict[str, Any]:
   """Exports a model directory (``convert_weights.py`` or training output).
 
   Args:
     checkpoint: the model directory.
-    output: the SavedModel directory to write.
+    output: the SavedModel directory (or with ``output_format='onnx'`` the
+      ``.onnx`` file) to write.
     image_size: network input (height, width); default: the size recorded
       by training, else 384x128.
     platforms: jax2tf lowering platforms.
     overwrite: replace an existing `output` directory.
+    output_format: ``'saved_model'`` or ``'onnx'`` (`platforms` unused).
 
   Returns:
-    the ``sa_reid.json`` contents.
+    the ``sa_reid.json`` contents (the ONNX model's ``sa_reid`` metadata).
 
   Raises:
     ExportError: naming the flag at fault.
@@ -283,7 +292,13 @@ def export_checkpoint(checkpoint: str, output: str, *,
   if not checkpoint:
     raise ExportError('--checkpoint: empty path')
   # Checked before the (slow) restore, and against replacing the checkpoint.
-  _check_output(output, overwrite, protected=checkpoint)
+  if output_format == 'onnx':
+    try:
+      export_onnx.check_output(output, overwrite)
+    except export_onnx.OnnxExportError as error:
+      raise ExportError(str(error)) from None
+  else:
+    _check_output(output, overwrite, protected=checkpoint)
   try:
     checkpoint = store.resolve_model_directory(checkpoint)
     size = store.input_size(checkpoint, image_size)
@@ -293,10 +308,16 @@ def export_checkpoint(checkpoint: str, output: str, *,
   except ValueError as error:
     raise ExportError(f'--checkpoint: {checkpoint}: {_one_line(error)}'
                       ) from None
+  metadata = {'checkpoint': os.path.abspath(checkpoint)}
+  if output_format == 'onnx':
+    try:
+      return export_onnx.export_onnx(model, variables, output, image_size=size,
+                                     overwrite=overwrite, metadata=metadata)
+    except export_onnx.OnnxExportError as error:
+      raise ExportError(str(error)) from None
   return export_saved_model(
       model, variables, output, image_size=size, platforms=platforms,
-      overwrite=overwrite,
-      metadata={'checkpoint': os.path.abspath(checkpoint)})
+      overwrite=overwrite, metadata=metadata)
 
 
 def _one_line(error: BaseException) -> str:
@@ -316,10 +337,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = command_line.OneLineArgumentParser(
       prog=PROGRAM, description='Exports a model directory as a TensorFlow '
       'SavedModel (uint8 images in, retrieval descriptors out).')
+  parser.add_argument('--format', default='saved_model',
+                      choices=('saved_model', 'onnx'),
+                      help='TensorFlow SavedModel (uint8 images of any size) '
+                      'or ONNX (uint8 images at the network\'s size); '
+                      'default: %(default)s')
   parser.add_argument('--checkpoint', required=True,
                       help='model directory (convert_weights.py or training)')
   parser.add_argument('--output', required=True,
-                      help='SavedModel directory to write')
+                      help='SavedModel directory (or .onnx file) to write')
   parser.add_argument('--image_size', default=None, metavar='H,W',
                       type=command_line.image_size_argument,
                       help='network input size (default: recorded by '
@@ -338,7 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tensorflow_cpu.hide_accelerators_from_tensorflow()
     info = export_checkpoint(args.checkpoint, args.output,
                              image_size=args.image_size, platforms=platforms,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite,
+                             output_format=args.format)
   except ExportError as error:
     sys.exit(f'{PROGRAM}: error: {error}')
   except (OSError, tf.errors.OpError) as error:
@@ -346,10 +373,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.exit(f'{PROGRAM}: error: --output: {args.output}: '
              f'{_one_line(getattr(error, "message", error))}')
   height, width = info['image_size']
+  where = ('ONNX, images resized beforehand' if args.format == 'onnx' else
+           f'platforms {",".join(info["platforms"])}')
   print(f'wrote {os.path.abspath(args.output)}: uint8 images -> '
         f'descriptors ({info["num_parts"]} x {info["part_dim"]} = '
-        f'{info["descriptor_dim"]}) at {height}x{width}, platforms '
-        f'{",".join(info["platforms"])}')
+        f'{info["descriptor_dim"]}) at {height}x{width}, {where}')
   return 0
 
 

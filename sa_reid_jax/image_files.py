@@ -119,8 +119,14 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
   return descriptors, [paths[i] for i in described], failures
 
 
-def display_pixels(path: str, size: tuple[int, int]) -> np.ndarray:
-  """An image file as uint8 (height, width, 3) at `size`, for pictures."""
-  image = input_pipeline.decode_image(tf.io.read_file(path))
+def display_pixels(path: str | bytes, size: tuple[int, int]) -> np.ndarray:
+  """An image as uint8 (height, width, 3) at `size`, for pictures.
+
+  Args:
+    path: an image file, or the encoded image itself (a TFDS table's bytes).
+    size: (height, width).
+  """
+  encoded = path if isinstance(path, bytes) else tf.io.read_file(path)
+  image = input_pipeline.decode_image(encoded)
   resized = input_pipeline.resize(tf.cast(image, tf.float32), size)
   return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-install_package -e .
+install_package
 WORKDIR="${1:-workdirs/demo}"
 DATA="$WORKDIR/synthetic_data"
 export TF_CPP_MIN_LOG_LEVEL=2

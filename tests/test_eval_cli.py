@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import sa_reid_jax
+import test_report
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import sanet_variant
 from sa_reid_jax.models import store
@@ -46,6 +47,7 @@ def run_eval(*args, image_size=IMAGE_SIZE, env=None):
 def test_eval_prints_and_writes_metrics(setup):
   root, data = setup
   result = run_eval(f'--checkpoint={root / "model"}', '--rerank', '--flip',
+                    '--report', '--config.eval.report_thumbnail=(32, 16)',
                     f'--config.dataset.folder={data}',
                     f'--output_dir={root / "out"}')
   assert result.returncode == 0, result.stderr
@@ -62,6 +64,11 @@ def test_eval_prints_and_writes_metrics(setup):
   assert metrics['settings']['flip'] is True
   num_query = len(os.listdir(data / 'query'))
   assert metrics['settings']['num_query'] == num_query
+  # The report beside metrics.json: its images decode, its numbers are these.
+  parser, images = test_report.parse_report(root / 'out' / 'report.html')
+  test_report.check_report_numbers(parser, metrics)
+  assert len(images) > 3
+  assert f'wrote {root / "out" / "report.html"}' in result.stdout
 
 
 def test_metrics_next_to_the_model_keep_it_loadable(setup):

@@ -11,8 +11,13 @@ from sa_reid_jax.evaluation import metrics
 from sa_reid_jax.evaluation.metrics import evaluate_rank
 
 
-def naive_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+def naive_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50,
+                   per_query=None):
   """The protocol written out query by query, straight from its definition.
+
+  With a dict `per_query`, fills it with the valid queries' ``query_index``,
+  ``first_match_rank``, ``average_precision`` and
+  ``inverse_negative_penalty`` lists.
 
   Returns:
     (cmc, mAP, mINP, num_valid_queries); num_valid_queries 0 means no query
@@ -22,6 +27,7 @@ def naive_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
   cmc_length = min(max_rank, num_gallery)
   hits_at = np.zeros(cmc_length)
   average_precisions, inverse_penalties = [], []
+  queries, firsts = [], []
   for q in range(distmat.shape[0]):
     removed = (g_pids == -1) | ((g_pids == q_pids[q])
                                 & (g_camids == q_camids[q]))
@@ -35,10 +41,16 @@ def naive_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     average_precisions.append(
         sum(m / p for m, p in enumerate(positions, start=1)) / num_matches)
     inverse_penalties.append(num_matches / positions[-1])
+    queries.append(q)
+    firsts.append(positions[0])
     for k in range(cmc_length):
       if positions[0] <= k + 1:
         hits_at[k] += 1
   num_valid = len(average_precisions)
+  if per_query is not None:
+    per_query.update(query_index=queries, first_match_rank=firsts,
+                     average_precision=average_precisions,
+                     inverse_negative_penalty=inverse_penalties)
   if num_valid == 0:
     return None, None, None, 0
   return (hits_at / num_valid, float(np.mean(average_precisions)),
@@ -47,8 +59,10 @@ def naive_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
 
 def assert_matches_naive(distmat, q_pids, g_pids, q_camids, g_camids,
                          max_rank=50, **kwargs):
+  per_query = {}
   cmc, m_ap, m_inp, num_valid = naive_evaluate(distmat, q_pids, g_pids,
-                                               q_camids, g_camids, max_rank)
+                                               q_camids, g_camids, max_rank,
+                                               per_query)
   if num_valid == 0:
     with pytest.raises(ValueError, match='no valid query'):
       evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
@@ -60,6 +74,13 @@ def assert_matches_naive(distmat, q_pids, g_pids, q_camids, g_camids,
   assert result.mAP == pytest.approx(m_ap, abs=1e-6)
   assert result.mINP == pytest.approx(m_inp, abs=1e-6)
   assert result.num_valid_queries == num_valid
+  np.testing.assert_array_equal(result.query_index, per_query['query_index'])
+  np.testing.assert_array_equal(result.first_match_rank,
+                                per_query['first_match_rank'])
+  np.testing.assert_allclose(result.average_precision,
+                             per_query['average_precision'], atol=1e-6)
+  np.testing.assert_allclose(result.inverse_negative_penalty,
+                             per_query['inverse_negative_penalty'], atol=1e-6)
 
 
 def one_query(distances, gallery_pids, gallery_cams, query_pid=1, query_cam=0,
@@ -75,6 +96,10 @@ def test_two_matches_at_ranks_one_and_three():
   assert result.mINP == pytest.approx(2 / 3)
   np.testing.assert_allclose(result.cmc, [1, 1, 1, 1])
   assert result.num_valid_queries == 1
+  np.testing.assert_array_equal(result.query_index, [0])
+  np.testing.assert_array_equal(result.first_match_rank, [1])
+  np.testing.assert_allclose(result.average_precision, [(1 + 2 / 3) / 2])
+  np.testing.assert_allclose(result.inverse_negative_penalty, [2 / 3])
 
 
 def test_first_match_at_rank_two():

@@ -5,6 +5,7 @@ Runs that need their own device count or must be killed go through
 """
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
+import test_report
 
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
@@ -37,6 +39,7 @@ TINY = {
     'eval.every_epochs': 0,
     'eval.batch_size': 32,
     'log_every_steps': 5,
+    'eval.report': False,  # tested once, in test_training_options_run_and_learn
 }
 
 
@@ -215,9 +218,15 @@ def test_init_from_errors_name_the_key(data, tmp_path, init_from, message):
     {'model.sync_batch_norm': False, 'loss.weighting': 'paper'},
 ])
 def test_training_options_run_and_learn(data, tmp_path, overrides):
-  config = tiny_config(data, max_steps=6, **overrides)
+  config = tiny_config(data, max_steps=6, **{'eval.report': True},
+                       **overrides)
   result = trainer.train_and_evaluate(config, str(tmp_path))
   assert result['status'] == 'completed' and result['step'] == 6
+  # The final evaluation's report, beside metrics.json and equal to it.
+  with open(tmp_path / 'metrics.json') as f:
+    final = json.load(f)['final']
+  parser, _ = test_report.parse_report(tmp_path / 'report.html')
+  test_report.check_report_numbers(parser, final)
   with open(tmp_path / 'metrics.jsonl') as f:
     lines = [line for line in f if '"train"' in line]
   assert len(lines) == 2

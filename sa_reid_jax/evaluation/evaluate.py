@@ -4,6 +4,7 @@ Kept out of the package's ``__init__`` because it reads images with
 TensorFlow (tf.data), which accelerator-only code must not need to import.
 """
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -67,10 +68,40 @@ def summarize(result: RankResult) -> dict[str, float]:
   return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """An evaluation's metrics and what they were computed from (for reports).
+
+  Attributes:
+    metrics: what `evaluate_model` returns (and metrics.json holds).
+    query: the query split.
+    gallery: the gallery split.
+    distances: float32 (num_query, num_gallery) query-gallery distances.
+    plain: the ranking metrics of `distances`, per query included.
+    reranked: those of the re-ranked distances, or None without re-ranking.
+  """
+  metrics: dict[str, Any]
+  query: tables.ExampleTable
+  gallery: tables.ExampleTable
+  distances: np.ndarray
+  plain: RankResult
+  reranked: Optional[RankResult]
+
+
 def evaluate_model(model, variables, config: ml_collections.ConfigDict,
                    flip: Optional[bool] = None,
                    rerank: Optional[bool] = None) -> dict[str, Any]:
   """Market-1501-protocol metrics of a model on the configured dataset.
+
+  The metrics of `run_evaluation` (same arguments and result layout).
+  """
+  return run_evaluation(model, variables, config, flip, rerank).metrics
+
+
+def run_evaluation(model, variables, config: ml_collections.ConfigDict,
+                   flip: Optional[bool] = None,
+                   rerank: Optional[bool] = None) -> Evaluation:
+  """Market-1501-protocol evaluation of a model on the configured dataset.
 
   Args:
     model: a network following the `SANet` output contract.
@@ -82,8 +113,9 @@ def evaluate_model(model, variables, config: ml_collections.ConfigDict,
       ``config.eval.rerank``).
 
   Returns:
-    ``{'plain': {...}}`` and, with re-ranking, ``{'reranked': {...}}``; each
-    holds rank1/rank5/rank10, mAP, mINP and num_valid_queries.
+    an `Evaluation` whose ``metrics`` are ``{'plain': {...}}`` and, with
+    re-ranking, ``{'reranked': {...}}`` (each holding rank1/rank5/rank10,
+    mAP, mINP and num_valid_queries) and ``{'settings': {...}}``.
   """
   flip = config.eval.flip if flip is None else flip
   rerank = config.eval.rerank if rerank is None else rerank
@@ -95,19 +127,26 @@ def evaluate_model(model, variables, config: ml_collections.ConfigDict,
   q_g = pairwise_distances(query_features, gallery_features, metric)
   ids = (query.person_ids, gallery.person_ids, query.camera_ids,
          gallery.camera_ids)
-  metrics = {'plain': summarize(evaluate_rank(q_g, *ids,
-                                              max_rank=config.eval.max_rank))}
+  plain = evaluate_rank(q_g, *ids, max_rank=config.eval.max_rank)
+  metrics = {'plain': summarize(plain)}
+  reranked_result = None
   if rerank:
     q_q = pairwise_distances(query_features, query_features, metric)
     g_g = pairwise_distances(gallery_features, gallery_features, metric)
     reranked = re_rank(q_g, q_q, g_g, k1=config.eval.k1, k2=config.eval.k2,
                        lambda_value=config.eval.lambda_value)
-    metrics['reranked'] = summarize(
-        evaluate_rank(reranked, *ids, max_rank=config.eval.max_rank))
+    reranked_result = evaluate_rank(reranked, *ids,
+                                    max_rank=config.eval.max_rank)
+    metrics['reranked'] = summarize(reranked_result)
   metrics['settings'] = {'flip': bool(flip), 'metric': metric,
                          'image_size': [int(v) for v in config.image_size],
                          'num_query': len(query), 'num_gallery': len(gallery)}
-  return metrics
+  if rerank:
+    metrics['settings'].update(k1=config.eval.k1, k2=config.eval.k2,
+                               lambda_value=config.eval.lambda_value)
+  return Evaluation(metrics=metrics, query=query, gallery=gallery,
+                    distances=np.asarray(q_g, np.float32), plain=plain,
+                    reranked=reranked_result)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

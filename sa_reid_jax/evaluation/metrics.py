@@ -43,11 +43,23 @@ class RankResult:
     mINP: mean inverse negative penalty, mean of R / (position of the last
       true match) with R the query's number of true matches.
     num_valid_queries: queries with at least one true match left.
+    query_index: int64 (num_valid_queries,), ascending: the valid queries'
+      rows of distmat. The per-query arrays below follow this order.
+    average_precision: float64 (num_valid_queries,), each query's AP (mAP is
+      their mean).
+    first_match_rank: int64 (num_valid_queries,), 1-based position of each
+      query's first true match (the query hits at rank k when it is <= k).
+    inverse_negative_penalty: float64 (num_valid_queries,), each query's INP
+      (mINP is their mean).
   """
   cmc: np.ndarray
   mAP: float  # pylint: disable=invalid-name
   mINP: float  # pylint: disable=invalid-name
   num_valid_queries: int
+  query_index: np.ndarray
+  average_precision: np.ndarray
+  first_match_rank: np.ndarray
+  inverse_negative_penalty: np.ndarray
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
@@ -97,7 +109,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
       q_pids, g_pids, q_camids, g_camids)
   not_junk = g_pids != JUNK_PERSON_ID
 
-  first_positions, average_precisions, inverse_penalties = [], [], []
+  query_rows, first_positions, average_precisions, inverse_penalties = (
+      [], [], [], [])
   for start in range(0, num_query, chunk_size):
     stop = min(start + chunk_size, num_query)
     lo, hi = np.searchsorted(match_q, [start, stop])
@@ -108,7 +121,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
     positions, rows = _true_match_positions(
         chunk, match_q[lo:hi] - start, match_g[lo:hi], not_junk,
         removed_q[rlo:rhi] - start, removed_g[rlo:rhi], column_bits)
-    first, ap, inp = _per_query_scores(positions, rows)
+    query, first, ap, inp = _per_query_scores(positions, rows)
+    query_rows.append(query + start)
     first_positions.append(first)
     average_precisions.append(ap)
     inverse_penalties.append(inp)
@@ -124,11 +138,17 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
   hits = np.bincount(np.minimum(first, cmc_length + 1) - 1,
                      minlength=cmc_length + 1)[:cmc_length]
   cmc = np.cumsum(hits) / num_valid
+  average_precision = np.concatenate(average_precisions)
+  inverse_penalty = np.concatenate(inverse_penalties)
   return RankResult(
       cmc=cmc,
-      mAP=float(np.mean(np.concatenate(average_precisions))),
-      mINP=float(np.mean(np.concatenate(inverse_penalties))),
-      num_valid_queries=num_valid)
+      mAP=float(np.mean(average_precision)),
+      mINP=float(np.mean(inverse_penalty)),
+      num_valid_queries=num_valid,
+      query_index=np.concatenate(query_rows).astype(np.int64),
+      average_precision=average_precision,
+      first_match_rank=first.astype(np.int64),
+      inverse_negative_penalty=inverse_penalty)
 
 
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
@@ -293,11 +313,11 @@ def _positions_from_sorted_rows(chunk, kept, match_rows, match_cols,
 
 
 def _per_query_scores(positions, rows):
-  """First position, AP and INP of each query from its match positions."""
+  """Row, first position, AP and INP of each query from its positions."""
   group_starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
   group_sizes = np.diff(np.r_[group_starts, len(rows)])
   ordinals = np.arange(1, len(rows) + 1) - np.repeat(group_starts, group_sizes)
   precision_sums = np.add.reduceat(ordinals / positions, group_starts)
   last = positions[group_starts + group_sizes - 1]
-  return (positions[group_starts], precision_sums / group_sizes,
-          group_sizes / last)
+  return (rows[group_starts], positions[group_starts],
+          precision_sums / group_sizes, group_sizes / last)

@@ -5,6 +5,8 @@ Module names follow torchvision's state-dict names (``conv1``, ``bn1``,
 conversion is a renaming plus a transposition.
 """
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Optional, Sequence
 
@@ -18,6 +20,44 @@ from sa_reid_jax.models.normalization import BatchNorm
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 STAGE_NAMES = ('layer1', 'layer2', 'layer3', 'layer4')
+
+
+# True while an ONNX export traces the network (see `onnx_pooling`).
+_ONNX_POOLING = contextvars.ContextVar('onnx_pooling', default=False)
+
+
+def max_pool_3x3(x: jax.Array) -> jax.Array:
+  """3x3 max pooling, stride 2, padding 1 (torchvision's stem), NHWC.
+
+  Normally ``nn.max_pool``. Under `onnx_pooling` the same maximum is taken
+  over the nine strided slices of the -inf-padded map (equal values): the
+  ONNX converter replaces ``nn.max_pool`` by a version without explicit
+  padding, and lowers the padded ``reduce_window`` to a MaxPool that ONNX
+  Runtime rejects (a 4-D window).
+  """
+  if not _ONNX_POOLING.get():
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  height, width = x.shape[1], x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                   constant_values=-jnp.inf)
+  out_height, out_width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+  pooled = None
+  for i in range(3):
+    for j in range(3):
+      window = padded[:, i:i + 2 * out_height - 1:2,
+                      j:j + 2 * out_width - 1:2, :]
+      pooled = window if pooled is None else jnp.maximum(pooled, window)
+  return pooled
+
+
+@contextlib.contextmanager
+def onnx_pooling():
+  """Within it, `max_pool_3x3` uses the slice form ONNX export can run."""
+  token = _ONNX_POOLING.set(True)
+  try:
+    yield
+  finally:
+    _ONNX_POOLING.reset(token)
 
 
 class Bottleneck(nn.Module):
@@ -96,7 +136,7 @@ class ResNet(nn.Module):
     x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name,
                   name='bn1')(x, train)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3(x)
 
     outputs = {}
     for stage, (stage_name, num_blocks) in enumerate(

@@ -159,6 +159,18 @@ def experiment_config(dataset_name: str,
   config.eval.k1 = 20
   config.eval.k2 = 6
   config.eval.lambda_value = 0.3
+  # Write report.html (settings, metrics, CMC and AP plots, distances of
+  # true and false matches, per-camera results, example rank lists) next to
+  # metrics.json after the final evaluation (eval.py: with --report).
+  config.eval.report = True
+  # Lowest-AP queries shown with their rank lists in the report.
+  config.eval.report_hardest = 6
+  # Further queries drawn at random (seeded by config.seed) and shown.
+  config.eval.report_random = 4
+  # Gallery images shown per query in the report.
+  config.eval.report_topk = 10
+  # Size (height, width) of each image in the report's rank lists.
+  config.eval.report_thumbnail = (128, 64)
   return config
 
 

@@ -16,6 +16,7 @@ from sa_reid_jax.datasets import augmentation
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import defaults
@@ -151,6 +152,7 @@ class _Run:
                                             self.config.checkpoint.keep)
     self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_chief)
     self.evaluations = self._read_evaluations()
+    self.last_evaluation = None
 
   def data_position(self, step: int) -> dict[str, Any]:
     """The checkpoint's JSON item: data position and what it depends on."""
@@ -207,7 +209,11 @@ class _Run:
     step = int(jax.device_get(state.step))
     variables = step_lib.local_copy({'params': state.params,
                                      'batch_stats': state.batch_stats})
-    metrics = evaluate.evaluate_model(self.eval_model, variables, self.config)
+    evaluation = evaluate.run_evaluation(self.eval_model, variables,
+                                         self.config)
+    # Kept for the final evaluation's report.
+    self.last_evaluation = (step, evaluation)
+    metrics = evaluation.metrics
     metrics['step'] = step
     metrics['epoch'] = step / self.steps_per_epoch
     print(f'evaluation at step {step}:\n{evaluate.format_metrics(metrics)}',
@@ -246,10 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ``config.checkpoint.every_steps`` steps and at each epoch's end), metrics to
   TensorBoard (``workdir/tensorboard``) and ``workdir/metrics.jsonl``, the
   evaluations to ``workdir/evaluations.json``; at the end, the trained
-  network to ``workdir/model`` (readable by ``eval.py``) and the final
-  metrics to ``workdir/metrics.json``. SIGTERM or Ctrl-C saves a checkpoint
-  and returns; running again resumes. The workdir is held (``workdir/lock``)
-  for the run: a second run on it is refused.
+  network to ``workdir/model`` (readable by ``eval.py``), the final
+  metrics to ``workdir/metrics.json`` and, with ``config.eval.report``, the
+  evaluation report to ``workdir/report.html``. SIGTERM or Ctrl-C saves a
+  checkpoint and returns; running again resumes. The workdir is held
+  (``workdir/lock``) for the run: a second run on it is refused.
 
   Args:
     config: an experiment config (``configs/``).
@@ -317,7 +324,12 @@ def _resume_and_train(run: _Run, stop: signals.StopRequest) -> dict[str, Any]:
 def _finish(run: _Run, state: step_lib.TrainState,
             step: int) -> dict[str, Any]:
   """Final evaluation, the trained model and metrics.json of a whole run."""
-  if not run.evaluations or run.evaluations[-1]['step'] != step:
+  # The report needs this process's evaluation of the final step (a rerun
+  # of a complete run has only the recorded metrics).
+  needs_report = run.config.eval.report and (
+      run.last_evaluation is None or run.last_evaluation[0] != step)
+  if (not run.evaluations or run.evaluations[-1]['step'] != step or
+      needs_report):
     run.evaluate(state)
   # Host copies: the model directory must not depend on this run's devices.
   variables = jax.device_get(step_lib.local_copy(
@@ -334,6 +346,10 @@ def _finish(run: _Run, state: step_lib.TrainState,
   if run.is_chief:
     evaluate.write_metrics({'step': step, **summary},
                            os.path.join(run.workdir, METRICS_JSON))
+    if run.config.eval.report:
+      report.write_report(run.last_evaluation[1],
+                          os.path.join(run.workdir, report.REPORT_HTML),
+                          run.eval_model, run.config, run.workdir, step)
   return summary
 
 

@@ -1,0 +1,91 @@
+"""ONNX export: ONNX Runtime's descriptors equal JAX's, any batch size."""
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from sa_reid_jax import export
+from sa_reid_jax import export_onnx
+from sa_reid_jax import input_pipeline
+from sa_reid_jax.models import resnet
+from test_export import IMAGE_SIZE, TOLERANCE, checkpoint  # pylint: disable=unused-import
+from test_export import random_images
+
+
+@pytest.fixture(scope='module', name='exported')
+def fixture_exported(checkpoint):  # pylint: disable=redefined-outer-name
+  path, _, _ = checkpoint
+  output = path.parent / 'model.onnx'
+  assert export.main(['--format=onnx', f'--checkpoint={path}',
+                      f'--output={output}']) == 0
+  return output
+
+
+def jax_descriptors(model, variables, images):
+  """Descriptors by the evaluation path: TF preprocessing, then JAX."""
+  pixels = np.stack([input_pipeline.preprocess(image, IMAGE_SIZE).numpy()
+                     for image in images])
+  return np.asarray(model.apply(variables, pixels, train=False)['features'])
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+def test_onnxruntime_descriptors_equal_jax(checkpoint, exported, batch):  # pylint: disable=redefined-outer-name
+  _, model, variables = checkpoint
+  session = onnxruntime.InferenceSession(str(exported),
+                                         providers=['CPUExecutionProvider'])
+  images = random_images(np.random.default_rng(batch), (batch, *IMAGE_SIZE, 3))
+  descriptors, parts = session.run(None, {'images': images})
+  expected = jax_descriptors(model, variables, images)
+  assert parts.shape == expected.shape and parts.dtype == np.float32
+  assert np.abs(parts - expected).max() <= TOLERANCE
+  np.testing.assert_array_equal(descriptors,
+                                parts.reshape(batch, -1))
+  # Different images give clearly different descriptors (a constant output
+  # would pass the comparison above only if JAX's were constant too).
+  if batch > 1:
+    assert np.abs(expected[0] - expected[1]).max() > 100 * TOLERANCE
+
+
+def test_graph_signature_and_metadata(checkpoint, exported):  # pylint: disable=redefined-outer-name
+  _, model, _ = checkpoint
+  proto = onnx.load(str(exported))
+  (images,) = proto.graph.input
+  assert images.name == 'images'
+  assert images.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+  dims = images.type.tensor_type.shape.dim
+  assert dims[0].dim_param and not dims[0].dim_value  # symbolic batch
+  assert [d.dim_value for d in dims[1:]] == [*IMAGE_SIZE, 3]
+  assert [o.name for o in proto.graph.output] == ['descriptors', 'parts']
+  info = export_onnx.read_metadata(str(exported))
+  assert info['image_size'] == list(IMAGE_SIZE)
+  assert info['num_parts'] == model.num_parts
+  assert info['descriptor_dim'] == info['num_parts'] * info['part_dim']
+
+
+def test_onnx_errors_are_one_line(checkpoint, exported, tmp_path):  # pylint: disable=redefined-outer-name
+  path, _, _ = checkpoint
+  for output, message in ((exported, 'already exists'),
+                          (tmp_path, 'is a directory')):
+    with pytest.raises(SystemExit) as error:
+      export.main(['--format=onnx', f'--checkpoint={path}',
+                   f'--output={output}'])
+    text = str(error.value)
+    assert text.startswith('export: error: --output') and message in text
+    assert '\n' not in text
+
+
+@pytest.mark.parametrize('shape', [(2, 7, 5, 3), (1, 8, 6, 2), (1, 1, 1, 1)])
+def test_onnx_pooling_equals_max_pool(shape):
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  expected = np.asarray(resnet.max_pool_3x3(x))
+  with resnet.onnx_pooling():
+    pooled = np.asarray(resnet.max_pool_3x3(x))
+  np.testing.assert_array_equal(pooled, expected)
+  # Independent truth: the padded 3x3 windows at stride 2, by loops.
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  for i in range(expected.shape[1]):
+    for j in range(expected.shape[2]):
+      np.testing.assert_array_equal(
+          expected[:, i, j], padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(
+              axis=(1, 2)))
