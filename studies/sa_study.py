@@ -155,6 +155,7 @@ def _single_thread_environment() -> dict[str, str]:
                               ' intra_op_parallelism_threads=1').strip()
   environment['TF_NUM_INTRAOP_THREADS'] = '1'
   environment['TF_NUM_INTEROP_THREADS'] = '1'
+  environment['PYTHONUNBUFFERED'] = '1'  # progress reaches train.log live
   return environment
 
 

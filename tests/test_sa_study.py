@@ -74,8 +74,9 @@ def test_bad_arguments_are_one_error_line(capsys):
 
 def test_smoke_study_writes_results_and_resumes(tmp_path, capsys):
   output = str(tmp_path / 'study')
+  # --parallel=2: the two runs train at once in worker processes.
   arguments = [f'--output={output}', '--variants=no_sa,sa_sum', '--seeds=1',
-               '--max_steps=2', '--num_ids=6']
+               '--max_steps=2', '--num_ids=6', '--parallel=2']
   assert sa_study.main(arguments) == 0
   with open(os.path.join(output, 'results.json')) as file:
     results = json.load(file)
