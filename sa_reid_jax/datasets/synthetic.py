@@ -7,7 +7,8 @@ noise and the viewpoints they see. ``--difficulty`` picks the preset
 objects, occlusion by people and objects, clutter, misplaced boxes, low
 resolution, motion blur, strong camera shifts, near-twin identities) or
 ``easy`` (the original stick figures). The settings used are written to
-``generator_settings.json`` in the dataset folder. Train and test identities are disjoint.
+``generator_settings.json`` in the dataset folder. Train and test
+identities are disjoint.
 Every test identity is seen by at least two cameras; its queries come from
 some of those cameras and its gallery images from all of them, so each query
 has true matches in another camera. The gallery also holds distractors
