@@ -4,7 +4,10 @@ The whole demo (virtualenv, dataset, training, evaluation before and after):
 
   bash scripts/demo.sh
 
-which runs, after generating the data:
+which runs, after generating the hard synthetic data
+(``python -m sa_reid_jax.datasets.synthetic --output
+workdirs/demo/synthetic_data --difficulty hard``, calibrated so that this
+network lands between 55% and 85% rank-1; README, "Datasets"):
 
   python train.py --config=configs/demo_synthetic.py --workdir=workdirs/demo \
       --config.dataset.folder=workdirs/demo/synthetic_data

@@ -12,7 +12,8 @@ DATA="$WORKDIR/synthetic_data"
 export TF_CPP_MIN_LOG_LEVEL=2
 SECONDS=0
 if [ ! -d "$DATA/bounding_box_train" ]; then
-  "$VENV_PYTHON" -m sa_reid_jax.datasets.synthetic --output "$DATA"
+  "$VENV_PYTHON" -m sa_reid_jax.datasets.synthetic --output "$DATA" \
+      --difficulty hard
 fi
 "$VENV_PYTHON" train.py --config=configs/demo_synthetic.py \
     --workdir="$WORKDIR" --config.dataset.folder="$DATA"

@@ -1,5 +1,7 @@
 """Tests of the synthetic Market-layout dataset generator."""
 
+import dataclasses
+import json
 import os
 
 import numpy as np
@@ -8,17 +10,29 @@ import pytest
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.datasets import synthetic_effects
+from sa_reid_jax.datasets import synthetic_people
+from sa_reid_jax.datasets import synthetic_settings
 
 SPLITS = ('train', 'query', 'gallery')
 
 
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('synthetic'))
+def _generate(tmp_path_factory, difficulty):
+  root = str(tmp_path_factory.mktemp(f'synthetic_{difficulty}'))
   summary = synthetic.generate(root, num_ids=10, num_test_ids=40,
-                               num_cameras=4, seed=0)
+                               num_cameras=4, seed=0, difficulty=difficulty)
   records = {split: market_layout.scan_split(root, split) for split in SPLITS}
   return summary, records
+
+
+@pytest.fixture(scope='module', params=['easy', 'hard'])
+def dataset(tmp_path_factory, request):
+  return _generate(tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope='module')
+def easy_dataset(tmp_path_factory):
+  return _generate(tmp_path_factory, 'easy')
 
 
 def _files(root):
@@ -109,8 +123,8 @@ def _part_colours(paths):
       [relative[:, a:b, 22:42].mean(axis=(1, 2)) for a, b in bands], axis=1)
 
 
-def test_retrieval_is_learnable_but_not_trivial(dataset):
-  _, records = dataset
+def _retrieval_rank1(records):
+  """Rank-1 of the hand-made part-colour feature, and chance rank-1."""
   query, gallery = records['query'], records['gallery']
   query_features = _part_colours([r.path for r in query])
   gallery_features = _part_colours([r.path for r in gallery])
@@ -124,7 +138,13 @@ def test_retrieval_is_learnable_but_not_trivial(dataset):
     ranked = gallery_ids[keep][np.argsort(distances[q][keep], kind='stable')]
     hits.append(ranked[0] == record.person_id)
     chance.append(np.mean(ranked == record.person_id))
-  rank1, chance_rank1 = np.mean(hits), np.mean(chance)
+  return np.mean(hits), np.mean(chance)
+
+
+def test_retrieval_is_learnable_but_not_trivial(easy_dataset):
+  # The hard preset: test_hard_is_harder_than_easy_for_a_hand_made_feature.
+  _, records = easy_dataset
+  rank1, chance_rank1 = _retrieval_rank1(records)
   assert rank1 > 5 * chance_rank1
   assert rank1 < 0.9
 
@@ -161,3 +181,79 @@ def test_command_line(tmp_path, capsys):
   error = capsys.readouterr().err
   assert 'num_cameras must be in [2, 99]' in error
   assert 'Traceback' not in error
+
+
+def test_hard_is_harder_than_easy_for_a_hand_made_feature(tmp_path):
+  rank1 = {}
+  for difficulty in ('easy', 'hard'):
+    root = str(tmp_path / difficulty)
+    synthetic.generate(root, num_ids=2, num_test_ids=60, num_cameras=4,
+                       seed=1, difficulty=difficulty)
+    records = {split: market_layout.scan_split(root, split)
+               for split in SPLITS}
+    rank1[difficulty], chance = _retrieval_rank1(records)
+    assert rank1[difficulty] > 2 * chance  # still learnable
+  assert rank1['hard'] < 0.75 * rank1['easy']
+
+
+def test_settings_are_recorded_next_to_the_data(tmp_path, capsys):
+  output = str(tmp_path / 'cli')
+  assert synthetic.main(['--output', output, '--num_ids', '3',
+                         '--num_cameras', '2', '--difficulty', 'easy']) == 0
+  assert '(easy)' in capsys.readouterr().out
+  with open(os.path.join(output, synthetic.SETTINGS_JSON)) as file:
+    recorded = json.load(file)
+  assert recorded['arguments']['difficulty'] == 'easy'
+  assert recorded['arguments']['num_ids'] == 3
+  # JSON has no tuples: compare through a JSON round trip.
+  assert recorded['difficulty_settings'] == json.loads(json.dumps(
+      dataclasses.asdict(synthetic_settings.EASY)))
+  with pytest.raises(ValueError, match='difficulty must be one of'):
+    synthetic.generate(str(tmp_path / 'bad'), difficulty='medium')
+
+
+def test_near_twins_differ_in_few_attribute_groups():
+  rng = np.random.default_rng(0)
+  settings = dataclasses.replace(synthetic_settings.HARD, twin_probability=1.0)
+  base = synthetic_people.draw_person(rng, settings)
+  for _ in range(20):
+    twin = synthetic_people.draw_identity(rng, [base], settings)
+    changed = [group for group in synthetic_people.TWIN_ATTRIBUTES
+               if any(not np.array_equal(getattr(twin, name),
+                                         getattr(base, name))
+                      for name in group)]
+    assert 1 <= len(changed) <= settings.twin_changes
+
+
+def test_motion_blur_is_a_clamped_running_mean():
+  image = np.random.default_rng(0).uniform(0, 255, (5, 9, 3)).astype(
+      np.float32)
+  length = 4
+  expected = np.empty_like(image)
+  for x in range(9):
+    columns = [min(x + k, 8) for k in range(length)]
+    expected[:, x] = image[:, columns].mean(axis=1)
+  np.testing.assert_allclose(
+      synthetic_effects.motion_blur(image, length), expected, rtol=1e-5)
+  assert synthetic_effects.motion_blur(image, 1) is image
+
+
+def test_low_resolution_keeps_size_and_flat_images():
+  flat = np.full((128, 64, 3), 100.0, np.float32)
+  np.testing.assert_allclose(synthetic_effects.low_resolution(flat, 0.4), flat)
+  rng = np.random.default_rng(0)
+  noisy = rng.uniform(0, 255, (128, 64, 3)).astype(np.float32)
+  blurred = synthetic_effects.low_resolution(noisy, 0.4)
+  assert blurred.shape == noisy.shape
+  assert blurred.std() < 0.6 * noisy.std()  # detail is lost
+
+
+def test_leaning_composite_shifts_rows_by_their_height_above_the_feet():
+  image = np.zeros((10, 8, 3), np.float32)
+  layer = np.full_like(image, np.nan)
+  layer[2:10, 3] = 255  # a vertical line standing on row 9
+  result = synthetic_effects.composite_leaning(image, layer, 0.25, 9.0)
+  for row in range(2, 10):
+    shift = int(np.round(0.25 * (9 - row)))
+    assert np.flatnonzero(result[row, :, 0]).tolist() == [3 + shift]
+  assert not result[:2].any()

@@ -2,7 +2,13 @@
 
 Identities are procedurally drawn pedestrians (``synthetic_people``) seen by
 several cameras that differ in background, illumination, colour cast, blur,
-noise and the viewpoints they see. Train and test identities are disjoint.
+noise and the viewpoints they see. ``--difficulty`` picks the preset
+(``synthetic_settings``): ``hard`` (the default: textured clothing, carried
+objects, occlusion by people and objects, clutter, misplaced boxes, low
+resolution, motion blur, strong camera shifts, near-twin identities) or
+``easy`` (the original stick figures). The settings used are written to
+``generator_settings.json`` in the dataset folder. Train and test
+identities are disjoint.
 Every test identity is seen by at least two cameras; its queries come from
 some of those cameras and its gallery images from all of them, so each query
 has true matches in another camera. The gallery also holds distractors
@@ -12,11 +18,12 @@ has true matches in another camera. The gallery also holds distractors
 Command line::
 
   python -m sa_reid_jax.datasets.synthetic --output /tmp/synthetic_reid \\
-      --num_ids 100 --seed 0
+      --num_ids 100 --seed 0 --difficulty hard
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
@@ -24,8 +31,11 @@ import numpy as np
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import synthetic_people
+from sa_reid_jax.datasets import synthetic_scenes
+from sa_reid_jax.datasets.synthetic_settings import DIFFICULTIES
 
 _MAX_PERSON_ID = 9999  # four digits in Market-1501 file names
+SETTINGS_JSON = 'generator_settings.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +63,10 @@ class SyntheticSummary:
 
 def _check_arguments(num_ids, num_test_ids, num_cameras, images_per_camera,
                      query_probability, num_distractors, num_junk, height,
-                     width, jpeg_quality):
+                     width, jpeg_quality, difficulty):
+  if difficulty not in DIFFICULTIES:
+    raise ValueError(f'difficulty must be one of {sorted(DIFFICULTIES)}, got '
+                     f'{difficulty!r}')
   if num_ids < 1 or num_test_ids < 1:
     raise ValueError('num_ids and num_test_ids must be at least 1, got '
                      f'{num_ids} and {num_test_ids}')
@@ -116,7 +129,7 @@ class _Planner:
     box = int(self.rng.integers(1, 9))
     person_name = '-1' if person_id < 0 else f'{person_id:04d}'
     name = f'{person_name}_c{camera + 1}s{sequence}_{frame:06d}_{box:02d}.jpg'
-    self.jobs.append(synthetic_people.ImageJob(
+    self.jobs.append(synthetic_scenes.ImageJob(
         path=os.path.join(self.folders[split], name), person=person,
         camera=camera, seed=(self.seed, len(self.jobs)), scale=scale,
         fragment=fragment))
@@ -129,7 +142,7 @@ def generate(output_dir: str, *, num_ids: int = 100,
              query_probability: float = 0.5,
              num_distractors: int | None = None, num_junk: int | None = None,
              height: int = 128, width: int = 64, jpeg_quality: int = 90,
-             seed: int = 0) -> SyntheticSummary:
+             seed: int = 0, difficulty: str = 'hard') -> SyntheticSummary:
   """Writes a synthetic dataset in Market-1501 layout; same seed, same files.
 
   Args:
@@ -148,6 +161,9 @@ def generate(output_dir: str, *, num_ids: int = 100,
     width: image width (default 64).
     jpeg_quality: JPEG quality of the written files (default 90).
     seed: the seed everything is drawn from.
+    difficulty: a preset of ``synthetic_settings.DIFFICULTIES``: ``'hard'``
+      (default; calibrated for the demo network) or ``'easy'`` (the
+      original generator, same files as before the presets existed).
 
   Returns:
     a ``SyntheticSummary`` of what was written.
@@ -162,13 +178,14 @@ def generate(output_dir: str, *, num_ids: int = 100,
   num_junk = num_test_ids // 4 if num_junk is None else num_junk
   _check_arguments(num_ids, num_test_ids, num_cameras, images_per_camera,
                    query_probability, num_distractors, num_junk, height, width,
-                   jpeg_quality)
+                   jpeg_quality, difficulty)
+  settings = DIFFICULTIES[difficulty]
   folders = _prepare_folders(output_dir)
   rng = np.random.default_rng(seed)
   person_ids = 1 + rng.permutation(num_ids + num_test_ids)
   train_ids = np.sort(person_ids[:num_ids])
   test_ids = np.sort(person_ids[num_ids:])
-  cameras = [synthetic_people.draw_camera(rng, height, width)
+  cameras = [synthetic_people.draw_camera(rng, height, width, settings)
              for _ in range(num_cameras)]
   planner = _Planner(folders, rng, seed)
   low, high = images_per_camera
@@ -177,14 +194,18 @@ def generate(output_dir: str, *, num_ids: int = 100,
     count = int(rng.integers(2, num_cameras + 1))
     return np.sort(rng.choice(num_cameras, size=count, replace=False))
 
+  # Near twins are drawn within a split: train and test people stay apart.
+  train_people, test_people = [], []
   for person_id in train_ids:
-    person = synthetic_people.draw_person(rng)
+    person = synthetic_people.draw_identity(rng, train_people, settings)
+    train_people.append(person)
     for camera in seen_by():
       for _ in range(rng.integers(low, high + 1)):
         planner.add('train', int(person_id), int(camera), person)
 
   for person_id in test_ids:
-    person = synthetic_people.draw_person(rng)
+    person = synthetic_people.draw_identity(rng, test_people, settings)
+    test_people.append(person)
     seen = seen_by()
     asks = rng.random(len(seen)) < query_probability
     if not asks.any():
@@ -199,17 +220,30 @@ def generate(output_dir: str, *, num_ids: int = 100,
     camera = int(rng.integers(num_cameras))
     bad_crop = rng.random() < 0.5
     planner.add('gallery', market_layout.DISTRACTOR_PERSON_ID, camera,
-                synthetic_people.draw_person(rng),
+                synthetic_people.draw_person(rng, settings),
                 scale=float(rng.uniform(1.3, 1.8)) if bad_crop else None,
                 fragment=not bad_crop)
 
   for _ in range(num_junk):
     camera = int(rng.integers(num_cameras))
-    person = synthetic_people.draw_person(rng) if rng.random() < 0.5 else None
+    person = (synthetic_people.draw_person(rng, settings)
+              if rng.random() < 0.5 else None)
     planner.add('gallery', market_layout.JUNK_PERSON_ID, camera, person,
                 scale=float(rng.uniform(0.4, 0.6)), fragment=True)
 
-  synthetic_people.render_and_save(planner.jobs, cameras, jpeg_quality)
+  synthetic_scenes.render_and_save(planner.jobs, cameras, jpeg_quality,
+                                   settings)
+  with open(os.path.join(output_dir, SETTINGS_JSON), 'w') as file:
+    json.dump({'arguments': {
+        'num_ids': num_ids, 'num_test_ids': num_test_ids,
+        'num_cameras': num_cameras,
+        'images_per_camera': list(images_per_camera),
+        'query_probability': query_probability,
+        'num_distractors': num_distractors, 'num_junk': num_junk,
+        'height': height, 'width': width, 'jpeg_quality': jpeg_quality,
+        'seed': seed, 'difficulty': difficulty},
+               'difficulty_settings': dataclasses.asdict(settings)},
+              file, indent=2)
 
   return SyntheticSummary(
       root=output_dir,
@@ -244,6 +278,10 @@ def _parse_arguments(argv):
   parser.add_argument('--width', type=int, default=64)
   parser.add_argument('--jpeg_quality', type=int, default=90)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--difficulty', choices=sorted(DIFFICULTIES),
+                      default='hard',
+                      help='generator preset (default hard; easy: the '
+                      'original, simpler people)')
   return parser, parser.parse_args(argv)
 
 
@@ -259,10 +297,11 @@ def main(argv=None) -> int:
         query_probability=args.query_probability,
         num_distractors=args.num_distractors, num_junk=args.num_junk,
         height=args.height, width=args.width, jpeg_quality=args.jpeg_quality,
-        seed=args.seed)
+        seed=args.seed, difficulty=args.difficulty)
   except (ValueError, OSError) as error:
     parser.error(str(error))
-  print(f'{summary.root}: {len(summary.train_person_ids)} train ids '
+  print(f'{summary.root} ({args.difficulty}): '
+        f'{len(summary.train_person_ids)} train ids '
         f'({summary.num_train_images} images), '
         f'{len(summary.test_person_ids)} test ids '
         f'({summary.num_query_images} query, {summary.num_gallery_images} '

@@ -1,0 +1,385 @@
+r"""The SA study: does spatial attention help, measured over several seeds?
+
+Trains, on the hard synthetic proxy (``python -m sa_reid_jax.datasets.synthetic
+--difficulty hard``, one fixed dataset), the demo network
+(``configs/demo_synthetic.py``: the paper's full model on a one-block-per-
+stage ResNet of width 16 at 128x64, from scratch) in these variants:
+
+  no_sa        Backbone+P+DS (Table 2), i.e. the full model without SA
+  sa_sum       Backbone+P+DS+SA2 with the official code's 'sum' attention
+  sa_softmax   the same with the paper's softmax attention
+  sa1_sa2_sum  Backbone+P+DS+SA1+SA2 (Table 2's last row), 'sum' attention
+
+each for several seeds (the seed changes the initialisation, the data order,
+the augmentation and dropout; the data stay the same), and writes into the
+study folder ``results.json`` (every run's metrics and the summary),
+``results.md`` (mean ± standard deviation of rank-1, mAP and mINP per
+variant, and the paired differences to ``no_sa`` for the same seed with a
+95% Student-t interval) and ``results.png`` (the same with error bars).
+Finished runs are skipped, unfinished ones resume from their checkpoint, so
+the command can be interrupted and started again:
+
+  python studies/sa_study.py --output=workdirs/sa_study --seeds=5 \
+      --epochs=8 --parallel=2
+
+``--parallel=N`` trains N runs at once in N single-threaded processes
+(``--parallel=1``: one at a time, in this process, with every core). The
+runs are 8 epochs by default (the demo trains 30) so that the 15 runs fit
+in an hour on a 2-core machine; the learning rate drops x0.1 after 2/3.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import matplotlib
+matplotlib.use('Agg')  # files only, no display
+from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+import numpy as np
+from scipy import stats
+
+from sa_reid_jax import command_line
+from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(REPO, 'configs', 'demo_synthetic.py')
+# Variant name -> (models.VARIANTS key, attention normalisation).
+# no_sa has no SA; its normalisation field is unused.
+VARIANTS = {
+    'no_sa': ('full_no_sa', 'sum'),
+    'sa_sum': ('full', 'sum'),
+    'sa_softmax': ('full', 'softmax'),
+    'sa1_sa2_sum': ('backbone_p_ds_sa1_sa2', 'sum'),
+}
+BASELINE = 'no_sa'
+METRICS = ('rank1', 'mAP', 'mINP')
+METRIC_NAMES = {'rank1': 'rank-1', 'mAP': 'mAP', 'mINP': 'mINP'}
+DATA_SEED = 0  # the one dataset every run trains and is evaluated on
+
+
+def study_config(variant: str, seed: int, data_folder: str, epochs: int,
+                 max_steps: int = 0):
+  """The demo config with every field the comparison depends on set here.
+
+  Args:
+    variant: a key of ``VARIANTS``.
+    seed: the training seed.
+    data_folder: the synthetic dataset (Market-1501 layout).
+    epochs: training length; the learning rate drops x0.1 after 2/3 of it
+      (as the demo: 20 of 30 epochs).
+    max_steps: stop after this many steps when > 0 (smoke runs).
+
+  Returns:
+    an ml_collections config for ``train_and_evaluate``.
+  """
+  spec = importlib.util.spec_from_file_location('demo_synthetic', DEMO_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.model.variant, config.model.attention_normalization = (
+      VARIANTS[variant])
+  config.seed = seed
+  config.dataset.folder = data_folder
+  config.image_size = (128, 64)
+  config.model.stage_sizes = (1, 1, 1, 1)
+  config.model.base_width = 16
+  config.batch_size = 32
+  config.num_epochs = epochs
+  config.max_steps = max_steps
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.backbone_lr_multiplier = 1.0
+  config.optimizer.decay_epochs = max(1, round(epochs * 2 / 3))
+  # No random erasing, as the released main.py command (and Table 2).
+  config.augmentation.erasing_probability = 0.0
+  config.augmentation.flip_probability = 0.5
+  config.eval.every_epochs = 0
+  config.eval.at_start = False
+  config.eval.flip = False
+  config.eval.rerank = False
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep = 1
+  config.log_every_steps = 100
+  return config
+
+
+def run_dir(output: str, variant: str, seed: int) -> str:
+  return os.path.join(output, 'runs', variant, f'seed{seed}')
+
+
+def _read_final(directory: str) -> dict | None:
+  path = os.path.join(directory, 'metrics.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as file:
+    final = json.load(file)['final']
+  timing = os.path.join(directory, 'wall_seconds.json')
+  wall = None
+  if os.path.exists(timing):
+    with open(timing) as file:
+      wall = json.load(file)['seconds']
+  return {**{m: final['plain'][m] for m in METRICS}, 'step': final['step'],
+          'wall_seconds': wall}
+
+
+def train_one(output: str, variant: str, seed: int, epochs: int,
+              max_steps: int) -> None:
+  """Trains one run in this process (resuming it if it was interrupted)."""
+  directory = run_dir(output, variant, seed)
+  config = study_config(variant, seed, os.path.join(output, 'data'), epochs,
+                        max_steps)
+  start = time.time()
+  result = trainer.train_and_evaluate(config, directory)
+  if result['status'] != 'completed':
+    raise RuntimeError(f'{directory}: training stopped ({result["status"]})')
+  with open(os.path.join(directory, 'wall_seconds.json'), 'w') as file:
+    json.dump({'seconds': time.time() - start}, file)
+
+
+def _worker_command(args, variant, seed):
+  return [sys.executable, os.path.abspath(__file__), '--worker',
+          f'--output={args.output}', f'--variants={variant}',
+          f'--epochs={args.epochs}', f'--max_steps={args.max_steps}',
+          f'--seed_list={seed}']
+
+
+def _single_thread_environment() -> dict[str, str]:
+  """One compute thread for XLA and TensorFlow in a worker process."""
+  environment = dict(os.environ)
+  environment['XLA_FLAGS'] = (environment.get('XLA_FLAGS', '') +
+                              ' --xla_cpu_multi_thread_eigen=false'
+                              ' intra_op_parallelism_threads=1').strip()
+  environment['TF_NUM_INTRAOP_THREADS'] = '1'
+  environment['TF_NUM_INTEROP_THREADS'] = '1'
+  environment['PYTHONUNBUFFERED'] = '1'  # progress reaches train.log live
+  return environment
+
+
+def run_all(args, pending: list[tuple[str, int]]) -> None:
+  """Trains the pending runs, ``args.parallel`` at a time."""
+  if args.parallel == 1:
+    for variant, seed in pending:
+      print(f'training {variant} seed {seed}', flush=True)
+      train_one(args.output, variant, seed, args.epochs, args.max_steps)
+    return
+  queue, running = list(pending), []
+  while queue or running:
+    while queue and len(running) < args.parallel:
+      variant, seed = queue.pop(0)
+      directory = run_dir(args.output, variant, seed)
+      os.makedirs(directory, exist_ok=True)
+      log = open(os.path.join(directory, 'train.log'), 'a')
+      process = subprocess.Popen(
+          _worker_command(args, variant, seed), stdout=log,
+          stderr=subprocess.STDOUT, env=_single_thread_environment())
+      log.close()
+      running.append((process, variant, seed))
+      print(f'training {variant} seed {seed} (log: {directory}/train.log)',
+            flush=True)
+    time.sleep(1)
+    for process, variant, seed in [r for r in running
+                                   if r[0].poll() is not None]:
+      running.remove((process, variant, seed))
+      if process.returncode:
+        for other, _, _ in running:  # SIGTERM: they save and stop
+          other.terminate()
+          other.wait()
+        raise RuntimeError(
+            f'{variant} seed {seed} failed with status {process.returncode};'
+            f' see {run_dir(args.output, variant, seed)}/train.log')
+
+
+def paired_difference(values: np.ndarray, baseline: np.ndarray,
+                      confidence: float = 0.95) -> dict:
+  """Mean of the per-seed differences ``values - baseline`` and its
+  Student-t confidence interval (n - 1 degrees of freedom).
+
+  Args:
+    values, baseline: (n,) metrics of the same seeds.
+    confidence: coverage of the interval.
+
+  Returns:
+    ``mean``, ``std`` (sample, ddof 1), ``low``, ``high``, ``n``; the
+    spread and interval are NaN for n < 2.
+  """
+  differences = np.asarray(values, float) - np.asarray(baseline, float)
+  n = len(differences)
+  mean = float(differences.mean())
+  if n < 2:
+    return {'mean': mean, 'std': float('nan'), 'low': float('nan'),
+            'high': float('nan'), 'n': n}
+  std = float(differences.std(ddof=1))
+  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / np.sqrt(n)
+  return {'mean': mean, 'std': std, 'low': mean - half, 'high': mean + half,
+          'n': n}
+
+
+def summarise(runs: dict[str, dict[int, dict]]) -> dict:
+  """Mean ± std per variant and metric, and paired differences to no_sa."""
+  summary = {'variants': {}, 'differences': {}}
+  for variant, by_seed in runs.items():
+    seeds = sorted(by_seed)
+    summary['variants'][variant] = {
+        metric: {'mean': float(np.mean([by_seed[s][metric] for s in seeds])),
+                 'std': (float(np.std([by_seed[s][metric] for s in seeds],
+                                      ddof=1)) if len(seeds) > 1
+                         else float('nan')),
+                 'n': len(seeds)}
+        for metric in METRICS}
+  baseline = runs.get(BASELINE, {})
+  for variant, by_seed in runs.items():
+    seeds = sorted(set(by_seed) & set(baseline))
+    if variant == BASELINE or not seeds:
+      continue
+    summary['differences'][variant] = {
+        metric: {**paired_difference([by_seed[s][metric] for s in seeds],
+                                     [baseline[s][metric] for s in seeds]),
+                 'seeds': seeds}
+        for metric in METRICS}
+  return summary
+
+
+def _percent(value: float) -> str:
+  return 'n/a' if np.isnan(value) else f'{100 * value:.1f}'
+
+
+def markdown(summary: dict, settings: dict) -> str:
+  """The study's tables (percent)."""
+  length = (f'{settings["max_steps"]} steps' if settings['max_steps']
+            else f'{settings["epochs"]} epochs')
+  lines = [f'Variants trained {settings["seeds"]} seeds each, {length} '
+           '(mean ± sample std over seeds, %):',
+           '', '| variant | runs | ' + ' | '.join(
+               METRIC_NAMES[m] for m in METRICS) + ' |',
+           '| --- | --- |' + ' --- |' * len(METRICS)]
+  for variant, metrics in summary['variants'].items():
+    cells = [f'{_percent(v["mean"])} ± {_percent(v["std"])}'
+             for v in metrics.values()]
+    lines.append(f'| {variant} | {metrics["rank1"]["n"]} | '
+                 + ' | '.join(cells) + ' |')
+  lines += ['', f'Paired differences to {BASELINE} (same seed), mean '
+            '[95% t-interval], percentage points:', '',
+            '| variant | ' + ' | '.join(METRIC_NAMES[m] for m in METRICS)
+            + ' |', '| --- |' + ' --- |' * len(METRICS)]
+  for variant, metrics in summary['differences'].items():
+    cells = [f'{100 * d["mean"]:+.1f} [{_percent(d["low"])}, '
+             f'{_percent(d["high"])}]' for d in metrics.values()]
+    lines.append(f'| {variant} - {BASELINE} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(summary: dict, runs: dict, path: str) -> None:
+  """Per variant and metric: the mean with a ±1 std error bar, and each
+  seed's value as a small dot beside it."""
+  variants = list(summary['variants'])
+  figure, axes = pyplot.subplots(1, len(METRICS),
+                                 figsize=(4 * len(METRICS), 3.6))
+  positions = np.arange(len(variants))
+  for axis, metric in zip(axes, METRICS):
+    means = [100 * summary['variants'][v][metric]['mean'] for v in variants]
+    stds = [100 * np.nan_to_num(summary['variants'][v][metric]['std'])
+            for v in variants]
+    axis.errorbar(positions, means, yerr=stds, fmt='o', color='#3182bd',
+                  capsize=6, markersize=7, label='mean ± std')
+    for position, variant in zip(positions, variants):
+      values = [100 * r[metric] for r in runs[variant].values()]
+      axis.plot(np.full(len(values), position + 0.15), values, '.',
+                color='#636363', alpha=0.7,
+                label='one seed' if position == 0 else None)
+    axis.set_xticks(positions, variants, rotation=15)
+    axis.set_xlim(-0.5, len(variants) - 0.5)
+    axis.set_title(f'{METRIC_NAMES[metric]} (%)')
+    axis.grid(axis='y', alpha=0.3)
+  axes[0].legend(fontsize=8, loc='best')
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  pyplot.close(figure)
+
+
+def _prepare_data(output: str, num_ids: int) -> str:
+  folder = os.path.join(output, 'data')
+  if not os.path.exists(os.path.join(folder, synthetic.SETTINGS_JSON)):
+    synthetic.generate(folder, num_ids=num_ids, seed=DATA_SEED,
+                       difficulty='hard')
+  return folder
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(
+      prog='studies/sa_study.py',
+      description='Train no-SA and SA variants over several seeds on the '
+      'hard synthetic data and report mean ± std and paired differences.')
+  parser.add_argument('--output', required=True, help='study folder')
+  parser.add_argument('--variants', default='no_sa,sa_sum,sa_softmax',
+                      help=f'comma-separated, from {sorted(VARIANTS)}')
+  positive = command_line.positive_int_argument
+  parser.add_argument('--seeds', type=positive, default=5,
+                      help='seeds 0..N-1 per variant (default 5)')
+  parser.add_argument('--seed_list', help=argparse.SUPPRESS)
+  parser.add_argument('--epochs', type=positive, default=8,
+                      help='training length per run (default 8)')
+  parser.add_argument('--max_steps', type=int, default=0,
+                      help='stop each run after this many steps (smoke runs)')
+  parser.add_argument('--num_ids', type=positive, default=100,
+                      help='train (and test) identities of the data')
+  parser.add_argument('--parallel', type=positive, default=1,
+                      help='runs trained at once, single-threaded each')
+  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  variants = args.variants.split(',')
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    parser.error(f'--variants: unknown {unknown}; choose from '
+                 f'{sorted(VARIANTS)}')
+  if BASELINE not in variants and not args.worker:
+    parser.error(f'--variants must include {BASELINE} (the paired baseline)')
+  args.variant_list = variants
+  args.seed_numbers = ([int(s) for s in args.seed_list.split(',')]
+                       if args.seed_list else list(range(args.seeds)))
+  return args
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  if args.worker:
+    for variant in args.variant_list:
+      for seed in args.seed_numbers:
+        train_one(args.output, variant, seed, args.epochs, args.max_steps)
+    return 0
+  start = time.time()
+  _prepare_data(args.output, args.num_ids)
+  pending = [(v, s) for s in args.seed_numbers for v in args.variant_list
+             if _read_final(run_dir(args.output, v, s)) is None]
+  print(f'{len(pending)} of {len(args.variant_list) * len(args.seed_numbers)}'
+        ' runs to train', flush=True)
+  try:
+    run_all(args, pending)
+  except RuntimeError as error:
+    sys.exit(f'sa_study.py: error: {error}')
+  runs = {v: {s: _read_final(run_dir(args.output, v, s))
+              for s in args.seed_numbers} for v in args.variant_list}
+  summary = summarise(runs)
+  settings = {'seeds': len(args.seed_numbers), 'epochs': args.epochs,
+              'max_steps': args.max_steps, 'num_ids': args.num_ids,
+              'parallel': args.parallel, 'data_seed': DATA_SEED,
+              'variants': {v: VARIANTS[v] for v in args.variant_list}}
+  with open(os.path.join(args.output, 'results.json'), 'w') as file:
+    json.dump({'settings': settings, 'runs': runs, 'summary': summary,
+               'wall_seconds_this_invocation': time.time() - start}, file,
+              indent=2)
+  table = markdown(summary, settings)
+  with open(os.path.join(args.output, 'results.md'), 'w') as file:
+    file.write(table)
+  plot(summary, runs, os.path.join(args.output, 'results.png'))
+  print(table)
+  print(f'wrote {args.output}/results.json, results.md, results.png '
+        f'({time.time() - start:.0f} s)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

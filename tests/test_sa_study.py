@@ -1,0 +1,96 @@
+"""Tests of the SA study script (studies/sa_study.py): statistics and a
+one-seed, few-step run of the whole pipeline."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'studies',
+                     'sa_study.py')
+_SPEC = importlib.util.spec_from_file_location('sa_study', _PATH)
+sa_study = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(sa_study)
+
+
+def test_paired_difference_matches_hand_computed_t_interval():
+  values = np.array([0.70, 0.74, 0.69, 0.75, 0.72])
+  baseline = np.array([0.68, 0.70, 0.70, 0.71, 0.69])
+  # differences 0.02, 0.04, -0.01, 0.04, 0.03: mean 0.024, squared
+  # deviations sum to 0.00172, sample std sqrt(0.00172 / 4);
+  # t(0.975, 4) = 2.7764451 (t table).
+  result = sa_study.paired_difference(values, baseline)
+  std = np.sqrt(0.00172 / 4)
+  half = 2.7764451 * std / np.sqrt(5)
+  assert result['n'] == 5
+  assert result['mean'] == pytest.approx(0.024)
+  assert result['std'] == pytest.approx(std, rel=1e-6)
+  assert result['low'] == pytest.approx(0.024 - half, abs=1e-7)
+  assert result['high'] == pytest.approx(0.024 + half, abs=1e-7)
+
+
+def test_one_seed_has_no_interval():
+  result = sa_study.paired_difference([0.5], [0.4])
+  assert result['mean'] == pytest.approx(0.1)
+  assert np.isnan(result['low']) and np.isnan(result['std'])
+
+
+def test_summary_pairs_runs_by_seed():
+  runs = {'no_sa': {0: {'rank1': .5, 'mAP': .3, 'mINP': .1},
+                    1: {'rank1': .6, 'mAP': .4, 'mINP': .2}},
+          'sa_sum': {0: {'rank1': .7, 'mAP': .3, 'mINP': .1},
+                     1: {'rank1': .6, 'mAP': .5, 'mINP': .3}}}
+  summary = sa_study.summarise(runs)
+  assert summary['variants']['no_sa']['rank1']['mean'] == pytest.approx(.55)
+  assert summary['variants']['sa_sum']['mAP']['std'] == pytest.approx(
+      np.std([.3, .5], ddof=1))
+  rank1 = summary['differences']['sa_sum']['rank1']
+  assert rank1['mean'] == pytest.approx(0.1)  # (+0.2 + 0.0) / 2
+  assert rank1['seeds'] == [0, 1]
+  assert 'no_sa' not in summary['differences']
+
+
+def test_config_sets_what_the_comparison_depends_on():
+  config = sa_study.study_config('sa_softmax', 3, '/data', epochs=12)
+  assert config.model.variant == 'full'
+  assert config.model.attention_normalization == 'softmax'
+  assert config.seed == 3
+  assert config.augmentation.erasing_probability == 0.0
+  assert config.optimizer.decay_epochs == 8
+  assert sa_study.study_config('no_sa', 0, '/d', 30).model.variant == (
+      'full_no_sa')
+
+
+def test_bad_arguments_are_one_error_line(capsys):
+  with pytest.raises(SystemExit):
+    sa_study.main(['--output=x', '--variants=no_sa,sa_typo'])
+  assert '--variants: unknown' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    sa_study.main(['--output=x', '--variants=sa_sum'])
+  assert 'must include no_sa' in capsys.readouterr().err
+
+
+def test_smoke_study_writes_results_and_resumes(tmp_path, capsys):
+  output = str(tmp_path / 'study')
+  # --parallel=2: the two runs train at once in worker processes.
+  arguments = [f'--output={output}', '--variants=no_sa,sa_sum', '--seeds=1',
+               '--max_steps=2', '--num_ids=6', '--parallel=2']
+  assert sa_study.main(arguments) == 0
+  with open(os.path.join(output, 'results.json')) as file:
+    results = json.load(file)
+  runs = results['runs']
+  for variant in ('no_sa', 'sa_sum'):
+    assert runs[variant]['0']['step'] == 2
+    assert 0 <= runs[variant]['0']['rank1'] <= 1
+  difference = results['summary']['differences']['sa_sum']['mAP']['mean']
+  assert difference == pytest.approx(runs['sa_sum']['0']['mAP'] -
+                                     runs['no_sa']['0']['mAP'])
+  with open(os.path.join(output, 'results.md')) as file:
+    assert '| sa_sum - no_sa |' in file.read()
+  with open(os.path.join(output, 'results.png'), 'rb') as file:
+    assert file.read(8) == b'\x89PNG\r\n\x1a\n'
+  capsys.readouterr()
+  assert sa_study.main(arguments) == 0  # everything finished: nothing to do
+  assert '0 of 2 runs to train' in capsys.readouterr().out
