@@ -19,8 +19,10 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from sa_reid_jax.datasets import market_layout
+
 # The cache folder inside a gallery folder (list_images skips hidden ones).
-CACHE_FOLDER = '.sa_reid_cache'
+CACHE_FOLDER = market_layout.CACHE_FOLDER
 # Part of the cache key: bump when decoding or preprocessing changes, since
 # descriptors cached by older code would no longer match fresh ones.
 CACHE_VERSION = 1

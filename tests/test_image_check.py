@@ -99,6 +99,13 @@ def test_system_files_are_skipped_and_counted(tmp_path):
   assert list(table.filenames) == sorted(_FOLDERS['bounding_box_train'])
   assert messages == [market_layout.skipped_message(3, str(train))]
   assert messages[0].startswith('skipped 3 hidden or system files')
+  # The project's own cache folder (search writes one into a gallery) is
+  # neither data nor a file to report.
+  (train / market_layout.CACHE_FOLDER).mkdir(exist_ok=True)
+  (train / market_layout.CACHE_FOLDER / 'descriptors.npz').write_bytes(b'x')
+  messages = []
+  tables.from_folder(root, 'train', log=messages.append)
+  assert messages == [market_layout.skipped_message(3, str(train))]
   # The tools' listing skips them the same way.
   messages = []
   listed = image_files.list_images(str(train), '--gallery',

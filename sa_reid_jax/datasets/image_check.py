@@ -33,7 +33,7 @@ import numpy as np
 
 from sa_reid_jax.datasets import market_layout
 
-CACHE_FOLDER = '.sa_reid_cache'
+CACHE_FOLDER = market_layout.CACHE_FOLDER
 CACHE_FILE = 'image_verdicts.npz'
 # Part of the cache key: bump when what counts as readable changes.
 CHECK_VERSION = 1

@@ -75,6 +75,11 @@ def parse_filename(path: str) -> tuple[int, int]:
   return person_id, camera - 1
 
 
+# The project's own cache folder inside an image folder (image verdicts,
+# search descriptors): neither data nor a file to report.
+CACHE_FOLDER = '.sa_reid_cache'
+
+
 def is_system_file(name: str) -> bool:
   """Whether a file name is a hidden or operating-system file, not data.
 
@@ -99,11 +104,14 @@ def list_folder(folder: str, extensions: Iterable[str]
   Returns:
     (sorted base names of the images, count of `is_system_file` names,
     which are left out whatever their extension). Other files without an
-    image extension (e.g. a readme) are left out uncounted.
+    image extension (e.g. a readme) and the project's ``CACHE_FOLDER`` are
+    left out uncounted.
   """
   extensions = tuple(extensions)
   names, system = [], 0
   for name in sorted(os.listdir(folder)):
+    if name == CACHE_FOLDER:
+      continue
     if is_system_file(name):
       system += 1
     elif name.lower().endswith(extensions):
