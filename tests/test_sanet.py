@@ -172,5 +172,11 @@ def test_load_model_errors_name_the_directory(tmp_path):
   with pytest.raises(ValueError, match='nowhere: no such model directory'):
     sa_reid_jax.load_model(str(tmp_path / 'nowhere'))
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(ValueError, match='empty: not a model directory'):
+  # An empty directory and a foreign one each get a line saying what to pass.
+  with pytest.raises(ValueError, match='empty: empty; expected a model '
+                     'directory'):
     sa_reid_jax.load_model(str(tmp_path / 'empty'))
+  (tmp_path / 'foreign').mkdir()
+  (tmp_path / 'foreign' / 'notes.txt').write_text('not a model')
+  with pytest.raises(ValueError, match='foreign: not a model directory'):
+    sa_reid_jax.load_model(str(tmp_path / 'foreign'))
