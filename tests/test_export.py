@@ -128,7 +128,7 @@ def test_errors_are_one_line(checkpoint, exported, tmp_path):
       ([f'--checkpoint={tmp_path / "missing"}', f'--output={tmp_path / "o"}'],
        '--checkpoint'),
       ([f'--checkpoint={tmp_path}', f'--output={tmp_path / "o"}'],
-       'not a model directory'),
+       'empty; expected a model directory'),
       ([f'--checkpoint={path}', f'--output={exported}'], '--overwrite'),
       ([f'--checkpoint={path}', f'--output={path}', '--overwrite'],
        'would replace the checkpoint'),
