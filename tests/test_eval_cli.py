@@ -62,7 +62,7 @@ def test_eval_prints_and_writes_metrics(setup):
     assert values['rank1'] <= values['rank5'] <= values['rank10']
     assert f'mAP {100 * values["mAP"]:.2f}' in result.stdout
   assert metrics['settings']['flip'] is True
-  num_query = len(os.listdir(data / 'query'))
+  num_query = len([n for n in os.listdir(data / 'query') if n.endswith('.jpg')])
   assert metrics['settings']['num_query'] == num_query
   # The report beside metrics.json: its images decode, its numbers are these.
   parser, images = test_report.parse_report(root / 'out' / 'report.html')

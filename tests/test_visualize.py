@@ -107,14 +107,19 @@ def dataset(tmp_path_factory):
 CELL_W = SIZE[1] + 2 * visualize.BORDER
 
 
+def _first_image(dataset):
+  """The first query image's name (the folder also holds the image-check cache)."""
+  return sorted(name for name in os.listdir(os.path.join(dataset, 'query'))
+                if name.endswith('.jpg'))[0]
+
+
 def _cell_left(index):
   """Left edge of a ranks tile: the query, a gap, then the gallery."""
   return index * (CELL_W + visualize.GAP) + (visualize.GAP if index else 0)
 
 
 def test_ranks_picture_borders(dataset):
-  query = os.path.join(dataset, 'query', sorted(os.listdir(
-      os.path.join(dataset, 'query')))[0])
+  query = os.path.join(dataset, 'query', _first_image(dataset))
   kinds = ['match', 'wrong', 'junk', 'same cam']
   ranked = [{'paths': [query] * 4, 'kinds': kinds,
              'distances': [0.1, 0.2, 0.3, 0.4]}] * 2
@@ -162,7 +167,7 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   mixed = tmp_path / 'mixed'
   mixed.mkdir()
   (mixed / 'a_broken.jpg').write_bytes(b'not an image')
-  first = sorted(os.listdir(os.path.join(dataset, 'query')))[0]
+  first = _first_image(dataset)
   (mixed / 'b.jpg').write_bytes(
       open(os.path.join(dataset, 'query', first), 'rb').read())
   result = run('cam', f'--checkpoint={tmp_path / "sa"}', f'--images={mixed}',
