@@ -52,6 +52,7 @@ import numpy as np
 
 # TensorFlow-free modules only: the benchmark runs where TensorFlow is not
 # installed (trainer, input_pipeline and evaluation import it).
+from sa_reid_jax import tasks
 from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import step as step_lib
@@ -355,11 +356,13 @@ def main(argv=None):
                               'batch_stats': state.batch_stats}, image_size,
                       outputs=('part_logits', 'global_logits', 'ds_logits'))
   state = step_lib.replicate(state, mesh)
+  task = tasks.build(config)
   batch = step_lib.shard_batch(
       synthetic_batch(local_images, image_size, args.num_classes,
-                      seed=jax.process_index()), mesh)
+                      seed=jax.process_index()), mesh,
+      step_lib.step_keys(task, on_device_augment=False))
   train_step = step_lib.make_parallel_train_step(
-      mesh, model=model, optimizer=optimizer, loss_config=config.loss)
+      mesh, model=model, task=task, optimizer=optimizer)
 
   start = time.perf_counter()
   lowered = train_step.lower(state, batch)

@@ -54,7 +54,7 @@ from sa_reid_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.device_augment import check_size  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.models.sanet import model_config  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 
 PROGRAM = 'export'
 # Those jax2tf can lower for; one SavedModel serves on each of these.
@@ -241,7 +241,8 @@ def export_saved_model(model, variables: Any, output: str, *,
       'preprocessing': ('bilinear resize to image_size (antialiased when '
                         'shrinking), x / 255, ImageNet mean/std'),
       'platforms': list(platforms),
-      'model_config': model_config(model),
+      'model_family': registry.describe(model)['family'],
+      'model_config': registry.describe(model)['config'],
       'jax_version': jax.__version__,
       'tensorflow_version': tf.__version__,
       **(metadata or {}),

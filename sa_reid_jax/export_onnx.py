@@ -39,7 +39,7 @@ import numpy as np
 from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.device_augment import normalize
 from sa_reid_jax.models import resnet
-from sa_reid_jax.models.sanet import model_config
+from sa_reid_jax.models import registry
 
 # ONNX operator set the model is written for (ONNX Runtime >= 1.16 runs it).
 OPSET = 21
@@ -128,7 +128,8 @@ def export_onnx(model, variables: Any, output: str, *,
       'preprocessing': ('none inside but x / 255 and ImageNet mean/std: '
                         'resize to image_size beforehand (bilinear, '
                         'antialiased when shrinking, as PIL)'),
-      'model_config': model_config(model),
+      'model_family': registry.describe(model)['family'],
+      'model_config': registry.describe(model)['config'],
       'jax_version': jax.__version__,
       'jax2onnx_version': importlib.metadata.version('jax2onnx'),
       **(metadata or {}),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from sa_reid_jax import losses
 from sa_reid_jax.training import experiment_config
-from sa_reid_jax.training import losses
 from sa_reid_jax.training import optimizer
 
 NUM_STEPS = 7
@@ -215,11 +215,13 @@ def test_cross_entropy_terms_match_torch(with_parts, with_ds, record_parity):
                 worst, LOSS_BOUND)
 
 
-def loss_config(weighting, part_weight=0.8):
+def combined(terms, weighting, part_weight=0.8):
+  """The loss of the config's cross-entropy term with these settings."""
   config = experiment_config('market1501')
-  config.loss.weighting = weighting
-  config.loss.part_weight = part_weight
-  return config.loss
+  settings = config.loss.terms.cross_entropy
+  settings.weighting = weighting
+  settings.part_weight = part_weight
+  return losses.combine_heads(terms, settings.weighting, settings.part_weight)
 
 
 def test_total_loss_sum():
@@ -227,7 +229,7 @@ def test_total_loss_sum():
   terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
   assert len(terms) == 10
   expected = float(np.sum([float(v) for v in terms.values()]))
-  got = float(losses.total_loss(terms, loss_config('sum')))
+  got = float(combined(terms, 'sum'))
   assert got == pytest.approx(expected, rel=1e-6)
 
 
@@ -241,7 +243,7 @@ def test_total_loss_paper(part_weight):
             values['ds3_ce']]
   expected = (part_weight * sum(parts) / 6 +
               (1 - part_weight) * sum(others) / 4)
-  got = float(losses.total_loss(terms, loss_config('paper', part_weight)))
+  got = float(combined(terms, 'paper', part_weight))
   assert got == pytest.approx(expected, rel=1e-6)
 
 
@@ -251,15 +253,16 @@ def test_total_loss_paper_without_parts():
   values = [float(v) for v in terms.values()]
   assert len(values) == 4
   # part_weight must not shrink the loss when there are no part terms.
-  got = float(losses.total_loss(terms, loss_config('paper', 0.8)))
+  got = float(combined(terms, 'paper', 0.8))
   assert got == pytest.approx(sum(values) / 4, rel=1e-6)
 
 
 def test_total_loss_unknown_weighting_raises():
   outputs, labels = random_outputs(6)
   terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
-  with pytest.raises(ValueError, match='config.loss.weighting'):
-    losses.total_loss(terms, loss_config('mean'))
+  with pytest.raises(ValueError,
+                     match='config.loss.terms.cross_entropy.weighting'):
+    combined(terms, 'mean')
 
 
 def test_accuracy_matches_hand_count():

@@ -215,7 +215,8 @@ def test_init_from_errors_name_the_key(data, tmp_path, init_from, message):
 @pytest.mark.parametrize('overrides', [
     {'model.dtype': 'bfloat16'},
     {'augmentation.on_device': True, 'augmentation.staging_size': (64, 32)},
-    {'model.sync_batch_norm': False, 'loss.weighting': 'paper'},
+    {'model.sync_batch_norm': False,
+     'loss.terms.cross_entropy.weighting': 'paper'},
 ])
 def test_training_options_run_and_learn(data, tmp_path, overrides):
   config = tiny_config(data, max_steps=6, **{'eval.report': True},
@@ -243,7 +244,8 @@ def test_training_options_run_and_learn(data, tmp_path, overrides):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'loss.weighting': 'mean'}, 'config.loss.weighting must be one of'),
+    ({'loss.terms.cross_entropy.weighting': 'mean'},
+     'config.loss.terms.cross_entropy.weighting must be one of'),
     ({'augmentation.erasing_fill': 'noise'},
      'config.augmentation: RandomErasing.fill'),
     ({'image_size': (0, 32)}, 'config.image_size must be a positive'),

@@ -33,7 +33,7 @@ from sa_reid_jax import visualize
 from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 from sa_reid_jax.evaluation.evaluate import Evaluation
 from sa_reid_jax.evaluation.metrics import RankResult
-from sa_reid_jax.models.sanet import model_config
+from sa_reid_jax.models import registry
 
 REPORT_HTML = 'report.html'
 SETTINGS = ('plain', 'reranked')
@@ -366,8 +366,10 @@ def write_report(evaluation: Evaluation, path: str, model,
     settings['trained steps'] = step
   settings['dataset'] = config.dataset.folder or config.dataset.name
   settings['image size'] = 'x'.join(str(v) for v in config.image_size)
-  settings['model'] = ', '.join(f'{key}={value}' for key, value in
-                                model_config(model).items())
+  description = registry.describe(model)
+  settings['model'] = ', '.join(
+      [f'family={description["family"]}'] +
+      [f'{key}={value}' for key, value in description['config'].items()])
   settings['flip'] = run['flip']
   settings['metric'] = run['metric']
   if evaluation.reranked is not None:

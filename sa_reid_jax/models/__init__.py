@@ -1,4 +1,4 @@
-"""Networks: the ResNet backbone, the spatial attention layer and SANet."""
+"""Networks: the ResNet backbone, the model families and their registry."""
 
 from sa_reid_jax.models.attention import apply_spatial_attention
 from sa_reid_jax.models.attention import spatial_attention_map
@@ -10,3 +10,5 @@ from sa_reid_jax.models.sanet import VARIANTS
 from sa_reid_jax.models.sanet import model_config
 from sa_reid_jax.models.sanet import model_from_config
 from sa_reid_jax.models.sanet import sanet_variant
+from sa_reid_jax.models.registry import FAMILIES
+from sa_reid_jax.models.registry import build

@@ -1,8 +1,10 @@
 """Saving and restoring a model: an orbax checkpoint of variables + config.
 
 A model directory holds two orbax items: ``variables`` (params and
-batch_stats, float32) and ``model`` (JSON: the `SANet` constructor arguments
-under ``config`` and free-form provenance under ``metadata``).
+batch_stats, float32) and ``model`` (JSON: the network's ``family``, its
+constructor arguments under ``config`` (`models.registry`) and free-form
+provenance under ``metadata``, where ``image_size`` is the input size the
+network was trained or converted at).
 """
 
 import os
@@ -12,15 +14,12 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sa_reid_jax.models.sanet import SANet, model_config, model_from_config
+from sa_reid_jax.models import registry
 
 # The paper's input (height, width), for models that record no size
 # (arXiv 1811.12150, Sec. 4.2).
 DEFAULT_IMAGE_SIZE = (384, 128)
 
-# Variable shapes do not depend on the image size; this one is only traced
-# (never computed) to build the restore target.
-_SHAPE_PROBE_IMAGES = jax.ShapeDtypeStruct((1, 384, 128, 3), jnp.float32)
 
 
 # What a training workdir holds (``sa_reid_jax.training``): its checkpoints
@@ -37,21 +36,28 @@ def _checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def abstract_variables(model: SANet) -> Any:
-  """Shapes and dtypes of `model`'s variables, without allocating them."""
+def abstract_variables(model: Any,
+                       image_size: Sequence[int] = DEFAULT_IMAGE_SIZE) -> Any:
+  """Shapes and dtypes of `model`'s variables, without allocating them.
+
+  Args:
+    model: a network of a registered family.
+    image_size: input (height, width) traced (never computed). SANet's
+      variables do not depend on it; RGA's relation convolutions do.
+  """
+  images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
   return jax.eval_shape(
-      lambda images: model.init(jax.random.key(0), images, train=False),
-      _SHAPE_PROBE_IMAGES)
+      lambda x: model.init(jax.random.key(0), x, train=False), images)
 
 
-def save_model(directory: str, model: SANet, variables: Any,
+def save_model(directory: str, model: Any, variables: Any,
                metadata: Optional[dict[str, Any]] = None,
                overwrite: bool = False) -> str:
   """Writes `model`'s config and `variables` as an orbax checkpoint.
 
   Args:
     directory: output directory; must not exist unless `overwrite`.
-    model: the network whose config is recorded.
+    model: the network whose family and config are recorded.
     variables: its variables (``params``, ``batch_stats``).
     metadata: JSON-serialisable provenance (source file, epoch, ...).
     overwrite: replace an existing directory.
@@ -67,7 +73,7 @@ def save_model(directory: str, model: SANet, variables: Any,
       path,
       ocp.args.Composite(
           variables=ocp.args.StandardSave(variables),
-          model=ocp.args.JsonSave({'config': model_config(model),
+          model=ocp.args.JsonSave({**registry.describe(model),
                                    'metadata': metadata or {}})),
       force=overwrite)
   return path
@@ -152,24 +158,28 @@ def _first_line(error: BaseException) -> str:
   return lines[0] if lines else type(error).__name__
 
 
-def load_model(directory: str) -> tuple[SANet, Any]:
+def load_model(directory: str) -> tuple[Any, Any]:
   """Restores a model written by `save_model`.
 
   Args:
     directory: a model directory (e.g. written by ``convert_weights.py``).
 
   Returns:
-    (model, variables): the `SANet` and its float32 variables, ready for
-    ``model.apply(variables, images, train=False)``.
+    (model, variables): the network (its recorded family) and its float32
+    variables, ready for ``model.apply(variables, images, train=False)``.
   """
   info = load_model_info(directory)
-  model = model_from_config(info['config'],
-                            source=os.path.join(directory, 'model'))
+  source = os.path.join(directory, 'model')
+  try:
+    model = registry.rebuild(info, source=source)
+  except (TypeError, ValueError) as error:
+    raise ModelStoreError(_first_line(error)) from error
+  probe_size = info.get('metadata', {}).get('image_size') or DEFAULT_IMAGE_SIZE
   # Onto this process's first device, whatever devices wrote the file.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract_variables(model))
+      abstract_variables(model, probe_size))
   try:
     restored = _checkpointer().restore(
         os.path.abspath(directory),

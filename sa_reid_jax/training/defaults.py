@@ -34,6 +34,9 @@ def experiment_config(dataset_name: str,
   config = ml_collections.ConfigDict()
   # Seeds the initialisation, the data order, augmentation and dropout.
   config.seed = 0
+  # What a step computes (sa_reid_jax.tasks.TASKS): 'identification' = one
+  # forward pass and the weighted loss terms of config.loss.terms.
+  config.task = 'identification'
 
   config.dataset = ml_collections.ConfigDict()
   # TFDS builder name (sa_reid_jax.datasets.builders.BUILDERS).
@@ -47,6 +50,9 @@ def experiment_config(dataset_name: str,
   config.image_size = (384, 128)
 
   config.model = ml_collections.ConfigDict()
+  # Model family (sa_reid_jax.models.registry.FAMILIES); the keys below
+  # up to last_stride are the SA network's ('sanet').
+  config.model.family = 'sanet'
   # Network of the paper (models.VARIANTS): 'full' = Backbone+P+DS+SA2.
   config.model.variant = variant
   # SA normalisation: 'sum' (official code: channel mean over its sum over
@@ -86,6 +92,9 @@ def experiment_config(dataset_name: str,
   config.max_steps = 0
 
   config.optimizer = ml_collections.ConfigDict()
+  # 'sgd' (the SA paper), 'adam' (L2 weight decay added to the gradient, as
+  # torch.optim.Adam; the RGA recipe) or 'adamw' (decoupled weight decay).
+  config.optimizer.name = 'sgd'
   # Learning rate of the new layers; the backbone gets it times
   # backbone_lr_multiplier (paper: 0.1 and 0.1x for the ImageNet backbone).
   config.optimizer.learning_rate = 0.1
@@ -95,16 +104,43 @@ def experiment_config(dataset_name: str,
   config.optimizer.nesterov = True
   # L2 penalty added to every gradient, PyTorch's `weight_decay`.
   config.optimizer.weight_decay = 5e-4
-  # Both learning rates are multiplied by decay_factor every decay_epochs.
+  # Both learning rates are multiplied by decay_factor every decay_epochs,
+  # or at each epoch of decay_milestones when it is not empty.
   config.optimizer.decay_epochs = 40
+  config.optimizer.decay_milestones = ()
   config.optimizer.decay_factor = 0.1
+  # Linear warm-up over the first warmup_epochs epochs from
+  # warmup_start_factor x the rates (0 epochs: none; RGA: 20 and 0.01).
+  config.optimizer.warmup_epochs = 0
+  config.optimizer.warmup_start_factor = 0.01
+  # Adam's moment decays and epsilon (PyTorch's defaults).
+  config.optimizer.adam_b1 = 0.9
+  config.optimizer.adam_b2 = 0.999
+  config.optimizer.adam_epsilon = 1e-8
 
   config.loss = ml_collections.ConfigDict()
-  # 'sum': the plain sum of every head's cross-entropy (official code,
-  # which produced the published numbers); 'paper': part_weight x mean of
-  # the part losses + (1 - part_weight) x mean of the global and DS losses.
-  config.loss.weighting = 'sum'
-  config.loss.part_weight = 0.8
+  # Named loss terms (sa_reid_jax.losses.TERMS), each scaled by its weight;
+  # weight 0 switches a term off.
+  config.loss.terms = ml_collections.ConfigDict()
+  ce = config.loss.terms.cross_entropy = ml_collections.ConfigDict()
+  ce.weight = 1.0
+  # Label smoothing eps (0: none; RGA and BoT: 0.1).
+  ce.label_smoothing = 0.0
+  # How the heads' cross-entropies combine: 'sum' = the plain sum (official
+  # SA code, which produced the published numbers); 'paper' = part_weight x
+  # mean of the part losses + (1 - part_weight) x mean of the global and DS
+  # losses (SA paper Sec. 3.3).
+  ce.weighting = 'sum'
+  ce.part_weight = 0.8
+  triplet = config.loss.terms.triplet = ml_collections.ConfigDict()
+  # Batch-hard triplet loss over the global batch (off for SA, which has no
+  # embedding for it; RGA and BoT: weight 1, margin 0.3 on 'global').
+  triplet.weight = 0.0
+  triplet.margin = 0.3
+  # log(1 + exp(d_ap - d_an)) instead of the hinge with the margin.
+  triplet.soft_margin = False
+  # Which of the network's `embeddings` the loss reads.
+  triplet.embedding = 'global'
 
   config.augmentation = ml_collections.ConfigDict()
   # Chance of a horizontal flip.

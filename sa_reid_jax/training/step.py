@@ -1,6 +1,9 @@
-"""The train state and the data-parallel train step.
+"""The train state and the generic data-parallel train step.
 
-The step is written per device, in the pmap style (each device sees its
+The step owns what every recipe shares (per-device parameters, gradients,
+their average over devices, the optimizer, norms); a task
+(`sa_reid_jax.tasks`) owns the forward pass and the loss. The step is
+written per device, in the pmap style (each device sees its
 share of the batch, gradients are averaged with ``lax.pmean``), and mapped
 over a 1-D ``data`` mesh of every device of every process with
 ``jax.shard_map`` under ``jax.jit``.
@@ -18,34 +21,30 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sa_reid_jax import device_augment
-from sa_reid_jax.models.sanet import sanet_variant
-from sa_reid_jax.training import losses
+from sa_reid_jax import tasks as tasks_lib
+from sa_reid_jax.models import registry
 
 DATA_AXIS = 'data'
-# Batch entries the step uses; the others stay on the host.
-_STEP_KEYS = ('images', 'labels', 'indices', 'flip', 'erase_box',
-              'noise_seed')
+# Batch entries of the on-device augmentation (`device_augment`), which the
+# step applies before the task sees the images.
+AUGMENT_KEYS = ('flip', 'erase_box', 'noise_seed')
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The network an experiment config describes.
+  """The network an experiment config describes (`models.registry.build`).
 
-  Args:
-    config: an experiment config (its ``model`` block).
-    num_classes: train identities.
-
-  Returns:
-    a `SANet`, with BatchNorm synchronised over the ``data`` axis when
-    ``config.model.sync_batch_norm``.
+  BatchNorm is synchronised over the ``data`` axis when
+  ``config.model.sync_batch_norm``.
   """
-  m = config.model
-  return sanet_variant(
-      m.variant, num_classes=num_classes,
-      attention_normalization=m.attention_normalization,
-      dropout_rate=m.dropout_rate, num_features=m.num_features,
-      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-      last_stride=m.last_stride, dtype=m.dtype,
-      bn_axis_name=DATA_AXIS if m.sync_batch_norm else None)
+  return registry.build(
+      config.model, num_classes,
+      bn_axis_name=DATA_AXIS if config.model.sync_batch_norm else None)
+
+
+def step_keys(task: tasks_lib.Task, on_device_augment: bool
+              ) -> tuple[str, ...]:
+  """The batch entries the step sends to the devices (the others stay)."""
+  return task.batch_keys + (AUGMENT_KEYS if on_device_augment else ())
 
 
 @flax.struct.dataclass
@@ -107,26 +106,34 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
                                                        np.asarray(x)), tree)
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                keys: tuple[str, ...]) -> dict[str, Any]:
   """This process's batch as slices of global arrays split over `mesh`.
 
   Args:
     batch: numpy arrays of this process's share (leading axis = examples).
     mesh: the ``data`` mesh.
+    keys: the entries the step reads (`step_keys`).
 
   Returns:
-    global arrays of the entries the step uses (``_STEP_KEYS``).
+    global arrays of those entries.
+
+  Raises:
+    ValueError: naming the entries the step needs that `batch` lacks.
   """
+  missing = [key for key in keys if key not in batch]
+  if missing:
+    raise ValueError(f'the batch lacks {missing}, which the train step needs '
+                   f'(it has {sorted(batch)})')
   sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
   out = {}
-  for key in _STEP_KEYS:
-    if key in batch:
-      value = np.asarray(batch[key])
-      if value.dtype == np.int64:
-        # Table rows and seeds fit in 32 bits as far as the step is
-        # concerned (JAX without x64 would truncate them anyway).
-        value = value.astype(np.int32)
-      out[key] = jax.make_array_from_process_local_data(sharding, value)
+  for key in keys:
+    value = np.asarray(batch[key])
+    if value.dtype == np.int64:
+      # Table rows and seeds fit in 32 bits as far as the step is
+      # concerned (JAX without x64 would truncate them anyway).
+      value = value.astype(np.int32)
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
 
 
@@ -143,23 +150,22 @@ def _per_device(tree: Any, axis_name: str) -> Any:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
-               optimizer: optax.GradientTransformation,
-               loss_config: ml_collections.ConfigDict,
+               task: tasks_lib.Task, optimizer: optax.GradientTransformation,
                augment: Optional[dict[str, Any]] = None,
                axis_name: Optional[str] = DATA_AXIS,
                average_batch_stats: bool = False
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on one device's share of the batch.
+  """One optimizer step on one device's share of the batch.
 
   Args:
     state: the train state (the same on every device).
-    batch: ``images`` (float32 network input, or uint8 staged images with
-      ``flip``/``erase_box``/``noise_seed`` when `augment` is set),
-      ``labels`` and ``indices`` (table rows, which key dropout).
+    batch: the task's entries (``images``: float32 network input, or uint8
+      staged images with ``flip``/``erase_box``/``noise_seed`` when
+      `augment` is set).
     model: the network; its ``bn_axis_name`` decides whether BatchNorm
       statistics are synchronised over `axis_name`.
+    task: the forward pass and loss (`sa_reid_jax.tasks`).
     optimizer: the optax transformation.
-    loss_config: the config's ``loss`` block.
     augment: ``{'image_size': ..., 'fill': ...}`` to run
       ``device_augment.augment_batch`` on the staged images first.
     axis_name: the mapped device axis (None on a single device, unmapped).
@@ -168,25 +174,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
       keep one state).
 
   Returns:
-    the new state and the step's metrics (each loss term, ``loss``,
-    ``accuracy`` of the global head), averaged over devices, and the
-    global ``grad_norm`` and (updated) ``param_norm``.
+    the new state and the step's metrics (the task's, e.g. each loss term,
+    ``loss`` and ``accuracy``, averaged over devices), and the global
+    ``grad_norm`` and (updated) ``param_norm``.
   """
-  images = batch['images']
   if augment is not None:
-    images = device_augment.augment_batch(batch, **augment)
+    batch = dict(batch, images=device_augment.augment_batch(batch, **augment))
   step_key = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    outputs, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, example_ids=batch['indices'],
-        rngs={'dropout': step_key}, mutable=['batch_stats'])
-    terms = losses.cross_entropy_terms(outputs, batch['labels'])
-    loss = losses.total_loss(terms, loss_config)
-    metrics = dict(terms, loss=loss, accuracy=losses.accuracy(
-        outputs['global_logits'], batch['labels']))
-    return loss, (metrics, updates['batch_stats'])
+    return task.loss_fn(model, params, state.batch_stats, batch, step_key,
+                        axis_name)
 
   params = state.params
   if axis_name is not None:
@@ -196,8 +194,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
     params = _per_device(params, axis_name)
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:
-    # Every device's loss is the mean over an equal share, so the mean of
-    # the devices' gradients is the gradient of the global mean loss.
+    # Every device's loss is the mean over an equal share of the global
+    # batch (losses that compare examples gather the whole global batch
+    # and back-propagate through the gather), so the mean of the devices'
+    # gradients is the gradient of the global loss.
     grads = jax.lax.pmean(grads, axis_name)
     metrics = jax.lax.pmean(metrics, axis_name)
     if average_batch_stats:
@@ -220,8 +220,8 @@ def make_parallel_train_step(mesh: Mesh, **step_options
   Args:
     mesh: the ``data`` mesh; the state is replicated over it, the batch
       split along its leading axis.
-    **step_options: `train_step`'s keyword arguments (model, optimizer,
-      loss_config, augment, average_batch_stats).
+    **step_options: `train_step`'s keyword arguments (model, task,
+      optimizer, augment, average_batch_stats).
 
   Returns:
     ``step(state, batch) -> (state, metrics)``; the input state's buffers

@@ -12,15 +12,17 @@ import ml_collections
 import numpy as np
 
 from sa_reid_jax import input_pipeline
+from sa_reid_jax import losses
+from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.datasets import augmentation
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
+from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import defaults
-from sa_reid_jax.training import losses
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
 from sa_reid_jax.training import signals
@@ -106,9 +108,11 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
   check_size(config.image_size, 'config.image_size')
   check_size(config.augmentation.staging_size,
              'config.augmentation.staging_size')
-  if config.loss.weighting not in losses.WEIGHTINGS:
-    raise ValueError(f'config.loss.weighting must be one of '
-                     f'{losses.WEIGHTINGS}, got {config.loss.weighting!r}')
+  cross_entropy = config.loss.terms.cross_entropy
+  if cross_entropy.weighting not in losses.WEIGHTINGS:
+    raise ValueError(f'config.loss.terms.cross_entropy.weighting must be one '
+                     f'of {losses.WEIGHTINGS}, got '
+                     f'{cross_entropy.weighting!r}')
   try:
     _erasing(config.augmentation)
   except ValueError as e:
@@ -120,6 +124,14 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
     if config.checkpoint[key] < 1:
       raise ValueError(f'config.checkpoint.{key} must be >= 1, got '
                        f'{config.checkpoint[key]}')
+
+
+def _output_shapes(model, image_size) -> dict[str, Any]:
+  """The shapes of `model`'s outputs (traced, never computed)."""
+  images = jax.ShapeDtypeStruct((1, *image_size, 3), np.float32)
+  return jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0],
+      images)
 
 
 class _Run:
@@ -138,10 +150,14 @@ class _Run:
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.stop_step = (min(config.max_steps, self.total_steps)
                       if config.max_steps > 0 else self.total_steps)
+    self.task = tasks_lib.build(config)
     self.model = step_lib.build_model(config, self.table.num_classes)
     self.eval_model = self.model.clone(bn_axis_name=None)
-    self.optimizer = optimizer_lib.make_optimizer(config.optimizer,
-                                                  self.steps_per_epoch)
+    losses.check_outputs(config, _output_shapes(self.eval_model,
+                                                config.image_size))
+    self.optimizer = optimizer_lib.make_optimizer(
+        config.optimizer, self.steps_per_epoch,
+        frozen=lambda params: registry.frozen_mask(self.model, params))
 
   def open(self) -> None:
     """Starts writing to the workdir (created, and held, by now)."""
@@ -167,7 +183,9 @@ class _Run:
 
   def config_signature(self) -> dict[str, Any]:
     """What the state's structure and its updates depend on."""
-    return {'model': self.config.model.to_dict(),
+    return {'task': self.config.task,
+            'model': self.config.model.to_dict(),
+            'loss': self.config.loss.to_dict(),
             'optimizer': self.config.optimizer.to_dict(),
             'num_classes': int(self.table.num_classes)}
 
@@ -353,7 +371,7 @@ def _finish(run: _Run, state: step_lib.TrainState,
   return summary
 
 
-def _on_devices(batches, mesh, depth: int):
+def _on_devices(batches, mesh, depth: int, keys: tuple[str, ...]):
   """Batches sent to the devices `depth` steps ahead of their use.
 
   Transfers are asynchronous: sending batch n + depth while step n runs
@@ -363,7 +381,7 @@ def _on_devices(batches, mesh, depth: int):
     raise ValueError(f'config.prefetch_batches must be >= 1, got {depth}')
   queue = collections.deque()
   for batch in batches:
-    queue.append(step_lib.shard_batch(batch, mesh))
+    queue.append(step_lib.shard_batch(batch, mesh, keys))
     if len(queue) > depth:
       yield queue.popleft()
   while queue:
@@ -381,8 +399,8 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
     augment = {'image_size': tuple(config.image_size),
                'fill': erasing.fill if erasing else 'zeros'}
   train_step = step_lib.make_parallel_train_step(
-      run.mesh, model=run.model, optimizer=run.optimizer,
-      loss_config=config.loss, augment=augment,
+      run.mesh, model=run.model, task=run.task, optimizer=run.optimizer,
+      augment=augment,
       average_batch_stats=not config.model.sync_batch_norm)
   if start >= run.stop_step:
     return state, 'completed'
@@ -395,7 +413,8 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       process_index=jax.process_index(),
       process_count=jax.process_count(), augment_on_device=aug.on_device,
       staging_size=tuple(aug.staging_size))
-  device_batches = _on_devices(batches, run.mesh, config.prefetch_batches)
+  device_batches = _on_devices(batches, run.mesh, config.prefetch_batches,
+                               step_lib.step_keys(run.task, aug.on_device))
   progress = reporting.Progress(start, run.stop_step, config.batch_size)
   averager = reporting.MetricAverager()
   pending = None  # (step, metrics) not yet read back from the devices

@@ -1,0 +1,123 @@
+"""Loss terms by name, each with a weight in the config (`config.loss.terms`).
+
+Every registered term has a block in ``config.loss.terms`` (defaults and
+their sources in `training/defaults.py`); a weight of 0 switches a term
+off (it is not even computed). A term reads the network's output dict and
+the batch and returns a scalar and its metrics; terms that compare
+examples with each other (triplet) receive the device axis and see the
+whole global batch.
+"""
+
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+
+from sa_reid_jax.losses import classification
+from sa_reid_jax.losses import triplet
+from sa_reid_jax.losses.classification import WEIGHTINGS
+from sa_reid_jax.losses.classification import accuracy
+from sa_reid_jax.losses.classification import combine_heads
+from sa_reid_jax.losses.classification import cross_entropy_terms
+from sa_reid_jax.losses.triplet import batch_hard_triplet
+
+Term = Callable[[dict[str, Any], dict[str, jax.Array],
+                 ml_collections.ConfigDict, Optional[str]],
+                tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _cross_entropy(outputs, batch, settings, axis_name):
+  del axis_name  # a mean over an equal share of the batch per device
+  terms = cross_entropy_terms(outputs, batch['labels'],
+                              settings.label_smoothing)
+  value = combine_heads(terms, settings.weighting, settings.part_weight)
+  return value, dict(terms, accuracy=accuracy(outputs['global_logits'],
+                                              batch['labels']))
+
+
+def _triplet(outputs, batch, settings, axis_name):
+  return batch_hard_triplet(
+      outputs['embeddings'][settings.embedding], batch['labels'],
+      margin=settings.margin, soft_margin=settings.soft_margin,
+      axis_name=axis_name)
+
+
+TERMS: dict[str, Term] = {
+    'cross_entropy': _cross_entropy,
+    'triplet': _triplet,
+}
+
+
+def active_terms(config: ml_collections.ConfigDict) -> list[str]:
+  """Names of the terms of ``config.loss.terms`` with a non-zero weight.
+
+  Raises:
+    ValueError: for an unknown term name, a negative weight, or no term.
+  """
+  terms = config.loss.terms
+  unknown = sorted(set(terms) - set(TERMS))
+  if unknown:
+    raise ValueError(f'config.loss.terms: unknown term(s) {unknown}; the '
+                     f'terms are {sorted(TERMS)}')
+  for name in terms:
+    if terms[name].weight < 0:
+      raise ValueError(f'config.loss.terms.{name}.weight must be >= 0, got '
+                       f'{terms[name].weight}')
+  active = [name for name in terms if terms[name].weight]
+  if not active:
+    raise ValueError('config.loss.terms: every weight is 0; nothing to train')
+  return active
+
+
+def check_outputs(config: ml_collections.ConfigDict,
+                  outputs: dict[str, Any]) -> None:
+  """Refuses terms the network's outputs cannot feed (checked at start-up).
+
+  Args:
+    config: the experiment config.
+    outputs: the network's output dict (e.g. from `jax.eval_shape`).
+
+  Raises:
+    ValueError: naming the config key, e.g. a triplet term on an embedding
+      the network does not return.
+  """
+  terms = config.loss.terms
+  for name in active_terms(config):
+    if name == 'cross_entropy' and 'global_logits' not in outputs:
+      raise ValueError('config.loss.terms.cross_entropy: the network has no '
+                       'classifier (global_logits)')
+    if name == 'triplet':
+      embeddings = outputs.get('embeddings', {})
+      if terms.triplet.embedding not in embeddings:
+        raise ValueError(
+            f'config.loss.terms.triplet.embedding={terms.triplet.embedding!r}'
+            f' is not an embedding of this network (it has '
+            f'{sorted(embeddings) or "none"}); set '
+            'config.loss.terms.triplet.weight=0 or pick one of those')
+
+
+def total_loss(config: ml_collections.ConfigDict, outputs: dict[str, Any],
+               batch: dict[str, jax.Array], axis_name: Optional[str] = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted sum of the active terms, and every term's metrics.
+
+  Args:
+    config: the experiment config (its ``loss.terms``).
+    outputs: the network's output dict.
+    batch: this device's share (``labels`` (B,) int).
+    axis_name: the mapped device axis, or None.
+
+  Returns:
+    the loss (float32 scalar) and metrics: each term's value under its name,
+    the term's own metrics, and ``loss``.
+  """
+  loss = 0.0
+  metrics = {}
+  for name in active_terms(config):
+    settings = config.loss.terms[name]
+    value, term_metrics = TERMS[name](outputs, batch, settings, axis_name)
+    loss = loss + settings.weight * value
+    metrics.update(term_metrics)
+    metrics[name] = value
+  metrics['loss'] = loss
+  return loss, metrics

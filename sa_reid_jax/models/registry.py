@@ -1,0 +1,127 @@
+"""Model families by name: build from a config, describe, rebuild, freeze.
+
+Every family's network follows one output contract (`__call__(images,
+train=False, example_ids=None) -> dict`):
+
+* ``features`` (B, P, D) float32: the retrieval descriptor (P = 1 for a
+  global-feature network, the part count for part networks);
+* ``global_logits`` (B, C) float32 and other named logits;
+* ``embeddings``: {name: (B, D)} vectors the metric losses read (may be
+  empty);
+* ``attention``: maps for the pictures, where the network has them.
+
+A model directory (`models.store`) records the family's name and the
+network's constructor arguments, so `load_model` and every tool work for
+every family.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import ml_collections
+
+from sa_reid_jax.models import sanet
+
+# Directories written before families existed hold an SANet.
+DEFAULT_FAMILY = 'sanet'
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one family is built, described and trained.
+
+  Attributes:
+    name: the family's name (``config.model.family``).
+    module_type: the network's Flax module class.
+    build: (model config block, num_classes, bn_axis_name) -> network.
+    describe: network -> JSON-serialisable constructor arguments.
+    rebuild: (described arguments, source for errors) -> network.
+    frozen: parameter paths (tuples of names, matched as suffixes) that the
+      optimizer must leave untouched.
+  """
+  name: str
+  module_type: type
+  build: Callable[[ml_collections.ConfigDict, int, Optional[str]], Any]
+  describe: Callable[[Any], dict[str, Any]]
+  rebuild: Callable[[dict[str, Any], str], Any]
+  frozen: tuple[tuple[str, ...], ...] = ()
+
+
+def _build_sanet(m: ml_collections.ConfigDict, num_classes: int,
+                 bn_axis_name: Optional[str]):
+  return sanet.sanet_variant(
+      m.variant, num_classes=num_classes,
+      attention_normalization=m.attention_normalization,
+      dropout_rate=m.dropout_rate, num_features=m.num_features,
+      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
+
+
+FAMILIES: dict[str, Family] = {
+    'sanet': Family('sanet', sanet.SANet, _build_sanet, sanet.model_config,
+                    sanet.model_from_config),
+}
+
+
+def family(name: str, key: str = 'config.model.family') -> Family:
+  """The family called `name`; the error names `key` when it is unknown."""
+  if name not in FAMILIES:
+    raise ValueError(f'{key} must be one of {sorted(FAMILIES)}, got {name!r}')
+  return FAMILIES[name]
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int, *,
+          bn_axis_name: Optional[str] = None):
+  """The network a config's ``model`` block describes.
+
+  Args:
+    config: the ``model`` block (``family`` and that family's keys).
+    num_classes: train identities.
+    bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+
+  Returns:
+    the Flax module.
+
+  Raises:
+    ValueError: for an unknown family or variant, naming the config key.
+  """
+  return family(config.family).build(config, num_classes, bn_axis_name)
+
+
+def family_of(model: Any) -> Family:
+  """The family `model` belongs to.
+
+  Raises:
+    TypeError: for a module of no registered family.
+  """
+  for candidate in FAMILIES.values():
+    if isinstance(model, candidate.module_type):
+      return candidate
+  raise TypeError(f'{type(model).__name__} is not a network of a registered '
+                  f'family ({sorted(FAMILIES)})')
+
+
+def describe(model: Any) -> dict[str, Any]:
+  """``{'family': name, 'config': constructor arguments}`` (JSON-ready)."""
+  owner = family_of(model)
+  return {'family': owner.name, 'config': owner.describe(model)}
+
+
+def rebuild(description: dict[str, Any], source: str) -> Any:
+  """The network `describe` described (no ``family``: an SANet).
+
+  Raises:
+    ValueError: naming `source` for an unknown family or config keys.
+  """
+  name = description.get('family', DEFAULT_FAMILY)
+  return family(name, key=f'{source}: family').rebuild(
+      description['config'], source)
+
+
+def frozen_mask(model: Any, params: Any) -> Any:
+  """A tree like `params`: True where the family freezes the parameter."""
+  suffixes = family_of(model).frozen
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  mask = {path: any(path[-len(s):] == s for s in suffixes) for path in flat}
+  return flax.traverse_util.unflatten_dict(mask)

@@ -1,0 +1,208 @@
+"""Loss terms: batch-hard triplet against a naive loop, label smoothing
+against PyTorch, the weighted sum of terms, and triplet mining over the
+global batch giving the same gradient on 1 and 2 devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.nn import functional as F
+
+from sa_reid_jax import losses
+from sa_reid_jax.training import experiment_config
+
+
+def naive_triplet(embeddings, labels, margin, soft_margin):
+  """Per-anchor loops in float64, written from the definition."""
+  e = np.asarray(embeddings, np.float64)
+  values = []
+  for a in range(len(e)):
+    def dist(b):
+      return np.sqrt(max(np.sum((e[a] - e[b]) ** 2), 1e-12))
+    positives = [dist(b) for b in range(len(e)) if labels[b] == labels[a]]
+    negatives = [dist(b) for b in range(len(e)) if labels[b] != labels[a]]
+    if not negatives:
+      values.append(0.0)
+      continue
+    difference = max(positives) - min(negatives)
+    values.append(np.log1p(np.exp(difference)) if soft_margin
+                  else max(0.0, difference + margin))
+  return float(np.mean(values))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), identities=st.integers(1, 5),
+       per_identity=st.integers(1, 4), soft_margin=st.booleans())
+def test_triplet_matches_naive_loop(seed, identities, per_identity,
+                                    soft_margin):
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(identities), per_identity)
+  rng.shuffle(labels)
+  embeddings = rng.standard_normal((len(labels), 6)).astype(np.float32)
+  got, metrics = losses.batch_hard_triplet(
+      jnp.asarray(embeddings), jnp.asarray(labels), margin=0.3,
+      soft_margin=soft_margin)
+  expected = naive_triplet(embeddings, labels, 0.3, soft_margin)
+  assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+  assert 0 <= float(metrics['triplet_active']) <= 1
+
+
+def test_triplet_hand_computed():
+  # On a line: identity 0 at 0 and 1, identity 1 at 3. Anchor 0: hardest
+  # positive 1, hardest negative 3 -> max(0, 1 - 3 + 0.3) = 0; anchor at 1:
+  # positive 1, negative 2 -> 0; anchor at 3 (alone): positive 0 (itself),
+  # negative 2 -> 0. With margin 2.5: 0.5, 1.5, 0.5 -> mean 2.5 / 3.
+  embeddings = jnp.asarray([[0.0], [1.0], [3.0]])
+  labels = jnp.asarray([0, 0, 1])
+  loss, _ = losses.batch_hard_triplet(embeddings, labels, margin=0.3)
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)
+  loss, metrics = losses.batch_hard_triplet(embeddings, labels, margin=2.5)
+  assert float(loss) == pytest.approx(2.5 / 3, rel=1e-5)
+  assert float(metrics['triplet_active']) == 1.0
+  assert float(metrics['triplet_ap']) == pytest.approx(2 / 3, rel=1e-4)
+
+
+def test_triplet_gradient_finite_differences():
+  rng = np.random.default_rng(3)
+  embeddings = rng.standard_normal((8, 4))
+  labels = jnp.asarray([0, 0, 1, 1, 2, 2, 3, 3])
+  with jax.enable_x64():
+    loss = lambda e: losses.batch_hard_triplet(e, labels, margin=1.0)[0]
+    x = jnp.asarray(embeddings, jnp.float64)
+    grad = np.asarray(jax.grad(loss)(x))
+    assert np.any(grad != 0)
+    step = 1e-6
+    for index in [(0, 0), (3, 2), (6, 1)]:
+      bump = np.zeros_like(embeddings)
+      bump[index] = step
+      numeric = (float(loss(x + bump)) - float(loss(x - bump))) / (2 * step)
+      assert grad[index] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_one_identity_batch_has_no_loss_and_finite_gradient():
+  embeddings = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3)))
+  labels = jnp.zeros(4, jnp.int32)
+  fn = lambda e: losses.batch_hard_triplet(e, labels)[0]
+  assert float(fn(embeddings)) == 0.0
+  assert np.all(np.isfinite(np.asarray(jax.grad(fn)(embeddings))))
+
+
+@pytest.mark.parametrize('epsilon', [0.0, 0.1])
+def test_label_smoothing_matches_torch(epsilon):
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((7, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, 7)
+  terms = losses.cross_entropy_terms({'global_logits': jnp.asarray(logits)},
+                                     jnp.asarray(labels), epsilon)
+  expected = F.cross_entropy(torch.from_numpy(logits),
+                             torch.from_numpy(labels),
+                             label_smoothing=epsilon).item()
+  assert float(terms['global_ce']) == pytest.approx(expected, rel=1e-6)
+
+
+def test_total_loss_weights_terms_and_skips_zero_weights():
+  config = experiment_config('market1501')
+  rng = np.random.default_rng(2)
+  labels = jnp.asarray([0, 0, 1, 1])
+  outputs = {'global_logits': jnp.asarray(rng.standard_normal((4, 3))),
+             'embeddings': {'global': jnp.asarray(
+                 rng.standard_normal((4, 5)))}}
+  batch = {'labels': labels}
+  loss, metrics = losses.total_loss(config, outputs, batch)
+  assert 'triplet' not in metrics  # weight 0: not computed
+  assert float(loss) == pytest.approx(float(metrics['global_ce']), rel=1e-6)
+  config.loss.terms.cross_entropy.weight = 0.5
+  config.loss.terms.triplet.weight = 2.0
+  config.loss.terms.triplet.margin = 5.0
+  loss, metrics = losses.total_loss(config, outputs, batch)
+  triplet, _ = losses.batch_hard_triplet(outputs['embeddings']['global'],
+                                         labels, margin=5.0)
+  assert float(metrics['triplet']) == pytest.approx(float(triplet))
+  assert float(loss) == pytest.approx(
+      0.5 * float(metrics['global_ce']) + 2.0 * float(triplet), rel=1e-6)
+
+
+def test_config_errors_name_the_key():
+  config = experiment_config('market1501')
+  config.loss.terms.triplet.weight = 1.0
+  with pytest.raises(ValueError, match=r"config.loss.terms.triplet.embedding="
+                     r"'global' is not an embedding of this network"):
+    losses.check_outputs(config, {'global_logits': None, 'embeddings': {}})
+  config.loss.terms.triplet.weight = -1.0
+  with pytest.raises(ValueError, match='config.loss.terms.triplet.weight'):
+    losses.active_terms(config)
+  config.loss.terms.triplet.weight = 0.0
+  config.loss.terms.cross_entropy.weight = 0.0
+  with pytest.raises(ValueError, match='every weight is 0'):
+    losses.active_terms(config)
+  config.loss.terms.center = {'weight': 1.0}
+  with pytest.raises(ValueError, match=r"unknown term\(s\) \['center'\]"):
+    losses.active_terms(config)
+
+
+# What the two-device subprocess computes, also computed here on one device.
+_BATCH, _DIM, _FEATURES = 8, 5, 4
+
+
+def _problem():
+  rng = np.random.default_rng(11)
+  inputs = rng.standard_normal((_BATCH, _DIM)).astype(np.float32)
+  # Identities split across devices: mining must look at the other half.
+  labels = np.asarray([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
+  weights = rng.standard_normal((_DIM, _FEATURES)).astype(np.float32)
+  return inputs, labels, weights
+
+
+def _loss(weights, inputs, labels, axis_name):
+  loss, _ = losses.batch_hard_triplet(inputs @ weights, labels, margin=1.0,
+                                      axis_name=axis_name)
+  return loss
+
+
+def _two_device_gradient():
+  """The data-parallel gradient (per-device grads averaged) on 2 devices."""
+  from jax.sharding import Mesh, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  inputs, labels, weights = _problem()
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
+
+  def per_device(w, x, y):
+    w = step_lib._per_device(w, 'data')  # pylint: disable=protected-access
+    grad = jax.grad(_loss)(w, x, y, 'data')
+    return jax.lax.pmean(grad, 'data')
+
+  mapped = jax.jit(jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec('data'), PartitionSpec('data')),
+      out_specs=PartitionSpec()))
+  return np.asarray(mapped(weights, inputs, labels))
+
+
+def test_global_batch_mining_is_device_count_invariant(tmp_path):
+  inputs, labels, weights = _problem()
+  one_device = np.asarray(jax.grad(_loss)(weights, inputs, labels, None))
+  # A per-device mining (each half alone) gives another gradient: the
+  # comparison below can tell the two apart.
+  halves = sum(np.asarray(jax.grad(_loss)(weights, inputs[s], labels[s], None))
+               for s in (slice(0, 4), slice(4, 8))) / 2
+  assert np.max(np.abs(halves - one_device)) > 1e-3
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, __file__], env=env, text=True,
+                          capture_output=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  two_devices = np.asarray(json.loads(result.stdout.splitlines()[-1]))
+  assert np.max(np.abs(two_devices - one_device)) <= 1e-5 * max(
+      1.0, np.max(np.abs(one_device)))
+
+
+if __name__ == '__main__':
+  print(json.dumps(_two_device_gradient().tolist()))
