@@ -8,6 +8,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from torch.nn import functional as F
@@ -277,3 +278,117 @@ def test_accuracy_matches_hand_count():
   assert 10 <= hits < 50
   got = float(losses.accuracy(jnp.asarray(logits), jnp.asarray(labels)))
   assert got == pytest.approx(hits / 50, abs=1e-7)
+
+
+def official_rga_rate(epoch):
+  """RGA's `reid/utils/lr_scheduler.py` as REFERENCE.md describes it."""
+  if epoch < 20:
+    return 8e-6 + (8e-4 - 8e-6) * epoch / 20
+  return 8e-4 * 0.5 ** sum(1 for m in range(80, 361, 40) if m <= epoch)
+
+
+def test_rga_schedule_matches_official_formula():
+  config = optimizer_config(
+      name='adam', learning_rate=8e-4, backbone_lr_multiplier=1.0,
+      warmup_epochs=20, warmup_start_factor=0.01,
+      decay_milestones=tuple(range(80, 361, 40)), decay_factor=0.5).optimizer
+  steps_per_epoch = 3
+  for epoch in (0, 1, 10, 19, 20, 79, 80, 119, 120, 200, 359, 360, 599):
+    for offset in (0, steps_per_epoch - 1):  # constant within an epoch
+      rates = optimizer.current_learning_rates(
+          config, steps_per_epoch, epoch * steps_per_epoch + offset)
+      for rate in rates.values():
+        assert rate == pytest.approx(official_rga_rate(epoch), rel=1e-6), (
+            epoch, offset)
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw'])
+def test_adam_matches_torch(name, record_parity):
+  config = optimizer_config(name=name, learning_rate=0.01,
+                            warmup_epochs=2, warmup_start_factor=0.1,
+                            decay_milestones=(3,), decay_factor=0.5,
+                            weight_decay=0.05).optimizer
+  steps_per_epoch = 2
+  rng = np.random.default_rng(4)
+  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
+  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
+  params = jax.tree_util.tree_map(jnp.asarray, small_params(1))
+  tx = optimizer.make_optimizer(config, steps_per_epoch)
+  state = tx.init(params)
+  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
+  flat = flax.traverse_util.flatten_dict(small_params(1))
+  torch_flat = {path: torch.tensor(value, requires_grad=True)
+                for path, value in flat.items()}
+  torch_params = flax.traverse_util.unflatten_dict(torch_flat)
+  lr = config.learning_rate
+  groups = [
+      {'params': [v for k, v in torch_flat.items() if k[0] == 'backbone'],
+       'lr': lr * config.backbone_lr_multiplier, 'base': lr *
+       config.backbone_lr_multiplier},
+      {'params': [v for k, v in torch_flat.items() if k[0] != 'backbone'],
+       'lr': lr, 'base': lr},
+  ]
+  torch_class = torch.optim.Adam if name == 'adam' else torch.optim.AdamW
+  torch_opt = torch_class(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=config.weight_decay)
+
+  def torch_factor(epoch):  # written from the docstring's rule
+    if epoch < 2:
+      return 0.1 + 0.9 * epoch / 2
+    return 0.5 ** (epoch >= 3)
+
+  worst = 0.0
+  for step in range(NUM_STEPS):
+    for group in torch_opt.param_groups:
+      group['lr'] = group['base'] * torch_factor(step // steps_per_epoch)
+    grads = grad_fn(params, inputs[step], targets[step])
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    torch_opt.zero_grad()
+    small_loss(torch_params, torch.from_numpy(inputs[step]),
+               torch.from_numpy(targets[step]), torch.tanh).backward()
+    torch_opt.step()
+    ours = flax.traverse_util.flatten_dict(params)
+    for path, reference in torch_flat.items():
+      error = relative_error(ours[path], reference.detach().numpy())
+      worst = max(worst, error)
+      assert error <= PARAM_BOUND, (step, path, error)
+  moved = relative_error(params['backbone']['conv1']['kernel'],
+                         small_params(1)['backbone']['conv1']['kernel'])
+  assert moved > 1e-3
+  record_parity(f'{name} {NUM_STEPS} steps with warm-up and decay: params',
+                worst, PARAM_BOUND)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'adam', 'adamw'])
+def test_frozen_parameters_never_move(name):
+  config = optimizer_config(name=name, weight_decay=0.1).optimizer
+  params = jax.tree_util.tree_map(jnp.asarray, small_params(2))
+  frozen = lambda p: jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key == 'bias' and path[0].key == 'backbone', p)
+  tx = optimizer.make_optimizer(config, 4, frozen=frozen)
+  state = tx.init(params)
+  grad_fn = jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh))
+  rng = np.random.default_rng(5)
+  start = params
+  for _ in range(3):
+    grads = grad_fn(params, rng.standard_normal((8, 4)).astype(np.float32),
+                    rng.standard_normal((8, 2)).astype(np.float32))
+    assert float(jnp.max(jnp.abs(grads['backbone']['bn1']['bias']))) > 0
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(params['backbone']['bn1']['bias'],
+                                start['backbone']['bn1']['bias'])
+  assert float(jnp.max(jnp.abs(params['backbone']['bn1']['scale'] -
+                               start['backbone']['bn1']['scale']))) > 0
+
+
+@pytest.mark.parametrize('overrides, key', [
+    ({'name': 'rmsprop'}, 'config.optimizer.name'),
+    ({'decay_milestones': (40, 20)}, 'config.optimizer.decay_milestones'),
+    ({'warmup_start_factor': 2.0}, 'warmup_start_factor'),
+])
+def test_optimizer_config_errors_name_the_key(overrides, key):
+  config = optimizer_config(**overrides).optimizer
+  with pytest.raises(ValueError, match=key):
+    optimizer.make_optimizer(config, 10)
