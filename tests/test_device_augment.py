@@ -44,8 +44,9 @@ def _both_paths(table, **options):
 def test_device_path_equals_tf_path(table, erasing):
   on_cpu, staged = _both_paths(table, erasing=erasing)
   assert len(on_cpu) == len(staged) == len(table) // 6 >= 3
+  # Drawn for each place in the epoch, whole batches of 6.
   draws = augmentation.sample_epoch(
-      len(table), seed=2, epoch=0, image_size=IMAGE_SIZE,
+      len(table) // 6 * 6, seed=2, epoch=0, image_size=IMAGE_SIZE,
       flip_probability=0.5, erasing=erasing)
   augment = jax.jit(lambda batch: device_augment.augment_batch(
       batch, IMAGE_SIZE, 'zeros'))
@@ -53,11 +54,12 @@ def test_device_path_equals_tf_path(table, erasing):
   for expected, batch in zip(on_cpu, staged):
     assert batch['images'].dtype == np.uint8
     assert batch['images'].shape == (6, 128, 64, 3)
-    for key in ('labels', 'person_ids', 'camera_ids', 'indices'):
+    for key in ('labels', 'person_ids', 'camera_ids', 'indices',
+                'positions'):
       np.testing.assert_array_equal(batch[key], expected[key])
-    rows = batch['indices']
+    positions = batch['positions']
     for key in ('flip', 'erase_box', 'noise_seed'):
-      np.testing.assert_array_equal(batch[key], draws[key][rows])
+      np.testing.assert_array_equal(batch[key], draws[key][positions])
     images = np.asarray(augment(batch))
     assert images.dtype == np.float32 and images.shape == (6, *IMAGE_SIZE, 3)
     np.testing.assert_allclose(images, expected['images'], rtol=0,

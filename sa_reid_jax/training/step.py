@@ -23,8 +23,7 @@ from sa_reid_jax.training import losses
 
 DATA_AXIS = 'data'
 # Batch entries the step uses; the others stay on the host.
-_STEP_KEYS = ('images', 'labels', 'indices', 'flip', 'erase_box',
-              'noise_seed')
+_STEP_KEYS = ('labels', 'positions') + device_augment.BATCH_KEYS
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -58,7 +57,7 @@ class TrainState:
     batch_stats: BatchNorm running statistics.
     opt_state: optimizer state.
     rng: the run's base PRNG key data (uint32 (2,)); each step folds in its
-      step number, each example its table row.
+      step number, each example its position in the epoch.
   """
   step: jax.Array
   params: Any
@@ -155,12 +154,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
     state: the train state (the same on every device).
     batch: ``images`` (float32 network input, or uint8 staged images with
       ``flip``/``erase_box``/``noise_seed`` when `augment` is set),
-      ``labels`` and ``indices`` (table rows, which key dropout).
+      ``labels`` and ``positions`` (places in the epoch, which key dropout).
     model: the network; its ``bn_axis_name`` decides whether BatchNorm
       statistics are synchronised over `axis_name`.
     optimizer: the optax transformation.
     loss_config: the config's ``loss`` block.
-    augment: ``{'image_size': ..., 'fill': ...}`` to run
+    augment: ``{'image_size': ..., 'fill': ..., 'crop_size': ...}`` to run
       ``device_augment.augment_batch`` on the staged images first.
     axis_name: the mapped device axis (None on a single device, unmapped).
     average_batch_stats: average the updated BatchNorm running statistics
@@ -180,7 +179,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   def loss_fn(params):
     outputs, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, example_ids=batch['indices'],
+        train=True, example_ids=batch['positions'],
         rngs={'dropout': step_key}, mutable=['batch_stats'])
     terms = losses.cross_entropy_terms(outputs, batch['labels'])
     loss = losses.total_loss(terms, loss_config)
