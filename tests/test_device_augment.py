@@ -70,6 +70,34 @@ def test_device_path_equals_tf_path(table, erasing):
   assert (erased > 0) == (erasing is not None)
 
 
+def test_device_crop_equals_tf_crop(table):
+  crop = augmentation.RandomCrop(probability=0.5)
+  on_cpu, staged = _both_paths(table, erasing=ZEROS, crop=crop)
+  draws = augmentation.sample_epoch(
+      len(table) // 6 * 6, seed=2, epoch=0, image_size=IMAGE_SIZE,
+      flip_probability=0.5, erasing=ZEROS, crop=crop)
+  crop_size = crop.enlarged_size(IMAGE_SIZE)
+  assert crop_size == (432, 144)
+  augment = jax.jit(lambda batch: device_augment.augment_batch(
+      batch, IMAGE_SIZE, 'zeros', crop_size))
+  kinds = set()
+  for expected, batch in zip(on_cpu, staged):
+    for key in ('crop', 'crop_offset', 'flip'):
+      np.testing.assert_array_equal(batch[key],
+                                    draws[key][batch['positions']])
+    np.testing.assert_allclose(np.asarray(augment(batch)),
+                               expected['images'], rtol=0, atol=TOLERANCE)
+    kinds |= set(zip(batch['crop'].tolist(), batch['flip'].tolist()))
+  # Cropped and plain, mirrored and not, all met.
+  assert len(kinds) == 4
+  with pytest.raises(ValueError, match=r"lacks \['crop', 'crop_offset'\]"):
+    device_augment.augment_batch(
+        {key: value for key, value in staged[0].items()
+         if not key.startswith('crop')}, IMAGE_SIZE, 'zeros', crop_size)
+  with pytest.raises(ValueError, match='crop_size .* at least image_size'):
+    device_augment.augment_batch(staged[0], IMAGE_SIZE, 'zeros', (380, 144))
+
+
 def test_random_fill_keeps_the_boxes_and_draws_normal_values(table):
   on_cpu, staged = _both_paths(table, erasing=RANDOM)
   inside = []
