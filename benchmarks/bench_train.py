@@ -231,7 +231,7 @@ def synthetic_batch(num_images: int, image_size: tuple[int, int],
       'images': rng.standard_normal((num_images, *image_size, 3),
                                     dtype=np.float32),
       'labels': rng.integers(0, num_classes, num_images).astype(np.int32),
-      'indices': np.arange(num_images, dtype=np.int32),
+      'positions': np.arange(num_images, dtype=np.int32),
   }
 
 

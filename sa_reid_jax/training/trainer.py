@@ -59,10 +59,10 @@ def _erasing(config: ml_collections.ConfigDict
 
 def _crop(config: ml_collections.ConfigDict
           ) -> Optional[augmentation.RandomCrop]:
-  if config.crop_probability == 0:
-    return None
-  return augmentation.RandomCrop(probability=config.crop_probability,
+  # Built (and so checked) even when off: a bad crop_scale is an error.
+  crop = augmentation.RandomCrop(probability=config.crop_probability,
                                  scale=config.crop_scale)
+  return crop if crop.probability > 0 else None
 
 
 def _build_sampler(config: ml_collections.ConfigDict,
