@@ -2,9 +2,12 @@
 
 import collections
 import io
+from typing import Any
 
+import flax
 import hypothesis
 from hypothesis import strategies as st
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -14,6 +17,7 @@ from sa_reid_jax import input_pipeline
 from sa_reid_jax.datasets import augmentation
 from sa_reid_jax.datasets import samplers
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.training import checkpoints
 
 SMALL_SIZE = (16, 8)
 
@@ -227,3 +231,36 @@ def test_repeated_rows_get_their_own_draws(table):
     for i in range(len(copies)):
       for j in range(i):
         assert not np.array_equal(copies[i], copies[j])
+
+
+@flax.struct.dataclass
+class _State:
+  step: Any
+  weights: Any
+
+
+def test_checkpoints_from_before_samplers_stand_for_the_uniform_one(
+    tmp_path):
+  manager = checkpoints.make_manager(str(tmp_path), keep=1)
+  state = {'step': np.int32(5), 'weights': np.arange(3.0)}
+  old_position = {'epoch': 0, 'step_in_epoch': 5, 'steps_per_epoch': 10,
+                  'global_batch_size': 8, 'seed': 0}
+  checkpoints.save(manager, _State(**state), old_position, str(tmp_path))
+  manager.wait_until_finished()
+  abstract = _State(**{key: jax.ShapeDtypeStruct(np.shape(value),
+                                                 np.asarray(value).dtype)
+                       for key, value in state.items()})
+  expected = {'steps_per_epoch': 10, 'global_batch_size': 8, 'seed': 0,
+              'sampler': samplers.UniformSampler.SIGNATURE}
+  restored, position = checkpoints.restore_latest(
+      manager, abstract, expected,
+      recorded_later={'sampler': samplers.UniformSampler.SIGNATURE})
+  assert int(restored.step) == 5 and position['sampler'] == {
+      'name': 'uniform'}
+  with pytest.raises(checkpoints.ResumeError, match="sampler was {'name': "
+                     "'uniform'}, is now {'name': 'identity'"):
+    checkpoints.restore_latest(
+        manager, abstract, {**expected, 'sampler': {
+            'name': 'identity', 'images_per_identity': 4}},
+        recorded_later={'sampler': samplers.UniformSampler.SIGNATURE})
+  manager.close()

@@ -142,7 +142,8 @@ def experiment_config(dataset_name: str,
   # Decode on the CPU only and resize/flip/normalise/erase on the
   # accelerator (for hosts whose CPUs cannot keep up).
   config.augmentation.on_device = False
-  # Size images are decoded to in that mode (Market-1501's own size).
+  # Size images are decoded to in that mode (Market-1501's own size); the
+  # crop above resizes from it on the accelerator.
   config.augmentation.staging_size = (128, 64)
 
   config.checkpoint = ml_collections.ConfigDict()
