@@ -3,12 +3,13 @@
 Reads an ``ExampleTable`` (``sa_reid_jax.datasets.tables``: from a
 Market-layout folder or a built TFDS dataset) and yields numpy batches.
 
-Preprocessing follows torchvision on PIL images, as the official code does:
-bilinear resize of the uint8 image to ``image_size`` (PIL's bilinear filter
-antialiases when shrinking, so the resize antialiases exactly when the image
-is shrunk in height or width; enlarging, e.g. Market's 128x64 to 384x128, is
-plain bilinear with half-pixel centres either way), scaling to [0, 1], random
-horizontal flip, ImageNet normalisation, then random erasing (Zhong et al.).
+Preprocessing (``datasets.preprocessing``) follows torchvision on PIL
+images, as the official code does: bilinear resize of the uint8 image to
+``image_size`` (PIL's bilinear filter antialiases when shrinking, so the
+resize antialiases exactly when the image is shrunk in height or width;
+enlarging, e.g. Market's 128x64 to 384x128, is plain bilinear with half-pixel
+centres either way), scaling to [0, 1], random horizontal flip, ImageNet
+normalisation, then random erasing (Zhong et al.).
 Unlike PIL, the resized image is not rounded back to uint8: values differ from
 torchvision's by at most one grey level (1 / (255 * 0.225) = 0.017 after
 normalisation).

@@ -114,7 +114,7 @@ def preprocess(image: tf.Tensor, image_size: tuple[int, int],
 
 
 def to_staging_size(image: tf.Tensor,
-                     staging_size: tuple[int, int]) -> tf.Tensor:
+                    staging_size: tuple[int, int]) -> tf.Tensor:
   """Resizes a uint8 image to ``staging_size`` (rounded), unless already so."""
   same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(staging_size))
 

@@ -91,6 +91,7 @@ def experiment_config(dataset_name: str,
   # K of the 'identity' sampler (official RGA: 4); batch_size must be a
   # multiple of it.
   config.data.images_per_identity = 4
+
   # Training length (paper: 100 epochs for Tables 1/3, 60 for Table 2).
   config.num_epochs = 100
   # Stop after this many steps when > 0 (quick checks; the learning-rate
