@@ -232,7 +232,7 @@ def synthetic_batch(num_images: int, image_size: tuple[int, int],
       'images': rng.standard_normal((num_images, *image_size, 3),
                                     dtype=np.float32),
       'labels': rng.integers(0, num_classes, num_images).astype(np.int32),
-      'indices': np.arange(num_images, dtype=np.int32),
+      'positions': np.arange(num_images, dtype=np.int32),
   }
 
 
@@ -360,7 +360,7 @@ def main(argv=None):
   batch = step_lib.shard_batch(
       synthetic_batch(local_images, image_size, args.num_classes,
                       seed=jax.process_index()), mesh,
-      step_lib.step_keys(task, on_device_augment=False))
+      step_lib.step_keys(task))
   train_step = step_lib.make_parallel_train_step(
       mesh, model=model, task=task, optimizer=optimizer)
 

@@ -24,6 +24,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ERASING_FILLS = ('zeros', 'random')
 _KEYS = ('images', 'flip', 'erase_box', 'noise_seed')
+_CROP_KEYS = ('crop', 'crop_offset')
+# The staged batch entries `augment_batch` reads.
+BATCH_KEYS = _KEYS + _CROP_KEYS
+
+
+def batch_keys(crop: bool) -> tuple[str, ...]:
+  """The entries `augment_batch` reads, with or without the random crop."""
+  return BATCH_KEYS if crop else _KEYS
 
 
 def check_size(size, name: str = 'image_size') -> tuple[int, int]:
@@ -65,19 +73,43 @@ def normalize(pixels: jax.Array) -> jax.Array:
   return pixels * scale + shift
 
 
-@functools.partial(jax.jit, static_argnames=('image_size', 'fill'))
-def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
-  batch = images.shape[0]
+def _resize(pixels: jax.Array, size: tuple[int, int]) -> jax.Array:
+  # antialias=True is plain half-pixel-centre bilinear in an enlarged
+  # dimension and a widened triangle filter in a shrunk one: TensorFlow's and
+  # PIL's rule.
+  return jax.image.resize(pixels, (pixels.shape[0], *size, 3), 'bilinear',
+                          antialias=True)
+
+
+def _crop_windows(pixels, flip, crop, crop_offset, image_size, crop_size):
+  """Resized images, or windows of enlarged ones where `crop` is set."""
+  height, width = image_size
+  enlarged = _resize(pixels, crop_size)
+  # The images are mirrored already: cropping at `left`, then mirroring
+  # (the official order), equals cropping here at the mirrored offset.
+  left = jnp.where(flip, crop_size[1] - width - crop_offset[:, 1],
+                   crop_offset[:, 1])
+  windows = jax.vmap(lambda image, top, left: jax.lax.dynamic_slice(
+      image, (top, left, 0), (height, width, 3)))(enlarged, crop_offset[:, 0],
+                                                  left)
+  return jnp.where(crop[:, None, None, None], windows,
+                   _resize(pixels, image_size))
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('image_size', 'fill', 'crop_size'))
+def _augment(images, flip, erase_box, noise_seed, crop, crop_offset, *,
+             image_size, fill, crop_size):
   height, width = image_size
   pixels = images.astype(jnp.float32)
   # Mirror before resizing, as the CPU path: bilinear resizing commutes with
   # mirroring, and mirroring the small image moves fewer pixels.
   pixels = jnp.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
-  # antialias=True is plain half-pixel-centre bilinear in an enlarged
-  # dimension and a widened triangle filter in a shrunk one: TensorFlow's and
-  # PIL's rule.
-  pixels = jax.image.resize(pixels, (batch, height, width, 3), 'bilinear',
-                            antialias=True)
+  if crop_size is None:
+    pixels = _resize(pixels, image_size)
+  else:
+    pixels = _crop_windows(pixels, flip, crop, crop_offset, image_size,
+                           crop_size)
   pixels = normalize(pixels)
   top, left, box_height, box_width = (erase_box[:, i, None] for i in range(4))
   rows = jnp.arange(height)[None, :]
@@ -93,21 +125,29 @@ def _augment(images, flip, erase_box, noise_seed, *, image_size, fill):
 
 
 def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
-                  fill: str = 'random') -> jax.Array:
-  """Mirrors, resizes, normalises and erases a batch of staged images.
+                  fill: str = 'random',
+                  crop_size: tuple[int, int] | None = None) -> jax.Array:
+  """Resizes (or crops), mirrors, normalises and erases staged images.
 
-  Usable under ``jax.jit`` (``image_size`` and ``fill`` are static).
+  Usable under ``jax.jit`` (``image_size``, ``fill`` and ``crop_size`` are
+  static).
 
   Args:
     batch: a batch of ``train_dataset(..., augment_on_device=True)``:
       ``images`` uint8 (B, h, w, 3), ``flip`` bool (B,), ``erase_box`` int
       (B, 4) of (top, left, height, width) at ``image_size`` (height 0 for
-      none), ``noise_seed`` int (B, 2); other keys are ignored.
+      none), ``noise_seed`` int (B, 2), and with `crop_size` ``crop`` bool
+      (B,) and ``crop_offset`` int (B, 2) of (top, left) in the enlarged
+      image; other keys are ignored.
     image_size: output (height, width); must be the ``image_size`` the
       pipeline drew the erasing boxes for (default (384, 128)).
     fill: the erasing fill, as the pipeline's ``RandomErasing.fill``:
       ``'random'`` (default, the official code's: standard normal noise per
       pixel and channel) or ``'zeros'``.
+    crop_size: None (default: no crop, ``crop`` entries ignored) or the
+      enlarged (height, width) of the pipeline's ``RandomCrop``
+      (``RandomCrop.enlarged_size(image_size)``): examples with ``crop`` set
+      are resized to it and cut to ``image_size`` at ``crop_offset``.
 
   Returns:
     float32 (B, *image_size, 3): ((resized pixel / 255) - mean) / std, the
@@ -119,7 +159,13 @@ def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
   image_size = check_size(image_size)
   if fill not in ERASING_FILLS:
     raise ValueError(f'fill must be one of {ERASING_FILLS}, got {fill!r}')
-  missing = [key for key in _KEYS if key not in batch]
+  if crop_size is not None:
+    crop_size = check_size(crop_size, 'crop_size')
+    if crop_size[0] < image_size[0] or crop_size[1] < image_size[1]:
+      raise ValueError(f'crop_size {crop_size} must be at least image_size '
+                       f'{image_size}')
+  keys = _KEYS if crop_size is None else BATCH_KEYS
+  missing = [key for key in keys if key not in batch]
   if missing:
     raise ValueError(f'batch lacks {missing}; make it with '
                      'train_dataset(..., augment_on_device=True)')
@@ -129,10 +175,13 @@ def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
                      f'{images.dtype} {tuple(images.shape)}')
   size = images.shape[0]
   expected = {'flip': (size,), 'erase_box': (size, 4),
-              'noise_seed': (size, 2)}
-  for key, shape in expected.items():
-    if tuple(batch[key].shape) != shape:
-      raise ValueError(f'batch["{key}"] must have shape {shape}, got '
+              'noise_seed': (size, 2), 'crop': (size,),
+              'crop_offset': (size, 2)}
+  for key in keys[1:]:
+    if tuple(batch[key].shape) != expected[key]:
+      raise ValueError(f'batch["{key}"] must have shape {expected[key]}, got '
                        f'{tuple(batch[key].shape)}')
-  return _augment(images, flip, erase_box, noise_seed, image_size=image_size,
-                  fill=fill)
+  crop, crop_offset = (batch[key] if crop_size else None
+                       for key in _CROP_KEYS)
+  return _augment(images, flip, erase_box, noise_seed, crop, crop_offset,
+                  image_size=image_size, fill=fill, crop_size=crop_size)

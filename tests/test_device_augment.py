@@ -44,8 +44,9 @@ def _both_paths(table, **options):
 def test_device_path_equals_tf_path(table, erasing):
   on_cpu, staged = _both_paths(table, erasing=erasing)
   assert len(on_cpu) == len(staged) == len(table) // 6 >= 3
+  # Drawn for each place in the epoch, whole batches of 6.
   draws = augmentation.sample_epoch(
-      len(table), seed=2, epoch=0, image_size=IMAGE_SIZE,
+      len(table) // 6 * 6, seed=2, epoch=0, image_size=IMAGE_SIZE,
       flip_probability=0.5, erasing=erasing)
   augment = jax.jit(lambda batch: device_augment.augment_batch(
       batch, IMAGE_SIZE, 'zeros'))
@@ -53,11 +54,12 @@ def test_device_path_equals_tf_path(table, erasing):
   for expected, batch in zip(on_cpu, staged):
     assert batch['images'].dtype == np.uint8
     assert batch['images'].shape == (6, 128, 64, 3)
-    for key in ('labels', 'person_ids', 'camera_ids', 'indices'):
+    for key in ('labels', 'person_ids', 'camera_ids', 'indices',
+                'positions'):
       np.testing.assert_array_equal(batch[key], expected[key])
-    rows = batch['indices']
+    positions = batch['positions']
     for key in ('flip', 'erase_box', 'noise_seed'):
-      np.testing.assert_array_equal(batch[key], draws[key][rows])
+      np.testing.assert_array_equal(batch[key], draws[key][positions])
     images = np.asarray(augment(batch))
     assert images.dtype == np.float32 and images.shape == (6, *IMAGE_SIZE, 3)
     np.testing.assert_allclose(images, expected['images'], rtol=0,
@@ -66,6 +68,34 @@ def test_device_path_equals_tf_path(table, erasing):
     erased += (batch['erase_box'][:, 2] > 0).sum()
   assert 0 < flips < len(table)
   assert (erased > 0) == (erasing is not None)
+
+
+def test_device_crop_equals_tf_crop(table):
+  crop = augmentation.RandomCrop(probability=0.5)
+  on_cpu, staged = _both_paths(table, erasing=ZEROS, crop=crop)
+  draws = augmentation.sample_epoch(
+      len(table) // 6 * 6, seed=2, epoch=0, image_size=IMAGE_SIZE,
+      flip_probability=0.5, erasing=ZEROS, crop=crop)
+  crop_size = crop.enlarged_size(IMAGE_SIZE)
+  assert crop_size == (432, 144)
+  augment = jax.jit(lambda batch: device_augment.augment_batch(
+      batch, IMAGE_SIZE, 'zeros', crop_size))
+  kinds = set()
+  for expected, batch in zip(on_cpu, staged):
+    for key in ('crop', 'crop_offset', 'flip'):
+      np.testing.assert_array_equal(batch[key],
+                                    draws[key][batch['positions']])
+    np.testing.assert_allclose(np.asarray(augment(batch)),
+                               expected['images'], rtol=0, atol=TOLERANCE)
+    kinds |= set(zip(batch['crop'].tolist(), batch['flip'].tolist()))
+  # Cropped and plain, mirrored and not, all met.
+  assert len(kinds) == 4
+  with pytest.raises(ValueError, match=r"lacks \['crop', 'crop_offset'\]"):
+    device_augment.augment_batch(
+        {key: value for key, value in staged[0].items()
+         if not key.startswith('crop')}, IMAGE_SIZE, 'zeros', crop_size)
+  with pytest.raises(ValueError, match='crop_size .* at least image_size'):
+    device_augment.augment_batch(staged[0], IMAGE_SIZE, 'zeros', (380, 144))
 
 
 def test_random_fill_keeps_the_boxes_and_draws_normal_values(table):

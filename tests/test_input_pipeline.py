@@ -218,14 +218,18 @@ def test_train_images_are_erased_where_drawn():
   table = _table()
   erasing = augmentation.RandomErasing(probability=1.0, fill='zeros')
   batches = _train(table, erasing=erasing, flip_probability=0.0)
+  # Drawn for each place in the epoch: 7 batches of 4.
   draws = augmentation.sample_epoch(
-      len(table), seed=3, epoch=0, image_size=SMALL_SIZE,
+      28, seed=3, epoch=0, image_size=SMALL_SIZE,
       flip_probability=0.0, erasing=erasing)
   plain = _batches(input_pipeline.eval_dataset(
       table, batch_size=30, image_size=SMALL_SIZE))[0]['images']
-  for batch in batches:
-    for row, image in zip(batch['indices'], batch['images']):
-      top, left, height, width = draws['erase_box'][row]
+  for step, batch in enumerate(batches):
+    np.testing.assert_array_equal(batch['positions'],
+                                  np.arange(4 * step, 4 * step + 4))
+    for row, position, image in zip(batch['indices'], batch['positions'],
+                                    batch['images']):
+      top, left, height, width = draws['erase_box'][position]
       assert height > 0
       expected = plain[row].copy()
       expected[top:top + height, left:left + width] = 0
@@ -292,7 +296,7 @@ def test_flips_mirror_about_half_the_images():
                                atol=1e-6)
 
 
-def test_augmentation_depends_on_epoch_not_on_position():
+def test_augmentation_depends_on_epoch_not_on_process():
   table = _table()
   whole = _images_by_row(_train(table))
   halves = {}

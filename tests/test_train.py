@@ -7,6 +7,8 @@ Runs that need their own device count or must be killed go through
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +252,14 @@ def test_training_options_run_and_learn(data, tmp_path, overrides):
      'config.augmentation: RandomErasing.fill'),
     ({'image_size': (0, 32)}, 'config.image_size must be a positive'),
     ({'checkpoint.every_steps': 0}, 'config.checkpoint.every_steps'),
+    ({'data.sampler': 'pk'}, 'config.data.sampler must be one of'),
+    ({'data.sampler': 'identity', 'batch_size': 6},
+     'config.batch_size 6 must be a multiple of '
+     'config.data.images_per_identity 4'),
+    ({'data.sampler': 'identity', 'batch_size': 40},
+     "config.data.sampler 'identity' with config.batch_size 40: .* needs at "
+     'least 10 train identities; the table has 8'),
+    ({'augmentation.crop_scale': 0.5}, 'config.augmentation: RandomCrop.scale'),
 ])
 def test_bad_config_values_are_named_before_training(data, tmp_path,
                                                      overrides, message):
@@ -264,6 +274,43 @@ def test_resuming_with_another_batch_size_is_refused(data, tmp_path):
                      match='global_batch_size was 8, is now 4'):
     trainer.train_and_evaluate(tiny_config(data, max_steps=4, batch_size=4),
                                str(tmp_path))
+
+
+def test_identity_sampler_trains_and_resumes_bit_identically(data, tmp_path,
+                                                             capsys):
+  # P x K = 2 x 2 over 8 identities: 4 steps an epoch. The on-device path
+  # with the official crop: draws and dropout keyed by epoch position. The
+  # one-part network (with dropout): the test is about the data, not heads.
+  options = {'model.variant': 'backbone',
+             'data.sampler': 'identity', 'data.images_per_identity': 2,
+             'batch_size': 4, 'augmentation.crop_probability': 0.5,
+             'augmentation.on_device': True,
+             'augmentation.staging_size': (64, 32),
+             'checkpoint.every_steps': 3}
+  config = tiny_config(data, max_steps=6, **options)
+  reference = tmp_path / 'reference'
+  result = trainer.train_and_evaluate(config, str(reference))
+  assert result['status'] == 'completed' and result['step'] == 6
+  # A run killed after its mid-epoch checkpoint of step 3: the reference's
+  # workdir without what came later.
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(reference / checkpoints.CHECKPOINT_DIR / '3',
+                  resumed / checkpoints.CHECKPOINT_DIR / '3')
+  capsys.readouterr()
+  trainer.train_and_evaluate(config, str(resumed))
+  assert 'resuming from step 3 (epoch 0, step 3 in it)' in (
+      capsys.readouterr().out)
+  a, b = trained_variables(reference), trained_variables(resumed)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # The sampler is part of the data signature.
+  with pytest.raises(checkpoints.ResumeError, match=re.escape(
+      "sampler was {'name': 'identity', 'images_per_identity': 2}, is now "
+      "{'name': 'uniform'}")):
+    trainer.train_and_evaluate(
+        tiny_config(data, max_steps=8, **{**options, 'data.sampler':
+                                          'uniform'}), str(resumed))
 
 
 def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path):

@@ -1,9 +1,12 @@
-"""Train-time augmentation draws (flip, random erasing) and their application.
+"""Train-time augmentation draws (crop, flip, random erasing), and erasing.
 
-The random draws are made in numpy, for a whole epoch at once, indexed by the
-example's row in its table and seeded by (seed, epoch): an example gets the
-same augmentation whichever process, step or position it lands at, and the
-tf.data graph only applies them (cheaper than drawing there on CPU).
+The random draws are made in numpy, for a whole epoch at once, seeded by
+(seed, epoch) and indexed by the example's position in the epoch (step *
+global batch + index in the global batch; ``datasets.samplers``): an example
+gets the same augmentation whichever process or device it lands on, a
+sampler that repeats a row within an epoch gives each copy its own draws,
+and the tf.data graph (or ``device_augment``) only applies them (cheaper than
+drawing there on CPU).
 """
 
 import dataclasses
@@ -15,9 +18,65 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 ERASING_FILLS = ('zeros', 'random')
-# Distinguishes the augmentation stream from the shuffle's, which is seeded
-# with (seed, epoch) alone.
+# Distinguish the augmentation streams from the sampler's, which is seeded
+# with (seed, epoch) alone. The crop has its own, so that switching it on
+# leaves the flips and erasing boxes as they were.
 _AUGMENTATION_STREAM = 1
+_CROP_STREAM = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomCrop:
+  """Resize to `scale` times the input size, then crop back to it at random.
+
+  The official RGA code's ``Random2DTranslation``
+  (``reid/utils/data/transforms.py``; REFERENCE.md, RGA, "Augmentation"):
+  with probability `probability` the image is resized to
+  (round(scale * height), round(scale * width)) and a window of the input
+  size is cut from it at offsets round(uniform(0, range)) per axis (so the
+  two extreme offsets are half as likely as the others, as there); otherwise
+  it is resized to the input size.
+
+  Attributes:
+    probability: chance of the enlarged resize and crop (official 0.5).
+    scale: enlargement before cropping, >= 1 (official 1.125).
+  """
+  probability: float = 0.5
+  scale: float = 1.125
+
+  def __post_init__(self):
+    if not 0 <= self.probability <= 1:
+      raise ValueError(f'RandomCrop.probability must be in [0, 1], got '
+                       f'{self.probability}')
+    if not self.scale >= 1:
+      raise ValueError(f'RandomCrop.scale must be >= 1, got {self.scale}')
+
+  def enlarged_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(round(scale * height), round(scale * width)), Python's rounding."""
+    return tuple(int(round(side * self.scale)) for side in image_size)
+
+
+def sample_crops(rng: np.random.Generator, count: int,
+                 image_size: tuple[int, int],
+                 crop: RandomCrop) -> tuple[np.ndarray, np.ndarray]:
+  """Draws whether and where to crop `count` images.
+
+  Args:
+    rng: the generator.
+    count: number of images.
+    image_size: network input (height, width).
+    crop: the parameters.
+
+  Returns:
+    ``crop`` bool (count,) and ``crop_offset`` int32 (count, 2): (top, left)
+    of the window in the enlarged image, 0 for an image not cropped.
+  """
+  applied = rng.random(count) < crop.probability
+  ranges = np.subtract(crop.enlarged_size(image_size), image_size)
+  # np.round rounds half to even, as Python's round in the official code.
+  offsets = np.round(rng.uniform(0, ranges, (count, 2))).astype(np.int32)
+  offsets[~applied] = 0
+  return applied, offsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,35 +171,48 @@ def sample_erasing_boxes(rng: np.random.Generator, count: int,
   return np.stack([top, left, box_height, box_width], axis=1).astype(np.int32)
 
 
-def sample_epoch(num_examples: int, *, seed: int, epoch: int,
+def sample_epoch(num_positions: int, *, seed: int, epoch: int,
                  image_size: tuple[int, int], flip_probability: float,
-                 erasing: RandomErasing | None) -> dict[str, np.ndarray]:
-  """Every example's augmentation for one epoch, indexed by table row.
+                 erasing: RandomErasing | None,
+                 crop: RandomCrop | None = None) -> dict[str, np.ndarray]:
+  """Every example's augmentation for one epoch, indexed by epoch position.
 
   Args:
-    num_examples: rows in the table.
+    num_positions: examples in the epoch (steps per epoch x global batch).
     seed: the run's seed.
     epoch: the epoch.
     image_size: network input (height, width).
     flip_probability: chance of a horizontal flip.
     erasing: random erasing parameters, or None for none.
+    crop: random crop parameters, or None for none.
 
   Returns:
     ``flip`` bool (N,), ``erase_box`` int32 (N, 4) as from
     ``sample_erasing_boxes`` (all zero without erasing), ``noise_seed``
-    int64 (N, 2) for ``'random'`` fills.
+    int64 (N, 2) for ``'random'`` fills, ``crop`` bool (N,) and
+    ``crop_offset`` int32 (N, 2) as from ``sample_crops`` (False and zeros
+    without crop).
   """
   if not 0 <= flip_probability <= 1:
     raise ValueError(f'flip_probability must be in [0, 1], got '
                      f'{flip_probability}')
   rng = np.random.default_rng([seed, epoch, _AUGMENTATION_STREAM])
-  flip = rng.random(num_examples) < flip_probability
+  flip = rng.random(num_positions) < flip_probability
   if erasing is None:
-    boxes = np.zeros((num_examples, 4), np.int32)
+    boxes = np.zeros((num_positions, 4), np.int32)
   else:
-    boxes = sample_erasing_boxes(rng, num_examples, image_size, erasing)
-  noise_seed = rng.integers(0, 2**62, size=(num_examples, 2), dtype=np.int64)
-  return {'flip': flip, 'erase_box': boxes, 'noise_seed': noise_seed}
+    boxes = sample_erasing_boxes(rng, num_positions, image_size, erasing)
+  noise_seed = rng.integers(0, 2**62, size=(num_positions, 2),
+                            dtype=np.int64)
+  if crop is None:
+    cropped = np.zeros(num_positions, bool)
+    offsets = np.zeros((num_positions, 2), np.int32)
+  else:
+    cropped, offsets = sample_crops(
+        np.random.default_rng([seed, epoch, _CROP_STREAM]), num_positions,
+        image_size, crop)
+  return {'flip': flip, 'erase_box': boxes, 'noise_seed': noise_seed,
+          'crop': cropped, 'crop_offset': offsets}
 
 
 def erase(image: tf.Tensor, box: tf.Tensor, fill: str = 'zeros',

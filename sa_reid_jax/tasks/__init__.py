@@ -34,21 +34,21 @@ class Task:
 def identification(config: ml_collections.ConfigDict) -> Task:
   """Identity classification plus metric terms (SA, RGA, the baseline).
 
-  One forward pass in train mode (dropout keyed per example by
-  ``batch['indices']``, BatchNorm statistics updated), then the weighted
-  terms of ``config.loss.terms`` (`sa_reid_jax.losses`).
+  One forward pass in train mode (dropout keyed per example by its place
+  in the epoch, ``batch['positions']``; BatchNorm statistics updated), then
+  the weighted terms of ``config.loss.terms`` (`sa_reid_jax.losses`).
   """
   losses.active_terms(config)  # unknown names or weights fail here, early
 
   def loss_fn(model, params, batch_stats, batch, rng, axis_name):
     outputs, updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, batch['images'],
-        train=True, example_ids=batch['indices'], rngs={'dropout': rng},
+        train=True, example_ids=batch['positions'], rngs={'dropout': rng},
         mutable=['batch_stats'])
     loss, metrics = losses.total_loss(config, outputs, batch, axis_name)
     return loss, (metrics, updates['batch_stats'])
 
-  return Task('identification', ('images', 'labels', 'indices'), loss_fn)
+  return Task('identification', ('images', 'labels', 'positions'), loss_fn)
 
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {

@@ -93,7 +93,8 @@ def _disk_full_reported(manager: ocp.CheckpointManager, workdir: str,
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    expected_data: dict[str, int],
-                   expected_config: Optional[dict[str, Any]] = None
+                   expected_config: Optional[dict[str, Any]] = None,
+                   recorded_later: Optional[dict[str, Any]] = None
                    ) -> Optional[tuple[Any, dict[str, Any]]]:
   """The newest checkpoint's state and data position, or None if none.
 
@@ -106,11 +107,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     abstract_state: the state's structure, shapes, dtypes and shardings
       (``jax.eval_shape`` output with ``sharding`` set).
     expected_data: the current run's ``steps_per_epoch``,
-      ``global_batch_size`` and ``seed``; the checkpoint's must agree.
+      ``global_batch_size``, ``seed`` and ``sampler``; the checkpoint's must
+      agree.
     expected_config: the current run's ``model`` and ``optimizer`` config
       blocks (dicts) and ``num_classes``, saved with each checkpoint (in
       its data item) by `save` callers; the checkpoint's must agree.
       Checkpoints written before these were recorded skip this check.
+    recorded_later: entries of `expected_data` that older checkpoints lack,
+      with the value such a checkpoint stands for (e.g. the sampler: older
+      runs all used the uniform one).
 
   Returns:
     (state, data position) or None.
@@ -123,8 +128,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   if step is None:
     return None
   path = os.path.join(str(manager.directory), str(step))
-  data = dict(manager.restore(step, args=ocp.args.Composite(
-      data=ocp.args.JsonRestore()))['data'])
+  data = {**(recorded_later or {}), **manager.restore(
+      step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']}
   differing = {key: (data.get(key), value)
                for key, value in expected_data.items()
                if data.get(key) != value}

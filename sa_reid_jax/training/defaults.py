@@ -85,6 +85,19 @@ def experiment_config(dataset_name: str,
 
   # Images per step over all devices and processes (paper: 48).
   config.batch_size = 48
+
+  config.data = ml_collections.ConfigDict()
+  # Which rows make each global batch (sa_reid_jax.datasets.samplers):
+  # 'uniform' (every image once per epoch in a random order, the SA paper's)
+  # or 'identity' (P x K: batch_size / images_per_identity identities with
+  # images_per_identity images each, drawn with replacement from identities
+  # with fewer; an epoch is one pass over the identities; the official RGA
+  # code's RandomIdentitySampler, REFERENCE.md RGA "Sampler").
+  config.data.sampler = 'uniform'
+  # K of the 'identity' sampler (official RGA: 4); batch_size must be a
+  # multiple of it.
+  config.data.images_per_identity = 4
+
   # Training length (paper: 100 epochs for Tables 1/3, 60 for Table 2).
   config.num_epochs = 100
   # Stop after this many steps when > 0 (quick checks; the learning-rate
@@ -155,10 +168,19 @@ def experiment_config(dataset_name: str,
   config.augmentation.erasing_area = (0.02, 0.2)
   config.augmentation.erasing_min_aspect = 0.3
   config.augmentation.erasing_fill = 'random'
+  # The official RGA code's random crop (Random2DTranslation in its
+  # reid/utils/data/transforms.py; REFERENCE.md RGA "Augmentation"): with
+  # this chance resize to crop_scale x image_size (rounded) and cut an
+  # image_size window at a random offset, before the flip and the erasing;
+  # otherwise resize to image_size (0 disables; official RGA: 0.5).
+  config.augmentation.crop_probability = 0.0
+  # The enlargement before that crop (official RGA: 1.125).
+  config.augmentation.crop_scale = 1.125
   # Decode on the CPU only and resize/flip/normalise/erase on the
   # accelerator (for hosts whose CPUs cannot keep up).
   config.augmentation.on_device = False
-  # Size images are decoded to in that mode (Market-1501's own size).
+  # Size images are decoded to in that mode (Market-1501's own size); the
+  # crop above resizes from it on the accelerator.
   config.augmentation.staging_size = (128, 64)
 
   config.checkpoint = ml_collections.ConfigDict()

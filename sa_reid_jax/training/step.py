@@ -25,9 +25,8 @@ from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.models import registry
 
 DATA_AXIS = 'data'
-# Batch entries of the on-device augmentation (`device_augment`), which the
-# step applies before the task sees the images.
-AUGMENT_KEYS = ('flip', 'erase_box', 'noise_seed')
+# The on-device augmentation's batch entries (`device_augment`) come on top
+# of the task's when it runs in the step, before the task sees the images.
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -41,10 +40,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       bn_axis_name=DATA_AXIS if config.model.sync_batch_norm else None)
 
 
-def step_keys(task: tasks_lib.Task, on_device_augment: bool
+def step_keys(task: tasks_lib.Task, augment: Optional[dict[str, Any]] = None
               ) -> tuple[str, ...]:
-  """The batch entries the step sends to the devices (the others stay)."""
-  return task.batch_keys + (AUGMENT_KEYS if on_device_augment else ())
+  """The batch entries the step sends to the devices (the others stay).
+
+  Args:
+    task: the training task (its ``batch_keys``).
+    augment: `train_step`'s ``augment`` argument (None: augmented on the
+      host).
+  """
+  keys = task.batch_keys
+  if augment is not None:
+    keys += device_augment.batch_keys(crop=augment.get('crop_size') is not None)
+  return tuple(dict.fromkeys(keys))
 
 
 @flax.struct.dataclass
@@ -57,7 +65,7 @@ class TrainState:
     batch_stats: BatchNorm running statistics.
     opt_state: optimizer state.
     rng: the run's base PRNG key data (uint32 (2,)); each step folds in its
-      step number, each example its table row.
+      step number, each example its position in the epoch.
   """
   step: jax.Array
   params: Any
@@ -160,13 +168,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   Args:
     state: the train state (the same on every device).
     batch: the task's entries (``images``: float32 network input, or uint8
-      staged images with ``flip``/``erase_box``/``noise_seed`` when
-      `augment` is set).
+      staged images with the `device_augment` entries when `augment` is
+      set; ``positions``, places in the epoch, key dropout).
     model: the network; its ``bn_axis_name`` decides whether BatchNorm
       statistics are synchronised over `axis_name`.
     task: the forward pass and loss (`sa_reid_jax.tasks`).
     optimizer: the optax transformation.
-    augment: ``{'image_size': ..., 'fill': ...}`` to run
+    augment: ``{'image_size': ..., 'fill': ..., 'crop_size': ...}`` to run
       ``device_augment.augment_batch`` on the staged images first.
     axis_name: the mapped device axis (None on a single device, unmapped).
     average_batch_stats: average the updated BatchNorm running statistics

@@ -15,6 +15,7 @@ from sa_reid_jax import input_pipeline
 from sa_reid_jax import losses
 from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.datasets import augmentation
+from sa_reid_jax.datasets import samplers
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
@@ -56,6 +57,25 @@ def _erasing(config: ml_collections.ConfigDict
       probability=config.erasing_probability,
       area_range=tuple(config.erasing_area),
       min_aspect=config.erasing_min_aspect, fill=config.erasing_fill)
+
+
+def _crop(config: ml_collections.ConfigDict
+          ) -> Optional[augmentation.RandomCrop]:
+  # Built (and so checked) even when off: a bad crop_scale is an error.
+  crop = augmentation.RandomCrop(probability=config.crop_probability,
+                                 scale=config.crop_scale)
+  return crop if crop.probability > 0 else None
+
+
+def _build_sampler(config: ml_collections.ConfigDict,
+                   table: tables.ExampleTable) -> samplers.Sampler:
+  """The sampler of config.data over the train table's identities."""
+  try:
+    return samplers.build(config.data.sampler, table.labels,
+                          config.batch_size, config.data.images_per_identity)
+  except ValueError as e:
+    raise ValueError(f'config.data.sampler {config.data.sampler!r} with '
+                     f'config.batch_size {config.batch_size}: {e}') from e
 
 
 def _with_pretrained_backbone(state: step_lib.TrainState,
@@ -108,6 +128,16 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
   check_size(config.image_size, 'config.image_size')
   check_size(config.augmentation.staging_size,
              'config.augmentation.staging_size')
+  if config.data.sampler not in samplers.SAMPLERS:
+    raise ValueError(f'config.data.sampler must be one of '
+                     f'{samplers.SAMPLERS}, got {config.data.sampler!r}')
+  if config.data.sampler == 'identity':
+    per_identity = config.data.images_per_identity
+    if per_identity < 1 or config.batch_size % per_identity:
+      raise ValueError(
+          f'config.batch_size {config.batch_size} must be a multiple of '
+          f'config.data.images_per_identity {per_identity} (>= 1): a batch '
+          'holds batch_size / images_per_identity identities')
   cross_entropy = config.loss.terms.cross_entropy
   if cross_entropy.weighting not in losses.WEIGHTINGS:
     raise ValueError(f'config.loss.terms.cross_entropy.weighting must be one '
@@ -115,6 +145,7 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
                      f'{cross_entropy.weighting!r}')
   try:
     _erasing(config.augmentation)
+    _crop(config.augmentation)
   except ValueError as e:
     raise ValueError(f'config.augmentation: {e}') from e
   for key in ('num_epochs', 'log_every_steps'):
@@ -145,8 +176,8 @@ class _Run:
     _check_config(config, self.mesh.size, jax.process_count())
     self.table = _train_table(config.dataset)
     self.process_batch = config.batch_size // jax.process_count()
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(
-        len(self.table), self.process_batch, jax.process_count())
+    self.sampler = _build_sampler(config, self.table)
+    self.steps_per_epoch = self.sampler.steps_per_epoch
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.stop_step = (min(config.max_steps, self.total_steps)
                       if config.max_steps > 0 else self.total_steps)
@@ -176,10 +207,11 @@ class _Run:
             'step_in_epoch': step % self.steps_per_epoch,
             **self.data_signature(), **self.config_signature()}
 
-  def data_signature(self) -> dict[str, int]:
+  def data_signature(self) -> dict[str, Any]:
     return {'steps_per_epoch': self.steps_per_epoch,
             'global_batch_size': int(self.config.batch_size),
-            'seed': int(self.config.seed)}
+            'seed': int(self.config.seed),
+            'sampler': self.sampler.signature()}
 
   def config_signature(self) -> dict[str, Any]:
     """What the state's structure and its updates depend on."""
@@ -201,9 +233,11 @@ class _Run:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(fresh))
-    restored = checkpoints.restore_latest(self.manager, abstract,
-                                          self.data_signature(),
-                                          self.config_signature())
+    # Checkpoints from before samplers were recorded used the uniform one.
+    restored = checkpoints.restore_latest(
+        self.manager, abstract, self.data_signature(),
+        self.config_signature(),
+        recorded_later={'sampler': samplers.UniformSampler.SIGNATURE})
     if restored is not None:
       state, position = restored
       print(f'resuming from step {int(state.step)} (epoch '
@@ -394,10 +428,13 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
   config = run.config
   aug = config.augmentation
   erasing = _erasing(aug)
+  crop = _crop(aug)
   augment = None
   if aug.on_device:
     augment = {'image_size': tuple(config.image_size),
-               'fill': erasing.fill if erasing else 'zeros'}
+               'fill': erasing.fill if erasing else 'zeros',
+               'crop_size': (crop.enlarged_size(tuple(config.image_size))
+                             if crop else None)}
   train_step = step_lib.make_parallel_train_step(
       run.mesh, model=run.model, task=run.task, optimizer=run.optimizer,
       augment=augment,
@@ -409,12 +446,12 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       start_epoch=start // run.steps_per_epoch,
       start_step=start % run.steps_per_epoch, num_epochs=config.num_epochs,
       image_size=tuple(config.image_size),
-      flip_probability=aug.flip_probability, erasing=erasing,
-      process_index=jax.process_index(),
+      flip_probability=aug.flip_probability, erasing=erasing, crop=crop,
+      sampler=run.sampler, process_index=jax.process_index(),
       process_count=jax.process_count(), augment_on_device=aug.on_device,
       staging_size=tuple(aug.staging_size))
   device_batches = _on_devices(batches, run.mesh, config.prefetch_batches,
-                               step_lib.step_keys(run.task, aug.on_device))
+                               step_lib.step_keys(run.task, augment))
   progress = reporting.Progress(start, run.stop_step, config.batch_size)
   averager = reporting.MetricAverager()
   pending = None  # (step, metrics) not yet read back from the devices
