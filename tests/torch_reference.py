@@ -121,6 +121,23 @@ class OfficialSANet(nn.Module):
     }
 
 
+def randomize_weights(model, generator):
+  """He-normal convolutions, BN affine parameters around (1, 0), N(0, 0.02)
+  linear layers, drawn from `generator`."""
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, (nn.Conv2d, nn.Conv1d)):
+        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+        module.weight.normal_(0, (2.0 / fan_out)**0.5, generator=generator)
+      elif isinstance(module, nn.Linear):
+        module.weight.normal_(0, 0.02, generator=generator)
+        if module.bias is not None:
+          module.bias.normal_(0, 0.02, generator=generator)
+      elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        module.weight.uniform_(0.5, 1.5, generator=generator)
+        module.bias.normal_(0, 0.1, generator=generator)
+
+
 def randomize(model, calibration_images, seed=0):
   """Gives `model` random non-trivial weights and BN running statistics.
 
@@ -131,18 +148,10 @@ def randomize(model, calibration_images, seed=0):
   everywhere: a transposed or misplaced statistic cannot go unnoticed.
   """
   generator = torch.Generator().manual_seed(seed)
+  randomize_weights(model, generator)
   with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, (nn.Conv2d, nn.Conv1d)):
-        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
-        module.weight.normal_(0, (2.0 / fan_out)**0.5, generator=generator)
-      elif isinstance(module, nn.Linear):
-        module.weight.normal_(0, 0.02, generator=generator)
-        module.bias.normal_(0, 0.02, generator=generator)
-      elif isinstance(module, nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5, generator=generator)
-        module.bias.normal_(0, 0.1, generator=generator)
-    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    batch_norms = [m for m in model.modules()
+                   if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     for bn in batch_norms:
       bn.momentum = 1.0
     model.train()

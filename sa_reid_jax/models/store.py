@@ -1,8 +1,10 @@
 """Saving and restoring a model: an orbax checkpoint of variables + config.
 
 A model directory holds two orbax items: ``variables`` (params and
-batch_stats, float32) and ``model`` (JSON: the `SANet` constructor arguments
-under ``config`` and free-form provenance under ``metadata``).
+batch_stats, float32) and ``model`` (JSON: the network's constructor
+arguments under ``config`` and free-form provenance under ``metadata``). An
+`RGANet`'s config says ``family: 'rga'``; a config without a family is an
+`SANet`'s.
 """
 
 import os
@@ -12,15 +14,17 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sa_reid_jax.models.sanet import SANet, model_config, model_from_config
+from sa_reid_jax.models import rga
+from sa_reid_jax.models import sanet
 
 # The paper's input (height, width), for models that record no size
 # (arXiv 1811.12150, Sec. 4.2).
 DEFAULT_IMAGE_SIZE = (384, 128)
 
-# Variable shapes do not depend on the image size; this one is only traced
-# (never computed) to build the restore target.
-_SHAPE_PROBE_IMAGES = jax.ShapeDtypeStruct((1, 384, 128, 3), jnp.float32)
+# The SA network's variable shapes do not depend on the image size; this one
+# is only traced (never computed) to build the restore target. An RGANet's
+# do, and it records its own size (`image_size`).
+_SHAPE_PROBE_SIZE = (384, 128)
 
 
 # What a training workdir holds (``sa_reid_jax.training``): its checkpoints
@@ -37,14 +41,29 @@ def _checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def abstract_variables(model: SANet) -> Any:
+def abstract_variables(model: Any) -> Any:
   """Shapes and dtypes of `model`'s variables, without allocating them."""
+  height, width = getattr(model, 'image_size', _SHAPE_PROBE_SIZE)
   return jax.eval_shape(
       lambda images: model.init(jax.random.key(0), images, train=False),
-      _SHAPE_PROBE_IMAGES)
+      jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
 
 
-def save_model(directory: str, model: SANet, variables: Any,
+def model_config(model: Any) -> dict[str, Any]:
+  """The JSON description of an `SANet` or an `RGANet`."""
+  if isinstance(model, rga.RGANet):
+    return rga.model_config(model)
+  return sanet.model_config(model)
+
+
+def model_from_config(config: dict[str, Any], source: str = 'config') -> Any:
+  """The network `config` describes (`model_config`'s output)."""
+  if 'family' in config:
+    return rga.model_from_config(config, source)
+  return sanet.model_from_config(config, source)
+
+
+def save_model(directory: str, model: Any, variables: Any,
                metadata: Optional[dict[str, Any]] = None,
                overwrite: bool = False) -> str:
   """Writes `model`'s config and `variables` as an orbax checkpoint.
@@ -152,15 +171,15 @@ def _first_line(error: BaseException) -> str:
   return lines[0] if lines else type(error).__name__
 
 
-def load_model(directory: str) -> tuple[SANet, Any]:
+def load_model(directory: str) -> tuple[Any, Any]:
   """Restores a model written by `save_model`.
 
   Args:
     directory: a model directory (e.g. written by ``convert_weights.py``).
 
   Returns:
-    (model, variables): the `SANet` and its float32 variables, ready for
-    ``model.apply(variables, images, train=False)``.
+    (model, variables): the `SANet` or `RGANet` and its float32 variables,
+    ready for ``model.apply(variables, images, train=False)``.
   """
   info = load_model_info(directory)
   model = model_from_config(info['config'],
