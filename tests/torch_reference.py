@@ -39,6 +39,21 @@ class TorchBottleneck(nn.Module):
     return F.relu(y + shortcut)
 
 
+def add_stages(module, blocks, base_width, last_stride):
+  """Gives `module` torchvision's layer1..layer4; returns their output width."""
+  in_channels = base_width
+  for stage, count in enumerate(blocks):
+    width = base_width * 2**stage
+    first_stride = 1 if stage == 0 else (last_stride if stage == 3 else 2)
+    layers = []
+    for block in range(count):
+      layers.append(TorchBottleneck(in_channels, width,
+                                    first_stride if block == 0 else 1))
+      in_channels = width * 4
+    setattr(module, f'layer{stage + 1}', nn.Sequential(*layers))
+  return in_channels
+
+
 class TorchResNet(nn.Module):
   """torchvision's resnet50 layout; `last_stride` as in re-id networks."""
 
@@ -48,16 +63,7 @@ class TorchResNet(nn.Module):
     self.bn1 = nn.BatchNorm2d(64)
     self.relu = nn.ReLU()
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    in_channels = 64
-    for stage, count in enumerate(blocks):
-      width = 64 * 2**stage
-      first_stride = 1 if stage == 0 else (last_stride if stage == 3 else 2)
-      layers = []
-      for block in range(count):
-        layers.append(TorchBottleneck(in_channels, width,
-                                      first_stride if block == 0 else 1))
-        in_channels = width * 4
-      setattr(self, f'layer{stage + 1}', nn.Sequential(*layers))
+    in_channels = add_stages(self, blocks, 64, last_stride)
     self.avgpool = nn.AdaptiveAvgPool2d(1)
     self.fc = nn.Linear(in_channels, num_classes)
 

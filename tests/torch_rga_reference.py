@@ -11,7 +11,7 @@ import the code under test.
 import torch
 from torch import nn
 
-from torch_reference import TorchBottleneck, randomize_weights
+from torch_reference import add_stages, randomize_weights
 
 
 def embed(in_channels, out_channels):
@@ -44,20 +44,20 @@ class TorchRGAModule(nn.Module):
                channel_ratio=8, spatial_ratio=8, down_ratio=8):
     super().__init__()
     self.spatial, self.channel = spatial, channel
-    inter_channel = channels // channel_ratio
-    inter_spatial = positions // spatial_ratio
-    if spatial:
-      self.gx_spatial = embed(channels, inter_channel)
-      self.gg_spatial = embed(2 * positions, inter_spatial)
-      self.W_spatial = attention_head(1 + inter_spatial, down_ratio)
-      self.theta_spatial = embed(channels, inter_channel)
-      self.phi_spatial = embed(channels, inter_channel)
-    if channel:
-      self.gx_channel = embed(positions, inter_spatial)
-      self.gg_channel = embed(2 * channels, inter_channel)
-      self.W_channel = attention_head(1 + inter_channel, down_ratio)
-      self.theta_channel = embed(positions, inter_spatial)
-      self.phi_channel = embed(positions, inter_spatial)
+    # The same construction for both parts, roles swapped: (part, nodes,
+    # node ratio, features per node, feature ratio).
+    for part, nodes, node_ratio, features, feature_ratio in (
+        ('spatial', positions, spatial_ratio, channels, channel_ratio),
+        ('channel', channels, channel_ratio, positions, spatial_ratio)):
+      if not (spatial if part == 'spatial' else channel):
+        continue
+      inter_features = features // feature_ratio
+      inter_nodes = nodes // node_ratio
+      setattr(self, f'gx_{part}', embed(features, inter_features))
+      setattr(self, f'gg_{part}', embed(2 * nodes, inter_nodes))
+      setattr(self, f'W_{part}', attention_head(1 + inter_nodes, down_ratio))
+      setattr(self, f'theta_{part}', embed(features, inter_features))
+      setattr(self, f'phi_{part}', embed(features, inter_features))
     self.gates = {}
 
   def forward(self, x):
@@ -67,7 +67,8 @@ class TorchRGAModule(nn.Module):
     if self.spatial:
       theta = self.theta_spatial(x).view(b, -1, n)
       phi = self.phi_spatial(x).view(b, -1, n)
-      related = self.gg_spatial(joint_relations(theta, phi).view(b, 2 * n, h, w))
+      joint = joint_relations(theta, phi).view(b, 2 * n, h, w)
+      related = self.gg_spatial(joint)
       own = self.gx_spatial(x).mean(dim=1, keepdim=True)
       gate = torch.sigmoid(self.W_spatial(torch.cat([own, related], dim=1)))
       self.gates['spatial'] = gate[:, 0]
@@ -95,23 +96,14 @@ class TorchRGABackbone(nn.Module):
     self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
     self.bn1 = nn.BatchNorm2d(base_width)
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    in_channels = base_width
-    # The feature maps are H/4 x W/4 after layer1, then /8, /16, /16.
-    for stage, (count, scale) in enumerate(zip(blocks, (4, 8, 16, 16))):
-      width_ = base_width * 2**stage
-      first_stride = 1 if stage in (0, 3) else 2
-      layers = []
-      for block in range(count):
-        layers.append(TorchBottleneck(in_channels, width_,
-                                      first_stride if block == 0 else 1))
-        in_channels = width_ * 4
-      setattr(self, f'layer{stage + 1}', nn.Sequential(*layers))
-      if spatial or channel:
+    self.out_channels = add_stages(self, blocks, base_width, last_stride=1)
+    if spatial or channel:
+      # The feature maps are H/4 x W/4 after layer1, then /8, /16, /16.
+      for stage, scale in enumerate((4, 8, 16, 16)):
         setattr(self, f'rga_att{stage + 1}', TorchRGAModule(
-            in_channels, (height // scale) * (width // scale), spatial,
-            channel, **ratios))
+            base_width * 4 * 2**stage, (height // scale) * (width // scale),
+            spatial, channel, **ratios))
     self.attention = spatial or channel
-    self.out_channels = in_channels
 
   def forward(self, x):
     x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))

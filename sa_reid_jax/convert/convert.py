@@ -87,9 +87,10 @@ def _rga_model(state: dict[str, Any], path: str, num_classes: Optional[int],
   """The RGANet an official RGA checkpoint describes, and its template.
 
   The parts present (spatial, channel) and the backbone's depth and width
-  are read from the names; the class count from ``cls.weight``. The widths of the RGA modules depend on the
-  input size, which the file does not record: a file built for another size
-  than `image_size` is refused, naming the size it implies.
+  are read from the names; the class count from ``cls.weight``. The widths
+  of the RGA modules depend on the input size, which the file does not
+  record: a file built for another size than `image_size` is refused,
+  naming the size it implies.
   """
   classes = _official_num_classes(state, path, 'cls.weight', 'RGA',
                                   num_classes)

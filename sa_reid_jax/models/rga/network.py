@@ -159,7 +159,8 @@ class RGANet(nn.Module):
                            name='feat_bn')(pooled, train)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=wide,
                       param_dtype=jnp.float32,
-                      kernel_init=classifier_kernel_init, name='cls')(normalised)
+                      kernel_init=classifier_kernel_init,
+                      name='cls')(normalised)
     descriptor = pooled if self.descriptor == 'pre_bn' else normalised
     return {
         'features': l2_normalize(descriptor)[:, None, :],
