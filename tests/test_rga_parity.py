@@ -97,7 +97,7 @@ def test_full_rga_sc_inference_float32(full_sc, record_parity):
   This random RGA network amplifies rounding about tenfold per stage
   (BatchNorms after the relation embeddings subtract means much larger than
   the spread around them), so PyTorch's float32 outputs themselves differ
-  from the float64 ones by up to ~1e-3 relative. Each output must be
+  from the float64 ones by a few 1e-3 relative. Each output must be
   within OUTPUT_BOUND of the exact (float64 PyTorch) value, or no further
   from it than twice PyTorch's float32 error; the direct JAX-PyTorch
   difference is reported beside it.
