@@ -1,4 +1,4 @@
-"""Networks: the ResNet backbone, the spatial attention layer, SANet and RGANet."""
+"""Networks: the ResNet backbone, the spatial attention layer and SANet."""
 
 from sa_reid_jax.models.attention import apply_spatial_attention
 from sa_reid_jax.models.attention import spatial_attention_map
