@@ -4,10 +4,13 @@ r"""Converts PyTorch weights into a model directory.
       --output=DIR [--num_classes=N]
   python convert_weights.py --format=sa_official \
       --input=checkpoint.pth.tar --output=DIR
+  python convert_weights.py --format=rga_official \
+      --input=checkpoint.pth.tar --output=DIR [--image_size=256,128]
 
 Restore the result with `sa_reid_jax.load_model(DIR)`.
 """
 
+import argparse
 import sys
 
 from sa_reid_jax import command_line
@@ -25,7 +28,8 @@ from sa_reid_jax import convert
 _FORMAT = flags.DEFINE_enum(
     'format', None, convert.FORMATS,
     'torchvision: ImageNet ResNet-50 state dict (backbone initialisation); '
-    'sa_official: trained checkpoint of the official SA code.')
+    'sa_official: trained checkpoint of the official SA code; '
+    'rga_official: trained checkpoint of the official RGA code.')
 _INPUT = flags.DEFINE_string(
     'input', None, 'Weight file: .pth/.pth.tar/.pt, .safetensors or .npz.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Model directory to write.')
@@ -34,6 +38,11 @@ _NUM_CLASSES = flags.DEFINE_integer(
     'Identities of the fresh heads (torchvision format; default '
     f'{convert.convert.DEFAULT_NUM_CLASSES}). Read from the file for '
     'sa_official.', lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_string(
+    'image_size', None,
+    'H,W: input size an rga_official checkpoint was trained at (its RGA '
+    'module widths depend on it); default the official 256,128. '
+    'rga_official only.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the fresh heads.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False,
                                'Replace an existing output directory.')
@@ -44,10 +53,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   command_line.set_library_verbosity()
+  image_size = None
+  if _IMAGE_SIZE.value is not None:
+    try:
+      image_size = command_line.image_size_argument(_IMAGE_SIZE.value)
+    except argparse.ArgumentTypeError as error:
+      sys.exit(f'convert_weights.py: error: --image_size: {error}')
   try:
     result = convert.convert_checkpoint(_FORMAT.value, _INPUT.value,
                                         _OUTPUT.value, _NUM_CLASSES.value,
-                                        _SEED.value, _OVERWRITE.value)
+                                        _SEED.value, _OVERWRITE.value,
+                                        image_size)
   except convert.ConversionError as error:
     sys.exit(f'convert_weights.py: error: {error}')
   print(result.summary())

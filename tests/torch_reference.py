@@ -39,6 +39,21 @@ class TorchBottleneck(nn.Module):
     return F.relu(y + shortcut)
 
 
+def add_stages(module, blocks, base_width, last_stride):
+  """Gives `module` torchvision's layer1..layer4; returns their output width."""
+  in_channels = base_width
+  for stage, count in enumerate(blocks):
+    width = base_width * 2**stage
+    first_stride = 1 if stage == 0 else (last_stride if stage == 3 else 2)
+    layers = []
+    for block in range(count):
+      layers.append(TorchBottleneck(in_channels, width,
+                                    first_stride if block == 0 else 1))
+      in_channels = width * 4
+    setattr(module, f'layer{stage + 1}', nn.Sequential(*layers))
+  return in_channels
+
+
 class TorchResNet(nn.Module):
   """torchvision's resnet50 layout; `last_stride` as in re-id networks."""
 
@@ -48,16 +63,7 @@ class TorchResNet(nn.Module):
     self.bn1 = nn.BatchNorm2d(64)
     self.relu = nn.ReLU()
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    in_channels = 64
-    for stage, count in enumerate(blocks):
-      width = 64 * 2**stage
-      first_stride = 1 if stage == 0 else (last_stride if stage == 3 else 2)
-      layers = []
-      for block in range(count):
-        layers.append(TorchBottleneck(in_channels, width,
-                                      first_stride if block == 0 else 1))
-        in_channels = width * 4
-      setattr(self, f'layer{stage + 1}', nn.Sequential(*layers))
+    in_channels = add_stages(self, blocks, 64, last_stride)
     self.avgpool = nn.AdaptiveAvgPool2d(1)
     self.fc = nn.Linear(in_channels, num_classes)
 
@@ -121,6 +127,23 @@ class OfficialSANet(nn.Module):
     }
 
 
+def randomize_weights(model, generator):
+  """He-normal convolutions, BN affine parameters around (1, 0), N(0, 0.02)
+  linear layers, drawn from `generator`."""
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, (nn.Conv2d, nn.Conv1d)):
+        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
+        module.weight.normal_(0, (2.0 / fan_out)**0.5, generator=generator)
+      elif isinstance(module, nn.Linear):
+        module.weight.normal_(0, 0.02, generator=generator)
+        if module.bias is not None:
+          module.bias.normal_(0, 0.02, generator=generator)
+      elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        module.weight.uniform_(0.5, 1.5, generator=generator)
+        module.bias.normal_(0, 0.1, generator=generator)
+
+
 def randomize(model, calibration_images, seed=0):
   """Gives `model` random non-trivial weights and BN running statistics.
 
@@ -131,18 +154,10 @@ def randomize(model, calibration_images, seed=0):
   everywhere: a transposed or misplaced statistic cannot go unnoticed.
   """
   generator = torch.Generator().manual_seed(seed)
+  randomize_weights(model, generator)
   with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, (nn.Conv2d, nn.Conv1d)):
-        fan_out = module.weight.shape[0] * module.weight[0, 0].numel()
-        module.weight.normal_(0, (2.0 / fan_out)**0.5, generator=generator)
-      elif isinstance(module, nn.Linear):
-        module.weight.normal_(0, 0.02, generator=generator)
-        module.bias.normal_(0, 0.02, generator=generator)
-      elif isinstance(module, nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5, generator=generator)
-        module.bias.normal_(0, 0.1, generator=generator)
-    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    batch_norms = [m for m in model.modules()
+                   if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     for bn in batch_norms:
       bn.momentum = 1.0
     model.train()

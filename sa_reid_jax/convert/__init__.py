@@ -1,4 +1,4 @@
-"""Importing PyTorch weights (torchvision ResNet-50, official SA checkpoints)."""
+"""Importing PyTorch weights: torchvision ResNet-50, official SA and RGA."""
 
 from sa_reid_jax.convert.convert import FORMATS
 from sa_reid_jax.convert.convert import ConversionResult

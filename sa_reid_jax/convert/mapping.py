@@ -9,7 +9,7 @@ code's (``local_conv``, ``feat_bn2d``, ``instance0..6``,
 
 import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import numpy as np
@@ -26,7 +26,7 @@ _HEAD_MODULES = {
     'part_reduce': 'local_conv',
     'part_bn': 'feat_bn2d',
 }
-_LEAF_NAMES = {
+LEAF_NAMES = {
     ('params', 'kernel'): 'weight',
     ('params', 'scale'): 'weight',
     ('params', 'bias'): 'bias',
@@ -101,7 +101,7 @@ def source_for(path: tuple[str, ...], num_parts: int,
                   for p in range(num_parts))
     return Source(names, STACKED_LINEAR if kind == 'kernel' else
                   STACKED_VECTOR)
-  leaf_name = _LEAF_NAMES.get((collection, leaf))
+  leaf_name = LEAF_NAMES.get((collection, leaf))
   if leaf_name is None or not modules:
     return None
   head = modules[0]
@@ -160,8 +160,10 @@ class ConversionReport:
 def fill_variables(state: dict[str, np.ndarray], template: Any,
                    num_parts: int, backbone_prefix: str,
                    skip_patterns: tuple[str, ...],
-                   only_backbone: bool = False) -> tuple[Any,
-                                                         ConversionReport]:
+                   only_backbone: bool = False,
+                   source_fn: Optional[Callable[[tuple[str, ...]],
+                                                Optional[Source]]] = None
+                   ) -> tuple[Any, ConversionReport]:
   """Builds Flax variables from a PyTorch state dict.
 
   Args:
@@ -174,6 +176,9 @@ def fill_variables(state: dict[str, np.ndarray], template: Any,
       are skipped and counted by pattern.
     only_backbone: take only the backbone from `state` (heads keep the
       template's values).
+    source_fn: the `Source` of a Flax path for another network family
+      (default: `source_for` with `num_parts` and `backbone_prefix`, the SA
+      network's names).
 
   Returns:
     (variables, report). The variables are valid only if ``report.ok``.
@@ -186,7 +191,8 @@ def fill_variables(state: dict[str, np.ndarray], template: Any,
     result[path] = leaf
     if only_backbone and path[1] != 'backbone':
       continue
-    source = source_for(path, num_parts, backbone_prefix)
+    source = (source_fn(path) if source_fn is not None else
+              source_for(path, num_parts, backbone_prefix))
     if source is None:
       if not only_backbone:
         report.missing.append(f'(no PyTorch name for {"/".join(path)})')

@@ -10,5 +10,9 @@ from sa_reid_jax.models.sanet import VARIANTS
 from sa_reid_jax.models.sanet import model_config
 from sa_reid_jax.models.sanet import model_from_config
 from sa_reid_jax.models.sanet import sanet_variant
+from sa_reid_jax.models.rga import RGA_VARIANTS
+from sa_reid_jax.models.rga import RGAModule
+from sa_reid_jax.models.rga import RGANet
+from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.registry import FAMILIES
 from sa_reid_jax.models.registry import build

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import flax
 import ml_collections
 
+from sa_reid_jax.models import rga
 from sa_reid_jax.models import sanet
 
 # Directories written before families existed hold an SANet.
@@ -34,7 +35,8 @@ class Family:
   Attributes:
     name: the family's name (``config.model.family``).
     module_type: the network's Flax module class.
-    build: (model config block, num_classes, bn_axis_name) -> network.
+    build: (model config block, num_classes, image_size, bn_axis_name) ->
+      network.
     describe: network -> JSON-serialisable constructor arguments.
     rebuild: (described arguments, source for errors) -> network.
     frozen: parameter paths (tuples of names, matched as suffixes) that the
@@ -42,14 +44,16 @@ class Family:
   """
   name: str
   module_type: type
-  build: Callable[[ml_collections.ConfigDict, int, Optional[str]], Any]
+  build: Callable[[ml_collections.ConfigDict, int, tuple[int, int],
+                   Optional[str]], Any]
   describe: Callable[[Any], dict[str, Any]]
   rebuild: Callable[[dict[str, Any], str], Any]
   frozen: tuple[tuple[str, ...], ...] = ()
 
 
 def _build_sanet(m: ml_collections.ConfigDict, num_classes: int,
-                 bn_axis_name: Optional[str]):
+                 image_size: tuple[int, int], bn_axis_name: Optional[str]):
+  del image_size  # any input size: the network has no size-bound layer
   return sanet.sanet_variant(
       m.variant, num_classes=num_classes,
       attention_normalization=m.attention_normalization,
@@ -58,9 +62,24 @@ def _build_sanet(m: ml_collections.ConfigDict, num_classes: int,
       last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
 
 
+def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
+               image_size: tuple[int, int], bn_axis_name: Optional[str]):
+  if m.variant not in rga.RGA_VARIANTS:
+    raise ValueError(f'config.model.variant must be one of '
+                     f'{sorted(rga.RGA_VARIANTS)} for the rga family, got '
+                     f'{m.variant!r}')
+  return rga.rga_variant(
+      m.variant, num_classes=num_classes, image_size=tuple(image_size),
+      descriptor=m.descriptor, stage_sizes=tuple(m.stage_sizes),
+      base_width=m.base_width, last_stride=m.last_stride, dtype=m.dtype,
+      bn_axis_name=bn_axis_name)
+
+
 FAMILIES: dict[str, Family] = {
     'sanet': Family('sanet', sanet.SANet, _build_sanet, sanet.model_config,
                     sanet.model_from_config),
+    'rga': Family('rga', rga.RGANet, _build_rga, rga.model_config,
+                  rga.model_from_config, frozen=rga.FROZEN_PARAMETERS),
 }
 
 
@@ -72,12 +91,13 @@ def family(name: str, key: str = 'config.model.family') -> Family:
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, *,
-          bn_axis_name: Optional[str] = None):
+          image_size: tuple[int, int], bn_axis_name: Optional[str] = None):
   """The network a config's ``model`` block describes.
 
   Args:
     config: the ``model`` block (``family`` and that family's keys).
     num_classes: train identities.
+    image_size: the input (height, width) (RGA's modules are built for it).
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
 
   Returns:
@@ -86,7 +106,8 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
   Raises:
     ValueError: for an unknown family or variant, naming the config key.
   """
-  return family(config.family).build(config, num_classes, bn_axis_name)
+  return family(config.family).build(config, num_classes, tuple(image_size),
+                                     bn_axis_name)
 
 
 def family_of(model: Any) -> Family:

@@ -8,7 +8,7 @@ conversion is a renaming plus a transposition.
 import contextlib
 import contextvars
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,6 +104,14 @@ class ResNet(nn.Module):
     num_classes: if set, adds torchvision's GAP + ``fc`` classifier.
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+    stage_hook: optional factory of a module that transforms each stage's
+      output inside the flow (the next stage reads what it returns), e.g.
+      RGA's attention modules. Called as ``stage_hook(index)`` (index 0..3)
+      from within this module, so the module it builds is a child of the
+      backbone (as in the official RGA code, ``backbone.rga_att1``); it may
+      return None to leave a stage alone. The module's ``__call__(x, train)``
+      returns ``(x, extras)``; the extras are returned under
+      ``stage_extras``. None (the default) adds nothing.
   """
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   base_width: int = 64
@@ -111,9 +119,10 @@ class ResNet(nn.Module):
   num_classes: Optional[int] = None
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  stage_hook: Optional[Callable[[int], Optional[nn.Module]]] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
     """Runs the network.
 
     Args:
@@ -122,8 +131,10 @@ class ResNet(nn.Module):
 
     Returns:
       dict with ``layer1`` .. ``layer4`` feature maps (B, h, w, c) in the
-      compute dtype, and ``logits`` (B, num_classes) in float32 when the
-      classifier is present.
+      compute dtype (after the stage hook, if any), ``logits`` (B,
+      num_classes) in float32 when the classifier is present, and, with a
+      `stage_hook`, ``stage_extras``: stage name -> the extras of the stages
+      it transformed.
     """
     if len(self.stage_sizes) != len(STAGE_NAMES):
       raise ValueError(f'stage_sizes needs {len(STAGE_NAMES)} entries, got '
@@ -138,7 +149,8 @@ class ResNet(nn.Module):
     x = nn.relu(x)
     x = max_pool_3x3(x)
 
-    outputs = {}
+    outputs: dict[str, Any] = {}
+    extras = {}
     for stage, (stage_name, num_blocks) in enumerate(
         zip(STAGE_NAMES, self.stage_sizes)):
       for block in range(num_blocks):
@@ -151,7 +163,12 @@ class ResNet(nn.Module):
         x = Bottleneck(self.base_width * 2**stage, stride, dtype=self.dtype,
                        bn_axis_name=self.bn_axis_name,
                        name=f'{stage_name}_{block}')(x, train)
+      hook = self.stage_hook(stage) if self.stage_hook is not None else None
+      if hook is not None:
+        x, extras[stage_name] = hook(x, train)
       outputs[stage_name] = x
+    if self.stage_hook is not None:
+      outputs['stage_extras'] = extras
 
     if self.num_classes is not None:
       pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -14,7 +14,6 @@ With ``num_parts=1`` the part head is the paper's "Backbone" baseline: GAP,
 a 1x1 conv to 256 and one classifier (``global_logits`` only).
 """
 
-import dataclasses
 import functools
 from typing import Any, Optional, Sequence
 
@@ -23,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from sa_reid_jax.models.attention import NORMALIZATIONS, apply_spatial_attention
+from sa_reid_jax.models.module_config import module_config
+from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
 
@@ -210,17 +211,7 @@ class SANet(nn.Module):
 
 def model_config(model: SANet) -> dict[str, Any]:
   """The constructor arguments of `model` as a JSON-serialisable dict."""
-  config = {}
-  for field in dataclasses.fields(SANet):
-    if field.name in ('parent', 'name') or not field.init:
-      continue
-    value = getattr(model, field.name)
-    if field.name == 'dtype':
-      value = jnp.dtype(value).name
-    elif isinstance(value, tuple):
-      value = list(value)
-    config[field.name] = value
-  return config
+  return module_config(model)
 
 
 def model_from_config(config: dict[str, Any], source: str = 'config') -> SANet:
@@ -236,15 +227,7 @@ def model_from_config(config: dict[str, Any], source: str = 'config') -> SANet:
   Raises:
     ValueError: naming the unknown keys and the `source`.
   """
-  known = set(model_config(SANet(num_classes=1)))
-  unknown = sorted(set(config) - known)
-  if unknown:
-    raise ValueError(f'{source}: unknown model config keys {unknown}; '
-                     f'known keys are {sorted(known)}')
-  kwargs = dict(config)
-  if 'stage_sizes' in kwargs:
-    kwargs['stage_sizes'] = tuple(kwargs['stage_sizes'])
-  return SANet(**kwargs)
+  return module_from_config(SANet, config, source, ('stage_sizes',))
 
 
 # The paper's networks (Table 2 rows and the full model of Tables 1 and 3).

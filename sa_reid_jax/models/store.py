@@ -36,18 +36,17 @@ def _checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def abstract_variables(model: Any,
-                       image_size: Sequence[int] = DEFAULT_IMAGE_SIZE) -> Any:
+def abstract_variables(model: Any) -> Any:
   """Shapes and dtypes of `model`'s variables, without allocating them.
 
-  Args:
-    model: a network of a registered family.
-    image_size: input (height, width) traced (never computed). SANet's
-      variables do not depend on it; RGA's relation convolutions do.
+  The input traced (never computed) is the model's own ``image_size`` when
+  it has one (RGA: its relation convolutions depend on it), else
+  `DEFAULT_IMAGE_SIZE` (SANet's variables do not depend on the size).
   """
-  images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  height, width = getattr(model, 'image_size', DEFAULT_IMAGE_SIZE)
   return jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), images)
+      lambda images: model.init(jax.random.key(0), images, train=False),
+      jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
 
 
 def save_model(directory: str, model: Any, variables: Any,
@@ -174,12 +173,11 @@ def load_model(directory: str) -> tuple[Any, Any]:
     model = registry.rebuild(info, source=source)
   except (TypeError, ValueError) as error:
     raise ModelStoreError(_first_line(error)) from error
-  probe_size = info.get('metadata', {}).get('image_size') or DEFAULT_IMAGE_SIZE
   # Onto this process's first device, whatever devices wrote the file.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract_variables(model, probe_size))
+      abstract_variables(model))
   try:
     restored = _checkpointer().restore(
         os.path.abspath(directory),

@@ -36,7 +36,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   ``config.model.sync_batch_norm``.
   """
   return registry.build(
-      config.model, num_classes,
+      config.model, num_classes, image_size=tuple(config.image_size),
       bn_axis_name=DATA_AXIS if config.model.sync_batch_norm else None)
 
 

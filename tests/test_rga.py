@@ -1,0 +1,329 @@
+"""The RGA module and network: hand-checkable maths, sizes, contract, errors."""
+
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import sa_reid_jax
+from sa_reid_jax.convert import ConversionError, convert_checkpoint
+from sa_reid_jax.convert.rga_mapping import rga_source_for
+from sa_reid_jax.models import registry
+from sa_reid_jax.models.rga import RGA_VARIANTS, RGAModule, RGANet
+from sa_reid_jax.models.rga import frozen_parameters, model_config
+from sa_reid_jax.models.rga import model_from_config, relation_matrix
+from sa_reid_jax.models.rga import rga_variant
+from sa_reid_jax.models.sanet import SANet
+from torch_reference import OfficialSANet
+from torch_rga_reference import OfficialRGANet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NARROW = dict(stage_sizes=(1, 1, 1, 1), base_width=16)
+NARROW_SIZE = (128, 128)  # the smallest 2^k size where ratio 8 fits
+
+
+def test_relation_matrix_is_every_pairwise_dot_product():
+  rng = np.random.default_rng(0)
+  theta = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  phi = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  relations = np.asarray(relation_matrix(jnp.asarray(theta, jnp.bfloat16),
+                                         jnp.asarray(phi)))
+  assert relations.dtype == np.float32
+  theta = np.asarray(jnp.asarray(theta, jnp.bfloat16), np.float32)
+  for b in range(2):
+    for i in range(3):
+      for j in range(3):
+        expected = sum(theta[b, i, k] * phi[b, j, k] for k in range(4))
+        np.testing.assert_allclose(relations[b, i, j], expected, rtol=1e-6)
+
+
+def _naive_bn(v, layer):
+  return ((v - layer['stats']['mean']) / np.sqrt(layer['stats']['var'] + 1e-5)
+          * layer['params']['scale'] + layer['params']['bias'])
+
+
+def _naive_embed(vector, layer):
+  """relu(BN(vector @ W)) for one node, BN with running statistics."""
+  return np.maximum(_naive_bn(vector @ layer['params']['conv']['kernel'],
+                              {'params': layer['params']['bn'],
+                               'stats': layer['stats']['bn']}), 0)
+
+
+def _naive_gates(nodes, params, stats, part):
+  """The gate of every node, one node at a time, from the description."""
+  layer = lambda name: {'params': params[f'{name}_{part}'],
+                        'stats': stats[f'{name}_{part}']}
+  count = len(nodes)
+  theta = [_naive_embed(nodes[i], layer('theta')) for i in range(count)]
+  phi = [_naive_embed(nodes[i], layer('phi')) for i in range(count)]
+  relation = [[float(np.dot(theta[i], phi[j])) for j in range(count)]
+              for i in range(count)]
+  head = layer('W')
+  gates = []
+  for i in range(count):
+    # Outgoing relations R[i, :] first, then incoming R[:, i].
+    joint = np.array(relation[i] + [relation[j][i] for j in range(count)])
+    related = _naive_embed(joint, layer('gg'))
+    own = np.mean(_naive_embed(nodes[i], layer('gx')))
+    hidden = _naive_embed(np.concatenate([[own], related]),
+                          {'params': head['params']['reduce'],
+                           'stats': head['stats']['reduce']})
+    logit = _naive_bn(hidden @ head['params']['conv']['kernel'],
+                      {'params': head['params']['bn'],
+                       'stats': head['stats']['bn']})
+    gates.append(1 / (1 + np.exp(-logit[0])))
+  return np.array(gates)
+
+
+@pytest.mark.parametrize('part', ['spatial', 'channel'])
+def test_module_matches_a_node_by_node_computation(part):
+  """A 2x3x8 map (6 positions, 8 channels), ratios 2: the gates and the
+  gated map equal a loop over nodes written from the description."""
+  module = RGAModule(spatial=part == 'spatial', channel=part == 'channel',
+                     channel_ratio=2, spatial_ratio=2, down_ratio=2)
+  x = jax.random.normal(jax.random.key(0), (1, 2, 3, 8))
+  variables = module.init(jax.random.key(1), x, train=False)
+  # Random running statistics, so that a misplaced one shows.
+  leaves, tree = jax.tree.flatten(variables['batch_stats'])
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  variables = {'params': variables['params'], 'batch_stats': tree.unflatten(
+      [jax.random.uniform(k, l.shape, minval=0.5, maxval=1.5)
+       for k, l in zip(keys, leaves)])}
+  y, gates = module.apply(variables, x, train=False)
+  assert set(gates) == {part}
+
+  maps = np.asarray(x[0], np.float64).reshape(6, 8)  # (positions, channels)
+  nodes = maps if part == 'spatial' else maps.T
+  expected = _naive_gates(nodes, jax.tree.map(np.asarray, variables['params']),
+                          jax.tree.map(np.asarray, variables['batch_stats']),
+                          part)
+  actual = np.asarray(gates[part][0]).reshape(-1)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+  scale = expected[:, None] if part == 'spatial' else expected[None, :]
+  np.testing.assert_allclose(np.asarray(y[0]).reshape(6, 8), maps * scale,
+                             rtol=1e-5, atol=1e-6)
+
+
+def added_parameters(name):
+  shapes = jax.eval_shape(
+      lambda x: rga_variant(name, num_classes=751).init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, 256, 128, 3), jnp.float32))
+  return sum(x.size for x in jax.tree.leaves(shapes['params']))
+
+
+def test_parameter_counts_match_the_reference_notes():
+  baseline = added_parameters('baseline')
+  # torchvision's ResNet-50 without fc, the BNNeck's BN and classifier.
+  assert baseline == 23_508_032 + 2 * 2048 + 2048 * 751
+  added = {name: added_parameters(name) - baseline
+           for name in ('rga_s', 'rga_c', 'rga_sc')}
+  # "RGA-SC adds about 6.3 M parameters to ResNet-50 (S 3.2 M, C 3.1 M)".
+  assert round(added['rga_sc'] / 1e6, 1) == 6.3
+  assert round(added['rga_s'] / 1e6, 1) == 3.2
+  assert round(added['rga_c'] / 1e6, 1) == 3.1
+  assert added['rga_sc'] == added['rga_s'] + added['rga_c']
+
+
+def test_module_names_are_the_official_names_and_all_convert():
+  shapes = jax.eval_shape(
+      lambda x: rga_variant('rga_sc', num_classes=5, image_size=NARROW_SIZE,
+                            **NARROW).init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, *NARROW_SIZE, 3), jnp.float32))
+  module = shapes['params']['backbone']['rga_att3']
+  assert set(module) == {f'{n}_{p}' for n in ('gx', 'gg', 'W', 'theta', 'phi')
+                         for p in ('spatial', 'channel')}
+  assert set(shapes['params']) == {'backbone', 'feat_bn', 'cls'}
+  flat = flax.traverse_util.flatten_dict(shapes)
+  names = {rga_source_for(path).torch_names[0] for path in flat}
+  assert 'backbone.rga_att3.W_channel.3.weight' in names
+  assert 'backbone.rga_att1.gg_spatial.1.running_var' in names
+  assert 'backbone.layer4.0.downsample.1.weight' in names
+  assert len(names) == len(flat)
+  # The official network has exactly these names (buffers counted).
+  torch_names = {k for k in OfficialRGANet(5, height=128, width=128,
+                                           blocks=(1, 1, 1, 1),
+                                           base_width=16).state_dict()
+                 if not k.endswith('num_batches_tracked')}
+  assert names == torch_names
+
+
+def test_frozen_parameters_are_the_bnneck_bias():
+  params = {'feat_bn': {'bias': 0, 'scale': 0}, 'cls': {'kernel': 0},
+            'backbone': {'bn1': {'bias': 0}}}
+  assert frozen_parameters(params) == {
+      'feat_bn': {'bias': True, 'scale': False}, 'cls': {'kernel': False},
+      'backbone': {'bn1': {'bias': False}}}
+
+
+def random_variables(model, seed):
+  """He-normal kernels, BN scale 1 and bias 0, running statistics (0, 1).
+
+  Drawn with numpy from the variables' shapes: compiling `model.init` (the
+  random initialisers of every layer) takes XLA far longer on CPU than the
+  forward pass itself.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, *model.image_size, 3), jnp.float32))
+
+  def draw(path, leaf):
+    name = path[-1]
+    if name == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
+    fill = 1.0 if name in ('scale', 'var') else 0.0
+    return np.full(leaf.shape, fill, np.float32)
+
+  return flax.traverse_util.path_aware_map(draw, shapes)
+
+
+@pytest.fixture(scope='module')
+def narrow_outputs():
+  """A narrow RGA-SC's outputs: float32, with the post-BN descriptor, and
+  in bfloat16, from one compiled function (the three share the weights)."""
+  model = rga_variant('rga_sc', num_classes=7, image_size=NARROW_SIZE,
+                      **NARROW)
+  images = jax.random.normal(jax.random.key(3), (2, *NARROW_SIZE, 3))
+  variables = random_variables(model, seed=4)
+
+  @jax.jit
+  def run(v, x):
+    return (model.apply(v, x),
+            model.clone(descriptor='post_bn').apply(v, x),
+            model.clone(dtype='bfloat16').apply(v, x))
+
+  return run(variables, images)
+
+
+def test_outputs_follow_the_contract(narrow_outputs):
+  out, post_bn, _ = narrow_outputs
+  assert out['features'].shape == (2, 1, 512)
+  assert out['global_logits'].shape == (2, 7)
+  for name in ('global_features', 'bn_features'):
+    assert out[name].shape == (2, 512) and out[name].dtype == jnp.float32
+  assert set(out['attention']) == {f'{p}{i}' for p in ('spatial', 'channel')
+                                   for i in range(1, 5)}
+  assert out['attention']['spatial2'].shape == (2, 16, 16)
+  assert out['attention']['channel4'].shape == (2, 512)
+  np.testing.assert_array_equal(out['embeddings']['global'],
+                                out['global_features'])
+  for descriptor, outputs, source in (('pre_bn', out, 'global_features'),
+                                      ('post_bn', post_bn, 'bn_features')):
+    norm = np.linalg.norm(outputs[source], axis=-1, keepdims=True)
+    np.testing.assert_allclose(outputs['features'][:, 0],
+                               outputs[source] / norm, rtol=1e-5,
+                               err_msg=descriptor)
+
+
+def test_bfloat16_is_finite_and_close_to_float32(narrow_outputs):
+  out, _, low = narrow_outputs
+  for name in ('features', 'global_features', 'bn_features', 'global_logits'):
+    assert low[name].dtype == jnp.float32, name
+    assert np.all(np.isfinite(low[name])), name
+  for name, gate in low['attention'].items():
+    assert gate.dtype == jnp.float32
+    # bfloat16 keeps 3 significant digits: a loose bound on the gates.
+    np.testing.assert_allclose(gate, out['attention'][name], atol=0.05,
+                               err_msg=name)
+  cosine = np.sum(low['features'] * out['features'], axis=-1)
+  assert np.all(cosine > 0.99), cosine
+
+
+def test_wrong_sizes_are_one_clear_error():
+  probe = lambda model, size: jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+  with pytest.raises(ValueError, match='images are 128x64 but this RGA '
+                     'network is built for image_size 256x128'):
+    probe(RGANet(num_classes=3), (128, 64))
+  with pytest.raises(ValueError, match=r'RGA module on a 8x4x512 feature '
+                     r'map: the spatial attention head \(\(1 \+ 4\) // 8\) '
+                     'has no channels; the input image is too small'):
+    probe(RGANet(num_classes=3, image_size=(64, 32)), (64, 32))
+
+
+def test_config_round_trip_and_family_dispatch():
+  model = rga_variant('rga_s', num_classes=9, image_size=(384, 128),
+                      dtype='bfloat16', **NARROW)
+  config = model_config(model)
+  assert config['image_size'] == [384, 128]
+  description = registry.describe(model)
+  assert description == {'family': 'rga', 'config': config}
+  rebuilt = registry.rebuild(description, 'model.json')
+  assert isinstance(rebuilt, RGANet) and rebuilt == model
+  assert registry.describe(rebuilt) == description
+  # A directory written before families were recorded holds an SANet.
+  assert isinstance(registry.rebuild({'config': {'num_classes': 3}},
+                                     'model.json'), SANet)
+  with pytest.raises(ValueError, match=r"model.json: unknown model config "
+                     r"keys \['num_parts'\]"):
+    model_from_config({**config, 'num_parts': 6}, 'model.json')
+  with pytest.raises(ValueError, match="model.json: model family 'casn'"):
+    model_from_config({**config, 'family': 'casn'}, 'model.json')
+  assert set(RGA_VARIANTS) == {'rga_s', 'rga_c', 'rga_sc', 'baseline'}
+  with pytest.raises(ValueError, match="unknown RGA variant 'rga_x'"):
+    rga_variant('rga_x', num_classes=3)
+
+
+def narrow_state(spatial, channel, size=(256, 128)):
+  torch.manual_seed(0)
+  return OfficialRGANet(6, spatial, channel, *size, blocks=(1, 1, 1, 1),
+                        base_width=16).state_dict()
+
+
+def test_baseline_checkpoint_converts_to_rga_with_both_parts_off(tmp_path):
+  state = narrow_state(False, False)
+  path = tmp_path / 'bot.pth.tar'
+  torch.save({'state_dict': state, 'epoch': 1, 'best_top1': 0.5}, path)
+  result = convert_checkpoint('rga_official', str(path), str(tmp_path / 'out'))
+  assert 'RGA parts: none (BNNeck baseline)' in result.summary()
+  model, variables = sa_reid_jax.load_model(str(tmp_path / 'out'))
+  assert (model.spatial, model.channel) == (False, False)
+  np.testing.assert_array_equal(variables['params']['cls']['kernel'],
+                                state['cls.weight'].numpy().T)
+  np.testing.assert_array_equal(variables['batch_stats']['feat_bn']['var'],
+                                state['feat_bn.running_var'].numpy())
+
+
+def test_wrong_format_files_are_refused(tmp_path):
+  sa_file = tmp_path / 'sa.pth.tar'
+  torch.save({'state_dict': OfficialSANet(num_classes=4).state_dict()},
+             sa_file)
+  with pytest.raises(ConversionError) as error:
+    convert_checkpoint('rga_official', str(sa_file), str(tmp_path / 'out'))
+  assert str(error.value) == (f'{sa_file}: no "cls.weight": not a checkpoint '
+                              'of the official RGA network (use '
+                              '--format=torchvision for an ImageNet '
+                              'ResNet-50)')
+  rga_file = tmp_path / 'rga.pth.tar'
+  torch.save(narrow_state(True, False), rga_file)
+  with pytest.raises(ConversionError, match='--image_size applies to '
+                     '--format=rga_official only'):
+    convert_checkpoint('sa_official', str(rga_file), str(tmp_path / 'out'),
+                       image_size=(256, 128))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_size_mismatch_is_one_line_naming_the_flag_and_the_size(tmp_path):
+  path = tmp_path / 'rga.pth.tar'
+  torch.save({'state_dict': narrow_state(True, True)}, path)
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'convert_weights.py'),
+       '--format=rga_official', f'--input={path}', '--image_size=192,96',
+       f'--output={tmp_path / "out"}'],
+      capture_output=True, text=True, cwd=REPO, check=False)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  line = (f'convert_weights.py: error: --image_size=192,96 does not match '
+          f'{path}: its RGA modules were built for 2048 positions after '
+          'layer1 ((H/4) x (W/4)), i.e. --image_size=256,128 at the same '
+          'aspect ratio; this size gives 1152')
+  assert line in result.stderr.splitlines()
+  assert not (tmp_path / 'out').exists()
