@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.sanet import VARIANTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,10 @@ def test_there_is_a_config_per_experiment():
   names = {os.path.basename(p) for p in CONFIG_FILES}
   assert {'market1501.py', 'dukemtmc_reid.py', 'cuhk03_labeled.py',
           'cuhk03_detected.py', 'market1501_ablation.py',
-          'demo_synthetic.py'} <= names
+          'demo_synthetic.py', 'demo_rga_synthetic.py',
+          'rga_sc_cuhk03_labeled.py', 'rga_sc_cuhk03_detected.py',
+          'rga_sc_market1501.py', 'rga_sc_msmt17.py',
+          'bot_market1501.py'} <= names
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
@@ -70,7 +74,8 @@ def test_every_documented_train_command_parses(path):
   assert commands, f'{path}: the docstring holds no train.py command'
   for argv in commands:
     config = _parse(argv)
-    assert config.model.variant in VARIANTS
+    assert config.model.variant in {'sanet': VARIANTS,
+                                    'rga': RGA_VARIANTS}[config.model.family]
     assert config.num_epochs >= 1 and config.batch_size >= 1
     # An empty init_from is refused: each documented command runs.
     assert config.init_from
@@ -134,6 +139,7 @@ def test_every_table_config_uses_the_official_sum_attention():
   ablation = _load(os.path.join(REPO, 'configs', 'market1501_ablation.py'))
   configs += [ablation.get_config(row) for row in ablation.ROWS]
   for config in configs:
+    assert config.model.family == 'sanet'
     assert config.model.attention_normalization == 'sum'
     # No silent training from scratch: these need an ImageNet backbone.
     assert config.init_from == ''
@@ -161,3 +167,65 @@ def test_eval_commands_parse():
   for path in CONFIG_FILES:
     for argv in _documented_commands(path, 'eval.py'):
       assert _parse(argv).eval.batch_size >= 1
+
+
+RGA_CONFIGS = {'rga_sc_cuhk03_labeled': 'cuhk03_np/labeled',
+               'rga_sc_cuhk03_detected': 'cuhk03_np/detected',
+               'rga_sc_market1501': 'market1501',
+               'rga_sc_msmt17': 'msmt17'}
+
+
+def test_rga_configs_follow_the_official_recipe():
+  """REFERENCE.md, RGA: "The network and its training"."""
+  for name, dataset in RGA_CONFIGS.items():
+    path = os.path.join(REPO, 'configs', f'{name}.py')
+    config = _parse(['train.py', f'--config={path}'])
+    assert config.dataset.name == dataset
+    assert config.model.family == 'rga' and config.model.variant == 'rga_sc'
+    assert tuple(config.image_size) == (256, 128)
+    assert config.model.last_stride == 1
+    assert config.data.sampler == 'identity'
+    assert config.batch_size == 64 and config.data.images_per_identity == 4
+    assert config.num_epochs == 600
+    opt = config.optimizer
+    assert (opt.name, opt.learning_rate, opt.weight_decay) == (
+        'adam', 8e-4, 5e-4)
+    assert opt.warmup_epochs == 20
+    assert opt.warmup_start_factor * opt.learning_rate == pytest.approx(8e-6)
+    assert tuple(opt.decay_milestones) == (80, 120, 160, 200, 240, 280, 320,
+                                           360)
+    assert opt.decay_factor == 0.5
+    terms = config.loss.terms
+    assert terms.cross_entropy.weight == 1 and terms.triplet.weight == 1
+    assert terms.cross_entropy.label_smoothing == 0.1
+    assert terms.triplet.margin == 0.3 and not terms.triplet.soft_margin
+    aug = config.augmentation
+    assert (aug.crop_probability, aug.crop_scale) == (0.5, 1.125)
+    assert aug.flip_probability == 0.5
+    assert (aug.erasing_probability, aug.erasing_fill) == (0.5, 'zeros')
+    assert config.eval.metric == 'cosine' and not config.eval.rerank
+    assert config.init_from == ''  # an ImageNet backbone is required
+    for arg, variant in (('rga_s', 'rga_s'), ('rga_c', 'rga_c')):
+      other = _parse(['train.py', f'--config={path}:{arg}'])
+      assert other.model.variant == variant
+      other.model.variant = 'rga_sc'
+      assert other.to_dict() == config.to_dict()
+    with pytest.raises(ValueError, match="'rga_s', 'rga_c'"):
+      _load(path).get_config('rga_sa')
+    # The datasets' configs differ only in the dataset.
+    market = _parse(['train.py', '--config=' + os.path.join(
+        REPO, 'configs', 'rga_sc_market1501.py')])
+    config.dataset.name = market.dataset.name
+    assert config.to_dict() == market.to_dict()
+
+
+def test_bot_config_is_the_bnneck_baseline():
+  config = _parse(['train.py', '--config=' + os.path.join(
+      REPO, 'configs', 'bot_market1501.py')])
+  assert config.model.family == 'rga' and config.model.variant == 'baseline'
+  assert RGA_VARIANTS['baseline'] == {'spatial': False, 'channel': False}
+  assert config.model.descriptor == 'post_bn'
+  assert config.num_epochs == 120
+  assert tuple(config.optimizer.decay_milestones) == (40, 70)
+  assert config.optimizer.learning_rate == 3.5e-4
+  assert config.loss.terms.triplet.weight == 1
