@@ -76,3 +76,25 @@ def test_bench_image_check():
   for case in ('cold', 'warm', 'one_changed'):
     assert figures[f'{case}_s'] > 0
   assert 'warm, one file changed' in stdout
+
+
+def test_bench_models_counts_parameters_and_flops():
+  stdout, rows = _run([os.path.join(_BENCHMARKS, 'bench_models.py'),
+                       '--networks=rga_sc,baseline', '--json'])
+  by_name = {row['network']: row for row in rows}
+  # RGA-SC adds about 6.3 M parameters to the baseline (reference notes,
+  # counted from the official code); ResNet-50 + BNNeck + a 751-way
+  # classifier is 23.5 M + 2 x 2048 + 2048 x 751.
+  assert by_name['baseline']['parameters'] == pytest.approx(
+      23_508_032 + 2 * 2048 + 2048 * 751, rel=1e-6)
+  added = by_name['rga_sc']['parameters'] - by_name['baseline']['parameters']
+  assert added == pytest.approx(6.3e6, rel=0.01)
+  # ResNet-50 at 224x224 is 4.1 G multiply-accumulates, of which layer4
+  # ~0.8 G; at 256x128 (0.65x the pixels) with last stride 1 (layer4 on 4x
+  # the positions): ~3.3 x 0.65 + 0.8 x 0.65 x 4 = 4.2 G MACs, 8.4 GFLOPs.
+  assert 7.5e9 < by_name['baseline']['flops_per_image'] < 9.5e9
+  assert by_name['rga_sc']['flops_per_image'] > by_name['baseline'][
+      'flops_per_image']
+  assert 'GFLOPs/image' in stdout
+  with pytest.raises(AssertionError, match='unknown'):
+    _run([os.path.join(_BENCHMARKS, 'bench_models.py'), '--networks=vgg'])

@@ -70,7 +70,9 @@ def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
                      f'{m.variant!r}')
   return rga.rga_variant(
       m.variant, num_classes=num_classes, image_size=tuple(image_size),
-      descriptor=m.descriptor, stage_sizes=tuple(m.stage_sizes),
+      descriptor=m.descriptor, channel_ratio=m.channel_ratio,
+      spatial_ratio=m.spatial_ratio, down_ratio=m.down_ratio,
+      stage_sizes=tuple(m.stage_sizes),
       base_width=m.base_width, last_stride=m.last_stride, dtype=m.dtype,
       bn_axis_name=bn_axis_name)
 

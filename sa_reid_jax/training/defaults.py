@@ -317,6 +317,12 @@ def rga_experiment_config(dataset_name: str, variant: str = 'rga_sc'
   # the BNNeck) or 'post_bn' (feat, after it); the official test reports
   # both, with the cosine distance.
   config.model.descriptor = 'pre_bn'
+  # The modules' reductions (official: 8 each): embeddings C -> C /
+  # channel_ratio and N -> N / spatial_ratio, the attention head's
+  # (1 + N / 8) -> (1 + N / 8) // down_ratio (must stay >= 1).
+  config.model.channel_ratio = 8
+  config.model.spatial_ratio = 8
+  config.model.down_ratio = 8
   # ResNet-50 v1.5 with last stride 1 (16x8 final map at 256x128).
   config.model.stage_sizes = (3, 4, 6, 3)
   config.model.base_width = 64
