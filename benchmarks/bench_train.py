@@ -1,4 +1,4 @@
-"""Images per second and model FLOP utilisation of the SA training step.
+"""Images per second and model FLOP utilisation of the training step.
 
 Times the full data-parallel train step (`step.make_parallel_train_step`:
 forward, the ten cross-entropies, backward, gradient all-reduce, SGD) over
@@ -84,7 +84,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, batch: int):
                       help='compute dtype (parameters and BatchNorm '
                       'statistics stay float32)')
   parser.add_argument('--variant', default='full',
-                      help='network, a key of sa_reid_jax.models.VARIANTS')
+                      help='network: a key of sa_reid_jax.models.VARIANTS '
+                      '(SA) or of RGA_VARIANTS (rga_sc, rga_s, rga_c, '
+                      'baseline: trained with the official RGA recipe\'s '
+                      'losses and Adam; pass --image_size=256,128)')
   parser.add_argument('--stage_sizes', type=int_tuple, default=(3, 4, 6, 3),
                       help='bottleneck blocks per ResNet stage')
   parser.add_argument('--base_width', type=int, default=64,
@@ -111,7 +114,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
 def experiment_config(args: argparse.Namespace):
   """The paper's config with the benchmark's network shape and dtype."""
-  config = defaults.experiment_config('market1501', args.variant)
+  if args.variant in defaults.RGA_VARIANTS:
+    config = defaults.rga_experiment_config('market1501', args.variant)
+  else:
+    config = defaults.experiment_config('market1501', args.variant)
   config.image_size = tuple(args.image_size)
   config.model.dtype = args.dtype
   config.model.stage_sizes = tuple(args.stage_sizes)
@@ -354,7 +360,8 @@ def main(argv=None):
   # What the loss reads; the descriptor ('features') has no matmuls.
   macs = forward_macs(model, {'params': state.params,
                               'batch_stats': state.batch_stats}, image_size,
-                      outputs=('part_logits', 'global_logits', 'ds_logits'))
+                      outputs=('part_logits', 'global_logits', 'ds_logits',
+                               'embeddings'))
   state = step_lib.replicate(state, mesh)
   task = tasks.build(config)
   batch = step_lib.shard_batch(
