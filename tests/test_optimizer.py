@@ -66,6 +66,28 @@ def optimizer_config(**overrides):
   return config
 
 
+def twin_problem(seed: int, config):
+  """Inputs, targets, JAX and torch copies of the same parameters, and the
+  two PyTorch parameter groups of `config` (backbone, heads)."""
+  rng = np.random.default_rng(seed)
+  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
+  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
+  params = jax.tree_util.tree_map(jnp.asarray, small_params(seed - 1))
+  flat = flax.traverse_util.flatten_dict(small_params(seed - 1))
+  torch_flat = {path: torch.tensor(value, requires_grad=True)
+                for path, value in flat.items()}
+  lr = config.learning_rate
+  groups = [
+      {'params': [v for k, v in torch_flat.items() if k[0] == 'backbone'],
+       'lr': lr * config.backbone_lr_multiplier, 'name': 'backbone'},
+      {'params': [v for k, v in torch_flat.items() if k[0] != 'backbone'],
+       'lr': lr, 'name': 'heads'},
+  ]
+  for group in groups:
+    group['base'] = group['lr']
+  return inputs, targets, params, torch_flat, groups
+
+
 @pytest.mark.parametrize(
     'steps_per_epoch, decay_epochs, momentum, nesterov',
     [(2, 1, 0.9, True),   # decays after steps 2, 4, 6
@@ -79,26 +101,12 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
                             nesterov=nesterov).optimizer
   assert config.weight_decay == 5e-4
   assert config.backbone_lr_multiplier != 1  # the groups must differ
-  rng = np.random.default_rng(1)
-  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
-  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
-
-  params = jax.tree_util.tree_map(jnp.asarray, small_params(0))
+  inputs, targets, params, torch_flat, groups = twin_problem(1, config)
   tx = optimizer.make_optimizer(config, steps_per_epoch)
   state = tx.init(params)
   grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
-
-  flat = flax.traverse_util.flatten_dict(small_params(0))
-  torch_flat = {path: torch.tensor(value, requires_grad=True)
-                for path, value in flat.items()}
   torch_params = flax.traverse_util.unflatten_dict(torch_flat)
   lr = config.learning_rate
-  groups = [
-      {'params': [v for k, v in torch_flat.items() if k[0] == 'backbone'],
-       'lr': lr * config.backbone_lr_multiplier, 'name': 'backbone'},
-      {'params': [v for k, v in torch_flat.items() if k[0] != 'backbone'],
-       'lr': lr, 'name': 'heads'},
-  ]
   torch_opt = torch.optim.SGD(groups, lr=lr, momentum=momentum,
                               nesterov=nesterov,
                               weight_decay=config.weight_decay)
@@ -309,25 +317,12 @@ def test_adam_matches_torch(name, record_parity):
                             decay_milestones=(3,), decay_factor=0.5,
                             weight_decay=0.05).optimizer
   steps_per_epoch = 2
-  rng = np.random.default_rng(4)
-  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
-  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
-  params = jax.tree_util.tree_map(jnp.asarray, small_params(1))
+  inputs, targets, params, torch_flat, groups = twin_problem(2, config)
   tx = optimizer.make_optimizer(config, steps_per_epoch)
   state = tx.init(params)
   grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
-  flat = flax.traverse_util.flatten_dict(small_params(1))
-  torch_flat = {path: torch.tensor(value, requires_grad=True)
-                for path, value in flat.items()}
   torch_params = flax.traverse_util.unflatten_dict(torch_flat)
   lr = config.learning_rate
-  groups = [
-      {'params': [v for k, v in torch_flat.items() if k[0] == 'backbone'],
-       'lr': lr * config.backbone_lr_multiplier, 'base': lr *
-       config.backbone_lr_multiplier},
-      {'params': [v for k, v in torch_flat.items() if k[0] != 'backbone'],
-       'lr': lr, 'base': lr},
-  ]
   torch_class = torch.optim.Adam if name == 'adam' else torch.optim.AdamW
   torch_opt = torch_class(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=config.weight_decay)

@@ -17,11 +17,11 @@ from sa_reid_jax.models.rga import RGANet
 
 REPO = test_train.REPO
 # Small enough for a CPU test: 128x64 with the head reduction of the RGA
-# demo (4), at which every module has channels.
+# demo (4) and width 8, at which every module has channels.
 SMALL = {
     'init_from': 'scratch',
     'model.stage_sizes': (1, 1, 1, 1),
-    'model.base_width': 4,
+    'model.base_width': 8,
     'image_size': (128, 64),
     'model.down_ratio': 4,
     'batch_size': 8,
