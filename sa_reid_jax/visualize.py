@@ -52,6 +52,7 @@ from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
+from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.sanet import DS_STAGES, SANet
@@ -382,6 +383,19 @@ def _readable_images(images: str, count: int) -> list[str]:
   return paths
 
 
+def check_cam_model(model: Any, flag: str) -> None:
+  """`cam` reads the SA network's heads; other families are refused.
+
+  Raises:
+    ValueError: naming `flag` and the model's family.
+  """
+  if not isinstance(model, SANet):
+    family = registry.family_of(model).name
+    raise ValueError(f'{flag}: `cam` draws the SA network\'s class '
+                     f'activation and SA maps; this is a {family!r} network '
+                     '(`ranks` works for every family)')
+
+
 def _run(args) -> Image.Image:
   args.checkpoint = _model_directory(args.checkpoint, '--checkpoint')
   image_size = store.input_size(args.checkpoint, args.image_size)
@@ -393,10 +407,12 @@ def _run(args) -> Image.Image:
     if args.classes is not None and len(args.classes) != len(paths):
       raise ValueError(f'--classes: {len(args.classes)} classes for '
                        f'{len(paths)} images')
+    check_cam_model(model, '--checkpoint')
     models = [(_short_name(args.checkpoint), model, variables)]
     if args.compare:
       args.compare = _model_directory(args.compare, '--compare')
       other, other_variables = store.load_model(args.compare)
+      check_cam_model(other, '--compare')
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
   queries = args.queries

@@ -14,6 +14,7 @@ from sa_reid_jax import visualize
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.models.rga import rga_variant
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 32)
@@ -208,3 +209,11 @@ def test_ranks_lists_unreadable_images_before_any_work(dataset, tmp_path):
                       'remove or replace it:')
   assert lines[1].startswith(f'  {victim}: not a decodable image (')
   assert not (tmp_path / 'ranks.png').exists()
+
+
+def test_cam_refuses_other_families():
+  visualize.check_cam_model(SANet(num_classes=3), '--checkpoint')
+  with pytest.raises(ValueError, match=r"--compare: `cam` draws the SA "
+                     r"network's .* this is a 'rga' network"):
+    visualize.check_cam_model(rga_variant('rga_sc', num_classes=3),
+                              '--compare')
