@@ -86,7 +86,7 @@ def test_converter_reads_the_official_layout(full_sc):
   assert (f'num_classes={NUM_CLASSES}, RGA parts: spatial+channel, '
           'image_size=256x128') in stdout
   info = sa_reid_jax.models.store.load_model_info(str(output))
-  assert info['config']['family'] == 'rga'
+  assert info['family'] == 'rga'
   assert info['metadata']['image_size'] == [256, 128]
   assert info['metadata']['epoch'] == 600
 
