@@ -1,3 +1,3 @@
-"""Training: optimizer, losses, the data-parallel step, checkpoints, the run."""
+"""Training: the defaults, optimizer, generic data-parallel step, checkpoints, the run."""
 
 from sa_reid_jax.training.defaults import experiment_config
