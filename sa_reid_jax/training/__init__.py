@@ -1,3 +1,3 @@
-"""Training: the defaults, optimizer, generic data-parallel step, checkpoints, the run."""
+"""Training: defaults, optimizer, the generic step, checkpoints, the run."""
 
 from sa_reid_jax.training.defaults import experiment_config
