@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from torch.nn import functional as F
 
 from sa_reid_jax import losses
@@ -38,6 +38,9 @@ def naive_triplet(embeddings, labels, margin, soft_margin):
 
 
 @settings(max_examples=25, deadline=None)
+# Identities of one example: the hardest positive is the anchor itself,
+# whose distance must be 0, not float32 rounding of the expansion.
+@example(seed=0, identities=2, per_identity=1, soft_margin=True)
 @given(seed=st.integers(0, 2**31 - 1), identities=st.integers(1, 5),
        per_identity=st.integers(1, 4), soft_margin=st.booleans())
 def test_triplet_matches_naive_loop(seed, identities, per_identity,

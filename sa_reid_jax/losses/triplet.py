@@ -72,6 +72,14 @@ def batch_hard_triplet(embeddings: jax.Array, labels: jax.Array, *,
     candidates = jax.lax.all_gather(embeddings, axis_name, tiled=True)
     candidate_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
   distances = pairwise_distances(embeddings, candidates)
+  # An anchor's distance to itself is 0 (the clamp's floor): the expansion
+  # ||a||^2 + ||a||^2 - 2 <a, a> leaves float32 rounding of ~1e-3 there,
+  # which would be the hardest positive of an identity with one example.
+  offset = 0 if axis_name is None else (
+      jax.lax.axis_index(axis_name) * embeddings.shape[0])
+  own = (jnp.arange(embeddings.shape[0])[:, None] + offset ==
+         jnp.arange(candidates.shape[0])[None, :])
+  distances = jnp.where(own, jnp.sqrt(_MIN_SQUARED_DISTANCE), distances)
   same = labels[:, None] == candidate_labels[None, :]
   # Anchors without a negative (a batch of one identity) get an infinite
   # negative distance, hence no loss, rather than a mined non-negative.
