@@ -97,6 +97,34 @@ def test_one_identity_batch_has_no_loss_and_finite_gradient():
   assert np.all(np.isfinite(np.asarray(jax.grad(fn)(embeddings))))
 
 
+def test_drawn_twice_is_at_distance_floor_with_zero_gradient():
+  # An identity with one image that the P x K sampler drew 4 times, with
+  # the same augmentation: its copies are one point. Their distance is the
+  # clamp floor exactly and the hardest positive carries no gradient,
+  # whatever the precision of the backend's matrix products (the
+  # expansion ||a||^2 + ||b||^2 - 2 <a, b> is exact here only where the
+  # backend groups <a, a> as it groups ||a||^2).
+  rng = np.random.default_rng(5)
+  single = rng.standard_normal((1, 2048)).astype(np.float32) * 10
+  others = rng.standard_normal((4, 2048)).astype(np.float32) * 10
+  embeddings = jnp.asarray(np.concatenate([np.repeat(single, 4, 0), others]))
+  labels = jnp.asarray([0, 0, 0, 0, 1, 1, 2, 2])
+  distances = np.asarray(losses.triplet.pairwise_distances(embeddings,
+                                                           embeddings))
+  np.testing.assert_array_equal(distances[:4, :4], np.float32(1e-6))
+  _, metrics = losses.batch_hard_triplet(embeddings, labels, margin=1e4)
+  # Anchors 0-3: hardest positive 1e-6; 4-7: their pair's distance.
+  expected_ap = np.mean([1e-6] * 4 + [distances[4, 5]] * 2 +
+                        [distances[6, 7]] * 2)
+  assert float(metrics['triplet_ap']) == pytest.approx(expected_ap, rel=1e-6)
+  grad = jax.grad(lambda e: losses.batch_hard_triplet(
+      e, labels, margin=1e4)[0])(embeddings)
+  # With the margin every anchor is active; each copy's gradient comes
+  # only from its hardest negative, the same for all four copies.
+  grad = np.asarray(grad)
+  np.testing.assert_array_equal(grad[1:4], np.repeat(grad[:1], 3, 0))
+
+
 @pytest.mark.parametrize('epsilon', [0.0, 0.1])
 def test_label_smoothing_matches_torch(epsilon):
   rng = np.random.default_rng(1)

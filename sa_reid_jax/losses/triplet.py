@@ -6,7 +6,16 @@ example with a's identity (a itself included, as the official RGA code's
 identity; the loss is max(0, d(a, p) - d(a, n) + margin), or with a soft
 margin log(1 + exp(d(a, p) - d(a, n))), averaged over the anchors.
 Distances are Euclidean, sqrt(max(||a - b||^2, 1e-12)) as in the official
-code (the clamp keeps the gradient finite at zero distance).
+code (the clamp keeps the gradient finite at zero distance), but summed from
+the differences a - b rather than the official expansion ||a||^2 + ||b||^2 -
+2 <a, b>. The expansion cancels: its rounding error scales with ||a||^2, not
+with the distance, and its inner products run on the matrix units, which by
+default round float32 further on GPUs (TF32) and TPUs (bfloat16 passes).
+Where a = b (an anchor and itself; an image the P x K sampler drew twice
+with the same augmentation) the expansion can leave a distance of rounding
+noise whose gradient, (a - b) / d, points along that noise. From the
+differences, identical rows are exactly at the clamp floor, where the
+gradient is zero, on every backend.
 
 Mining sees the whole global batch, not one device's share: a device's
 anchors are compared with the embeddings of every device (gathered with
@@ -28,15 +37,18 @@ _MIN_SQUARED_DISTANCE = 1e-12
 
 
 def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Euclidean distances between the rows of a (M, D) and b (N, D), float32.
+  """Euclidean distances between the rows of a (M, D) and b (N, D).
+
+  Computed in float32 or wider, from the differences (see the module
+  docstring; memory M x N x D).
 
   Returns:
-    (M, N) sqrt(max(||a_i||^2 + ||b_j||^2 - 2 <a_i, b_j>, 1e-12)).
+    (M, N) sqrt(max(sum_k (a_ik - b_jk)^2, 1e-12)); exactly 1e-6 where
+    a_i = b_j.
   """
   a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
   b = b.astype(a.dtype)
-  squared = (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None] -
-             2 * a @ b.T)
+  squared = jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
   return jnp.sqrt(jnp.maximum(squared, _MIN_SQUARED_DISTANCE))
 
 
@@ -72,14 +84,6 @@ def batch_hard_triplet(embeddings: jax.Array, labels: jax.Array, *,
     candidates = jax.lax.all_gather(embeddings, axis_name, tiled=True)
     candidate_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
   distances = pairwise_distances(embeddings, candidates)
-  # An anchor's distance to itself is 0 (the clamp's floor): the expansion
-  # ||a||^2 + ||a||^2 - 2 <a, a> leaves float32 rounding of ~1e-3 there,
-  # which would be the hardest positive of an identity with one example.
-  offset = 0 if axis_name is None else (
-      jax.lax.axis_index(axis_name) * embeddings.shape[0])
-  own = (jnp.arange(embeddings.shape[0])[:, None] + offset ==
-         jnp.arange(candidates.shape[0])[None, :])
-  distances = jnp.where(own, jnp.sqrt(_MIN_SQUARED_DISTANCE), distances)
   same = labels[:, None] == candidate_labels[None, :]
   # Anchors without a negative (a batch of one identity) get an infinite
   # negative distance, hence no loss, rather than a mined non-negative.
