@@ -80,7 +80,7 @@ def _measure_augment(arguments):
   """Runs in a fresh process: times ``augment_batch`` on a staged batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax import device_augment  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.data import device_augment  # pylint: disable=g-import-not-at-top
   size = arguments.batch_size
   rng = np.random.default_rng(0)
   height, width = arguments.image_size
@@ -113,8 +113,8 @@ def _measure(arguments):
   if one_core:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-  from sa_reid_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.datasets import augmentation  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.data import augmentation  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.datasets import tables  # pylint: disable=g-import-not-at-top
 
   if arguments.source == 'tfds':
@@ -129,7 +129,7 @@ def _measure(arguments):
       augment_on_device=arguments.augment_on_device)
   if one_core:
     options.update(num_parallel_calls=1, prefetch=1)
-  batches = input_pipeline.train_batches(table, **options)
+  batches = pipeline.train_batches(table, **options)
   for _ in range(3):
     next(batches)
   wall_rate, cpu_rate = _best_rates(lambda: next(batches),

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # TensorFlow-free modules only: the benchmark runs where TensorFlow is not
-# installed (trainer, input_pipeline and evaluation import it).
+# installed (trainer, data.pipeline and evaluation import it).
 from sa_reid_jax import tasks
 from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib

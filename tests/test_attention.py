@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sa_reid_jax.models.attention import apply_spatial_attention
-from sa_reid_jax.models.attention import spatial_attention_map
+from sa_reid_jax.models.sanet.attention import apply_spatial_attention
+from sa_reid_jax.models.sanet.attention import spatial_attention_map
 
 # One image, a 1x2 map with 2 channels: position 0 holds (1, 3), position 1
 # holds (0, 1). Channel sums 4 and 1, channel means 2 and 0.5.

@@ -12,12 +12,12 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from sa_reid_jax import input_pipeline
-from sa_reid_jax.datasets import augmentation
+from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import augmentation
 from sa_reid_jax.datasets import tables
 
-MEAN = np.array(input_pipeline.IMAGENET_MEAN, np.float32)
-STD = np.array(input_pipeline.IMAGENET_STD, np.float32)
+MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
+STD = np.array(pipeline.IMAGENET_STD, np.float32)
 ONE_GREY_LEVEL = 1.0 / (255 * STD.min())
 
 
@@ -93,17 +93,17 @@ def test_crop_window_matches_pil(source_shape):
   pixels = np.random.default_rng(2).integers(0, 256, source_shape, np.uint8)
   for offset in ((0, 0), (12, 6), (5, 2)):
     for flip in (False, True):
-      ours = input_pipeline.preprocess(
+      ours = pipeline.preprocess(
           tf.constant(pixels), size, flip,
           (enlarged, tf.constant(True), tf.constant(offset, tf.int32)))
       reference = _pil_window(pixels, enlarged, offset, size, flip)
       difference = np.abs(ours.numpy() - reference)
       assert difference.max() <= 1.01 * ONE_GREY_LEVEL, (offset, flip)
-  plain = input_pipeline.preprocess(
+  plain = pipeline.preprocess(
       tf.constant(pixels), size, True,
       (enlarged, tf.constant(False), tf.constant((3, 3), tf.int32)))
   np.testing.assert_array_equal(
-      plain.numpy(), input_pipeline.preprocess(tf.constant(pixels), size,
+      plain.numpy(), pipeline.preprocess(tf.constant(pixels), size,
                                                True).numpy())
 
 
@@ -123,7 +123,7 @@ def _table(count=12):
 
 
 def _epoch(table, **options):
-  return list(input_pipeline.train_dataset(
+  return list(pipeline.train_dataset(
       table, batch_size=4, seed=1, epoch=0, image_size=(16, 8),
       **options).as_numpy_iterator())
 

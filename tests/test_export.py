@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax import export
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.tools import export
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
 
@@ -84,7 +84,7 @@ def test_served_descriptors_equal_jax(checkpoint, exported):
                            (2, 50, 20, 3)]]
   served = [serve(images=tf.constant(images)) for images in batches]
   # The reference: evaluation's preprocessing and the JAX model, one batch.
-  pixels = np.stack([input_pipeline.preprocess(tf.constant(image),
+  pixels = np.stack([pipeline.preprocess(tf.constant(image),
                                                IMAGE_SIZE).numpy()
                      for images in batches for image in images])
   features = jax.jit(lambda x: model.apply(variables, x, train=False)[
@@ -151,7 +151,7 @@ def test_errors_are_one_line(checkpoint, exported, tmp_path):
 def test_cli_error_has_no_traceback(checkpoint, tmp_path):
   path, _, _ = checkpoint
   result = subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.export', f'--checkpoint={path}',
+      [sys.executable, '-m', 'sa_reid_jax.tools.export', f'--checkpoint={path}',
        f'--output={path.parent / "saved_model"}', '--image_size=0,32'],
       capture_output=True, text=True, cwd=REPO, check=False)
   assert result.returncode == 1

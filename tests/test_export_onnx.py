@@ -5,9 +5,9 @@ import onnx
 import onnxruntime
 import pytest
 
-from sa_reid_jax import export
-from sa_reid_jax import export_onnx
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.tools import export
+from sa_reid_jax.tools import export_onnx
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.models import resnet
 from test_export import IMAGE_SIZE, TOLERANCE, checkpoint  # pylint: disable=unused-import
 from test_export import random_images
@@ -24,7 +24,7 @@ def fixture_exported(checkpoint):  # pylint: disable=redefined-outer-name
 
 def jax_descriptors(model, variables, images):
   """Descriptors by the evaluation path: TF preprocessing, then JAX."""
-  pixels = np.stack([input_pipeline.preprocess(image, IMAGE_SIZE).numpy()
+  pixels = np.stack([pipeline.preprocess(image, IMAGE_SIZE).numpy()
                      for image in images])
   return np.asarray(model.apply(variables, pixels, train=False)['features'])
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sa_reid_jax import image_files
+from sa_reid_jax.tools import image_files
 from sa_reid_jax.datasets import builders
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout

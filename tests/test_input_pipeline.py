@@ -10,15 +10,15 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from sa_reid_jax import input_pipeline
-from sa_reid_jax.datasets import augmentation
+from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import augmentation
 from sa_reid_jax.datasets import builders
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.datasets import tensorflow_cpu
 
-MEAN = np.array(input_pipeline.IMAGENET_MEAN, np.float32)
-STD = np.array(input_pipeline.IMAGENET_STD, np.float32)
+MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
+STD = np.array(pipeline.IMAGENET_STD, np.float32)
 # PIL rounds its resized image to uint8 (a mean error of 1/4 grey level on its
 # own) and uses fixed-point weights; the pipeline keeps floats. One grey
 # level, in normalised units, bounds the gap.
@@ -71,7 +71,7 @@ def test_preprocess_matches_pil_bilinear_and_normalisation(source_shape, size):
   rng = np.random.default_rng(1)
   pixels = rng.integers(0, 256, source_shape, np.uint8)
   for flip in (False, True):
-    ours = input_pipeline.preprocess(tf.constant(pixels), size, flip).numpy()
+    ours = pipeline.preprocess(tf.constant(pixels), size, flip).numpy()
     reference = _pil_reference(pixels, size, flip)
     assert ours.shape == (*size, 3) and ours.dtype == np.float32
     difference = np.abs(ours - reference)
@@ -82,13 +82,13 @@ def test_preprocess_matches_pil_bilinear_and_normalisation(source_shape, size):
 def test_decoding_matches_pil():
   pixels = np.random.default_rng(2).integers(0, 256, (128, 64, 3), np.uint8)
   encoded = _jpeg(pixels)
-  ours = input_pipeline.decode_image(tf.constant(encoded)).numpy()
+  ours = pipeline.decode_image(tf.constant(encoded)).numpy()
   np.testing.assert_array_equal(ours, np.asarray(Image.open(io.BytesIO(
       encoded)).convert('RGB')))
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format='PNG')
   np.testing.assert_array_equal(
-      input_pipeline.decode_image(tf.constant(buffer.getvalue())).numpy(),
+      pipeline.decode_image(tf.constant(buffer.getvalue())).numpy(),
       pixels)
 
 
@@ -222,7 +222,7 @@ def test_train_images_are_erased_where_drawn():
   draws = augmentation.sample_epoch(
       28, seed=3, epoch=0, image_size=SMALL_SIZE,
       flip_probability=0.0, erasing=erasing)
-  plain = _batches(input_pipeline.eval_dataset(
+  plain = _batches(pipeline.eval_dataset(
       table, batch_size=30, image_size=SMALL_SIZE))[0]['images']
   for step, batch in enumerate(batches):
     np.testing.assert_array_equal(batch['positions'],
@@ -247,13 +247,13 @@ def test_random_erasing_rejects_bad_parameters(field, value):
 def _train(table, **options):
   arguments = dict(batch_size=4, seed=3, epoch=0, image_size=SMALL_SIZE)
   arguments.update(options)
-  return _batches(input_pipeline.train_dataset(table, **arguments))
+  return _batches(pipeline.train_dataset(table, **arguments))
 
 
 def test_train_batches_have_the_documented_format():
   table = _table()
   batches = _train(table)
-  assert len(batches) == input_pipeline.steps_per_epoch(30, 4) == 7
+  assert len(batches) == pipeline.steps_per_epoch(30, 4) == 7
   batch = batches[0]
   assert batch['images'].shape == (4, *SMALL_SIZE, 3)
   assert batch['images'].dtype == np.float32
@@ -284,7 +284,7 @@ def _images_by_row(batches):
 def test_flips_mirror_about_half_the_images():
   table = _table()
   flipped_rows = []
-  plain = _batches(input_pipeline.eval_dataset(
+  plain = _batches(pipeline.eval_dataset(
       table, batch_size=30, image_size=SMALL_SIZE))[0]['images']
   for row, image in _images_by_row(_train(table, erasing=None)).items():
     if not np.allclose(image, plain[row], atol=1e-6):
@@ -322,7 +322,7 @@ def test_resuming_at_a_step_gives_the_remaining_batches():
   for a, b in zip(full[3:], resumed):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
-  stream = input_pipeline.train_batches(
+  stream = pipeline.train_batches(
       table, batch_size=4, seed=3, start_epoch=1, start_step=5, num_epochs=3,
       image_size=SMALL_SIZE)
   expected = (_train(table, epoch=1)[5:] + _train(table, epoch=2))
@@ -339,7 +339,7 @@ def test_resuming_at_a_step_gives_the_remaining_batches():
 def test_sharding_gives_each_example_to_one_process(num_rows, process_count):
   table = _table(num_rows)
   shares = []
-  steps = input_pipeline.steps_per_epoch(num_rows, 1, process_count)
+  steps = pipeline.steps_per_epoch(num_rows, 1, process_count)
   for index in range(process_count):
     batches = _train(table, batch_size=1, process_index=index,
                      process_count=process_count)
@@ -366,9 +366,9 @@ def test_bad_process_or_batch_arguments():
 
 def test_eval_pads_the_last_batch_with_a_mask():
   table = _table(23)
-  batches = _batches(input_pipeline.eval_dataset(
+  batches = _batches(pipeline.eval_dataset(
       table, batch_size=8, image_size=SMALL_SIZE))
-  assert len(batches) == input_pipeline.eval_steps(23, 8) == 3
+  assert len(batches) == pipeline.eval_steps(23, 8) == 3
   mask = np.concatenate([b['mask'] for b in batches])
   assert mask.dtype == bool and mask.sum() == 23 and not mask[23:].any()
   indices = np.concatenate([b['indices'] for b in batches])[mask]
@@ -382,10 +382,10 @@ def test_eval_sharding_counts_every_image_once():
   table = _table(23)
   seen = []
   for index in range(3):
-    batches = _batches(input_pipeline.eval_dataset(
+    batches = _batches(pipeline.eval_dataset(
         table, batch_size=4, image_size=SMALL_SIZE, process_index=index,
         process_count=3))
-    assert len(batches) == input_pipeline.eval_steps(23, 4, 3) == 2
+    assert len(batches) == pipeline.eval_steps(23, 4, 3) == 2
     for batch in batches:
       seen.extend(batch['indices'][batch['mask']])
   assert sorted(seen) == list(range(23))
@@ -403,7 +403,7 @@ def test_folder_and_tfds_sources_give_identical_batches(tmp_path):
       pairs = zip(make(from_folder, image_size=(64, 32)),
                   make(from_tfds, image_size=(64, 32)))
     else:
-      pairs = zip(*(_batches(input_pipeline.eval_dataset(
+      pairs = zip(*(_batches(pipeline.eval_dataset(
           t, batch_size=3, image_size=(64, 32)))
                     for t in (from_folder, from_tfds)))
     for a, b in pairs:

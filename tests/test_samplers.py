@@ -13,9 +13,9 @@ from PIL import Image
 import pytest
 from scipy import stats
 
-from sa_reid_jax import input_pipeline
-from sa_reid_jax.datasets import augmentation
-from sa_reid_jax.datasets import samplers
+from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import augmentation
+from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.training import checkpoints
 
@@ -168,7 +168,7 @@ def _identity_batches(table, batch_size=8, process_count=1, **options):
                        table.labels, batch_size * process_count, 4),
                    process_count=process_count)
   arguments.update(options)
-  return list(input_pipeline.train_batches(table, batch_size=batch_size,
+  return list(pipeline.train_batches(table, batch_size=batch_size,
                                            **arguments))
 
 

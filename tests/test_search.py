@@ -12,9 +12,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax import descriptor_cache
-from sa_reid_jax import input_pipeline
-from sa_reid_jax import search
+from sa_reid_jax.tools import descriptor_cache
+from sa_reid_jax.data import pipeline
+from sa_reid_jax.tools import search
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
@@ -78,8 +78,8 @@ def naive_rankings(checkpoint, gallery_files, query_files):
   """Rankings from model.apply and numpy alone."""
   model, variables = store.load_model(checkpoint)
   images = np.stack([
-      input_pipeline.preprocess(
-          input_pipeline.decode_image(tf.io.read_file(p)), IMAGE_SIZE).numpy()
+      pipeline.preprocess(
+          pipeline.decode_image(tf.io.read_file(p)), IMAGE_SIZE).numpy()
       for p in [*gallery_files, *query_files]])
   # One batch through one compiled function: compiling is the slow part.
   features = jax.jit(lambda v, x: model.apply(v, x, train=False)['features'])(
@@ -254,7 +254,7 @@ def test_cli_errors(env, capsys, tmp_path):
   # The real entry point: one error line (after TensorFlow's start-up
   # notices, which no environment variable silences), no traceback.
   result = subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.search', f'--checkpoint={gallery}',
+      [sys.executable, '-m', 'sa_reid_jax.tools.search', f'--checkpoint={gallery}',
        f'--gallery={gallery}', f'--query={queries}'],
       capture_output=True, text=True, cwd=tmp_path, check=False,
       env={**os.environ, 'PYTHONPATH': REPO})
@@ -262,5 +262,5 @@ def test_cli_errors(env, capsys, tmp_path):
   assert 'Traceback' not in result.stderr
   errors = [l for l in result.stderr.splitlines() if ': error: ' in l]
   assert errors == [result.stderr.strip().splitlines()[-1]], result.stderr
-  assert errors[0].startswith('python -m sa_reid_jax.search: error: '
+  assert errors[0].startswith('python -m sa_reid_jax.tools.search: error: '
                               f'--checkpoint: {gallery}: not a model')

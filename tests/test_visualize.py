@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sa_reid_jax import visualize
+from sa_reid_jax.tools import visualize
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
@@ -151,7 +151,7 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
                      metadata={'image_size': list(SIZE)})
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   run = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.visualize', *args], env=env,
+      [sys.executable, '-m', 'sa_reid_jax.tools.visualize', *args], env=env,
       cwd=REPO, capture_output=True, text=True, timeout=300)
   result = run('cam', f'--checkpoint={tmp_path / "sa"}',
                f'--compare={tmp_path / "no_sa"}',

@@ -1,1 +1,1 @@
-"""Re-id datasets in Market-1501 layout."""
+"""Re-id datasets in Market-1501 layout: what the data is (see ``data``)."""

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation.distances import pairwise_distances
 from sa_reid_jax.evaluation.features import extract_features
@@ -51,7 +51,7 @@ def describe(model, variables, table: tables.ExampleTable,
              config: ml_collections.ConfigDict, flip: bool,
              description: str) -> np.ndarray:
   """Descriptors (N, P, D) of every image of `table`, in table order."""
-  batches = input_pipeline.eval_dataset(
+  batches = pipeline.eval_dataset(
       table, batch_size=config.eval.batch_size,
       image_size=tuple(config.image_size))
   return extract_features(model, variables, batches.as_numpy_iterator(),

@@ -1,10 +1,10 @@
 """Networks: the ResNet backbone, the model families and their registry."""
 
-from sa_reid_jax.models.attention import apply_spatial_attention
-from sa_reid_jax.models.attention import spatial_attention_map
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import ResNet
 from sa_reid_jax.models.resnet import ResNet50
+from sa_reid_jax.models.sanet import apply_spatial_attention
+from sa_reid_jax.models.sanet import spatial_attention_map
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.models.sanet import VARIANTS
 from sa_reid_jax.models.sanet import model_config

@@ -87,7 +87,7 @@ def experiment_config(dataset_name: str,
   config.batch_size = 48
 
   config.data = ml_collections.ConfigDict()
-  # Which rows make each global batch (sa_reid_jax.datasets.samplers):
+  # Which rows make each global batch (sa_reid_jax.data.samplers):
   # 'uniform' (every image once per epoch in a random order, the SA paper's)
   # or 'identity' (P x K: batch_size / images_per_identity identities with
   # images_per_identity images each, drawn with replacement from identities

@@ -11,13 +11,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.data import pipeline
 from sa_reid_jax import losses
 from sa_reid_jax import tasks as tasks_lib
-from sa_reid_jax.datasets import augmentation
-from sa_reid_jax.datasets import samplers
+from sa_reid_jax.data import augmentation
+from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import tables
-from sa_reid_jax.device_augment import check_size
+from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import registry
@@ -441,7 +441,7 @@ def _train(run: _Run, state: step_lib.TrainState, start: int,
       average_batch_stats=not config.model.sync_batch_norm)
   if start >= run.stop_step:
     return state, 'completed'
-  batches = input_pipeline.train_batches(
+  batches = pipeline.train_batches(
       run.table, batch_size=run.process_batch, seed=config.seed,
       start_epoch=start // run.steps_per_epoch,
       start_step=start % run.steps_per_epoch, num_epochs=config.num_epochs,

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from sa_reid_jax.models.normalization import BatchNorm
-from sa_reid_jax.models.sanet import torch_default_conv_init
+from sa_reid_jax.models.sanet.network import torch_default_conv_init
 
 # The official ratios (RGA_Branch's s_ratio, c_ratio, d_ratio defaults).
 OFFICIAL_RATIO = 8

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_reid_jax.models.attention import NORMALIZATIONS, apply_spatial_attention
+from sa_reid_jax.models.sanet.attention import NORMALIZATIONS, apply_spatial_attention
 from sa_reid_jax.models.module_config import module_config
 from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm

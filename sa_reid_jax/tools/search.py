@@ -1,6 +1,6 @@
 r"""Retrieval on any folder of person crops: no person ids or cameras needed.
 
-  python -m sa_reid_jax.search --checkpoint=DIR --gallery=FOLDER \
+  python -m sa_reid_jax.tools.search --checkpoint=DIR --gallery=FOLDER \
       --query=IMAGE_OR_FOLDER [--topk=10] [--output=DIR] [--image_size=H,W] \
       [--flip] [--batch_size=64]
 
@@ -45,8 +45,8 @@ from PIL import ImageFont  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import descriptor_cache  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
@@ -311,7 +311,7 @@ def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
 
 def _parser() -> argparse.ArgumentParser:
   parser = command_line.OneLineArgumentParser(
-      prog='python -m sa_reid_jax.search',
+      prog='python -m sa_reid_jax.tools.search',
       description='Ranks a folder of person crops for query images.')
   parser.add_argument('--checkpoint', required=True,
                       help='model directory (convert_weights.py or training)')

@@ -1,7 +1,7 @@
 """Descriptors of arbitrary image files, for tools that work outside datasets.
 
 Images are decoded and preprocessed exactly as evaluation does
-(``input_pipeline.decode_image`` and ``preprocess``); a file that cannot be
+(``pipeline.decode_image`` and ``preprocess``); a file that cannot be
 read or decoded is reported by name and left out, never dropped silently
 (the tools check files first with `datasets.image_check`; a file that
 breaks between the check and its description is caught here).
@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tensorflow_cpu
@@ -88,8 +88,8 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
   tensorflow_cpu.hide_accelerators_from_tensorflow()
 
   def load(index, path):
-    image = input_pipeline.decode_image(tf.io.read_file(path))
-    return {'images': input_pipeline.preprocess(image, image_size),
+    image = pipeline.decode_image(tf.io.read_file(path))
+    return {'images': pipeline.preprocess(image, image_size),
             'index': index}
 
   # Each file is decoded once; the ones that fail are dropped here and
@@ -127,6 +127,6 @@ def display_pixels(path: str | bytes, size: tuple[int, int]) -> np.ndarray:
     size: (height, width).
   """
   encoded = path if isinstance(path, bytes) else tf.io.read_file(path)
-  image = input_pipeline.decode_image(encoded)
-  resized = input_pipeline.resize(tf.cast(image, tf.float32), size)
+  image = pipeline.decode_image(encoded)
+  resized = pipeline.resize(tf.cast(image, tf.float32), size)
   return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)

@@ -2,7 +2,7 @@
 
 The random draws are made in numpy, for a whole epoch at once, seeded by
 (seed, epoch) and indexed by the example's position in the epoch (step *
-global batch + index in the global batch; ``datasets.samplers``): an example
+global batch + index in the global batch; ``data.samplers``): an example
 gets the same augmentation whichever process or device it lands on, a
 sampler that repeats a row within an epoch gives each copy its own draws,
 and the tf.data graph (or ``device_augment``) only applies them (cheaper than

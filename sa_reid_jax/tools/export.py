@@ -1,8 +1,8 @@
 r"""Exports a model directory's feature extractor as a TensorFlow SavedModel.
 
-  python -m sa_reid_jax.export --checkpoint=DIR --output=DIR \
+  python -m sa_reid_jax.tools.export --checkpoint=DIR --output=DIR \
       [--image_size=H,W] [--platforms=cpu,cuda] [--overwrite]
-  python -m sa_reid_jax.export --format=onnx --checkpoint=DIR \
+  python -m sa_reid_jax.tools.export --format=onnx --checkpoint=DIR \
       --output=model.onnx [--image_size=H,W] [--overwrite]
 
 ``--format=onnx`` writes an ONNX file instead (see ``export_onnx``: uint8
@@ -17,7 +17,7 @@ call), and returns
   ``parts``: float32 (batch, P, D), each part L2-normalised.
 
 Images are resized and normalised inside the SavedModel by the project's own
-``input_pipeline.preprocess`` (PIL-style bilinear resize, ImageNet
+``pipeline.preprocess`` (PIL-style bilinear resize, ImageNet
 normalisation), so a served descriptor equals evaluation's. The network is
 converted with ``jax.experimental.jax2tf`` (StableHLO, run by TensorFlow's
 ``XlaCallModule`` op) with a symbolic batch dimension, lowered for every
@@ -48,11 +48,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import image_files  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import export_onnx  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import export_onnx  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.device_augment import check_size  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.device_augment import check_size  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 
@@ -127,7 +127,7 @@ class FeatureExtractor(tf.Module):
     # preprocess is per image (its antialias choice depends on the image's
     # own size, and pfor cannot vectorise antialiased resizing).
     pixels = tf.map_fn(
-        lambda image: input_pipeline.preprocess(image, size), images,
+        lambda image: pipeline.preprocess(image, size), images,
         fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
     parts_shape = (self.num_parts, self.part_dim)
     # The converted module requires batch >= 1; an empty batch gets an empty

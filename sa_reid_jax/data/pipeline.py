@@ -3,7 +3,7 @@
 Reads an ``ExampleTable`` (``sa_reid_jax.datasets.tables``: from a
 Market-layout folder or a built TFDS dataset) and yields numpy batches.
 
-Preprocessing (``datasets.preprocessing``) follows torchvision on PIL
+Preprocessing (``data.preprocessing``) follows torchvision on PIL
 images, as the official code does: bilinear resize of the uint8 image to
 ``image_size`` (PIL's bilinear filter antialiases when shrinking, so the
 resize antialiases exactly when the image is shrunk in height or width;
@@ -15,9 +15,9 @@ torchvision's by at most one grey level (1 / (255 * 0.225) = 0.017 after
 normalisation).
 
 Randomness is a function of (seed, epoch): a sampler
-(``datasets.samplers``; uniform by default) draws the epoch's global batches
+(``data.samplers``; uniform by default) draws the epoch's global batches
 of table rows from it, and each example's crop, flip and erasing are drawn
-from it for the example's position in the epoch (``datasets.augmentation``).
+from it for the example's position in the epoch (``data.augmentation``).
 So (seed, epoch, step) fixes a batch, whatever the number of processes, and a
 run resumed at (epoch, step) sees what an uninterrupted one would.
 
@@ -28,7 +28,7 @@ in the official transform list.
 
 With ``augment_on_device=True`` the train pipeline stops after decoding: it
 emits uint8 images at a small staging size plus each example's draws, and
-``sa_reid_jax.device_augment.augment_batch`` does the resize (or enlarged
+``sa_reid_jax.data.device_augment.augment_batch`` does the resize (or enlarged
 resize and crop), flip, normalisation and erasing on the accelerator, from
 the staged image.
 """
@@ -41,19 +41,19 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from sa_reid_jax.datasets import augmentation  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.datasets import samplers  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data import augmentation  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data import samplers  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tables  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 
-from sa_reid_jax.datasets import preprocessing  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.device_augment import check_size  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data import preprocessing  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.device_augment import check_size  # pylint: disable=g-import-not-at-top
 # The image operations, used here and by the tools that read images.
-from sa_reid_jax.datasets.preprocessing import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top,unused-import
-from sa_reid_jax.datasets.preprocessing import IMAGENET_STD  # pylint: disable=g-import-not-at-top,unused-import
-from sa_reid_jax.datasets.preprocessing import decode_image  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.datasets.preprocessing import preprocess  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.datasets.preprocessing import resize  # pylint: disable=g-import-not-at-top,unused-import
+from sa_reid_jax.data.preprocessing import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top,unused-import
+from sa_reid_jax.data.preprocessing import IMAGENET_STD  # pylint: disable=g-import-not-at-top,unused-import
+from sa_reid_jax.data.preprocessing import decode_image  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.preprocessing import preprocess  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.preprocessing import resize  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def uniform_sampler(num_examples: int, batch_size: int,
@@ -213,7 +213,7 @@ def train_dataset(table: tables.ExampleTable, *, batch_size: int, seed: int,
     erasing: random erasing parameters, None to disable.
     crop: random crop (enlarged resize and crop) parameters, None (default)
       to disable.
-    sampler: the epoch's global batches (``datasets.samplers``); its global
+    sampler: the epoch's global batches (``data.samplers``); its global
       batch must be ``batch_size * process_count``. None (default): every
       row once per epoch in a random order (`uniform_sampler`).
     process_index: this process (e.g. ``jax.process_index()``).

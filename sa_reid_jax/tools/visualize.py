@@ -1,8 +1,8 @@
 r"""Pictures of what the network looks at and what it retrieves.
 
-  python -m sa_reid_jax.visualize cam --checkpoint=DIR [--compare=DIR2] \
+  python -m sa_reid_jax.tools.visualize cam --checkpoint=DIR [--compare=DIR2] \
       --images=FILE_OR_FOLDER [--classes=3,7] --output=cam.png
-  python -m sa_reid_jax.visualize ranks --checkpoint=DIR \
+  python -m sa_reid_jax.tools.visualize ranks --checkpoint=DIR \
       --dataset_folder=FOLDER [--queries=0,5,9 | --num_queries=8] \
       [--topk=10] --output=ranks.png
 
@@ -46,8 +46,8 @@ from PIL import Image, ImageDraw
 import tensorflow as tf
 
 from sa_reid_jax import command_line
-from sa_reid_jax import image_files
-from sa_reid_jax import input_pipeline
+from sa_reid_jax.tools import image_files
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
@@ -55,7 +55,7 @@ from sa_reid_jax.evaluation import extract_features, pairwise_distances
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.normalization import BatchNorm
-from sa_reid_jax.models.sanet import DS_STAGES, SANet
+from sa_reid_jax.models.sanet.network import DS_STAGES, SANet
 
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)
@@ -216,8 +216,8 @@ def cam_picture(models: Sequence[tuple[str, SANet, Any]],
 
 
 def _preprocessed(path: str, image_size: tuple[int, int]) -> np.ndarray:
-  image = input_pipeline.decode_image(tf.io.read_file(path))
-  return input_pipeline.preprocess(image, image_size).numpy()
+  image = pipeline.decode_image(tf.io.read_file(path))
+  return pipeline.preprocess(image, image_size).numpy()
 
 
 def match_kinds(query_pid: int, query_cam: int, gallery_pids: np.ndarray,
@@ -291,7 +291,7 @@ def rank_queries(model, variables, dataset_folder: str,
                      f'{len(query)} queries')
 
   def describe(table, name):
-    batches = input_pipeline.eval_dataset(table, batch_size=batch_size,
+    batches = pipeline.eval_dataset(table, batch_size=batch_size,
                                           image_size=image_size)
     return extract_features(model, variables, batches.as_numpy_iterator(),
                             total=len(table), description=name)
@@ -320,7 +320,7 @@ def _ints(text: str) -> list[int]:
 
 def _parse_arguments(argv):
   parser = command_line.OneLineArgumentParser(
-      prog='python -m sa_reid_jax.visualize',
+      prog='python -m sa_reid_jax.tools.visualize',
       description=__doc__.split('\n\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
   cam = commands.add_parser('cam', help='class activation and SA maps')

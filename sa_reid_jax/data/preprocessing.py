@@ -2,7 +2,7 @@
 
 Decoding (libjpeg's accurate DCT, as PIL), PIL-style bilinear resizing
 (antialiased only when shrinking), the official RGA crop window, mirroring
-and ImageNet normalisation of one image (see ``input_pipeline`` for how the
+and ImageNet normalisation of one image (see ``pipeline`` for how the
 pipelines use them).
 """
 
@@ -15,8 +15,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # Defined beside the TensorFlow-free device augmentation, used by both paths.
-from sa_reid_jax.device_augment import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.device_augment import IMAGENET_STD  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.device_augment import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data.device_augment import IMAGENET_STD  # pylint: disable=g-import-not-at-top
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:

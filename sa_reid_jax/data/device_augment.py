@@ -1,9 +1,9 @@
 """Train-time augmentation on the accelerator, in JAX (no TensorFlow here).
 
-The counterpart of ``input_pipeline.train_dataset`` with
+The counterpart of ``pipeline.train_dataset`` with
 ``augment_on_device=True``: that pipeline only decodes, emitting uint8 images
 at a small staging size with each example's flip and erasing draws
-(``datasets.augmentation.sample_epoch``); ``augment_batch`` then applies them
+(``data.augmentation.sample_epoch``); ``augment_batch`` then applies them
 in the order the CPU path does: mirror, bilinear resize to the network input,
 ImageNet normalisation, random erasing.
 
@@ -65,7 +65,7 @@ def normalize(pixels: jax.Array) -> jax.Array:
     pixels: float32 (..., 3) RGB values in [0, 255].
 
   Returns:
-    float32, the same shape: as ``input_pipeline.preprocess`` normalises.
+    float32, the same shape: as ``pipeline.preprocess`` normalises.
   """
   scale = jnp.array([1 / (255 * s) for s in IMAGENET_STD], jnp.float32)
   shift = jnp.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],

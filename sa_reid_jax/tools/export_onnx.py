@@ -36,8 +36,8 @@ import jax
 from jax import export as jax_export
 import numpy as np
 
-from sa_reid_jax.device_augment import check_size
-from sa_reid_jax.device_augment import normalize
+from sa_reid_jax.data.device_augment import check_size
+from sa_reid_jax.data.device_augment import normalize
 from sa_reid_jax.models import resnet
 from sa_reid_jax.models import registry
 
@@ -167,4 +167,4 @@ def read_metadata(path: str) -> dict[str, Any]:
     if entry.key == METADATA_KEY:
       return json.loads(entry.value)
   raise OnnxExportError(f'{path}: no {METADATA_KEY} metadata; not exported '
-                        'by sa_reid_jax.export')
+                        'by sa_reid_jax.tools.export')

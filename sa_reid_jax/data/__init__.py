@@ -1,0 +1,1 @@
+"""How the data is fed: tf.data pipelines, samplers, augmentation, on device."""

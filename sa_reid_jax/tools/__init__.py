@@ -1,0 +1,1 @@
+"""Tools on a trained model: pictures, search, export, descriptor caches."""
