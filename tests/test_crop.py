@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
-from sa_reid_jax.data import pipeline
 from sa_reid_jax.data import augmentation
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import tables
 
 MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)

@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 import tensorflow as tf
 
+from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import device_augment
 from sa_reid_jax.data import pipeline
-from sa_reid_jax.data import augmentation
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
 

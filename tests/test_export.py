@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax.tools import export
 from sa_reid_jax.data import pipeline
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.tools import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = (64, 32)

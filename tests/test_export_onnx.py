@@ -5,10 +5,10 @@ import onnx
 import onnxruntime
 import pytest
 
-from sa_reid_jax.tools import export
-from sa_reid_jax.tools import export_onnx
 from sa_reid_jax.data import pipeline
 from sa_reid_jax.models import resnet
+from sa_reid_jax.tools import export
+from sa_reid_jax.tools import export_onnx
 from test_export import IMAGE_SIZE, TOLERANCE, checkpoint  # pylint: disable=unused-import
 from test_export import random_images
 

@@ -9,13 +9,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sa_reid_jax.tools import image_files
 from sa_reid_jax.datasets import builders
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
-from sa_reid_jax.training import trainer
+from sa_reid_jax.tools import image_files
+from sa_reid_jax.training import run as run_lib
 
 _FOLDERS = {
     'bounding_box_train': ['0001_c1s1_000001_01.jpg', '0001_c2s1_000002_01.jpg',
@@ -78,7 +78,7 @@ def test_training_and_evaluation_check_before_work(tmp_path):
                                        'data_dir': ''})
   # Training reads the evaluation splits too, so it stops before step 0.
   with pytest.raises(image_check.UnreadableImagesError) as error:
-    trainer._train_table(dataset)  # pylint: disable=protected-access
+    run_lib._train_table(dataset)  # pylint: disable=protected-access
   assert len(error.value.failures) == 2
   # Evaluation names the query and the gallery file in one error.
   with pytest.raises(image_check.UnreadableImagesError) as error:

@@ -13,8 +13,8 @@ from PIL import Image
 import pytest
 from scipy import stats
 
-from sa_reid_jax.data import pipeline
 from sa_reid_jax.data import augmentation
+from sa_reid_jax.data import pipeline
 from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.training import checkpoints

@@ -12,12 +12,12 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax.tools import descriptor_cache
 from sa_reid_jax.data import pipeline
-from sa_reid_jax.tools import search
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.tools import descriptor_cache
+from sa_reid_jax.tools import search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = (64, 32)

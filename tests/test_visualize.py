@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sa_reid_jax.tools import visualize
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
-from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.models.rga import rga_variant
+from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.tools import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 32)

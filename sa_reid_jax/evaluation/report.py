@@ -29,11 +29,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from sa_reid_jax.tools import visualize
 from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 from sa_reid_jax.evaluation.evaluate import Evaluation
 from sa_reid_jax.evaluation.metrics import RankResult
 from sa_reid_jax.models import registry
+from sa_reid_jax.tools import visualize
 
 REPORT_HTML = 'report.html'
 SETTINGS = ('plain', 'reranked')

@@ -38,8 +38,8 @@ import numpy as np
 
 from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.data.device_augment import normalize
-from sa_reid_jax.models import resnet
 from sa_reid_jax.models import registry
+from sa_reid_jax.models import resnet
 
 # ONNX operator set the model is written for (ONNX Runtime >= 1.16 runs it).
 OPSET = 21

@@ -45,11 +45,11 @@ from PIL import ImageFont  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
 
 METRIC = 'euclidean'
 # The picture is an overview: results.json holds every query and match.

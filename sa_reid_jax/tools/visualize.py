@@ -46,7 +46,6 @@ from PIL import Image, ImageDraw
 import tensorflow as tf
 
 from sa_reid_jax import command_line
-from sa_reid_jax.tools import image_files
 from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
@@ -56,6 +55,7 @@ from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.sanet.network import DS_STAGES, SANet
+from sa_reid_jax.tools import image_files
 
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sa_reid_jax.data import device_augment
 from sa_reid_jax import tasks as tasks_lib
+from sa_reid_jax.data import device_augment
 from sa_reid_jax.models import registry
 
 DATA_AXIS = 'data'

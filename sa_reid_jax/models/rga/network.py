@@ -28,8 +28,8 @@ from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet
 from sa_reid_jax.models.rga.module import OFFICIAL_RATIO, RGAModule
-from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
 from sa_reid_jax.models.sanet import l2_normalize
+from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
 
 FAMILY = 'rga'
 # The official input (height, width) (``--height 256 --width 128``).

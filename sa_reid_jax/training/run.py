@@ -1,0 +1,295 @@
+"""One training run between its steps: checked config, data, model, evaluation.
+
+`Run` holds what the step loop (`loop`) and `trainer.train_and_evaluate`
+share: the train table and its sampler, the model and optimizer, the
+checkpoint manager and metric writer, and the evaluations made so far.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from sa_reid_jax import losses
+from sa_reid_jax import tasks as tasks_lib
+from sa_reid_jax.data import augmentation
+from sa_reid_jax.data import samplers
+from sa_reid_jax.data.device_augment import check_size
+from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import evaluate
+from sa_reid_jax.models import registry
+from sa_reid_jax.models import store
+from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import defaults
+from sa_reid_jax.training import optimizer as optimizer_lib
+from sa_reid_jax.training import reporting
+from sa_reid_jax.training import step as step_lib
+from sa_reid_jax.training import workdir as workdir_lib
+
+EVALUATIONS_JSON = 'evaluations.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or infinite."""
+
+
+def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
+  if dataset.folder:
+    # The evaluation splits too: a corrupt gallery image must stop the run
+    # now, not at its first evaluation.
+    return tables.from_folders(dataset.folder,
+                               ('train', 'query', 'gallery'))['train']
+  return tables.from_tfds(dataset.name, 'train',
+                          data_dir=dataset.data_dir or None)
+
+
+def random_erasing(config: ml_collections.ConfigDict
+                   ) -> Optional[augmentation.RandomErasing]:
+  """config.augmentation's random erasing, or None when it is off."""
+  if config.erasing_probability == 0:
+    return None
+  return augmentation.RandomErasing(
+      probability=config.erasing_probability,
+      area_range=tuple(config.erasing_area),
+      min_aspect=config.erasing_min_aspect, fill=config.erasing_fill)
+
+
+def random_crop(config: ml_collections.ConfigDict
+                ) -> Optional[augmentation.RandomCrop]:
+  """config.augmentation's random crop, or None when it is off."""
+  # Built (and so checked) even when off: a bad crop_scale is an error.
+  crop = augmentation.RandomCrop(probability=config.crop_probability,
+                                 scale=config.crop_scale)
+  return crop if crop.probability > 0 else None
+
+
+def _build_sampler(config: ml_collections.ConfigDict,
+                   table: tables.ExampleTable) -> samplers.Sampler:
+  """The sampler of config.data over the train table's identities."""
+  try:
+    return samplers.build(config.data.sampler, table.labels,
+                          config.batch_size, config.data.images_per_identity)
+  except ValueError as e:
+    raise ValueError(f'config.data.sampler {config.data.sampler!r} with '
+                     f'config.batch_size {config.batch_size}: {e}') from e
+
+
+def _with_pretrained_backbone(state: step_lib.TrainState,
+                              directory: str) -> step_lib.TrainState:
+  """`state` with the backbone of a converted model directory."""
+  try:
+    directory = store.resolve_model_directory(directory)
+    _, variables = store.load_model(directory)
+  except store.ModelStoreError as e:
+    raise ValueError(f'config.init_from: {e}') from e
+  replaced = {}
+  for collection in ('params', 'batch_stats'):
+    ours = getattr(state, collection)['backbone']
+    theirs = variables.get(collection, {}).get('backbone')
+    ours_shapes = jax.tree.map(np.shape, ours)
+    theirs_shapes = (None if theirs is None
+                     else jax.tree.map(np.shape, theirs))
+    if ours_shapes != theirs_shapes:
+      raise ValueError(
+          f'config.init_from: the backbone {collection} in {directory} do '
+          'not fit config.model (stage_sizes, base_width); convert weights '
+          'of the same ResNet')
+    replaced[collection] = {**getattr(state, collection),
+                            'backbone': jax.tree.map(np.asarray, theirs)}
+  return state.replace(**replaced)
+
+
+def _check_init_from(init_from: str) -> None:
+  """Refuses an empty init_from: a forgotten backbone is never silent."""
+  if not init_from:
+    raise ValueError(
+        'config.init_from is empty: pass --config.init_from=DIR with DIR '
+        'written by `python convert_weights.py --format=torchvision '
+        '--input=resnet50.pth --output=DIR` (the ImageNet backbone the '
+        f'paper starts from), or --config.init_from={defaults.SCRATCH} to '
+        'train from random weights')
+
+
+def _check_config(config: ml_collections.ConfigDict, device_count: int,
+                  process_count: int) -> None:
+  _check_init_from(config.init_from)
+  if config.batch_size % device_count:
+    raise ValueError(f'config.batch_size {config.batch_size} must be a '
+                     f'multiple of the number of devices ({device_count})')
+  if config.batch_size % process_count:
+    raise ValueError(f'config.batch_size {config.batch_size} must be a '
+                     f'multiple of the number of processes ({process_count})')
+  # Checked now rather than where they are first used, which can be inside
+  # a traced step or a tf.data pipeline, or after the first evaluation.
+  check_size(config.image_size, 'config.image_size')
+  check_size(config.augmentation.staging_size,
+             'config.augmentation.staging_size')
+  if config.data.sampler not in samplers.SAMPLERS:
+    raise ValueError(f'config.data.sampler must be one of '
+                     f'{samplers.SAMPLERS}, got {config.data.sampler!r}')
+  if config.data.sampler == 'identity':
+    per_identity = config.data.images_per_identity
+    if per_identity < 1 or config.batch_size % per_identity:
+      raise ValueError(
+          f'config.batch_size {config.batch_size} must be a multiple of '
+          f'config.data.images_per_identity {per_identity} (>= 1): a batch '
+          'holds batch_size / images_per_identity identities')
+  cross_entropy = config.loss.terms.cross_entropy
+  if cross_entropy.weighting not in losses.WEIGHTINGS:
+    raise ValueError(f'config.loss.terms.cross_entropy.weighting must be one '
+                     f'of {losses.WEIGHTINGS}, got '
+                     f'{cross_entropy.weighting!r}')
+  try:
+    random_erasing(config.augmentation)
+    random_crop(config.augmentation)
+  except ValueError as e:
+    raise ValueError(f'config.augmentation: {e}') from e
+  for key in ('num_epochs', 'log_every_steps'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
+  for key in ('every_steps', 'sigterm_check_steps'):
+    if config.checkpoint[key] < 1:
+      raise ValueError(f'config.checkpoint.{key} must be >= 1, got '
+                       f'{config.checkpoint[key]}')
+
+
+def _output_shapes(model, image_size) -> dict[str, Any]:
+  """The shapes of `model`'s outputs (traced, never computed)."""
+  images = jax.ShapeDtypeStruct((1, *image_size, 3), np.float32)
+  return jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0],
+      images)
+
+
+class Run:
+  """The state of one training run, between its steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.mesh = step_lib.make_mesh()
+    _check_config(config, self.mesh.size, jax.process_count())
+    self.table = _train_table(config.dataset)
+    self.process_batch = config.batch_size // jax.process_count()
+    self.sampler = _build_sampler(config, self.table)
+    self.steps_per_epoch = self.sampler.steps_per_epoch
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.stop_step = (min(config.max_steps, self.total_steps)
+                      if config.max_steps > 0 else self.total_steps)
+    self.task = tasks_lib.build(config)
+    self.model = step_lib.build_model(config, self.table.num_classes)
+    self.eval_model = self.model.clone(bn_axis_name=None)
+    losses.check_outputs(config, _output_shapes(self.eval_model,
+                                                config.image_size))
+    self.optimizer = optimizer_lib.make_optimizer(
+        config.optimizer, self.steps_per_epoch,
+        frozen=lambda params: registry.frozen_mask(self.model, params))
+
+  def open(self) -> None:
+    """Starts writing to the workdir (created, and held, by now)."""
+    if self.is_chief:
+      workdir_lib.remove_unfinished_checkpoints(
+          os.path.join(self.workdir, checkpoints.CHECKPOINT_DIR))
+    self.manager = checkpoints.make_manager(self.workdir,
+                                            self.config.checkpoint.keep)
+    self.writer = reporting.MetricWriter(self.workdir, enabled=self.is_chief)
+    self.evaluations = self._read_evaluations()
+    self.last_evaluation = None
+
+  def data_position(self, step: int) -> dict[str, Any]:
+    """The checkpoint's JSON item: data position and what it depends on."""
+    return {'epoch': step // self.steps_per_epoch,
+            'step_in_epoch': step % self.steps_per_epoch,
+            **self.data_signature(), **self.config_signature()}
+
+  def data_signature(self) -> dict[str, Any]:
+    return {'steps_per_epoch': self.steps_per_epoch,
+            'global_batch_size': int(self.config.batch_size),
+            'seed': int(self.config.seed),
+            'sampler': self.sampler.signature()}
+
+  def config_signature(self) -> dict[str, Any]:
+    """What the state's structure and its updates depend on."""
+    return {'task': self.config.task,
+            'model': self.config.model.to_dict(),
+            'loss': self.config.loss.to_dict(),
+            'optimizer': self.config.optimizer.to_dict(),
+            'num_classes': int(self.table.num_classes)}
+
+  def initial_state(self) -> step_lib.TrainState:
+    """The newest checkpoint's state, or a fresh (maybe pretrained) one."""
+    def fresh():
+      return step_lib.create_train_state(self.model, self.optimizer,
+                                         self.config.seed,
+                                         tuple(self.config.image_size))
+
+    replicated = jax.sharding.NamedSharding(self.mesh,
+                                            jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(fresh))
+    # Checkpoints from before samplers were recorded used the uniform one.
+    restored = checkpoints.restore_latest(
+        self.manager, abstract, self.data_signature(),
+        self.config_signature(),
+        recorded_later={'sampler': samplers.UniformSampler.SIGNATURE})
+    if restored is not None:
+      state, position = restored
+      print(f'resuming from step {int(state.step)} (epoch '
+            f'{position["epoch"]}, step {position["step_in_epoch"]} in it)',
+            flush=True)
+      return state
+    state = fresh()
+    if self.config.init_from != defaults.SCRATCH:
+      state = _with_pretrained_backbone(state, self.config.init_from)
+    return step_lib.replicate(state, self.mesh)
+
+  def _read_evaluations(self) -> list[dict[str, Any]]:
+    path = os.path.join(self.workdir, EVALUATIONS_JSON)
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      return json.load(f)
+
+  def evaluate(self, state: step_lib.TrainState) -> dict[str, Any]:
+    """Evaluates the current network; logs and records the metrics."""
+    step = int(jax.device_get(state.step))
+    variables = step_lib.local_copy({'params': state.params,
+                                     'batch_stats': state.batch_stats})
+    evaluation = evaluate.run_evaluation(self.eval_model, variables,
+                                         self.config)
+    # Kept for the final evaluation's report.
+    self.last_evaluation = (step, evaluation)
+    metrics = evaluation.metrics
+    metrics['step'] = step
+    metrics['epoch'] = step / self.steps_per_epoch
+    print(f'evaluation at step {step}:\n{evaluate.format_metrics(metrics)}',
+          flush=True)
+    for setting in ('plain', 'reranked'):
+      if setting in metrics:
+        self.writer.write(step, metrics[setting], f'eval_{setting}')
+    self.evaluations = [e for e in self.evaluations if e['step'] != step]
+    self.evaluations.append(metrics)
+    if self.is_chief:
+      evaluate.write_metrics(self.evaluations,
+                             os.path.join(self.workdir, EVALUATIONS_JSON))
+    return metrics
+
+  def check_finite(self, step: int, metrics: dict[str, Any]) -> None:
+    if all(np.isfinite(metrics[key])
+           for key in ('loss', 'grad_norm', 'param_norm')):
+      return
+    self.manager.wait_until_finished()
+    last = self.manager.latest_step()
+    kept = ('no checkpoint was written yet' if last is None else
+            f'the last good checkpoint is step {last} in '
+            f'{self.manager.directory}')
+    raise NonFiniteLossError(
+        f'non-finite training at step {step}: loss {metrics["loss"]}, '
+        f'gradient norm {metrics["grad_norm"]}, parameter norm '
+        f'{metrics["param_norm"]}; {kept}; lower '
+        'config.optimizer.learning_rate or check the data')
