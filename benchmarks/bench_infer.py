@@ -1,7 +1,7 @@
 """Images per second of feature extraction (the retrieval descriptor).
 
-Times ``model.apply(variables, images, train=False)['features']`` under
-`jax.jit` on every device (the batch split over a ``data`` mesh, the
+Times ``registry.embed(model, variables, images)`` (the ``features`` output)
+under `jax.jit` on every device (the batch split over a ``data`` mesh, the
 variables replicated), with a synthetic batch created once and kept on the
 devices: the network's inference rate, without decoding or transfers.
 
@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 # The benchmarks directory is on sys.path when this file runs as a script.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_train
+from sa_reid_jax.models import registry
 from sa_reid_jax.training import step as step_lib
 
 
@@ -63,8 +64,7 @@ def main(argv=None):
   images = jax.make_array_from_process_local_data(
       NamedSharding(mesh, PartitionSpec(step_lib.DATA_AXIS)), local)
 
-  extract = jax.jit(
-      lambda v, x: model.apply(v, x, train=False)['features'])
+  extract = jax.jit(lambda v, x: registry.embed(model, v, x))
   start = time.perf_counter()
   lowered = extract.lower(variables, images)
   compiled = lowered.compile()

@@ -1,5 +1,6 @@
 """The RGA module and network: hand-checkable maths, sizes, contract, errors."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -270,6 +271,23 @@ def test_config_round_trip_and_family_dispatch():
   assert set(RGA_VARIANTS) == {'rga_s', 'rga_c', 'rga_sc', 'baseline'}
   with pytest.raises(ValueError, match="unknown RGA variant 'rga_x'"):
     rga_variant('rga_x', num_classes=3)
+
+
+def test_embed_is_the_features_output_of_every_family():
+  images = jax.random.normal(jax.random.key(5), (2, *NARROW_SIZE, 3))
+  sanet = SANet(num_classes=3, stage_sizes=(1, 1, 1, 1), base_width=4)
+  rga = rga_variant('rga_sc', num_classes=3, image_size=NARROW_SIZE,
+                    **NARROW)
+  for model, variables, shape in (
+      (sanet, sanet.init(jax.random.key(1), images), (2, 6, 128)),
+      (rga, random_variables(rga, seed=6), (2, 1, 512))):
+    embedded = jax.jit(functools.partial(registry.embed, model))(
+        variables, images)
+    outputs = jax.jit(functools.partial(model.apply, train=False))(
+        variables, images)
+    assert embedded.shape == shape
+    assert embedded.dtype == jnp.float32
+    np.testing.assert_array_equal(embedded, outputs['features'])
 
 
 def narrow_state(spatial, channel, size=(256, 128)):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sa_reid_jax.models import registry
 from sa_reid_jax.models.sanet import l2_normalize
 
 
@@ -69,11 +70,10 @@ def extract_features(model, variables, batches: Iterable[Mapping[str, Any]],
 def _descriptors(model, variables, images, flip):
   """(B, P, D) descriptors of a batch, with optional flip averaging."""
   if not flip:
-    return model.apply(variables, images, train=False)['features']
+    return registry.embed(model, variables, images)
   # Width is axis 2 in NHWC; both views go through the network as one batch.
   both = jnp.concatenate([images, images[:, :, ::-1, :]], axis=0)
-  plain, mirrored = jnp.split(
-      model.apply(variables, both, train=False)['features'], 2)
+  plain, mirrored = jnp.split(registry.embed(model, variables, both), 2)
   return l2_normalize((plain + mirrored) / 2, axis=-1)
 
 

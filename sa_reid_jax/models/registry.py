@@ -10,6 +10,8 @@ train=False, example_ids=None) -> dict`):
   empty);
 * ``attention``: maps for the pictures, where the network has them.
 
+Every tool reads the descriptor through `embed`, never the dict itself.
+
 A model directory (`models.store`) records the family's name and the
 network's constructor arguments, so `load_model` and every tool work for
 every family.
@@ -19,6 +21,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax
+import jax
 import ml_collections
 
 from sa_reid_jax.models import rga
@@ -110,6 +113,22 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
   """
   return family(config.family).build(config, num_classes, tuple(image_size),
                                      bn_axis_name)
+
+
+def embed(model: Any, variables: Any, images: jax.Array) -> jax.Array:
+  """The retrieval descriptors of a batch: the network's ``features``.
+
+  Args:
+    model: a network of any registered family.
+    variables: its variables (``params``, ``batch_stats``).
+    images: (B, H, W, 3) float, ImageNet-normalised.
+
+  Returns:
+    (B, P, D), each of the P parts L2-normalised: P = 1 for a
+    global-feature network, the part count for part networks; float32
+    (float64 for a float64 network), whatever the compute dtype.
+  """
+  return model.apply(variables, images, train=False)['features']
 
 
 def family_of(model: Any) -> Family:

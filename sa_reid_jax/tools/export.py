@@ -94,9 +94,8 @@ class FeatureExtractor(tf.Module):
         for path, leaf in leaves_with_paths]
 
     def features(leaves, images):
-      outputs = model.apply(jax.tree.unflatten(treedef, leaves), images,
-                            train=False)
-      return outputs['features'].astype(np.float32)
+      return registry.embed(model, jax.tree.unflatten(treedef, leaves),
+                            images).astype(np.float32)
 
     parts_shape = jax.eval_shape(
         features, [jax.ShapeDtypeStruct(v.shape, v.dtype.as_numpy_dtype)

@@ -102,7 +102,7 @@ def export_onnx(model, variables: Any, output: str, *,
 
   def features(images):
     pixels = normalize(images.astype(np.float32))
-    parts = model.apply(variables, pixels, train=False)['features']
+    parts = registry.embed(model, variables, pixels)
     parts = parts.astype(np.float32)
     return parts.reshape(parts.shape[0], -1), parts
 
