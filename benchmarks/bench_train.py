@@ -55,6 +55,7 @@ import numpy as np
 from sa_reid_jax import tasks
 from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib
+from sa_reid_jax.training import rga_defaults
 from sa_reid_jax.training import step as step_lib
 
 # Dense (no sparsity) bf16 tensor-core peak per device, FLOP/s, from the
@@ -114,8 +115,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
 def experiment_config(args: argparse.Namespace):
   """The paper's config with the benchmark's network shape and dtype."""
-  if args.variant in defaults.RGA_VARIANTS:
-    config = defaults.rga_experiment_config('market1501', args.variant)
+  if args.variant in rga_defaults.RGA_VARIANTS:
+    config = rga_defaults.rga_experiment_config('market1501', args.variant)
   else:
     config = defaults.experiment_config('market1501', args.variant)
   config.image_size = tuple(args.image_size)

@@ -15,7 +15,7 @@ center loss. Train from the ImageNet backbone:
   python eval.py --config=configs/bot_market1501.py --checkpoint=DIR
 """
 
-from sa_reid_jax.training.defaults import bot_config
+from sa_reid_jax.training.rga_defaults import bot_config
 
 
 def get_config():

@@ -25,7 +25,7 @@ for the RGA recipe's mechanics (P x K batches, triplet over the global
 batch, frozen BNNeck bias, device-count invariance).
 """
 
-from sa_reid_jax.training.defaults import rga_experiment_config
+from sa_reid_jax.training.rga_defaults import rga_experiment_config
 
 
 def get_config():

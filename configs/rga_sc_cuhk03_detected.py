@@ -30,7 +30,7 @@ after the BNNeck instead of before it is --config.model.descriptor=post_bn:
 Published (rank-1 / mAP, %): 79.6 / 74.5.
 """
 
-from sa_reid_jax.training.defaults import rga_table_config
+from sa_reid_jax.training.rga_defaults import rga_table_config
 
 
 def get_config(arg=None):

@@ -31,7 +31,7 @@ Published (rank-1 / mAP, %): 81.1 / 77.4; users of the released script
 report 77.0 / 74.8.
 """
 
-from sa_reid_jax.training.defaults import rga_table_config
+from sa_reid_jax.training.rga_defaults import rga_table_config
 
 
 def get_config(arg=None):

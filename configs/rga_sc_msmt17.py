@@ -31,7 +31,7 @@ No published MSMT17 figure is in our sources; users report that the
 released recipe needs tuning on datasets other than CUHK03.
 """
 
-from sa_reid_jax.training.defaults import rga_table_config
+from sa_reid_jax.training.rga_defaults import rga_table_config
 
 
 def get_config(arg=None):
