@@ -254,8 +254,9 @@ def test_cli_errors(env, capsys, tmp_path):
   # The real entry point: one error line (after TensorFlow's start-up
   # notices, which no environment variable silences), no traceback.
   result = subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.tools.search', f'--checkpoint={gallery}',
-       f'--gallery={gallery}', f'--query={queries}'],
+      [sys.executable, '-m', 'sa_reid_jax.tools.search',
+       f'--checkpoint={gallery}', f'--gallery={gallery}',
+       f'--query={queries}'],
       capture_output=True, text=True, cwd=tmp_path, check=False,
       env={**os.environ, 'PYTHONPATH': REPO})
   assert result.returncode == 1

@@ -25,7 +25,8 @@ from sa_reid_jax.models.module_config import module_config
 from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
-from sa_reid_jax.models.sanet.attention import NORMALIZATIONS, apply_spatial_attention
+from sa_reid_jax.models.sanet.attention import NORMALIZATIONS
+from sa_reid_jax.models.sanet.attention import apply_spatial_attention
 
 # The official code initialises every classifier with N(0, 0.001), bias 0.
 classifier_kernel_init = nn.initializers.normal(stddev=0.001)
