@@ -152,7 +152,9 @@ def experiment_config(dataset_name: str,
   triplet.margin = 0.3
   # log(1 + exp(d_ap - d_an)) instead of the hinge with the margin.
   triplet.soft_margin = False
-  # Which of the network's `embeddings` the loss reads.
+  # Which of the network's `embeddings` the loss reads ('global': the
+  # pooled feature, official RGA; RGA networks also give 'bn', after the
+  # BNNeck's BatchNorm).
   triplet.embedding = 'global'
 
   config.augmentation = ml_collections.ConfigDict()

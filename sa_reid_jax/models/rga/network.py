@@ -121,7 +121,8 @@ class RGANet(nn.Module):
         ``global_features``: (B, D) float32, feat_ (pooled, before the BN);
         ``bn_features``: (B, D) float32, feat (after the BN);
         ``global_logits``: (B, num_classes) float32;
-        ``embeddings``: {'global': feat_}, what a metric loss reads;
+        ``embeddings``: what a metric loss reads: ``'global'`` feat_ (the
+          official triplet input), ``'bn'`` feat;
         ``attention``: ``'spatial1'..'spatial4'`` (B, h, w) and
           ``'channel1'..'channel4'`` (B, C) float32 gates of the parts
           present (empty for the baseline).
@@ -167,7 +168,7 @@ class RGANet(nn.Module):
         'global_features': pooled,
         'bn_features': normalised,
         'global_logits': logits,
-        'embeddings': {'global': pooled},
+        'embeddings': {'global': pooled, 'bn': normalised},
         'attention': attention,
     }
 
