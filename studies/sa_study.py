@@ -1,14 +1,20 @@
-r"""The SA study: does spatial attention help, measured over several seeds?
+r"""The study: SA, no SA, RGA-SC and the BNNeck baseline over several seeds.
 
 Trains, on the hard synthetic proxy (``python -m sa_reid_jax.datasets.synthetic
---difficulty hard``, one fixed dataset), the demo network
-(``configs/demo_synthetic.py``: the paper's full model on a one-block-per-
-stage ResNet of width 16 at 128x64, from scratch) in these variants:
+--difficulty hard``, one fixed dataset), each system's CPU demo recipe in
+these variants:
 
-  no_sa        Backbone+P+DS (Table 2), i.e. the full model without SA
-  sa_sum       Backbone+P+DS+SA2 with the official code's 'sum' attention
-  sa_softmax   the same with the paper's softmax attention
-  sa1_sa2_sum  Backbone+P+DS+SA1+SA2 (Table 2's last row), 'sum' attention
+  no_sa            Backbone+P+DS (SA paper, Table 2), the full SA model
+                   without SA (``configs/demo_synthetic.py``: a one-block-
+                   per-stage ResNet of width 16 at 128x64, from scratch)
+  sa_sum           Backbone+P+DS+SA2 with the official code's 'sum' attention
+  sa_softmax       the same with the paper's softmax attention
+  sa1_sa2_sum      Backbone+P+DS+SA1+SA2 (Table 2's last row), 'sum'
+  rga_sc           RGA-SC with the RGA recipe (``configs/demo_rga_synthetic.py``:
+                   the same backbone size, P x K batches, label-smoothed
+                   cross-entropy + batch-hard triplet, Adam, the crop)
+  bnneck_baseline  that recipe's network without RGA modules: ResNet +
+                   BNNeck, the "bag of tricks" baseline
 
 each for several seeds (the seed changes the initialisation, the data order,
 the augmentation and dropout; the data stay the same), and writes into the
@@ -20,12 +26,19 @@ Finished runs are skipped, unfinished ones resume from their checkpoint, so
 the command can be interrupted and started again:
 
   python studies/sa_study.py --output=workdirs/sa_study --seeds=5 \
-      --epochs=8 --parallel=2
+      --epochs=8 --parallel=2 --variants=no_sa,sa_sum,rga_sc,bnneck_baseline
 
 ``--parallel=N`` trains N runs at once in N single-threaded processes
-(``--parallel=1``: one at a time, in this process, with every core). The
-runs are 8 epochs by default (the demo trains 30) so that the 15 runs fit
-in an hour on a 2-core machine; the learning rate drops x0.1 after 2/3.
+(``--parallel=1``: one at a time, in this process, with every core).
+
+The budget is the same for every variant: ``--epochs`` epochs of the SA
+recipe's uniform sampler (every train image once per epoch), i.e. that many
+steps of 32 images. The P x K recipes count an epoch as one pass over the
+identities (fewer steps), so they train as many of their epochs as gives the
+same number of steps, with their warm-up and decay epochs scaled by the same
+factor. The SA runs drop the learning rate x0.1 after 2/3 of the budget (as
+the demo: 20 of 30 epochs). 8 epochs by default (the demo trains 30) so that
+the 15 SA runs fit in an hour on a 2-core machine.
 """
 
 import argparse
@@ -43,59 +56,95 @@ import numpy as np
 from scipy import stats
 
 from sa_reid_jax import command_line
+from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.datasets import tables
 from sa_reid_jax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_CONFIG = os.path.join(REPO, 'configs', 'demo_synthetic.py')
-# Variant name -> (models.VARIANTS key, attention normalisation).
-# no_sa has no SA; its normalisation field is unused.
+CONFIGS = os.path.join(REPO, 'configs')
+# Variant name -> (demo config, model variant, SA attention normalisation).
+# Variants without SA leave the normalisation field unused (None for the
+# RGA family, which has none).
 VARIANTS = {
-    'no_sa': ('full_no_sa', 'sum'),
-    'sa_sum': ('full', 'sum'),
-    'sa_softmax': ('full', 'softmax'),
-    'sa1_sa2_sum': ('backbone_p_ds_sa1_sa2', 'sum'),
+    'no_sa': ('demo_synthetic.py', 'full_no_sa', 'sum'),
+    'sa_sum': ('demo_synthetic.py', 'full', 'sum'),
+    'sa_softmax': ('demo_synthetic.py', 'full', 'softmax'),
+    'sa1_sa2_sum': ('demo_synthetic.py', 'backbone_p_ds_sa1_sa2', 'sum'),
+    'rga_sc': ('demo_rga_synthetic.py', 'rga_sc', None),
+    'bnneck_baseline': ('demo_rga_synthetic.py', 'baseline', None),
 }
+DEFAULT_VARIANTS = 'no_sa,sa_sum,rga_sc,bnneck_baseline'
 BASELINE = 'no_sa'
 METRICS = ('rank1', 'mAP', 'mINP')
 METRIC_NAMES = {'rank1': 'rank-1', 'mAP': 'mAP', 'mINP': 'mINP'}
 DATA_SEED = 0  # the one dataset every run trains and is evaluated on
 
 
+def _demo_config(name: str):
+  path = os.path.join(CONFIGS, name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _scaled_epochs(config, factor: float) -> None:
+  """Stretches a P x K recipe's epoch-denominated schedule by `factor`."""
+  demo_epochs = config.num_epochs
+  config.num_epochs = max(1, round(demo_epochs * factor))
+  config.optimizer.warmup_epochs = round(config.optimizer.warmup_epochs *
+                                         factor)
+  milestones = sorted({round(m * factor)
+                       for m in config.optimizer.decay_milestones})
+  config.optimizer.decay_milestones = tuple(
+      m for m in milestones if 0 < m < config.num_epochs)
+
+
 def study_config(variant: str, seed: int, data_folder: str, epochs: int,
                  max_steps: int = 0):
-  """The demo config with every field the comparison depends on set here.
+  """A demo config with every field the comparison depends on set here.
 
   Args:
     variant: a key of ``VARIANTS``.
     seed: the training seed.
-    data_folder: the synthetic dataset (Market-1501 layout).
-    epochs: training length; the learning rate drops x0.1 after 2/3 of it
+    data_folder: the synthetic dataset (Market-1501 layout); read for the
+      P x K variants, whose length in epochs depends on its identities.
+    epochs: the budget, in epochs of the uniform sampler (see the module
+      docstring); the SA runs drop the learning rate x0.1 after 2/3 of it
       (as the demo: 20 of 30 epochs).
     max_steps: stop after this many steps when > 0 (smoke runs).
 
   Returns:
     an ml_collections config for ``train_and_evaluate``.
   """
-  spec = importlib.util.spec_from_file_location('demo_synthetic', DEMO_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.model.variant, config.model.attention_normalization = (
-      VARIANTS[variant])
+  config_file, model_variant, normalization = VARIANTS[variant]
+  config = _demo_config(config_file)
+  config.model.variant = model_variant
+  if normalization is not None:
+    config.model.attention_normalization = normalization
   config.seed = seed
   config.dataset.folder = data_folder
   config.image_size = (128, 64)
   config.model.stage_sizes = (1, 1, 1, 1)
   config.model.base_width = 16
   config.batch_size = 32
-  config.num_epochs = epochs
   config.max_steps = max_steps
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.backbone_lr_multiplier = 1.0
-  config.optimizer.decay_epochs = max(1, round(epochs * 2 / 3))
-  # No random erasing, as the released main.py command (and Table 2).
-  config.augmentation.erasing_probability = 0.0
+  if config.data.sampler == 'uniform':
+    config.num_epochs = epochs
+    config.optimizer.learning_rate = 0.05
+    config.optimizer.backbone_lr_multiplier = 1.0
+    config.optimizer.decay_epochs = max(1, round(epochs * 2 / 3))
+    # No random erasing, as the released main.py command (and Table 2).
+    config.augmentation.erasing_probability = 0.0
+  else:
+    labels = tables.from_folder(data_folder, 'train', log=lambda _: None
+                                ).labels
+    steps = epochs * samplers.build('uniform', labels, config.batch_size,
+                                    1).steps_per_epoch
+    own = samplers.build(config.data.sampler, labels, config.batch_size,
+                         config.data.images_per_identity).steps_per_epoch
+    _scaled_epochs(config, steps / (own * config.num_epochs))
   config.augmentation.flip_probability = 0.5
   config.eval.every_epochs = 0
   config.eval.at_start = False
@@ -311,11 +360,13 @@ def _prepare_data(output: str, num_ids: int) -> str:
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog='studies/sa_study.py',
-      description='Train no-SA and SA variants over several seeds on the '
-      'hard synthetic data and report mean ± std and paired differences.')
+      description='Train SA, no-SA, RGA-SC and BNNeck-baseline variants '
+      'over several seeds on the hard synthetic data and report mean ± std '
+      'and paired differences.')
   parser.add_argument('--output', required=True, help='study folder')
-  parser.add_argument('--variants', default='no_sa,sa_sum,sa_softmax',
-                      help=f'comma-separated, from {sorted(VARIANTS)}')
+  parser.add_argument('--variants', default=DEFAULT_VARIANTS,
+                      help=f'comma-separated, from {sorted(VARIANTS)} '
+                      f'(default {DEFAULT_VARIANTS})')
   positive = command_line.positive_int_argument
   parser.add_argument('--seeds', type=positive, default=5,
                       help='seeds 0..N-1 per variant (default 5)')
@@ -366,7 +417,11 @@ def main(argv=None) -> int:
   settings = {'seeds': len(args.seed_numbers), 'epochs': args.epochs,
               'max_steps': args.max_steps, 'num_ids': args.num_ids,
               'parallel': args.parallel, 'data_seed': DATA_SEED,
-              'variants': {v: VARIANTS[v] for v in args.variant_list}}
+              'variants': {v: VARIANTS[v] for v in args.variant_list},
+              'trained_epochs': {
+                  v: study_config(v, 0, os.path.join(args.output, 'data'),
+                                  args.epochs).num_epochs
+                  for v in args.variant_list}}
   with open(os.path.join(args.output, 'results.json'), 'w') as file:
     json.dump({'settings': settings, 'runs': runs, 'summary': summary,
                'wall_seconds_this_invocation': time.time() - start}, file,

@@ -8,6 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from sa_reid_jax.datasets import synthetic
+from sa_reid_jax.datasets import tables
+
 _PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'studies',
                      'sa_study.py')
 _SPEC = importlib.util.spec_from_file_location('sa_study', _PATH)
@@ -61,6 +64,30 @@ def test_config_sets_what_the_comparison_depends_on():
   assert config.optimizer.decay_epochs == 8
   assert sa_study.study_config('no_sa', 0, '/d', 30).model.variant == (
       'full_no_sa')
+
+
+def test_pk_variants_get_the_same_budget_in_steps(tmp_path):
+  folder = str(tmp_path / 'data')
+  synthetic.generate(folder, num_ids=20, seed=0)
+  labels = tables.from_folder(folder, 'train', log=lambda _: None).labels
+  uniform_steps = len(labels) // 32
+  for variant in ('rga_sc', 'bnneck_baseline'):
+    config = sa_study.study_config(variant, 1, folder, epochs=6)
+    assert config.model.family == 'rga' and config.data.sampler == 'identity'
+    # 20 identities / 8 per batch: 2 steps an epoch.
+    pk_steps = 20 // (32 // config.data.images_per_identity)
+    assert config.num_epochs == round(6 * uniform_steps / pk_steps)
+    # The demo's schedule (warm-up 3 and decays at 20, 25 of 30 epochs)
+    # stretched by the same factor.
+    factor = config.num_epochs / 30
+    assert config.optimizer.warmup_epochs == round(3 * factor)
+    assert config.optimizer.decay_milestones == tuple(
+        m for m in sorted({round(20 * factor), round(25 * factor)})
+        if 0 < m < config.num_epochs)
+  assert sa_study.study_config('rga_sc', 0, folder, 6).model.variant == (
+      'rga_sc')
+  assert sa_study.study_config('bnneck_baseline', 0, folder,
+                               6).model.variant == 'baseline'
 
 
 def test_bad_arguments_are_one_error_line(capsys):
