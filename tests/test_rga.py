@@ -215,6 +215,7 @@ def test_outputs_follow_the_contract(narrow_outputs):
   assert out['attention']['channel4'].shape == (2, 512)
   np.testing.assert_array_equal(out['embeddings']['global'],
                                 out['global_features'])
+  np.testing.assert_array_equal(out['embeddings']['bn'], out['bn_features'])
   for descriptor, outputs, source in (('pre_bn', out, 'global_features'),
                                       ('post_bn', post_bn, 'bn_features')):
     norm = np.linalg.norm(outputs[source], axis=-1, keepdims=True)
