@@ -17,6 +17,7 @@ from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.tools import descriptor_cache
+from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +131,8 @@ def test_rankings_cache_and_picture(env, capsys):
   # The picture: 2 rows of query + gap + 5 matches; the query thumbnail and
   # its rank-1 match (the same pixels) sit at known places.
   picture = np.asarray(Image.open(output / 'ranks.png').convert('RGB'))
-  pad, gap, label = (search.GRID_PADDING, search.GRID_QUERY_GAP,
-                     search.GRID_LABEL_HEIGHT)
+  pad, gap, label = (drawing.GRID_PADDING, drawing.GRID_QUERY_GAP,
+                     drawing.GRID_LABEL_HEIGHT)
   height, width = IMAGE_SIZE
   assert picture.shape == (pad + 2 * (height + label + pad),
                            pad + width + gap + 5 * (width + pad), 3)
@@ -205,13 +206,13 @@ def test_grid_rows_and_columns_are_capped():
   match = {'rank': 1, 'file': '/nonexistent.png', 'distance': 0.5}
   results = {'topk': 4, 'queries': [
       {'query': '/nonexistent.png', 'matches': [match] * 4}] * 5}
-  picture = search.draw_grid(results, thumbnail=(20, 10), max_rows=2,
+  picture = drawing.draw_grid(results, thumbnail=(20, 10), max_rows=2,
                              max_matches=3)
   assert picture.size == (
-      search.GRID_PADDING + 10 + search.GRID_QUERY_GAP
-      + 3 * (10 + search.GRID_PADDING),
-      search.GRID_PADDING + 2 * (20 + search.GRID_LABEL_HEIGHT
-                                 + search.GRID_PADDING))
+      drawing.GRID_PADDING + 10 + drawing.GRID_QUERY_GAP
+      + 3 * (10 + drawing.GRID_PADDING),
+      drawing.GRID_PADDING + 2 * (20 + drawing.GRID_LABEL_HEIGHT
+                                 + drawing.GRID_PADDING))
 
 
 def cli_error(capsys, *argv):

@@ -14,6 +14,7 @@ from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def test_match_kinds():
 
 def test_colorize_runs_from_blue_to_red():
   heat = np.array([[0.0, 1.0]])
-  colours = visualize.colorize(heat, (1, 2))
+  colours = drawing.colorize(heat, (1, 2))
   assert colours.shape == (1, 2, 3)
   assert colours[0, 0, 2] > 100 and colours[0, 0, 0] == 0  # low: blue
   assert colours[0, 1, 0] > 100 and colours[0, 1, 2] == 0  # high: red
@@ -105,7 +106,7 @@ def dataset(tmp_path_factory):
   return root
 
 
-CELL_W = SIZE[1] + 2 * visualize.BORDER
+CELL_W = SIZE[1] + 2 * drawing.BORDER
 
 
 def _first_image(dataset):
@@ -116,7 +117,7 @@ def _first_image(dataset):
 
 def _cell_left(index):
   """Left edge of a ranks tile: the query, a gap, then the gallery."""
-  return index * (CELL_W + visualize.GAP) + (visualize.GAP if index else 0)
+  return index * (CELL_W + drawing.GAP) + (drawing.GAP if index else 0)
 
 
 def test_ranks_picture_borders(dataset):
@@ -125,21 +126,21 @@ def test_ranks_picture_borders(dataset):
   ranked = [{'paths': [query] * 4, 'kinds': kinds,
              'distances': [0.1, 0.2, 0.3, 0.4]}] * 2
   picture = np.asarray(visualize.ranks_picture([query, query], ranked, SIZE))
-  cell_h = SIZE[0] + 2 * visualize.BORDER
-  row_h = cell_h + visualize.LABEL_HEIGHT + visualize.GAP
-  assert picture.shape == (2 * row_h, 5 * (CELL_W + visualize.GAP) +
-                           visualize.GAP, 3)
-  expected = [visualize.BLUE, visualize.GREEN, visualize.RED, visualize.GREY,
-              visualize.GREY]
+  cell_h = SIZE[0] + 2 * drawing.BORDER
+  row_h = cell_h + drawing.LABEL_HEIGHT + drawing.GAP
+  assert picture.shape == (2 * row_h, 5 * (CELL_W + drawing.GAP) +
+                           drawing.GAP, 3)
+  expected = [drawing.BLUE, drawing.GREEN, drawing.RED, drawing.GREY,
+              drawing.GREY]
   for row in range(2):
     for index, colour in enumerate(expected):
       top, left = row * row_h, _cell_left(index)
       assert tuple(picture[top + 1, left + 1]) == colour
       assert tuple(picture[top + cell_h - 2, left + 1]) == colour
   # Inside the border: the image itself, at the thumbnail size.
-  inner = picture[visualize.BORDER:visualize.BORDER + SIZE[0],
-                  _cell_left(1) + visualize.BORDER:
-                  _cell_left(1) + visualize.BORDER + SIZE[1]]
+  inner = picture[drawing.BORDER:drawing.BORDER + SIZE[0],
+                  _cell_left(1) + drawing.BORDER:
+                  _cell_left(1) + drawing.BORDER + SIZE[1]]
   np.testing.assert_array_equal(
       inner, visualize.image_files.display_pixels(query, SIZE))
 
@@ -160,10 +161,10 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   picture = Image.open(tmp_path / 'cam.png')
   # Row per image and model; columns: image, 4 CAMs, 3 SA maps (SA model).
-  cell_h = SIZE[0] + 2 * visualize.BORDER
-  assert picture.size == (8 * (CELL_W + visualize.GAP),
-                          4 * (cell_h + visualize.LABEL_HEIGHT +
-                               visualize.GAP))
+  cell_h = SIZE[0] + 2 * drawing.BORDER
+  assert picture.size == (8 * (CELL_W + drawing.GAP),
+                          4 * (cell_h + drawing.LABEL_HEIGHT +
+                               drawing.GAP))
   # An unreadable image is named and skipped; the readable one is drawn.
   mixed = tmp_path / 'mixed'
   mixed.mkdir()
@@ -176,13 +177,13 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'skipped {mixed / "a_broken.jpg"}: ' in result.stdout
   assert Image.open(tmp_path / 'mixed.png').size[1] == (
-      cell_h + visualize.LABEL_HEIGHT + visualize.GAP)
+      cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
   result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,2', '--topk=3',
                f'--output={tmp_path / "ranks.png"}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert Image.open(tmp_path / 'ranks.png').size[0] == (
-      4 * (CELL_W + visualize.GAP) + visualize.GAP)
+      4 * (CELL_W + drawing.GAP) + drawing.GAP)
   result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,9999',
                f'--output={tmp_path / "bad.png"}')

@@ -33,6 +33,7 @@ from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 from sa_reid_jax.evaluation.evaluate import Evaluation
 from sa_reid_jax.evaluation.metrics import RankResult
 from sa_reid_jax.models import registry
+from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import visualize
 
 REPORT_HTML = 'report.html'
@@ -314,10 +315,10 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
                                    seed)
   legend = ''.join(
       f'<span style="background: rgb{colour}">{kind}</span> '
-      for kind, colour in (('query', visualize.BLUE),
-                           ('true match', visualize.GREEN),
-                           ('other person', visualize.RED),
-                           ('ignored: junk or same camera', visualize.GREY)))
+      for kind, colour in (('query', drawing.BLUE),
+                           ('true match', drawing.GREEN),
+                           ('other person', drawing.RED),
+                           ('ignored: junk or same camera', drawing.GREY)))
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>

@@ -8,9 +8,9 @@ Ranks the gallery images by the Euclidean distance between their part
 descriptors and each query's (the paper's retrieval distance) and writes
 OUTPUT/results.json (the top-k gallery files of every query, with distances
 and ranks, and every file that could not be read) and OUTPUT/ranks.png (one
-row per query, for the first `MAX_GRID_ROWS` queries: the query, a gap, then
-its top-k matches, at most `MAX_GRID_MATCHES`, with their distances
-underneath).
+row per query, for the first `drawing.MAX_GRID_ROWS` queries: the query, a
+gap, then its top-k matches, at most `drawing.MAX_GRID_MATCHES`, with their
+distances underneath).
 
 A query that is itself a gallery file (the same file after resolving the
 absolute path and symlinks) is left out of its own results, so a query folder
@@ -39,31 +39,16 @@ if __name__ == '__main__':
   command_line.quiet_tensorflow(sys.argv)
 
 import numpy as np  # pylint: disable=g-import-not-at-top
-from PIL import Image  # pylint: disable=g-import-not-at-top
-from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
-from PIL import ImageFont  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import drawing  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
 
 METRIC = 'euclidean'
-# The picture is an overview: results.json holds every query and match.
-MAX_GRID_ROWS = 20
-MAX_GRID_MATCHES = 20
-MAX_THUMBNAIL_HEIGHT = 128
-# Grid geometry in pixels: padding around cells, the distance label under
-# each thumbnail, and the extra gap separating a query from its matches.
-GRID_PADDING = 4
-GRID_LABEL_HEIGHT = 14
-GRID_QUERY_GAP = 16
-_BACKGROUND = (255, 255, 255)
-_PLACEHOLDER = (200, 200, 200)
-_TEXT = (0, 0, 0)
 
 
 class SearchError(ValueError):
@@ -230,85 +215,6 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
           'queries': results}
 
 
-def thumbnail_size(image_size: Sequence[int],
-                   max_height: int = MAX_THUMBNAIL_HEIGHT) -> tuple[int, int]:
-  """The model's input size, scaled down to at most `max_height` rows.
-
-  Args:
-    image_size: network input (height, width).
-    max_height: the tallest thumbnail wanted.
-
-  Returns:
-    (height, width), keeping the input's aspect ratio.
-  """
-  height, width = (int(v) for v in image_size)
-  if height <= max_height:
-    return height, width
-  return max_height, max(1, round(width * max_height / height))
-
-
-def _thumbnail(path: str, size: tuple[int, int]) -> np.ndarray:
-  try:
-    return image_files.display_pixels(path, size)
-  except (tf.errors.OpError, ValueError):
-    # The file changed or vanished since the search: leave a grey cell.
-    return np.full((*size, 3), _PLACEHOLDER, np.uint8)
-
-
-def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
-              max_rows: int = MAX_GRID_ROWS,
-              max_matches: int = MAX_GRID_MATCHES) -> Image.Image:
-  """A picture of the rankings in `search`'s results.
-
-  One row per query (the first `max_rows`): the query at x = GRID_PADDING,
-  then after GRID_QUERY_GAP min(``topk``, `max_matches`) match cells, each
-  followed by GRID_PADDING; every row is thumbnail height +
-  GRID_LABEL_HEIGHT + GRID_PADDING tall after a top GRID_PADDING. Labels
-  under the thumbnails read ``query`` or the match's distance.
-
-  Args:
-    results: the dict returned by `search`.
-    thumbnail: (height, width) of every image in the grid.
-    max_rows: the most queries drawn.
-    max_matches: the most matches drawn per query.
-
-  Returns:
-    an RGB image.
-
-  Raises:
-    ValueError: when `results` holds no query, or `max_rows` or
-      `max_matches` is below 1.
-  """
-  if max_rows < 1 or max_matches < 1:
-    raise ValueError('max_rows and max_matches must be at least 1, got '
-                     f'{max_rows} and {max_matches}')
-  rows = results['queries'][:max_rows]
-  if not rows:
-    raise ValueError('results hold no query to draw')
-  columns = min(results['topk'], max_matches)
-  height, width = (int(v) for v in thumbnail)
-  row_height = height + GRID_LABEL_HEIGHT + GRID_PADDING
-  first_match = GRID_PADDING + width + GRID_QUERY_GAP
-  canvas = Image.new(
-      'RGB', (first_match + columns * (width + GRID_PADDING),
-              GRID_PADDING + len(rows) * row_height), _BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  font = ImageFont.load_default()
-
-  def cell(path, x, y, label):
-    canvas.paste(Image.fromarray(_thumbnail(path, (height, width))), (x, y))
-    text_x = x + (width - draw.textlength(label, font=font)) / 2
-    draw.text((text_x, y + height + 1), label, fill=_TEXT, font=font)
-
-  for row, query in enumerate(rows):
-    y = GRID_PADDING + row * row_height
-    cell(query['query'], GRID_PADDING, y, 'query')
-    for column, match in enumerate(query['matches'][:columns]):
-      cell(match['file'], first_match + column * (width + GRID_PADDING), y,
-           f'{match["distance"]:.3f}')
-  return canvas
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = command_line.OneLineArgumentParser(
       prog='python -m sa_reid_jax.tools.search',
@@ -385,8 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except SearchError as e:
     sys.exit(f'{program}: error: --{e.role}: {e}')
   num_queries = len(results['queries'])
-  drawn = min(num_queries, MAX_GRID_ROWS)
-  columns = min(args.topk, MAX_GRID_MATCHES)
+  drawn = min(num_queries, drawing.MAX_GRID_ROWS)
+  columns = min(args.topk, drawing.MAX_GRID_MATCHES)
   results = {'checkpoint': os.path.abspath(args.checkpoint),
              'gallery': os.path.abspath(args.gallery),
              'query': os.path.abspath(args.query),
@@ -399,7 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with open(results_path, 'w') as f:
       json.dump(results, f, indent=2)
     grid_path = os.path.join(args.output, 'ranks.png')
-    draw_grid(results, thumbnail=thumbnail_size(image_size)).save(grid_path)
+    drawing.draw_grid(
+        results, thumbnail=drawing.thumbnail_size(image_size)).save(grid_path)
   except OSError as e:
     sys.exit(f'{program}: error: --output: cannot write {args.output}: {e}')
   print(f'wrote {results_path}')

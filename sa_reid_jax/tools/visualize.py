@@ -42,7 +42,7 @@ if __name__ == '__main__':
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 import tensorflow as tf
 
 from sa_reid_jax import command_line
@@ -55,16 +55,9 @@ from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.sanet.network import DS_STAGES, SANet
+from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import image_files
 
-GREEN = (0, 170, 0)
-RED = (220, 0, 0)
-GREY = (150, 150, 150)
-BLUE = (0, 90, 220)
-BORDER = 4
-GAP = 6
-LABEL_HEIGHT = 14
-CAM_BLEND = 0.5
 
 
 def class_activation_maps(model: SANet, variables: Any, images: jax.Array,
@@ -121,66 +114,6 @@ def class_activation_maps(model: SANet, variables: Any, images: jax.Array,
           'logits': logits}
 
 
-def colorize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """A map scaled to [0, 1], resized bilinearly, in a blue-red colour scale.
-
-  Args:
-    heat: (h, w) values.
-    size: output (height, width).
-
-  Returns:
-    uint8 (height, width, 3): blue (low) through cyan, yellow to red (high).
-  """
-  heat = np.asarray(heat, np.float32)
-  span = heat.max() - heat.min()
-  scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-  resized = np.asarray(Image.fromarray(scaled).resize(
-      (size[1], size[0]), Image.BILINEAR)).clip(0, 1)
-  # Piecewise-linear ramps of a 'jet'-like scale.
-  red = np.clip(1.5 - np.abs(4 * resized - 3), 0, 1)
-  green = np.clip(1.5 - np.abs(4 * resized - 2), 0, 1)
-  blue = np.clip(1.5 - np.abs(4 * resized - 1), 0, 1)
-  return (np.stack([red, green, blue], -1) * 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-  """`heat` coloured and blended over the uint8 `image`."""
-  coloured = colorize(heat, image.shape[:2]).astype(np.float32)
-  return (CAM_BLEND * coloured + (1 - CAM_BLEND) * image).astype(np.uint8)
-
-
-def _tile_row(tiles: Sequence[np.ndarray], labels: Sequence[str],
-              borders: Optional[Sequence[tuple]] = None,
-              gap_after_first: bool = False) -> Image.Image:
-  """Tiles side by side, each with an optional border and a label below."""
-  height, width = tiles[0].shape[:2]
-  cell_w, cell_h = width + 2 * BORDER, height + 2 * BORDER
-  extra = GAP if gap_after_first else 0
-  row = Image.new('RGB', (len(tiles) * (cell_w + GAP) + extra,
-                          cell_h + LABEL_HEIGHT), 'white')
-  draw = ImageDraw.Draw(row)
-  for i, (tile, label) in enumerate(zip(tiles, labels)):
-    left = i * (cell_w + GAP) + (extra if i > 0 else 0)
-    if borders is not None and borders[i] is not None:
-      draw.rectangle([left, 0, left + cell_w - 1, cell_h - 1],
-                     fill=borders[i])
-    row.paste(Image.fromarray(tile), (left + BORDER, BORDER))
-    # The default font is about 6 pixels a character.
-    draw.text((left + 1, cell_h + 1), label[:cell_w // 6], fill='black')
-  return row
-
-
-def _stack(rows: Sequence[Image.Image]) -> Image.Image:
-  width = max(r.width for r in rows)
-  picture = Image.new('RGB', (width, sum(r.height + GAP for r in rows)),
-                      'white')
-  top = 0
-  for r in rows:
-    picture.paste(r, (0, top))
-    top += r.height + GAP
-  return picture
-
-
 def cam_picture(models: Sequence[tuple[str, SANet, Any]],
                 paths: Sequence[str], image_size: tuple[int, int],
                 classes: Optional[Sequence[int]] = None) -> Image.Image:
@@ -206,13 +139,13 @@ def cam_picture(models: Sequence[tuple[str, SANet, Any]],
       tiles = [image]
       labels = [name if len(models) > 1 else f'class {predicted}']
       for stage, cam in result['cams'].items():
-        tiles.append(overlay(image, np.asarray(cam[index])))
+        tiles.append(drawing.overlay(image, np.asarray(cam[index])))
         labels.append(f'CAM {stage}')
       for stage, weights in result['attention'].items():
-        tiles.append(colorize(np.asarray(weights[index]), image_size))
+        tiles.append(drawing.colorize(np.asarray(weights[index]), image_size))
         labels.append(f'SA {stage}')
-      rows.append(_tile_row(tiles, labels))
-  return _stack(rows)
+      rows.append(drawing.tile_row(tiles, labels))
+  return drawing.stack(rows)
 
 
 def _preprocessed(path: str, image_size: tuple[int, int]) -> np.ndarray:
@@ -229,7 +162,8 @@ def match_kinds(query_pid: int, query_cam: int, gallery_pids: np.ndarray,
   return kinds
 
 
-KIND_COLOURS = {'match': GREEN, 'wrong': RED, 'junk': GREY, 'same cam': GREY}
+KIND_COLOURS = {'match': drawing.GREEN, 'wrong': drawing.RED,
+                'junk': drawing.GREY, 'same cam': drawing.GREY}
 
 
 def ranks_picture(query_paths: Sequence[str], ranked: Sequence[dict],
@@ -250,7 +184,7 @@ def ranks_picture(query_paths: Sequence[str], ranked: Sequence[dict],
   rows = []
   for query, result in zip(query_paths, ranked):
     tiles = [image_files.display_pixels(query, image_size)]
-    labels, borders = ['query'], [BLUE]
+    labels, borders = ['query'], [drawing.BLUE]
     for rank, (path, kind, distance) in enumerate(
         zip(result['paths'], result['kinds'], result['distances']), start=1):
       tiles.append(image_files.display_pixels(path, image_size))
@@ -258,8 +192,8 @@ def ranks_picture(query_paths: Sequence[str], ranked: Sequence[dict],
       labels.append(f'#{rank} {kind}' if ignored else
                     f'#{rank} {distance:.2f}')
       borders.append(KIND_COLOURS[kind])
-    rows.append(_tile_row(tiles, labels, borders, gap_after_first=True))
-  return _stack(rows)
+    rows.append(drawing.tile_row(tiles, labels, borders, gap_after_first=True))
+  return drawing.stack(rows)
 
 
 def rank_queries(model, variables, dataset_folder: str,
