@@ -14,6 +14,7 @@ from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
+from sa_reid_jax.tools import cams
 from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import visualize
 
@@ -41,7 +42,7 @@ def test_ds_cams_average_to_the_heads_logits(ds_attention,
                           backbone_attention=backbone_attention)
   images = np.random.default_rng(2).normal(size=(3, *SIZE, 3)).astype(
       np.float32)
-  result = visualize.class_activation_maps(model, variables, images,
+  result = cams.class_activation_maps(model, variables, images,
                                            classes=[0, 3, 6])
   params = variables['params']
   for i, stage in enumerate(('layer1', 'layer2', 'layer3'), start=1):
@@ -57,7 +58,7 @@ def test_stage4_cam_is_the_global_head_at_each_position():
   model, variables = tiny(backbone_attention=True)
   images = np.random.default_rng(3).normal(size=(2, *SIZE, 3)).astype(
       np.float32)
-  result = visualize.class_activation_maps(model, variables, images)
+  result = cams.class_activation_maps(model, variables, images)
   _, state = model.apply(variables, images, capture_intermediates=True)
   layer4 = np.asarray(state['intermediates']['backbone']['__call__'][0]
                       ['layer4'], np.float64)
@@ -212,9 +213,57 @@ def test_ranks_lists_unreadable_images_before_any_work(dataset, tmp_path):
   assert not (tmp_path / 'ranks.png').exists()
 
 
-def test_cam_refuses_other_families():
-  visualize.check_cam_model(SANet(num_classes=3), '--checkpoint')
-  with pytest.raises(ValueError, match=r"--compare: `cam` draws the SA "
-                     r"network's .* this is a 'rga' network"):
-    visualize.check_cam_model(rga_variant('rga_sc', num_classes=3),
-                              '--compare')
+# The smallest input at which every RGA module of a width-8 network with
+# head reduction 4 has channels.
+RGA_SIZE = (128, 64)
+
+
+def tiny_rga(variant):
+  model = rga_variant(variant, num_classes=7, image_size=RGA_SIZE,
+                      stage_sizes=(1, 1, 1, 1), base_width=8, down_ratio=4)
+  variables = model.init(jax.random.PRNGKey(4),
+                         np.zeros((1, *RGA_SIZE, 3), np.float32))
+  stats = jax.tree.map(
+      lambda x: x + np.random.default_rng(1).uniform(0.1, 0.5, x.shape),
+      variables['batch_stats'])
+  return model, {**variables, 'batch_stats': stats}
+
+
+@pytest.mark.parametrize('variant, gates', [
+    ('rga_sc', {'layer1', 'layer2', 'layer3', 'layer4'}),
+    ('rga_c', set()), ('baseline', set())])
+def test_rga_cam_averages_to_the_bnneck_logit(variant, gates):
+  model, variables = tiny_rga(variant)
+  images = np.random.default_rng(5).normal(size=(3, *RGA_SIZE, 3)).astype(
+      np.float32)
+  result = cams.class_activation_maps(model, variables, images,
+                                      classes=[1, 4, 6])
+  # Eval-mode BN is affine and the classifier has no bias: the mean of
+  # the per-position scores is the logit.
+  np.testing.assert_allclose(
+      np.asarray(result['cams']['layer4']).mean(axis=(1, 2)),
+      result['logits']['layer4'], rtol=1e-4, atol=1e-5)
+  assert set(result['attention']) == gates
+  for stage in gates:
+    gate = np.asarray(result['attention'][stage])
+    assert gate.shape[0] == 3 and np.all((gate > 0) & (gate < 1))
+
+
+def test_cam_picture_of_an_rga_network(dataset):
+  model, variables = tiny_rga('rga_sc')
+  path = os.path.join(dataset, 'query', _first_image(dataset))
+  picture = visualize.cam_picture([('rga', model, variables)], [path],
+                                  RGA_SIZE)
+  # Columns: the image, the layer-4 CAM, four spatial gates.
+  cell_w, cell_h = (size + 2 * drawing.BORDER for size in RGA_SIZE[::-1])
+  assert picture.size == (6 * (cell_w + drawing.GAP),
+                          cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
+
+
+def test_cam_refuses_families_without_maps(monkeypatch):
+  cams.check_cam_model(SANet(num_classes=3), '--checkpoint')
+  cams.check_cam_model(rga_variant('rga_sc', num_classes=3), '--checkpoint')
+  monkeypatch.setattr(cams, 'CAM_MAPS', {'sanet': cams.sa_maps})
+  with pytest.raises(ValueError, match=r"--compare: `cam` draws .*\['sanet'\]"
+                     r" networks; this is a 'rga' network"):
+    cams.check_cam_model(rga_variant('rga_sc', num_classes=3), '--compare')

@@ -7,9 +7,12 @@ r"""Pictures of what the network looks at and what it retrieves.
       [--topk=10] --output=ranks.png
 
 ``cam``: per image, the image, the class activation map (CAM) of each
-supervised stage overlaid on it, and the raw SA maps of the stages that have
-SA. Stages 1-3 use their deep-supervision head: the head is linear after SA
-(pooling, 1x1 reduction, classifier), so the CAM at a position is the class
+supervised stage overlaid on it, and the raw attention maps: for the SA
+network the SA maps of the stages that have SA; for an RGA network the CAM
+of layer 4 through the BNNeck (exact: the eval-mode head is linear) and the
+RGA spatial gates of each stage that has them. For the SA network, stages
+1-3 use their deep-supervision head: the head is linear after SA (pooling,
+1x1 reduction, classifier), so the CAM at a position is the class
 score of the feature there, and its mean over positions plus the bias is
 the head's logit exactly. Stage 4 applies the global head (reduction, BN,
 ReLU, classifier) at each position of the layer4 map (as CAM does for
@@ -39,8 +42,6 @@ if __name__ == '__main__':
   from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
   command_line.quiet_tensorflow(sys.argv)
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -51,76 +52,21 @@ from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
-from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
-from sa_reid_jax.models.normalization import BatchNorm
-from sa_reid_jax.models.sanet.network import DS_STAGES, SANet
+from sa_reid_jax.tools import cams
 from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import image_files
 
 
 
-def class_activation_maps(model: SANet, variables: Any, images: jax.Array,
-                          classes: Optional[Sequence[int]] = None
-                          ) -> dict[str, Any]:
-  """CAMs of every supervised stage, and the SA maps, for a batch.
-
-  Args:
-    model: the network (needs deep supervision for stages 1-3).
-    variables: its variables.
-    images: (B, H, W, 3) float32, preprocessed as for evaluation.
-    classes: the class of each image; None for the global head's argmax.
-
-  Returns:
-    ``cams``: stage name -> (B, h, w) float32 maps (class score per
-    position); ``attention``: stage name -> (B, h, w) SA weights;
-    ``classes``: (B,) int; ``logits``: stage name -> (B,) logit of the
-    class from the network itself (for checking).
-  """
-  outputs, state = model.apply(
-      variables, images, train=False,
-      capture_intermediates=lambda module, _: module.name == 'backbone')
-  stages = state['intermediates']['backbone']['__call__'][0]
-  params = variables['params']
-  if classes is None:
-    classes = jnp.argmax(outputs['global_logits'], axis=-1)
-  classes = jnp.asarray(classes)
-  attention = outputs['attention']
-  cams, logits = {}, {}
-  if model.deep_supervision:
-    for i, stage in enumerate(DS_STAGES, start=1):
-      x = stages[stage].astype(jnp.float32)
-      if stage in attention:
-        x = x * attention[stage][..., None]  # the map the head pools
-      weights = params[f'ds_classifier{i}']['kernel'][:, classes].T  # (B, F)
-      reduced = x @ params[f'ds_reduce{i}']['kernel']  # (B, h, w, F)
-      cams[stage] = jnp.einsum('bhwf,bf->bhw', reduced, weights)
-      logits[stage] = outputs['ds_logits'][jnp.arange(len(classes)), i - 1,
-                                           classes]
-  x = stages['layer4'].astype(jnp.float32)
-  if 'layer4' in attention:
-    x = x * attention['layer4'][..., None]
-  reduced = x @ params['part_reduce']['kernel']
-  normalised = BatchNorm().apply(
-      {'params': params['part_bn'],
-       'batch_stats': variables['batch_stats']['part_bn']},
-      reduced, train=False)
-  weights = params['global_classifier']['kernel'][:, classes].T
-  cams['layer4'] = jnp.einsum('bhwf,bf->bhw', jax.nn.relu(normalised),
-                              weights)
-  logits['layer4'] = outputs['global_logits'][jnp.arange(len(classes)),
-                                              classes]
-  return {'cams': cams, 'attention': attention, 'classes': classes,
-          'logits': logits}
-
-
-def cam_picture(models: Sequence[tuple[str, SANet, Any]],
+def cam_picture(models: Sequence[tuple[str, Any, Any]],
                 paths: Sequence[str], image_size: tuple[int, int],
                 classes: Optional[Sequence[int]] = None) -> Image.Image:
   """The ``cam`` picture: one row per image and model.
 
   Args:
-    models: (name, model, variables) of each network to show.
+    models: (name, model, variables) of each network to show (families
+      of `cams.CAM_MAPS`).
     paths: image files.
     image_size: network input (height, width).
     classes: class per image, or None for each network's prediction.
@@ -130,7 +76,7 @@ def cam_picture(models: Sequence[tuple[str, SANet, Any]],
   """
   inputs = np.stack([_preprocessed(p, image_size) for p in paths])
   rows = []
-  results = [class_activation_maps(model, variables, inputs,
+  results = [cams.class_activation_maps(model, variables, inputs,
                                    classes) for _, model, variables in models]
   for index, path in enumerate(paths):
     image = image_files.display_pixels(path, image_size)
@@ -143,7 +89,7 @@ def cam_picture(models: Sequence[tuple[str, SANet, Any]],
         labels.append(f'CAM {stage}')
       for stage, weights in result['attention'].items():
         tiles.append(drawing.colorize(np.asarray(weights[index]), image_size))
-        labels.append(f'SA {stage}')
+        labels.append(f'{result["attention_name"]} {stage}')
       rows.append(drawing.tile_row(tiles, labels))
   return drawing.stack(rows)
 
@@ -317,19 +263,6 @@ def _readable_images(images: str, count: int) -> list[str]:
   return paths
 
 
-def check_cam_model(model: Any, flag: str) -> None:
-  """`cam` reads the SA network's heads; other families are refused.
-
-  Raises:
-    ValueError: naming `flag` and the model's family.
-  """
-  if not isinstance(model, SANet):
-    family = registry.family_of(model).name
-    raise ValueError(f'{flag}: `cam` draws the SA network\'s class '
-                     f'activation and SA maps; this is a {family!r} network '
-                     '(`ranks` works for every family)')
-
-
 def _run(args) -> Image.Image:
   args.checkpoint = _model_directory(args.checkpoint, '--checkpoint')
   image_size = store.input_size(args.checkpoint, args.image_size)
@@ -341,12 +274,12 @@ def _run(args) -> Image.Image:
     if args.classes is not None and len(args.classes) != len(paths):
       raise ValueError(f'--classes: {len(args.classes)} classes for '
                        f'{len(paths)} images')
-    check_cam_model(model, '--checkpoint')
+    cams.check_cam_model(model, '--checkpoint')
     models = [(_short_name(args.checkpoint), model, variables)]
     if args.compare:
       args.compare = _model_directory(args.compare, '--compare')
       other, other_variables = store.load_model(args.compare)
-      check_cam_model(other, '--compare')
+      cams.check_cam_model(other, '--compare')
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
   queries = args.queries
