@@ -22,16 +22,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 32)
 
 
-def tiny(**kwargs):
-  model = SANet(num_classes=7, stage_sizes=(1, 1, 1, 1), base_width=4,
-                **kwargs)
-  variables = model.init(jax.random.PRNGKey(1),
-                         np.zeros((1, *SIZE, 3), np.float32))
-  # Non-trivial BatchNorm statistics, so the stage-4 head's BN matters.
+def initialised(model, size, seed):
+  """The model's variables, with non-trivial BatchNorm statistics (so the
+  heads' BN matters in the CAMs)."""
+  variables = model.init(jax.random.PRNGKey(seed),
+                         np.zeros((1, *size, 3), np.float32))
   stats = jax.tree.map(
-      lambda x: x + np.random.default_rng(0).uniform(0.1, 0.5, x.shape),
+      lambda x: x + np.random.default_rng(seed).uniform(0.1, 0.5, x.shape),
       variables['batch_stats'])
   return model, {**variables, 'batch_stats': stats}
+
+
+def tiny(**kwargs):
+  return initialised(SANet(num_classes=7, stage_sizes=(1, 1, 1, 1),
+                           base_width=4, **kwargs), SIZE, 1)
 
 
 @pytest.mark.parametrize('ds_attention, backbone_attention',
@@ -219,14 +223,10 @@ RGA_SIZE = (128, 64)
 
 
 def tiny_rga(variant):
-  model = rga_variant(variant, num_classes=7, image_size=RGA_SIZE,
-                      stage_sizes=(1, 1, 1, 1), base_width=8, down_ratio=4)
-  variables = model.init(jax.random.PRNGKey(4),
-                         np.zeros((1, *RGA_SIZE, 3), np.float32))
-  stats = jax.tree.map(
-      lambda x: x + np.random.default_rng(1).uniform(0.1, 0.5, x.shape),
-      variables['batch_stats'])
-  return model, {**variables, 'batch_stats': stats}
+  return initialised(
+      rga_variant(variant, num_classes=7, image_size=RGA_SIZE,
+                  stage_sizes=(1, 1, 1, 1), base_width=8, down_ratio=4),
+      RGA_SIZE, 4)
 
 
 @pytest.mark.parametrize('variant, gates', [
