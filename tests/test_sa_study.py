@@ -74,15 +74,17 @@ def test_pk_variants_get_the_same_budget_in_steps(tmp_path):
   for variant in ('rga_sc', 'bnneck_baseline'):
     config = sa_study.study_config(variant, 1, folder, epochs=6)
     assert config.model.family == 'rga' and config.data.sampler == 'identity'
-    # 20 identities / 8 per batch: 2 steps an epoch.
+    # 20 identities / P per batch.
     pk_steps = 20 // (32 // config.data.images_per_identity)
     assert config.num_epochs == round(6 * uniform_steps / pk_steps)
-    # The demo's schedule (warm-up 3 and decays at 20, 25 of 30 epochs)
-    # stretched by the same factor.
-    factor = config.num_epochs / 30
-    assert config.optimizer.warmup_epochs == round(3 * factor)
+    # The demo's schedule stretched by the factor that gives the budget.
+    demo = sa_study._demo_config('demo_rga_synthetic.py')  # pylint: disable=protected-access
+    factor = 6 * uniform_steps / (pk_steps * demo.num_epochs)
+    assert config.optimizer.warmup_epochs == round(
+        demo.optimizer.warmup_epochs * factor)
     assert config.optimizer.decay_milestones == tuple(
-        m for m in sorted({round(20 * factor), round(25 * factor)})
+        m for m in sorted({round(m * factor)
+                           for m in demo.optimizer.decay_milestones})
         if 0 < m < config.num_epochs)
   assert sa_study.study_config('rga_sc', 0, folder, 6).model.variant == (
       'rga_sc')
