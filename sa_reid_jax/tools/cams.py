@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from sa_reid_jax.models import registry
 from sa_reid_jax.models.normalization import BatchNorm
+from sa_reid_jax.models.resnet import STAGE_NAMES
 from sa_reid_jax.models.rga import RGANet
 from sa_reid_jax.models.sanet.network import DS_STAGES, SANet
 
@@ -98,8 +99,7 @@ def rga_maps(model: RGANet, variables: Any, images: jax.Array,
       stages['layer4'].astype(jnp.float32), train=False)
   weights = params['cls']['kernel'][:, classes].T
   attention = {stage: outputs['attention'][f'spatial{index}']
-               for index, stage in enumerate(DS_STAGES + ('layer4',),
-                                             start=1)
+               for index, stage in enumerate(STAGE_NAMES, start=1)
                if f'spatial{index}' in outputs['attention']}
   return {'cams': {'layer4': jnp.einsum('bhwf,bf->bhw', normalised,
                                         weights)},
