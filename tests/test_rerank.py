@@ -5,6 +5,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from sa_reid_jax.evaluation import neighbours
 from sa_reid_jax.evaluation import rerank
 from sa_reid_jax.evaluation.metrics import evaluate_rank
 from sa_reid_jax.evaluation.rerank import re_rank
@@ -77,8 +78,8 @@ def clustered_distances(num_query, num_gallery, seed, num_ids=12, dim=8,
   return [d.astype(dtype) for d in distances]
 
 
-SMALL_BLOCKS = dict(NEIGHBOUR_BLOCK_ROWS=16, SET_BLOCK_ROWS=24,
-                    JACCARD_BLOCK_ENTRIES=2000, OUTPUT_BLOCK_ENTRIES=900)
+SMALL_BLOCKS = dict(SET_BLOCK_ROWS=24, JACCARD_BLOCK_ENTRIES=2000,
+                    OUTPUT_BLOCK_ENTRIES=900)
 
 
 @pytest.mark.parametrize('k1, k2', [(20, 6), (20, 1), (5, 2), (7, 3), (1, 1),
@@ -104,7 +105,8 @@ def test_matches_dense_transcription(k1, k2, num_query, num_gallery, rounding,
 def test_matches_dense_transcription_with_small_blocks(rounding):
   distances = clustered_distances(45, 140, seed=3, rounding=rounding)
   expected = dense_re_rank(*distances, k1=6, k2=3, lambda_value=0.5)
-  with mock.patch.multiple(rerank, **SMALL_BLOCKS):
+  with mock.patch.multiple(rerank, **SMALL_BLOCKS), mock.patch.object(
+      neighbours, 'NEIGHBOUR_BLOCK_ROWS', 16):
     result = re_rank(*distances, k1=6, k2=3, lambda_value=0.5)
   np.testing.assert_allclose(result, expected, atol=1e-5, rtol=0)
 

@@ -54,7 +54,6 @@ from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import export_onnx  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
 
 PROGRAM = 'export'
 # Those jax2tf can lower for; one SavedModel serves on each of these.
