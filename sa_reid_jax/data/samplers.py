@@ -44,14 +44,27 @@ class Sampler(Protocol):
     """JSON-able name and settings (besides the global batch size)."""
 
 
-def _check_batch(global_batch_size: int) -> int:
-  if global_batch_size < 1:
-    raise ValueError(f'the global batch size must be >= 1, got '
-                     f'{global_batch_size}')
-  return int(global_batch_size)
+class _Batches:
+  """The size properties every sampler shares; subclasses set `_steps`."""
+
+  _steps: int
+
+  def __init__(self, global_batch_size: int):
+    if global_batch_size < 1:
+      raise ValueError(f'the global batch size must be >= 1, got '
+                       f'{global_batch_size}')
+    self._global_batch_size = int(global_batch_size)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._steps
+
+  @property
+  def global_batch_size(self) -> int:
+    return self._global_batch_size
 
 
-class UniformSampler:
+class UniformSampler(_Batches):
   """Every row once per epoch, in an order drawn from (seed, epoch).
 
   Args:
@@ -66,20 +79,12 @@ class UniformSampler:
   SIGNATURE = {'name': 'uniform'}
 
   def __init__(self, num_examples: int, global_batch_size: int):
+    super().__init__(global_batch_size)
     self.num_examples = int(num_examples)
-    self._global_batch_size = _check_batch(global_batch_size)
     self._steps = self.num_examples // self._global_batch_size
     if self._steps < 1:
       raise ValueError(f'the global batch of {global_batch_size} is larger '
                        f'than the {num_examples} train examples')
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self._steps
-
-  @property
-  def global_batch_size(self) -> int:
-    return self._global_batch_size
 
   def epoch_rows(self, seed: int, epoch: int) -> np.ndarray:
     """A permutation of the rows drawn from (seed, epoch), cut into batches.
@@ -96,7 +101,7 @@ class UniformSampler:
     return dict(self.SIGNATURE)
 
 
-class IdentitySampler:
+class IdentitySampler(_Batches):
   """P x K batches: P identities, K rows of each (official RGA sampler).
 
   As the official ``RandomIdentitySampler`` with ``drop_last=True``: the
@@ -120,7 +125,7 @@ class IdentitySampler:
 
   def __init__(self, labels: np.ndarray, global_batch_size: int,
                images_per_identity: int):
-    self._global_batch_size = _check_batch(global_batch_size)
+    super().__init__(global_batch_size)
     if images_per_identity < 1:
       raise ValueError(f'images_per_identity must be >= 1, got '
                        f'{images_per_identity}')
@@ -149,14 +154,6 @@ class IdentitySampler:
   @property
   def num_identities(self) -> int:
     return len(self._rows)
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self._steps
-
-  @property
-  def global_batch_size(self) -> int:
-    return self._global_batch_size
 
   def epoch_rows(self, seed: int, epoch: int) -> np.ndarray:
     """The epoch's P x K batches, drawn from (seed, epoch).
