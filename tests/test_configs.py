@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+from sa_reid_jax.models.casn import CASN_VARIANTS
 from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.sanet import VARIANTS
 
@@ -65,7 +66,10 @@ def test_there_is_a_config_per_experiment():
           'demo_synthetic.py', 'demo_rga_synthetic.py',
           'rga_sc_cuhk03_labeled.py', 'rga_sc_cuhk03_detected.py',
           'rga_sc_market1501.py', 'rga_sc_msmt17.py',
-          'bot_market1501.py'} <= names
+          'bot_market1501.py', 'casn_ide_market1501.py',
+          'casn_pcb_market1501.py', 'casn_pcb_dukemtmc_reid.py',
+          'casn_pcb_cuhk03_labeled.py', 'casn_pcb_cuhk03_detected.py',
+          'demo_casn_synthetic.py'} <= names
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
@@ -75,7 +79,8 @@ def test_every_documented_train_command_parses(path):
   for argv in commands:
     config = _parse(argv)
     assert config.model.variant in {'sanet': VARIANTS,
-                                    'rga': RGA_VARIANTS}[config.model.family]
+                                    'rga': RGA_VARIANTS,
+                                    'casn': CASN_VARIANTS}[config.model.family]
     assert config.num_epochs >= 1 and config.batch_size >= 1
     # An empty init_from is refused: each documented command runs.
     assert config.init_from

@@ -40,13 +40,14 @@ def data(tmp_path_factory):
   return root
 
 
-def _documented_config(name, data, **overrides):
+def _documented_config(name, data, small=None, **overrides):
   path = os.path.join(REPO, 'configs', name)
   argv = test_configs._documented_commands(path, 'train.py')[0]  # pylint: disable=protected-access
   config = test_configs._parse(argv)  # pylint: disable=protected-access
   config.unlock()
   config.dataset.folder = data
-  for key, value in {**SMALL, **overrides}.items():
+  for key, value in {**(SMALL if small is None else small),
+                     **overrides}.items():
     block = config
     *parents, leaf = key.split('.')
     for parent in parents:

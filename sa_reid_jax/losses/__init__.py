@@ -14,6 +14,8 @@ import jax
 import ml_collections
 
 from sa_reid_jax.losses import classification
+from sa_reid_jax.losses import gradcam
+from sa_reid_jax.losses import siamese
 from sa_reid_jax.losses import triplet
 from sa_reid_jax.losses.classification import WEIGHTINGS
 from sa_reid_jax.losses.classification import accuracy
@@ -42,10 +44,35 @@ def _triplet(outputs, batch, settings, axis_name):
       axis_name=axis_name)
 
 
+def _attention_mining(outputs, batch, settings, axis_name):
+  del settings, axis_name  # a mean over an equal share of the batch
+  return gradcam.attention_mining_loss(outputs['erased_logits'],
+                                       batch['labels']), {}
+
+
+def _verification(outputs, batch, settings, axis_name):
+  del settings
+  return siamese.verification_loss(outputs['pair_logits'], batch['labels'],
+                                   axis_name)
+
+
+def _consistency(outputs, batch, settings, axis_name):
+  return siamese.attention_consistency_loss(
+      outputs['attention_maps'], batch['labels'], settings.threshold,
+      axis_name)
+
+
 TERMS: dict[str, Term] = {
     'cross_entropy': _cross_entropy,
     'triplet': _triplet,
+    'attention_mining': _attention_mining,
+    'verification': _verification,
+    'consistency': _consistency,
 }
+# Terms that read what the 'casn' task computes besides the network's
+# outputs (Grad-CAM maps, the erased images' logits, the siamese head's
+# pair logits).
+CASN_TERMS = ('attention_mining', 'verification', 'consistency')
 
 
 def active_terms(config: ml_collections.ConfigDict) -> list[str]:
@@ -83,6 +110,13 @@ def check_outputs(config: ml_collections.ConfigDict,
   """
   terms = config.loss.terms
   for name in active_terms(config):
+    if name in CASN_TERMS and config.task != 'casn':
+      raise ValueError(f'config.loss.terms.{name} needs config.task=casn '
+                       f'(the task that computes its inputs), got '
+                       f'config.task={config.task!r}')
+    if name in CASN_TERMS and 'verification' not in outputs:
+      raise ValueError(f'config.loss.terms.{name}: the network has no '
+                       'siamese head (a casn family network has)')
     if name == 'cross_entropy' and 'global_logits' not in outputs:
       raise ValueError('config.loss.terms.cross_entropy: the network has no '
                        'classifier (global_logits)')

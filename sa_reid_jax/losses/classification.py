@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 # How the SA network's head losses are combined (config key `weighting`).
-WEIGHTINGS = ('sum', 'paper')
+WEIGHTINGS = ('sum', 'paper', 'parts')
 
 
 def _mean_cross_entropy(logits: jax.Array, labels: jax.Array,
@@ -75,7 +75,9 @@ def combine_heads(terms: dict[str, jax.Array], weighting: str,
     weighting: ``'sum'`` (every term with weight 1, the official SA code)
       or ``'paper'`` (``part_weight`` x mean of the part terms + (1 -
       ``part_weight``) x mean of the others, SA paper Sec. 3.3; the plain
-      mean of the others for a network without parts).
+      mean of the others for a network without parts) or ``'parts'`` (the
+      sum of the part terms, PCB's loss (Sun et al., ECCV 2018, Sec. 3.1);
+      ``global_ce`` for a network without parts).
     part_weight: see `weighting`.
 
   Returns:
@@ -90,6 +92,8 @@ def combine_heads(terms: dict[str, jax.Array], weighting: str,
   if weighting == 'sum':
     return sum(terms.values())
   parts = [v for k, v in terms.items() if k.startswith('part')]
+  if weighting == 'parts':
+    return sum(parts) if parts else terms['global_ce']
   others = [v for k, v in terms.items() if not k.startswith('part')]
   others_mean = sum(others) / len(others)
   if not parts:

@@ -14,5 +14,8 @@ from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.rga import RGAModule
 from sa_reid_jax.models.rga import RGANet
 from sa_reid_jax.models.rga import rga_variant
+from sa_reid_jax.models.casn import CASN_VARIANTS
+from sa_reid_jax.models.casn import CASNNet
+from sa_reid_jax.models.casn import casn_variant
 from sa_reid_jax.models.registry import FAMILIES
 from sa_reid_jax.models.registry import build

@@ -59,6 +59,10 @@ class BatchNorm(nn.Module):
       if self.axis_name is not None:
         var = jax.lax.pmean(var, self.axis_name)
         count = count * jax.lax.psum(1, self.axis_name)
+      # Offered to callers that make 'intermediates' mutable (CASN's
+      # Grad-CAM re-runs a head with its batch's statistics as constants);
+      # a no-op otherwise.
+      self.sow('intermediates', 'batch_moments', (mean, var))
       if not self.is_initializing():
         # PyTorch keeps the unbiased variance in its running estimate.
         unbiased_var = var * count / jnp.maximum(count - 1, 1)

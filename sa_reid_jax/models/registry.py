@@ -24,6 +24,7 @@ import flax
 import jax
 import ml_collections
 
+from sa_reid_jax.models import casn
 from sa_reid_jax.models import rga
 from sa_reid_jax.models import sanet
 
@@ -80,11 +81,29 @@ def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
       bn_axis_name=bn_axis_name)
 
 
+def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
+                image_size: tuple[int, int], bn_axis_name: Optional[str]):
+  # Any input size: no size-bound layer (PCB needs at least num_stripes
+  # rows in the final map, checked when the network first runs).
+  del image_size
+  if m.variant not in casn.CASN_VARIANTS:
+    raise ValueError(f'config.model.variant must be one of '
+                     f'{sorted(casn.CASN_VARIANTS)} for the casn family, got '
+                     f'{m.variant!r}')
+  return casn.casn_variant(
+      m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
+      reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
+      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
+
+
 FAMILIES: dict[str, Family] = {
     'sanet': Family('sanet', sanet.SANet, _build_sanet, sanet.model_config,
                     sanet.model_from_config),
     'rga': Family('rga', rga.RGANet, _build_rga, rga.model_config,
                   rga.model_from_config, frozen=rga.FROZEN_PARAMETERS),
+    'casn': Family('casn', casn.CASNNet, _build_casn, casn.model_config,
+                   casn.model_from_config),
 }
 
 

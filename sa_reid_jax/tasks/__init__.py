@@ -11,24 +11,13 @@ experiment config and gives:
   -> (loss, (metrics, new_batch_stats))``.
 """
 
-import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable
 
-import jax
 import ml_collections
 
 from sa_reid_jax import losses
-
-LossFn = Callable[[Any, Any, Any, dict[str, jax.Array], jax.Array,
-                   Optional[str]], tuple[jax.Array, tuple[dict, Any]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A training recipe's step computation (see the module docstring)."""
-  name: str
-  batch_keys: tuple[str, ...]
-  loss_fn: LossFn
+from sa_reid_jax.tasks import casn
+from sa_reid_jax.tasks.task import LossFn, Task
 
 
 def identification(config: ml_collections.ConfigDict) -> Task:
@@ -53,6 +42,7 @@ def identification(config: ml_collections.ConfigDict) -> Task:
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {
     'identification': identification,
+    'casn': casn.casn_task,
 }
 
 

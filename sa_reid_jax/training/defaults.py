@@ -142,7 +142,9 @@ def experiment_config(dataset_name: str,
   # How the heads' cross-entropies combine: 'sum' = the plain sum (official
   # SA code, which produced the published numbers); 'paper' = part_weight x
   # mean of the part losses + (1 - part_weight) x mean of the global and DS
-  # losses (SA paper Sec. 3.3).
+  # losses (SA paper Sec. 3.3); 'parts' = the sum of the part losses only
+  # (PCB: each stripe's own classifier), the global loss for a network
+  # without parts.
   ce.weighting = 'sum'
   ce.part_weight = 0.8
   triplet = config.loss.terms.triplet = ml_collections.ConfigDict()

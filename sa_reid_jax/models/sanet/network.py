@@ -76,6 +76,35 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
+def per_example_dropout(x: jax.Array, rate: float, rng: jax.Array,
+                        example_ids: Optional[jax.Array] = None) -> jax.Array:
+  """Inverted dropout whose mask for each example is keyed by its id.
+
+  Each row's mask is drawn from `rng` folded with the row's example id, so
+  an example keeps its mask whatever its neighbours in the batch and
+  however the batch is split across devices (the step passes every device
+  the same `rng`).
+
+  Args:
+    x: (B, ...) float; B rows, one per example.
+    rate: probability of zeroing an element, in [0, 1).
+    rng: the ``'dropout'`` PRNG key (e.g. ``module.make_rng('dropout')``).
+    example_ids: (B,) integers naming the rows' examples; None draws one
+      mask for the whole batch from `rng` (then a row's mask depends on
+      its place in the batch).
+
+  Returns:
+    like `x`: kept elements scaled by 1 / (1 - rate), the others zero.
+  """
+  keep = 1.0 - rate
+  if example_ids is None:
+    masks = jax.random.bernoulli(rng, keep, x.shape)
+  else:
+    masks = jax.vmap(lambda i: jax.random.bernoulli(
+        jax.random.fold_in(rng, i), keep, x.shape[1:]))(example_ids)
+  return jnp.where(masks, x / keep, jnp.zeros_like(x))
+
+
 class SANet(nn.Module):
   """Parameter-free spatial attention network for person re-id.
 
@@ -202,12 +231,10 @@ class SANet(nn.Module):
   def _dropout(self, x: jax.Array, train: bool,
                example_ids: Optional[jax.Array]) -> jax.Array:
     if not train or self.dropout_rate == 0 or example_ids is None:
+      # Flax's Dropout without ids: the draws of earlier runs, unchanged.
       return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    keep = 1.0 - self.dropout_rate
-    rng = self.make_rng('dropout')
-    masks = jax.vmap(lambda i: jax.random.bernoulli(
-        jax.random.fold_in(rng, i), keep, x.shape[1:]))(example_ids)
-    return jnp.where(masks, x / keep, jnp.zeros_like(x))
+    return per_example_dropout(x, self.dropout_rate, self.make_rng('dropout'),
+                               example_ids)
 
 
 def model_config(model: SANet) -> dict[str, Any]:

@@ -1,0 +1,25 @@
+r"""CASN with the PCB baseline on Market-1501.
+
+PCB: six stripes, 384x128, last stride 1. Grad-CAM attention trained with
+the identification attention loss and kept consistent across positive pairs
+by the siamese module (CASN, Zheng et al. 2019); recipe and chosen values in
+sa_reid_jax/training/casn_defaults.py. Train from the ImageNet backbone
+(convert_weights.py --format=torchvision, see the README):
+
+  python train.py --config=configs/casn_pcb_market1501.py \
+      --workdir=workdirs/casn_pcb_market1501 \
+      --config.init_from=models/imagenet
+
+Evaluate a model directory:
+
+  python eval.py --config=configs/casn_pcb_market1501.py --checkpoint=DIR
+
+Published CASN(PCB), rank-1 / mAP (%), a third-party table (reference
+notes): 94.4 / 82.8.
+"""
+
+from sa_reid_jax.training.casn_defaults import casn_experiment_config
+
+
+def get_config():
+  return casn_experiment_config('market1501', 'pcb')

@@ -1,0 +1,151 @@
+"""Grad-CAM inside the training step, and CASN's identification attention.
+
+CASN (Zheng et al., CVPR 2019; the project's reference notes, "CASN") takes
+the Grad-CAM map of each image's true class (Selvaraju et al., ICCV 2017)
+as the network's attention and trains it with GAIN's attention-mining loss
+(Li et al., CVPR 2018): the image with its attended region erased should no
+longer be recognised, so the network must attend to the whole person.
+
+* `grad_cam`: for image n of class c, the gradient G = d y^c_n / d A_n of
+  the class's score with respect to the last feature map A_n (h, w, K);
+  channel weights w_k = spatial mean of G_k; the map ReLU(sum_k w_k A_k),
+  min-max normalised to [0, 1] per image.
+* `soft_mask`: S = sigmoid(alpha (M - beta)).
+* `erase_attended`: I * (1 - S), S resized to the image bilinearly.
+* `attention_mining_loss`: the erased image's true-class softmax
+  probability, averaged over the batch.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# How gradients of the training loss treat the Grad-CAM map (config key
+# ``casn.gradcam_gradient``):
+#   'feature_map'  through the feature map A, the channel weights w held
+#                  constant (GAIN, Sec. 3.1: the weights are a stop-gradient
+#                  quantity; the published default);
+#   'full'         through the weights too (second-order: the gradient of a
+#                  gradient);
+#   'none'         the map is a constant (only the erased image's second
+#                  pass is trained).
+GRADIENT_MODES = ('feature_map', 'full', 'none')
+# Below this range (max - min) a map counts as flat and is set to zero
+# instead of amplifying rounding noise to [0, 1].
+_FLAT_MAP_RANGE = 1e-12
+
+
+def grad_cam(score_fn: Callable[[jax.Array], jax.Array],
+             feature_map: jax.Array, labels: jax.Array,
+             gradient: str = 'feature_map') -> jax.Array:
+  """Grad-CAM maps of every image's own class, normalised to [0, 1].
+
+  The gradient of the summed true-class scores gives each image's own
+  gradient only when `score_fn` treats the images independently (no
+  train-mode BatchNorm in it: use the batch's statistics as constants).
+
+  Args:
+    score_fn: (B, h, w, K) feature maps -> (B, C) class scores (logits),
+      example by example.
+    feature_map: (B, h, w, K) the last feature map A (any float dtype).
+    labels: (B,) int true classes c.
+    gradient: one of `GRADIENT_MODES` (how the returned maps pass gradients
+      on).
+
+  Returns:
+    (B, h, w) float32 (float64 for float64 maps): ReLU(sum_k w_k A_k) with
+    w_k = mean over (h, w) of d y^c / d A_k, then (M - min M) / (max M -
+    min M) per image (all zeros for a flat map).
+
+  Raises:
+    ValueError: for an unknown `gradient` or mismatched shapes.
+  """
+  if gradient not in GRADIENT_MODES:
+    raise ValueError(f'config.casn.gradcam_gradient must be one of '
+                     f'{GRADIENT_MODES}, got {gradient!r}')
+  if feature_map.ndim != 4 or labels.shape != feature_map.shape[:1]:
+    raise ValueError(f'feature_map must be (B, h, w, K) and labels (B,), got '
+                     f'{feature_map.shape} and {labels.shape}')
+  wide = jnp.promote_types(feature_map.dtype, jnp.float32)
+  activations = feature_map.astype(wide)
+
+  def true_class_scores(maps):
+    scores = score_fn(maps)
+    return jnp.sum(jnp.take_along_axis(scores, labels[:, None], axis=1))
+
+  if gradient == 'full':
+    grads = jax.grad(true_class_scores)(activations)
+  else:
+    # The weights are constants in both other modes: no second-order pass.
+    grads = jax.grad(true_class_scores)(jax.lax.stop_gradient(activations))
+    grads = jax.lax.stop_gradient(grads)
+  weights = jnp.mean(grads, axis=(1, 2))
+  if gradient == 'none':
+    activations = jax.lax.stop_gradient(activations)
+  maps = jax.nn.relu(jnp.einsum('bhwk,bk->bhw', activations, weights))
+  return normalise_maps(maps)
+
+
+def normalise_maps(maps: jax.Array) -> jax.Array:
+  """(M - min M) / (max M - min M) per map of (B, h, w); flat maps -> 0."""
+  low = jnp.min(maps, axis=(1, 2), keepdims=True)
+  span = jnp.max(maps, axis=(1, 2), keepdims=True) - low
+  flat = span <= _FLAT_MAP_RANGE
+  return jnp.where(flat, 0.0, (maps - low) / jnp.where(flat, 1.0, span))
+
+
+def soft_mask(maps: jax.Array, alpha: float, beta: float) -> jax.Array:
+  """GAIN's soft threshold S = sigmoid(alpha (M - beta)), element-wise.
+
+  Args:
+    maps: (B, h, w) normalised attention maps M in [0, 1].
+    alpha: sharpness (GAIN's omega); large values approach a hard mask.
+    beta: threshold (GAIN's sigma).
+
+  Returns:
+    (B, h, w) in (0, 1), the dtype of `maps`.
+  """
+  return jax.nn.sigmoid(alpha * (maps - beta))
+
+
+def erase_attended(images: jax.Array, mask: jax.Array) -> jax.Array:
+  """The images with their attended region erased: I * (1 - S).
+
+  The mask is resized to the image bilinearly (half-pixel centres, as
+  ``torch.nn.functional.interpolate(..., mode='bilinear',
+  align_corners=False)`` for upsampling). The images are ImageNet-normalised,
+  so an erased pixel becomes the dataset's mean colour (0), not black.
+
+  Args:
+    images: (B, H, W, 3) float.
+    mask: (B, h, w) S in [0, 1].
+
+  Returns:
+    (B, H, W, 3) in the images' dtype.
+  """
+  height, width = images.shape[1:3]
+  resized = jax.image.resize(mask.astype(jnp.float32),
+                             (mask.shape[0], height, width), 'linear')
+  return (images * (1.0 - resized)[..., None]).astype(images.dtype)
+
+
+def attention_mining_loss(erased_logits: jax.Array, labels: jax.Array
+                          ) -> jax.Array:
+  """Mean softmax probability of the true class on the erased images.
+
+  A probability rather than GAIN's raw score: the logit of one class can
+  fall without bound by raising the others, which would train the
+  classifier rather than the attention; the probability is bounded in
+  [0, 1] and only falls when the erased image truly loses its identity
+  evidence.
+
+  Args:
+    erased_logits: (B, C) logits of `erase_attended` images.
+    labels: (B,) int true classes.
+
+  Returns:
+    float32 scalar (a mean over this device's equal share of the batch).
+  """
+  probabilities = jax.nn.softmax(erased_logits.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.take_along_axis(probabilities, labels[:, None], axis=1))

@@ -1,0 +1,151 @@
+"""The CASN task: Grad-CAM attention trained inside the step.
+
+One step of CASN (Zheng et al., CVPR 2019; the reference notes, "CASN"):
+
+1. the backbone's last feature map A and the head's outputs, in train mode
+   (BatchNorm batch statistics, updating the running ones; dropout keyed per
+   example);
+2. Grad-CAM of each image's true class (`losses.gradcam.grad_cam`) through
+   the head in inference form, with this batch's BatchNorm statistics as
+   constants and no dropout: the map explains the prediction of the network
+   as it stands, and each image's map depends on that image alone (with
+   train-mode statistics the gradient of one image's score would reach
+   every image of the batch);
+3. if ``attention_mining`` is on: the images with their attended region
+   erased go through the whole network a second time, in train mode (the
+   statistics of the erased batch, as a second forward pass of the same
+   network in PyTorch computes them), the running-statistics update of that
+   pass discarded so that the running statistics describe real images;
+4. if ``verification`` is on: the siamese head's logit for every pair of this
+   device's images with the global batch (`losses.siamese`);
+5. the weighted terms of ``config.loss.terms`` (cross-entropy and the three
+   above, ``consistency`` reading the maps).
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import ml_collections
+
+from sa_reid_jax import losses
+from sa_reid_jax.losses import gradcam
+from sa_reid_jax.tasks.task import Task
+
+
+def _statistics_from_moments(batch_stats: Any, intermediates: Any) -> Any:
+  """`batch_stats` with the mean and variance of every BatchNorm that
+  sowed its batch moments replaced by those moments."""
+  stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(batch_stats))
+  sown = flax.traverse_util.flatten_dict(flax.core.unfreeze(intermediates))
+  for path, moments in sown.items():
+    if path[-1] != 'batch_moments':
+      continue
+    (mean, var), = moments
+    stats[path[:-1] + ('mean',)] = mean
+    stats[path[:-1] + ('var',)] = var
+  return flax.traverse_util.unflatten_dict(stats)
+
+
+def head_scores(model: Any, params: Any, batch_stats: Any,
+                intermediates: Any) -> Callable[[jax.Array], jax.Array]:
+  """The head as Grad-CAM differentiates it: feature maps -> class scores.
+
+  Inference form (no dropout) with the statistics of the train-mode pass
+  that sowed `intermediates` in place of the running ones, so that its
+  scores are the train-mode logits and each image's depend on that image
+  alone.
+
+  Args:
+    model: a casn family network.
+    params: its parameters.
+    batch_stats: its BatchNorm statistics (after the train-mode pass).
+    intermediates: what that pass sowed (``mutable=['intermediates']``).
+
+  Returns:
+    (B, h, w, K) feature maps -> (B, C) ``global_logits``.
+  """
+  stats = _statistics_from_moments(batch_stats, intermediates)
+
+  def scores(maps):
+    return model.apply({'params': params, 'batch_stats': stats}, maps, False,
+                       method='head_outputs')['global_logits']
+
+  return scores
+
+
+def forward(model: Any, params: Any, batch_stats: Any,
+            batch: dict[str, jax.Array], rng: jax.Array, *,
+            gradient: str = 'feature_map', with_maps: bool = True
+            ) -> tuple[dict[str, Any], Any]:
+  """Steps 1 and 2 of the module docstring: the train-mode pass and maps.
+
+  Args:
+    model: a casn family network.
+    params, batch_stats: its variables.
+    batch: ``images`` (B, H, W, 3), ``labels`` (B,), ``positions`` (B,).
+    rng: the dropout key.
+    gradient: `gradcam.GRADIENT_MODES`.
+    with_maps: compute the Grad-CAM maps.
+
+  Returns:
+    (outputs, new_batch_stats): the network's output dict, plus
+    ``attention_maps`` (B, h, w) in [0, 1] when `with_maps`.
+  """
+  feature_map, state = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, batch['images'], True,
+      method='feature_map', mutable=['batch_stats'])
+  outputs, state = model.apply(
+      {'params': params, 'batch_stats': state['batch_stats']}, feature_map,
+      True, batch['positions'], method='head_outputs', rngs={'dropout': rng},
+      mutable=['batch_stats', 'intermediates'])
+  outputs = dict(outputs)
+  if with_maps:
+    scores = head_scores(model, params, state['batch_stats'],
+                         state.get('intermediates', {}))
+    outputs['attention_maps'] = gradcam.grad_cam(
+        scores, feature_map, batch['labels'], gradient)
+  return outputs, state['batch_stats']
+
+
+def casn_task(config: ml_collections.ConfigDict) -> Task:
+  """The CASN step computation (see the module docstring).
+
+  Reads ``config.casn.gradcam_gradient`` (`gradcam.GRADIENT_MODES`) and the
+  ``attention_mining`` (alpha, beta), ``verification`` and ``consistency``
+  (threshold) blocks of ``config.loss.terms``.
+
+  Raises:
+    ValueError: for unknown or negative terms, or a bad gradient mode.
+  """
+  active = losses.active_terms(config)
+  gradient = config.casn.gradcam_gradient
+  if gradient not in gradcam.GRADIENT_MODES:
+    raise ValueError(f'config.casn.gradcam_gradient must be one of '
+                     f'{gradcam.GRADIENT_MODES}, got {gradient!r}')
+  mining = config.loss.terms.attention_mining
+  needs_maps = 'attention_mining' in active or 'consistency' in active
+
+  def loss_fn(model, params, batch_stats, batch, rng, axis_name):
+    images = batch['images']
+    outputs, new_batch_stats = forward(model, params, batch_stats, batch, rng,
+                                       gradient=gradient, with_maps=needs_maps)
+    if 'attention_mining' in active:
+      erased = gradcam.erase_attended(images, gradcam.soft_mask(
+          outputs['attention_maps'], mining.alpha, mining.beta))
+      erased_outputs, _ = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, erased, True,
+          batch['positions'], rngs={'dropout': jax.random.fold_in(rng, 1)},
+          mutable=['batch_stats'])
+      outputs['erased_logits'] = erased_outputs['global_logits']
+    if 'verification' in active:
+      vectors = outputs['verification']
+      others = vectors if axis_name is None else jax.lax.all_gather(
+          vectors, axis_name, tiled=True)
+      outputs['pair_logits'] = model.apply(
+          {'params': params}, vectors[:, None], others[None],
+          method='siamese_logits')
+    loss, metrics = losses.total_loss(config, outputs, batch, axis_name)
+    return loss, (metrics, new_batch_stats)
+
+  return Task('casn', ('images', 'labels', 'positions'), loss_fn)

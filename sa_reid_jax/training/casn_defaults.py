@@ -1,0 +1,124 @@
+"""The CASN defaults: the recipe the reference notes give, and our choices.
+
+CASN has no public code. The reference notes ("CASN") give the networks (IDE
+or PCB, an identification and a siamese module sharing the backbone), the
+input sizes and the optimiser (SGD, momentum 0.9, 0.03, 40 epochs, x0.1
+after 30, batch 16); alpha, beta, the threshold t and the loss weights are
+not published. Every such field below says what was chosen and why.
+`casn_experiment_config` starts from `defaults.experiment_config` (its run,
+data, checkpoint and evaluation blocks, documented there).
+"""
+
+import ml_collections
+
+from sa_reid_jax.training.defaults import experiment_config
+
+# The CASN baselines (models.casn): 'ide' (ResNet-50 + classifier) and 'pcb'
+# (six horizontal stripes, each reduced to 256 and classified).
+CASN_VARIANTS = ('ide', 'pcb')
+# Network input (height, width) per baseline (reference notes: 288x144 for
+# IDE, 384x128 for PCB).
+IMAGE_SIZES = {'ide': (288, 144), 'pcb': (384, 128)}
+
+
+def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
+                           ) -> ml_collections.ConfigDict:
+  """CASN on one dataset with the IDE or PCB baseline.
+
+  Args:
+    dataset_name: TFDS builder name.
+    variant: one of `CASN_VARIANTS`.
+
+  Returns:
+    an unlocked config.
+
+  Raises:
+    ValueError: for an unknown variant.
+  """
+  if variant not in CASN_VARIANTS:
+    raise ValueError(f'unknown CASN variant {variant!r}; choose one of '
+                     f'{CASN_VARIANTS}')
+  config = experiment_config(dataset_name)
+  config.task = 'casn'
+  config.image_size = IMAGE_SIZES[variant]
+
+  config.model = ml_collections.ConfigDict()
+  config.model.family = 'casn'
+  # The baseline network (CASN_VARIANTS).
+  config.model.variant = variant
+  # PCB: horizontal stripes and the width each is reduced to (PCB paper:
+  # 6 and 256); unused by IDE.
+  config.model.num_stripes = 6
+  config.model.reduced_dim = 256
+  # Dropout before the classifiers (PCB and the IDE baseline: 0.5).
+  config.model.dropout_rate = 0.5
+  # ResNet-50 v1.5; last stride 1 for PCB (24x8 map at 384x128), 2 for IDE
+  # (the ImageNet network, 9x5 at 288x144).
+  config.model.stage_sizes = (3, 4, 6, 3)
+  config.model.base_width = 64
+  config.model.last_stride = 1 if variant == 'pcb' else 2
+  # Compute dtype ('float32' or 'bfloat16').
+  config.model.dtype = 'float32'
+  # Synchronised BatchNorm (device-count invariant).
+  config.model.sync_batch_norm = True
+
+  config.casn = ml_collections.ConfigDict()
+  # How gradients pass through the Grad-CAM maps (losses.gradcam
+  # .GRADIENT_MODES): 'feature_map' = through the feature map with the
+  # channel weights held constant, as GAIN (whose attention-mining loss
+  # CASN uses) does; 'full' also through the weights; 'none' not at all.
+  config.casn.gradcam_gradient = 'feature_map'
+
+  # P x K batches of 8 identities x 2 images = the notes' batch of 16: the
+  # siamese module needs positive pairs in every batch, and K = 2 keeps the
+  # most identities per batch that still gives every image a partner (not
+  # published).
+  config.batch_size = 16
+  config.data.sampler = 'identity'
+  config.data.images_per_identity = 2
+  # 40 epochs, x0.1 after 30 (the notes); an epoch of the identity sampler
+  # is one pass over the identities.
+  config.num_epochs = 40
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 0.03
+  # The notes give one rate for the whole network.
+  config.optimizer.backbone_lr_multiplier = 1.0
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  # Not published; the common value for ResNet-50 re-id training.
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.decay_milestones = (30,)
+  config.optimizer.decay_factor = 0.1
+
+  terms = config.loss.terms
+  # Identification loss: cross-entropy; for PCB the sum of the six stripe
+  # classifiers' losses ('parts'), for IDE the one classifier's.
+  terms.cross_entropy.weighting = 'parts'
+  mining = terms.attention_mining = ml_collections.ConfigDict()
+  # Identification attention loss (GAIN's attention mining): the true-class
+  # probability of the image with its attended region erased. Weight 1: the
+  # terms are of the same scale (probabilities and cross-entropies of order
+  # 1) and the notes give none.
+  mining.weight = 1.0
+  # Soft mask S = sigmoid(alpha (M - beta)) of the [0, 1] map M. beta 0.5
+  # erases what is at least half as attended as the peak; alpha 10 makes S
+  # 0.007 where M = 0 and 0.993 at the peak while keeping it smooth.
+  mining.alpha = 10.0
+  mining.beta = 0.5
+  verification = terms.verification = ml_collections.ConfigDict()
+  # Siamese same/different loss over every pair of the global batch,
+  # positive and negative pairs weighted equally. Weight 1 (not published).
+  verification.weight = 1.0
+  consistency = terms.consistency = ml_collections.ConfigDict()
+  # Siamese attention consistency: L2 between positive pairs' attended
+  # crops. Weight 1 (not published).
+  consistency.weight = 1.0
+  # Entries of the [0, 1] map at or above t form the attended region (the
+  # same "half of the peak" as beta).
+  consistency.threshold = 0.5
+  # The triplet term stays off (CASN has none).
+
+  # Cross-entropy networks with dropout: the SA recipe's augmentation
+  # (flip, random erasing) is kept; the notes say nothing of it.
+  config.eval.every_epochs = 10
+  return config

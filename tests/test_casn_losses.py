@@ -1,0 +1,318 @@
+"""CASN's losses against independent truth: loops, closed forms, PyTorch,
+hand-computed values and finite differences."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sa_reid_jax.losses import gradcam
+from sa_reid_jax.losses import siamese
+
+
+def _nonlinear_head(seed, channels=5, hidden=7, classes=4):
+  """A per-example head: 1x1 conv, tanh, average pooling, linear.
+
+  tanh rather than ReLU: a ReLU head's gradient is piecewise constant in the
+  map, so its second-order ('full') gradient term would vanish.
+  """
+  rng = np.random.default_rng(seed)
+  w1 = jnp.asarray(rng.standard_normal((channels, hidden)))
+  w2 = jnp.asarray(rng.standard_normal((hidden, classes)))
+
+  def head(maps):
+    hidden_map = jnp.tanh(jnp.einsum('bhwk,kj->bhwj', maps, w1))
+    return jnp.mean(hidden_map, axis=(1, 2)) @ w2
+
+  return head
+
+
+def test_grad_cam_equals_a_per_image_per_class_loop():
+  jax.config.update('jax_enable_x64', True)
+  try:
+    rng = np.random.default_rng(0)
+    maps = jnp.asarray(rng.standard_normal((3, 4, 3, 5)))
+    labels = jnp.asarray([2, 0, 3])
+    head = _nonlinear_head(1)
+    result = np.asarray(gradcam.grad_cam(head, maps, labels))
+    for n in range(3):
+      # Every class's gradient for image n alone; keep its own class.
+      per_class = [jax.grad(lambda a, c=c: head(a[None])[0, c])(maps[n])
+                   for c in range(4)]
+      grad = np.asarray(per_class[int(labels[n])])
+      weights = grad.mean(axis=(0, 1))
+      cam = np.maximum(np.einsum('hwk,k->hw', np.asarray(maps[n]), weights),
+                       0)
+      expected = (cam - cam.min()) / (cam.max() - cam.min())
+      np.testing.assert_allclose(result[n], expected, atol=1e-12)
+  finally:
+    jax.config.update('jax_enable_x64', False)
+
+
+def test_grad_cam_of_a_linear_head_is_the_class_activation_map():
+  # Pooling + linear classifier: d y_c / d A = W[:, c] / (h w) everywhere, so
+  # Grad-CAM = ReLU(sum_k W_kc A_k) / (h w), min-max normalised (the CAM).
+  rng = np.random.default_rng(2)
+  maps = rng.standard_normal((2, 6, 4, 3)).astype(np.float32)
+  kernel = rng.standard_normal((3, 5)).astype(np.float32)
+  bias = rng.standard_normal(5).astype(np.float32)
+  labels = np.asarray([4, 1])
+
+  def head(a):
+    return jnp.mean(a, axis=(1, 2)) @ kernel + bias
+
+  result = np.asarray(gradcam.grad_cam(head, jnp.asarray(maps),
+                                       jnp.asarray(labels)))
+  for n in range(2):
+    cam = np.maximum(maps[n] @ kernel[:, labels[n]], 0)
+    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    np.testing.assert_allclose(result[n], expected, atol=1e-5)
+    assert result[n].min() == 0 and result[n].max() == pytest.approx(1)
+
+
+def test_gradient_modes():
+  rng = np.random.default_rng(3)
+  maps = jnp.asarray(rng.standard_normal((2, 3, 3, 5)), jnp.float32)
+  labels = jnp.asarray([1, 3])
+  head = _nonlinear_head(4)
+  probe = jnp.asarray(rng.standard_normal((2, 3, 3)), jnp.float32)
+
+  def gradient(mode, head_fn=head):
+    return np.asarray(jax.grad(lambda a: jnp.sum(
+        probe * gradcam.grad_cam(head_fn, a, labels, mode)))(maps))
+
+  assert not gradient('none').any()
+  # 'feature_map': the weights are constants computed from the maps.
+  weights = jax.lax.stop_gradient(jnp.mean(jax.grad(
+      lambda a: jnp.sum(jnp.take_along_axis(head(a), labels[:, None], 1)))(
+          maps), axis=(1, 2)))
+  constant_weights = np.asarray(jax.grad(lambda a: jnp.sum(
+      probe * gradcam.normalise_maps(jax.nn.relu(
+          jnp.einsum('bhwk,bk->bhw', a, weights)))))(maps))
+  np.testing.assert_allclose(gradient('feature_map'), constant_weights,
+                             atol=1e-5)
+  # Through the weights too: a different gradient for a non-linear head...
+  assert np.abs(gradient('full') - gradient('feature_map')).max() > 1e-3
+  # ... and the same for a linear one (its weights do not depend on A).
+  kernel = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
+  linear = lambda a: jnp.mean(a, axis=(1, 2)) @ kernel
+  np.testing.assert_allclose(gradient('full', linear),
+                             gradient('feature_map', linear), atol=1e-5)
+  with pytest.raises(ValueError, match='config.casn.gradcam_gradient'):
+    gradcam.grad_cam(head, maps, labels, 'weights')
+
+
+def test_flat_map_is_zero_not_nan():
+  maps = jnp.ones((1, 2, 2, 3))
+  head = lambda a: jnp.mean(a, axis=(1, 2)) @ jnp.ones((3, 2))
+  result = gradcam.grad_cam(head, maps, jnp.asarray([0]))
+  assert np.array_equal(np.asarray(result), np.zeros((1, 2, 2)))
+
+
+def test_soft_mask_hand_values():
+  maps = jnp.asarray([[[0.5, 0.6], [0.0, 1.0]]])
+  mask = np.asarray(gradcam.soft_mask(maps, alpha=10.0, beta=0.5))
+  expected = 1 / (1 + np.exp(-10 * (np.asarray(maps) - 0.5)))
+  np.testing.assert_allclose(mask, expected, rtol=1e-6)
+  assert mask[0, 0, 0] == 0.5
+  assert mask[0, 0, 1] == pytest.approx(0.7310586, abs=1e-6)
+
+
+def test_erase_attended_hand_computed_and_as_pytorch():
+  # A 1x2 mask [0, 1] on a 1x4 image: bilinear, half-pixel centres, the
+  # four output columns sample the mask at -0.25, 0.25, 0.75, 1.25 (clamped
+  # to the ends): mask 0, 0.25, 0.75, 1.
+  images = jnp.full((1, 1, 4, 3), 2.0)
+  erased = np.asarray(gradcam.erase_attended(images,
+                                             jnp.asarray([[[0.0, 1.0]]])))
+  np.testing.assert_allclose(erased[0, 0, :, 0], [2.0, 1.5, 0.5, 0.0])
+  rng = np.random.default_rng(5)
+  mask = rng.random((2, 3, 2)).astype(np.float32)
+  images = rng.standard_normal((2, 12, 8, 3)).astype(np.float32)
+  result = np.asarray(gradcam.erase_attended(jnp.asarray(images),
+                                             jnp.asarray(mask)))
+  resized = F.interpolate(torch.from_numpy(mask)[:, None], size=(12, 8),
+                          mode='bilinear', align_corners=False)[:, 0].numpy()
+  np.testing.assert_allclose(result, images * (1 - resized)[..., None],
+                             atol=1e-5)
+
+
+def test_attention_mining_loss_is_the_true_class_probability():
+  logits = jnp.asarray([[0.0, np.log(3.0)], [np.log(4.0), 0.0]])
+  loss = gradcam.attention_mining_loss(logits, jnp.asarray([1, 1]))
+  assert float(loss) == pytest.approx((3 / 4 + 1 / 5) / 2, abs=1e-6)
+
+
+def test_attended_box():
+  attention = jnp.zeros((5, 4)).at[1, 2].set(0.7).at[3, 1].set(0.9)
+  box = siamese.attended_box(attention, 0.5)
+  assert np.asarray(box).tolist() == [1, 1, 3, 2]
+  whole = siamese.attended_box(attention, 0.95)
+  assert np.asarray(whole).tolist() == [0, 0, 4, 3]
+
+
+@pytest.mark.parametrize('box, out_size', [
+    ((0, 0, 3, 2), (4, 3)),   # the whole map, same size: the identity
+    ((1, 1, 2, 2), (4, 3)),   # upsampling
+    ((0, 1, 3, 1), (2, 5)),   # one column wide
+    ((2, 0, 5, 2), (3, 2)),   # downsampling (no anti-aliasing, as PyTorch)
+])
+def test_crop_and_resize_is_pytorch_slice_then_interpolate(box, out_size):
+  rng = np.random.default_rng(6)
+  attention = rng.random((6, 3)).astype(np.float32)
+  if box == (0, 0, 3, 2):
+    attention = attention[:4]
+  result = np.asarray(siamese.crop_and_resize(
+      jnp.asarray(attention), jnp.asarray(box), out_size))
+  top, left, bottom, right = box
+  crop = torch.from_numpy(attention[top:bottom + 1, left:right + 1])
+  expected = F.interpolate(crop[None, None], size=out_size, mode='bilinear',
+                           align_corners=False)[0, 0].numpy()
+  np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def _pytorch_consistency(maps, labels, threshold):
+  """The consistency loss from slices and F.interpolate, pair by pair."""
+  crops = []
+  for attention in maps:
+    inside = np.argwhere(attention >= threshold)
+    if len(inside):
+      (top, left), (bottom, right) = inside.min(0), inside.max(0)
+    else:
+      (top, left), (bottom, right) = (0, 0), np.asarray(attention.shape) - 1
+    kept = np.where(attention >= threshold, attention, 0.0)
+    crop = torch.from_numpy(kept[top:bottom + 1, left:right + 1])
+    crops.append(F.interpolate(crop[None, None], size=attention.shape,
+                               mode='bilinear', align_corners=False)[0, 0])
+  distances = [torch.linalg.norm(crops[i] - crops[j]).item()
+               for i in range(len(maps)) for j in range(len(maps))
+               if i != j and labels[i] == labels[j]]
+  return np.mean(distances) if distances else 0.0
+
+
+def test_consistency_loss_matches_pytorch_crops():
+  rng = np.random.default_rng(7)
+  maps = rng.random((6, 6, 4))
+  labels = np.asarray([0, 0, 1, 1, 1, 2])  # identity 2: no positive pair
+  loss, metrics = siamese.attention_consistency_loss(
+      jnp.asarray(maps, jnp.float32), jnp.asarray(labels), 0.6)
+  assert float(loss) == pytest.approx(
+      _pytorch_consistency(maps, labels, 0.6), rel=1e-5)
+  assert 0 < float(metrics['attended_area']) <= 1
+  no_pairs, _ = siamese.attention_consistency_loss(
+      jnp.asarray(maps, jnp.float32), jnp.arange(6), 0.6)
+  assert float(no_pairs) == 0
+  with pytest.raises(ValueError, match='consistency.threshold'):
+    siamese.attention_consistency_loss(jnp.asarray(maps), jnp.asarray(labels),
+                                       1.5)
+
+
+def test_consistency_gradient_finite_differences():
+  jax.config.update('jax_enable_x64', True)
+  try:
+    rng = np.random.default_rng(8)
+    # Entries kept away from the threshold, so that small steps do not move
+    # the boxes (the loss is piecewise smooth in the maps).
+    maps = rng.choice([0.1, 0.2, 0.8, 0.9], size=(4, 5, 3)) + (
+        rng.random((4, 5, 3)) * 0.05)
+    labels = jnp.asarray([0, 0, 1, 1])
+    loss = lambda m: siamese.attention_consistency_loss(m, labels, 0.5)[0]
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(maps)))
+    step = 1e-6
+    numeric = np.zeros_like(maps)
+    for index in np.ndindex(maps.shape):
+      plus, minus = maps.copy(), maps.copy()
+      plus[index] += step
+      minus[index] -= step
+      numeric[index] = (float(loss(jnp.asarray(plus))) -
+                        float(loss(jnp.asarray(minus)))) / (2 * step)
+    np.testing.assert_allclose(grad, numeric, atol=1e-7)
+    assert np.abs(grad).max() > 1e-3
+  finally:
+    jax.config.update('jax_enable_x64', False)
+
+
+def test_verification_loss_hand_computed():
+  labels = jnp.asarray([0, 0, 1, 1])
+  rng = np.random.default_rng(9)
+  logits = rng.standard_normal((4, 4))
+  loss, metrics = siamese.verification_loss(jnp.asarray(logits, jnp.float32),
+                                            labels)
+  positive = [(0, 1), (1, 0), (2, 3), (3, 2)]
+  negative = [(i, j) for i in range(4) for j in range(4) if (i < 2) != (j < 2)]
+  softplus = lambda z: np.log1p(np.exp(z))
+  expected = (np.mean([softplus(-logits[p]) for p in positive]) +
+              np.mean([softplus(logits[p]) for p in negative])) / 2
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  right = [logits[p] > 0 for p in positive] + [logits[p] < 0
+                                                for p in negative]
+  assert float(metrics['verification_accuracy']) == pytest.approx(
+      np.mean(right))
+
+
+# What the two-device subprocess computes, also computed here on one device.
+def _problem():
+  rng = np.random.default_rng(10)
+  inputs = rng.standard_normal((8, 5, 3, 2)).astype(np.float32)
+  # Each identity on both devices: pairs must cross the device boundary.
+  labels = np.asarray([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
+  weights = rng.standard_normal((2, 3)).astype(np.float32)
+  return inputs, labels, weights
+
+
+def _loss(weights, inputs, labels, axis_name):
+  maps = gradcam.normalise_maps(jax.nn.relu(inputs @ weights)[..., 0])
+  consistency, _ = siamese.attention_consistency_loss(maps, labels, 0.4,
+                                                      axis_name)
+  vectors = jnp.mean(inputs @ weights, axis=(1, 2))
+  others = vectors if axis_name is None else jax.lax.all_gather(
+      vectors, axis_name, tiled=True)
+  pair_logits = jnp.sum(vectors[:, None] * others[None], axis=-1) - 0.5
+  verification, _ = siamese.verification_loss(pair_logits, labels, axis_name)
+  return consistency + verification
+
+
+def _two_device_gradient():
+  from jax.sharding import Mesh, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  inputs, labels, weights = _problem()
+  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
+
+  def per_device(w, x, y):
+    w = step_lib._per_device(w, 'data')  # pylint: disable=protected-access
+    return jax.lax.pmean(jax.grad(_loss)(w, x, y, 'data'), 'data')
+
+  mapped = jax.jit(jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec('data'), PartitionSpec('data')),
+      out_specs=PartitionSpec()))
+  return np.asarray(mapped(weights, inputs, labels))
+
+
+def test_pair_losses_are_device_count_invariant():
+  inputs, labels, weights = _problem()
+  one_device = np.asarray(jax.grad(_loss)(weights, inputs, labels, None))
+  # Pairs within each half only would give another gradient.
+  halves = sum(np.asarray(jax.grad(_loss)(weights, inputs[s], labels[s], None))
+               for s in (slice(0, 4), slice(4, 8))) / 2
+  assert np.max(np.abs(halves - one_device)) > 1e-3
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, __file__], env=env, text=True,
+                          capture_output=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  two_devices = np.asarray(json.loads(result.stdout.splitlines()[-1]))
+  assert np.max(np.abs(two_devices - one_device)) <= 1e-5 * max(
+      1.0, np.max(np.abs(one_device)))
+
+
+if __name__ == '__main__':
+  print(json.dumps(_two_device_gradient().tolist()))

@@ -1,0 +1,400 @@
+"""The CASN network: output contract, per-example head, siamese maths,
+dropout keyed per example, configs, the model store and dtypes."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sa_reid_jax.models import registry
+from sa_reid_jax.models import store
+from sa_reid_jax.models.casn import CASN_VARIANTS, CASNNet, casn_variant
+from sa_reid_jax.models.casn import model_config, model_from_config
+from sa_reid_jax.models.sanet import SANet, per_example_dropout
+
+TINY = dict(stage_sizes=(1, 1, 1, 1), base_width=4, num_classes=5,
+            num_stripes=4, reduced_dim=16)
+SIZE = (64, 32)  # PCB: a 4x2 final map (last stride 1), one row a stripe
+WIDTH = 128  # layer4's channels: 32 * base_width
+BATCH = 4
+
+
+def tiny(variant, **kwargs):
+  return casn_variant(variant, **{**TINY, **kwargs})
+
+
+def random_variables(model, seed):
+  """Random kernels, biases and BatchNorm parameters and statistics.
+
+  Drawn with numpy from the variables' shapes (compiling `model.init` costs
+  more than the tests' forward passes). Non-trivial BatchNorm statistics and
+  biases, so that a misplaced one shows.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, *SIZE, 3), jnp.float32))
+
+  def draw(path, leaf):
+    name = path[-1]
+    if name == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      value = rng.normal(0, np.sqrt(2 / fan_in), leaf.shape)
+    elif name in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, leaf.shape)
+    else:  # bias, mean
+      value = rng.normal(0, 0.1, leaf.shape)
+    return value.astype(np.float32)
+
+  return flax.traverse_util.path_aware_map(draw, shapes)
+
+
+IMAGES = jax.random.normal(jax.random.key(3), (BATCH, *SIZE, 3))
+
+
+@pytest.fixture(scope='module', params=sorted(CASN_VARIANTS))
+def network(request):
+  """(variant, model, variables) of a tiny network of each variant."""
+  model = tiny(request.param)
+  return request.param, model, random_variables(model, seed=4)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, variables, images):
+  return model.apply(variables, images, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def feature_map(model, variables, images):
+  return model.apply(variables, images, method=CASNNet.feature_map)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def head(model, variables, fmap):
+  return model.apply(variables, fmap, method=CASNNet.head_outputs)
+
+
+def test_outputs_follow_the_contract(network):
+  variant, model, variables = network
+  out = forward(model, variables, IMAGES)
+  parts, width = (1, WIDTH) if variant == 'ide' else (4, 16)
+  assert out['features'].shape == (BATCH, parts, width)
+  assert out['global_features'].shape == (BATCH, WIDTH)
+  assert out['global_logits'].shape == (BATCH, 5)
+  assert out['verification'].shape == (BATCH, WIDTH)
+  for name in ('features', 'global_features', 'global_logits',
+               'verification'):
+    assert out[name].dtype == jnp.float32, name
+    assert np.all(np.isfinite(out[name])), name
+  np.testing.assert_allclose(np.linalg.norm(out['features'], axis=-1), 1,
+                             rtol=1e-6)
+  assert set(out['embeddings']) == {'global'}
+  np.testing.assert_array_equal(out['embeddings']['global'],
+                                out['global_features'])
+  np.testing.assert_array_equal(out['verification'], out['global_features'])
+  assert out['attention'] == {}
+  fmap = feature_map(model, variables, IMAGES)
+  # IDE keeps the ImageNet network's last stride 2, PCB halves it.
+  assert fmap.shape == ((BATCH, 2, 1, WIDTH) if variant == 'ide'
+                        else (BATCH, 4, 2, WIDTH))
+  np.testing.assert_allclose(out['global_features'],
+                             np.mean(np.asarray(fmap), axis=(1, 2)),
+                             rtol=1e-6, atol=1e-6)
+  if variant == 'ide':
+    assert 'part_logits' not in out
+    np.testing.assert_allclose(out['features'][:, 0],
+                               out['global_features'] / np.linalg.norm(
+                                   out['global_features'], axis=-1,
+                                   keepdims=True), rtol=1e-6)
+  else:
+    assert out['part_logits'].shape == (BATCH, 4, 5)
+    assert out['part_logits'].dtype == jnp.float32
+
+
+def test_pcb_stripes_by_hand():
+  """One PCB stripe from the description: mean of its row, Dense, BN with
+  the running statistics, ReLU; its own classifier; logits summed."""
+  model = tiny('pcb')
+  variables = random_variables(model, seed=5)
+  fmap = np.asarray(feature_map(model, variables, IMAGES), np.float64)
+  out = head(model, variables, jnp.asarray(fmap, jnp.float32))
+  params = jax.tree.map(np.asarray, variables['params'])
+  stats = jax.tree.map(np.asarray, variables['batch_stats'])
+  logits = 0
+  for i in range(4):
+    stripe = fmap[:, i].mean(axis=1)  # 4 rows, 4 stripes: row i
+    reduced = stripe @ params[f'stripe_reduce_{i}']['kernel']
+    bn, running = params[f'stripe_bn_{i}'], stats[f'stripe_bn_{i}']
+    reduced = np.maximum((reduced - running['mean']) /
+                         np.sqrt(running['var'] + 1e-5) * bn['scale'] +
+                         bn['bias'], 0)
+    np.testing.assert_allclose(
+        out['features'][:, i],
+        reduced / np.linalg.norm(reduced, axis=-1, keepdims=True),
+        rtol=1e-4, atol=1e-6)
+    classifier = params[f'stripe_classifier_{i}']
+    part = reduced @ classifier['kernel'] + classifier['bias']
+    np.testing.assert_allclose(out['part_logits'][:, i], part, rtol=1e-4,
+                               atol=1e-5)
+    logits = logits + part
+  np.testing.assert_allclose(out['global_logits'], logits, rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(out['global_logits'],
+                             np.sum(np.asarray(out['part_logits']), axis=1),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_call_is_head_outputs_of_feature_map(network):
+  _, model, variables = network
+  ids = jnp.arange(BATCH) + 7
+  rngs = {'dropout': jax.random.key(8)}
+
+  @jax.jit
+  def both(variables, images):
+    direct = model.apply(variables, images)
+    staged = model.apply(variables, images, method=lambda m, x: m.head_outputs(
+        m.feature_map(x)))
+    # In training too: batch statistics and the same dropout draws.
+    direct_train = model.apply(variables, images, train=True,
+                               example_ids=ids, rngs=rngs,
+                               mutable=['batch_stats'])
+    staged_train = model.apply(
+        variables, images, rngs=rngs, mutable=['batch_stats'],
+        method=lambda m, x: m.head_outputs(m.feature_map(x, True), True, ids))
+    return direct, staged, direct_train, staged_train
+
+  direct, staged, direct_train, staged_train = both(variables, IMAGES)
+  jax.tree.map(np.testing.assert_array_equal, direct, staged)
+  jax.tree.map(np.testing.assert_array_equal, direct_train, staged_train)
+
+
+def test_eval_head_treats_every_example_alone(network):
+  """Batch rows do not interact in eval mode: each example's outputs, and
+  the gradient of the batch's summed true-class logits (Grad-CAM's), are
+  those of the example alone."""
+  _, model, variables = network
+  fmap = feature_map(model, variables, IMAGES)
+  labels = jnp.array([0, 3, 1, 4])
+
+  def score(fmap, labels):
+    logits = model.apply(variables, fmap,
+                         method=CASNNet.head_outputs)['global_logits']
+    return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=1))
+
+  gradient = jax.jit(jax.grad(score))
+  batch_outputs = head(model, variables, fmap)
+  batch_gradient = gradient(fmap, labels)
+  for i in range(BATCH):
+    alone = head(model, variables, fmap[i:i + 1])
+    for name in ('features', 'global_features', 'global_logits',
+                 'part_logits'):
+      if name in alone:
+        np.testing.assert_allclose(batch_outputs[name][i:i + 1], alone[name],
+                                   rtol=1e-6, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(batch_gradient[i:i + 1],
+                               gradient(fmap[i:i + 1], labels[i:i + 1]),
+                               rtol=1e-6, atol=1e-7)
+  assert np.abs(batch_gradient).max() > 0
+
+
+def test_siamese_logits_by_hand_symmetric_and_any_leading_shape(network):
+  _, model, variables = network
+  siamese = jax.jit(functools.partial(model.apply, variables,
+                                      method=CASNNet.siamese_logits))
+  kernel = np.asarray(variables['params']['siamese']['kernel'], np.float64)
+  bias = float(variables['params']['siamese']['bias'][0])
+  assert kernel.shape == (WIDTH, 1) and bias != 0
+  rng = np.random.default_rng(9)
+  a = rng.normal(size=(3, 2, WIDTH)).astype(np.float32)
+  b = rng.normal(size=(3, 2, WIDTH)).astype(np.float32)
+  logits = siamese(a, b)
+  assert logits.shape == (3, 2) and logits.dtype == jnp.float32
+  for m in range(3):
+    for n in range(2):
+      expected = sum(kernel[k, 0] * (float(a[m, n, k]) - float(b[m, n, k]))**2
+                     for k in range(WIDTH)) + bias
+      np.testing.assert_allclose(logits[m, n], expected, rtol=1e-5)
+  np.testing.assert_array_equal(siamese(b, a), logits)
+  np.testing.assert_allclose(siamese(a, a), np.full((3, 2), bias),
+                             rtol=1e-6)
+  # Every pair of two sets, by broadcasting or spelt out.
+  pairs = siamese(a[:, :1], b[None, :, 0])
+  assert pairs.shape == (3, 3)
+  np.testing.assert_allclose(
+      pairs, siamese(np.repeat(a[:, :1], 3, axis=1),
+                     np.repeat(b[None, :, 0], 3, axis=0)), rtol=1e-6)
+  with pytest.raises(ValueError, match='same last axis'):
+    model.apply(variables, a, b[..., :-1], method=CASNNet.siamese_logits)
+
+
+def test_dropout_mask_depends_on_the_example_id_only():
+  x = jnp.ones((3, 2, 50))
+  rng = jax.random.key(10)
+  first = per_example_dropout(x, 0.5, rng, jnp.array([4, 5, 6]))
+  again = per_example_dropout(x[1:], 0.5, rng, jnp.array([5, 6]))
+  np.testing.assert_array_equal(first[1:], again)
+  assert set(np.unique(first).tolist()) == {0.0, 2.0}
+  assert not np.array_equal(first[1], first[2])
+
+
+def test_train_mode_dropout_is_keyed_per_example(network):
+  """The same example id gives the same training output wherever the
+  example sits in the batch; other ids give other outputs. (Train-mode
+  BatchNorm reads the whole batch: the neighbours are the same images,
+  permuted, so the batch statistics are too.)"""
+  variant, model, variables = network
+  rngs = {'dropout': jax.random.key(11)}
+  order = np.array([2, 0, 3, 1])
+
+  @jax.jit
+  def train_outputs(images, ids):
+    outputs, _ = model.apply(variables, images, train=True, example_ids=ids,
+                             rngs=rngs, mutable=['batch_stats'])
+    return outputs
+
+  ids = jnp.arange(BATCH) + 20
+  out = train_outputs(IMAGES, ids)
+  permuted = train_outputs(IMAGES[order], ids[order])
+  np.testing.assert_allclose(permuted['global_logits'],
+                             out['global_logits'][order], rtol=1e-4,
+                             atol=1e-5)
+  other = train_outputs(IMAGES, ids + 100)
+  assert not np.allclose(other['global_logits'], out['global_logits'],
+                         atol=1e-3)
+  # Dropout acts on the classifiers' input only, never on the descriptor.
+  np.testing.assert_array_equal(other['features'], out['features'])
+  if variant == 'ide':
+    # The IDE head has no BatchNorm: on a given map, a row's training
+    # output does not depend on its neighbours at all.
+    fmap = feature_map(model, variables, IMAGES)
+    fresh = jax.random.normal(jax.random.key(12), fmap.shape)
+
+    @jax.jit
+    def train_head(fmap, ids):
+      return model.apply(variables, fmap, True, ids, rngs=rngs,
+                         method=CASNNet.head_outputs)['global_logits']
+
+    mixed = jnp.concatenate([fresh[:2], fmap[1:2], fresh[2:]])
+    np.testing.assert_array_equal(
+        train_head(mixed, jnp.array([90, 91, 21, 92, 93]))[2],
+        train_head(fmap, ids)[1])
+  with pytest.raises(Exception, match='dropout'):
+    model.apply(variables, IMAGES, train=True, mutable=['batch_stats'])
+
+
+def test_backbone_is_laid_out_like_the_imagenet_conversion(network):
+  """config.init_from replaces params/batch_stats['backbone'] by those of a
+  torchvision conversion (written as an SANet's): the trees must agree."""
+  variant, model, _ = network
+  shape_of = lambda m: jax.eval_shape(
+      lambda x: m.init(jax.random.key(0), x),
+      jax.ShapeDtypeStruct((1, *SIZE, 3), jnp.float32))
+  ours = shape_of(model)
+  converted = shape_of(SANet(num_classes=3, num_parts=1,
+                             stage_sizes=TINY['stage_sizes'],
+                             base_width=TINY['base_width']))
+  for collection in ('params', 'batch_stats'):
+    assert (jax.tree.map(np.shape, ours[collection]['backbone']) ==
+            jax.tree.map(np.shape, converted[collection]['backbone']))
+  heads = ({'classifier'} if variant == 'ide' else
+           {f'stripe_{layer}_{i}' for layer in ('reduce', 'bn', 'classifier')
+            for i in range(4)})
+  assert set(ours['params']) == {'backbone', 'siamese'} | heads
+  assert not any(jax.tree.leaves(registry.frozen_mask(model, ours['params'])))
+
+
+def test_config_round_trip_and_registry():
+  model = tiny('pcb', dtype='bfloat16', dropout_rate=0.3)
+  config = model_config(model)
+  assert config['head'] == 'pcb' and config['last_stride'] == 1
+  assert config['stage_sizes'] == [1, 1, 1, 1]
+  description = registry.describe(model)
+  assert description == {'family': 'casn', 'config': config}
+  rebuilt = registry.rebuild(description, 'model.json')
+  assert isinstance(rebuilt, CASNNet) and rebuilt == model
+  assert registry.describe(rebuilt) == description
+  assert registry.family_of(model).name == 'casn'
+
+  m = ml_collections.ConfigDict(dict(
+      family='casn', variant='ide', num_stripes=6, reduced_dim=256,
+      dropout_rate=0.5, stage_sizes=(3, 4, 6, 3), base_width=64,
+      last_stride=2, dtype='float32'))
+  built = registry.build(m, 751, image_size=(256, 128), bn_axis_name='data')
+  assert built == CASNNet(num_classes=751, head='ide', last_stride=2,
+                          bn_axis_name='data')
+  m.variant = 'pcb'
+  m.last_stride = 1
+  assert registry.build(m, 751, image_size=(384, 128)).head == 'pcb'
+
+  m.variant = 'mgn'
+  with pytest.raises(ValueError, match=r"config.model.variant must be one of "
+                     r"\['ide', 'pcb'\] for the casn family, got 'mgn'"):
+    registry.build(m, 751, image_size=(256, 128))
+  with pytest.raises(ValueError, match="model.json: head must be one of "
+                     r"\('ide', 'pcb'\), got 'mgn'"):
+    registry.rebuild({'family': 'casn', 'config': {**config, 'head': 'mgn'}},
+                     'model.json')
+  with pytest.raises(ValueError, match=r"model.json: unknown model config "
+                     r"keys \['num_parts'\]"):
+    model_from_config({**config, 'num_parts': 6}, 'model.json')
+  with pytest.raises(ValueError, match="model.json: model family 'rga'"):
+    model_from_config({**config, 'family': 'rga'}, 'model.json')
+  with pytest.raises(ValueError, match="unknown CASN variant 'mgn'"):
+    casn_variant('mgn', num_classes=3)
+
+
+def test_bad_attributes_are_clear_errors():
+  with pytest.raises(ValueError, match=r"head must be one of \('ide', 'pcb'\), "
+                     "got 'IDE'"):
+    CASNNet(num_classes=3, head='IDE', last_stride=2)
+  with pytest.raises(ValueError, match='dtype must be one of'):
+    tiny('ide', dtype='float16')
+  with pytest.raises(ValueError, match='num_classes must be >= 1, got 0'):
+    tiny('ide', num_classes=0)
+  with pytest.raises(ValueError, match=r'dropout_rate must be in \[0, 1\)'):
+    tiny('ide', dropout_rate=1.0)
+  with pytest.raises(ValueError, match='num_stripes and reduced_dim must be '
+                     '>= 1, got 0 and 16'):
+    tiny('pcb', num_stripes=0)
+  # 64x32 images leave PCB 4 rows: 6 stripes do not fit.
+  with pytest.raises(ValueError, match='PCB head: the feature map has 4 '
+                     'rows, fewer than num_stripes 6'):
+    jax.eval_shape(lambda x: tiny('pcb', num_stripes=6).init(
+        jax.random.key(0), x), jax.ShapeDtypeStruct((1, *SIZE, 3),
+                                                    jnp.float32))
+
+
+def test_store_round_trip_gives_identical_outputs(network, tmp_path):
+  _, model, variables = network
+  directory = str(tmp_path / 'model')
+  store.save_model(directory, model, variables,
+                   metadata={'image_size': list(SIZE)})
+  loaded, restored = store.load_model(directory)
+  assert loaded == model
+  jax.tree.map(np.testing.assert_array_equal, restored, variables)
+  out = forward(model, variables, IMAGES)
+  again = forward(loaded, restored, IMAGES)
+  jax.tree.map(np.testing.assert_array_equal, again, out)
+  # Compiled on its own, so fused differently: equal to rounding.
+  np.testing.assert_allclose(
+      jax.jit(functools.partial(registry.embed, loaded))(restored, IMAGES),
+      out['features'], rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_is_finite_and_close_to_float32(network):
+  _, model, variables = network
+  out = forward(model, variables, IMAGES)
+  low = forward(model.clone(dtype='bfloat16'), variables, IMAGES)
+  for name in ('features', 'global_features', 'global_logits',
+               'verification'):
+    assert low[name].dtype == jnp.float32, name
+    assert np.all(np.isfinite(low[name])), name
+  cosine = np.sum(low['features'] * out['features'], axis=-1)
+  assert np.all(cosine > 0.99), cosine
+  scale = np.abs(out['global_logits']).max()
+  assert np.abs(low['global_logits'] - out['global_logits']).max() <= (
+      0.05 * scale)

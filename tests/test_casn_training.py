@@ -1,0 +1,182 @@
+"""The CASN task trains: the Grad-CAM it computes inside the step, each
+config's documented command for a few steps, and the same training on one
+and on two devices."""
+
+import os
+import shlex
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import test_configs
+import test_rga_training
+import test_train
+
+from sa_reid_jax import losses
+from sa_reid_jax import tasks
+from sa_reid_jax.models import registry
+from sa_reid_jax.models import store
+from sa_reid_jax.models.casn import CASNNet
+from sa_reid_jax.tasks import casn as casn_task
+from sa_reid_jax.training.casn_defaults import casn_experiment_config
+
+REPO = test_train.REPO
+# The RGA tests' small network and data; PCB's six stripes need the 8 rows
+# of a last-stride-1 map at 128x64.
+SMALL = {k: v for k, v in test_rga_training.SMALL.items()
+         if k != 'model.down_ratio'}
+data = test_rga_training.data
+
+
+def _tiny(variant, dropout_rate=0.5):
+  config = casn_experiment_config('market1501', variant)
+  config.model.stage_sizes = (1, 1, 1, 1)
+  config.model.base_width = 4
+  config.model.num_stripes = 4
+  config.model.dropout_rate = dropout_rate
+  # 6x3 maps for both heads.
+  config.model.last_stride = 1
+  model = registry.build(config.model, 5, image_size=(96, 48))
+  images = jnp.asarray(np.random.default_rng(0).standard_normal(
+      (6, 96, 48, 3)), jnp.float32)
+  variables = model.init({'params': jax.random.PRNGKey(0),
+                          'dropout': jax.random.PRNGKey(1)}, images)
+  batch = {'images': images, 'labels': jnp.asarray([0, 0, 1, 1, 4, 4]),
+           'positions': jnp.arange(6)}
+  return config, model, variables, batch
+
+
+@pytest.mark.parametrize('variant', ['ide', 'pcb'])
+def test_grad_cam_head_reproduces_the_train_mode_logits(variant):
+  # Without dropout the inference-form head with the batch's moments gives
+  # the train-mode logits: the statistics were substituted everywhere.
+  _, model, variables, batch = _tiny(variant, dropout_rate=0.0)
+  feature_map, state = model.apply(variables, batch['images'], True,
+                                   method='feature_map',
+                                   mutable=['batch_stats'])
+  train_outputs, state = model.apply(
+      {'params': variables['params'], 'batch_stats': state['batch_stats']},
+      feature_map, True, method='head_outputs',
+      mutable=['batch_stats', 'intermediates'])
+  scores = casn_task.head_scores(model, variables['params'],
+                                 state['batch_stats'],
+                                 state.get('intermediates', {}))
+  np.testing.assert_allclose(np.asarray(scores(feature_map)),
+                             np.asarray(train_outputs['global_logits']),
+                             rtol=1e-5, atol=1e-5)
+  if variant == 'pcb':
+    # ... which the running statistics would not (they are still the
+    # initial ones here): the substitution is what makes them equal.
+    running = model.apply(variables, feature_map, False,
+                          method='head_outputs')['global_logits']
+    assert np.abs(np.asarray(running - train_outputs['global_logits'])
+                  ).max() > 1e-2
+
+
+@pytest.mark.parametrize('variant', ['ide', 'pcb'])
+def test_step_maps_are_each_images_own_grad_cam(variant):
+  _, model, variables, batch = _tiny(variant)
+  outputs, new_stats = casn_task.forward(model, variables['params'],
+                                         variables['batch_stats'], batch,
+                                         jax.random.PRNGKey(3))
+  maps = np.asarray(outputs['attention_maps'])
+  feature_map, state = model.apply(variables, batch['images'], True,
+                                   method='feature_map',
+                                   mutable=['batch_stats'])
+  _, state = model.apply(
+      {'params': variables['params'], 'batch_stats': state['batch_stats']},
+      feature_map, True, batch['positions'], method='head_outputs',
+      rngs={'dropout': jax.random.PRNGKey(3)},
+      mutable=['batch_stats', 'intermediates'])
+  scores = casn_task.head_scores(model, variables['params'],
+                                 state['batch_stats'],
+                                 state.get('intermediates', {}))
+  for n, label in enumerate(np.asarray(batch['labels'])):
+    # Image n alone, every class's gradient, its own class kept.
+    grads = [jax.grad(lambda a, c=c: scores(a[None])[0, c])(feature_map[n])
+             for c in range(5)]
+    cam = np.maximum(np.einsum('hwk,k->hw', np.asarray(feature_map[n]),
+                               np.asarray(grads[label]).mean(axis=(0, 1))), 0)
+    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    np.testing.assert_allclose(maps[n], expected, atol=2e-5)
+  # The step's statistics are the train-mode pass's, not a second pass's.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new_stats,
+                         state['batch_stats'])
+
+
+def test_terms_refuse_other_tasks_and_networks():
+  config, model, variables, batch = _tiny('ide')
+  shapes = jax.eval_shape(lambda: model.apply(variables, batch['images']))
+  losses.check_outputs(config, shapes)
+  config.task = 'identification'
+  with pytest.raises(ValueError, match='attention_mining needs config.task=casn'):
+    losses.check_outputs(config, shapes)
+  config.task = 'casn'
+  config.casn.gradcam_gradient = 'weights'
+  with pytest.raises(ValueError, match='config.casn.gradcam_gradient'):
+    tasks.build(config)
+
+
+@pytest.mark.parametrize('name', ['casn_ide_market1501.py',
+                                  'casn_pcb_market1501.py',
+                                  'demo_casn_synthetic.py'])
+def test_documented_command_trains(name, data, tmp_path):
+  config = test_rga_training._documented_config(name, data, SMALL,  # pylint: disable=protected-access
+                                                max_steps=3)
+  workdir = str(tmp_path / 'run')
+  result = test_train.trainer.train_and_evaluate(config, workdir)
+  assert result['status'] == 'completed' and result['step'] == 3
+  model, _ = store.load_model(os.path.join(workdir, 'model'))
+  assert isinstance(model, CASNNet)
+  logged = [line for line in open(os.path.join(workdir, 'metrics.jsonl'))
+            if '"kind": "train"' in line]
+  for term in ('attention_mining', 'verification', 'consistency'):
+    assert all(f'"{term}"' in line for line in logged), term
+
+
+def test_dataset_configs_differ_only_in_the_dataset():
+  base = test_configs._parse(['train.py', '--config=' + os.path.join(  # pylint: disable=protected-access
+      REPO, 'configs', 'casn_pcb_market1501.py')])
+  for name, dataset in (('casn_pcb_dukemtmc_reid', 'dukemtmc_reid'),
+                        ('casn_pcb_cuhk03_labeled', 'cuhk03_np/labeled'),
+                        ('casn_pcb_cuhk03_detected', 'cuhk03_np/detected')):
+    config = test_configs._parse(['train.py', '--config=' + os.path.join(  # pylint: disable=protected-access
+        REPO, 'configs', f'{name}.py')])
+    assert config.dataset.name == dataset
+    config.unlock()
+    config.dataset.name = base.dataset.name
+    assert config.to_dict() == base.to_dict(), name
+
+
+def test_two_devices_train_as_one(data, tmp_path):
+  """The CASN step on 1 vs 2 devices: pairs and maps over the global batch.
+
+  In float64 compute for the reason `test_rga_training` gives (float32
+  rounding of a scratch network's gradient exceeds the bound whatever the
+  device count). Every term is on: the siamese pairs and the consistency
+  crops cross the device boundary (P x K batches of 2 images per identity,
+  4 per device).
+  """
+  overrides = {**SMALL, 'max_steps': 3, 'optimizer.learning_rate': 1e-4,
+               'model.dtype': 'float64'}
+  runs = {}
+  for devices in (1, 2):
+    workdir = tmp_path / f'devices{devices}'
+    command = [
+        *test_train.train_command(data, workdir)[:2],
+        '--config=' + os.path.join(REPO, 'configs', 'demo_casn_synthetic.py'),
+        f'--workdir={workdir}', f'--config.dataset.folder={data}',
+        *(test_train._flag(k, v) for k, v in overrides.items())]  # pylint: disable=protected-access
+    result = test_train.subprocess.run(
+        command, env=dict(test_train.environment(devices),
+                          JAX_ENABLE_X64='1'), capture_output=True,
+        text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, (shlex.join(command),
+                                    result.stderr[-3000:])
+    runs[devices] = test_train.trained_variables(workdir)
+  one, two = runs[1], runs[2]
+  assert one.keys() == two.keys()
+  worst = max((float(np.max(np.abs(one[k] - two[k])) /
+                     max(1.0, float(np.max(np.abs(one[k]))))), k) for k in one)
+  assert worst[0] <= 1e-5, worst
