@@ -12,6 +12,7 @@ import pytest
 
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
+from sa_reid_jax.models.casn import casn_variant
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.tools import cams
@@ -258,6 +259,37 @@ def test_cam_picture_of_an_rga_network(dataset):
   cell_w, cell_h = (size + 2 * drawing.BORDER for size in RGA_SIZE[::-1])
   assert picture.size == (6 * (cell_w + drawing.GAP),
                           cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
+
+
+def test_casn_grad_cam_beside_rga(dataset):
+  # Initial BatchNorm statistics: the shifted ones of `initialised` put
+  # every stripe's reduced feature below zero, where the head's ReLU passes
+  # no gradient (a flat, all-zero Grad-CAM).
+  casn_model = casn_variant('pcb', num_classes=7, stage_sizes=(1, 1, 1, 1),
+                            base_width=8)
+  casn_variables = casn_model.init(jax.random.PRNGKey(6),
+                                   np.zeros((1, *RGA_SIZE, 3), np.float32))
+  images = np.random.default_rng(6).normal(size=(2, *RGA_SIZE, 3)).astype(
+      np.float32)
+  result = cams.class_activation_maps(casn_model, casn_variables, images)
+  outputs = casn_model.apply(casn_variables, images)
+  # The predicted class's Grad-CAM through the eval-mode head.
+  np.testing.assert_array_equal(
+      result['classes'], np.argmax(outputs['global_logits'], axis=-1))
+  np.testing.assert_allclose(
+      result['logits']['layer4'],
+      np.max(np.asarray(outputs['global_logits']), axis=-1), rtol=1e-5)
+  maps = np.asarray(result['cams']['layer4'])
+  assert maps.shape == (2, 8, 4) and maps.min() == 0 and maps.max() == 1
+  rga_model, rga_variables = tiny_rga('rga_sc')
+  path = os.path.join(dataset, 'query', _first_image(dataset))
+  picture = visualize.cam_picture(
+      [('rga', rga_model, rga_variables),
+       ('casn', casn_model, casn_variables)], [path], RGA_SIZE)
+  # Two rows for the one image: RGA's 6 columns, CASN's image + Grad-CAM.
+  cell_w, cell_h = (size + 2 * drawing.BORDER for size in RGA_SIZE[::-1])
+  assert picture.size == (6 * (cell_w + drawing.GAP),
+                          2 * (cell_h + drawing.LABEL_HEIGHT + drawing.GAP))
 
 
 def test_cam_refuses_families_without_maps(monkeypatch):

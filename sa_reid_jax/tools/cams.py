@@ -1,5 +1,6 @@
-"""Class activation maps (CAM, Zhou et al. 2016) and attention maps of
-trained networks, for `visualize cam`: one function per model family.
+"""Class activation maps (CAM, Zhou et al. 2016; Grad-CAM for CASN) and
+attention maps of trained networks, for `visualize cam`: one function per
+model family.
 
 Maps are (B, h, w) float32 at the resolution of the stage they come from.
 """
@@ -9,7 +10,9 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from sa_reid_jax.losses import gradcam
 from sa_reid_jax.models import registry
+from sa_reid_jax.models.casn import CASNNet
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES
 from sa_reid_jax.models.rga import RGANet
@@ -108,8 +111,36 @@ def rga_maps(model: RGANet, variables: Any, images: jax.Array,
               jnp.arange(len(classes)), classes]}}
 
 
+def casn_maps(model: CASNNet, variables: Any, images: jax.Array,
+              classes: Optional[Sequence[int]] = None) -> dict[str, Any]:
+  """CASN's attention: the Grad-CAM of the class, as its training sees it.
+
+  The same `losses.gradcam.grad_cam` as the training step (layer-4 map,
+  normalised to [0, 1]), through the head in eval mode (running
+  statistics, no dropout).
+
+  Args, Returns: as `sa_maps`; the map is under ``cams`` (labelled
+  ``cam_name`` 'Grad-CAM'); ``attention`` is empty.
+  """
+  feature_map = model.apply(variables, images, False, method='feature_map')
+
+  def scores(maps):
+    return model.apply(variables, maps, False,
+                       method='head_outputs')['global_logits']
+
+  logits = scores(feature_map)
+  if classes is None:
+    classes = jnp.argmax(logits, axis=-1)
+  classes = jnp.asarray(classes)
+  return {'cams': {'layer4': gradcam.grad_cam(scores, feature_map, classes,
+                                              'none')},
+          'cam_name': 'Grad-CAM', 'attention': {}, 'attention_name': '',
+          'classes': classes,
+          'logits': {'layer4': logits[jnp.arange(len(classes)), classes]}}
+
+
 # Family name (models.registry) -> its maps for `cam`.
-CAM_MAPS = {'sanet': sa_maps, 'rga': rga_maps}
+CAM_MAPS = {'sanet': sa_maps, 'rga': rga_maps, 'casn': casn_maps}
 
 
 def class_activation_maps(model: Any, variables: Any, images: jax.Array,

@@ -86,7 +86,7 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
       labels = [name if len(models) > 1 else f'class {predicted}']
       for stage, cam in result['cams'].items():
         tiles.append(drawing.overlay(image, np.asarray(cam[index])))
-        labels.append(f'CAM {stage}')
+        labels.append(f'{result.get("cam_name", "CAM")} {stage}')
       for stage, weights in result['attention'].items():
         tiles.append(drawing.colorize(np.asarray(weights[index]), image_size))
         labels.append(f'{result["attention_name"]} {stage}')
