@@ -1,4 +1,4 @@
-r"""The study: SA, no SA, RGA-SC and the BNNeck baseline over several seeds.
+r"""The study: SA, no SA, RGA-SC, the BNNeck baseline, CASN over several seeds.
 
 Trains, on the hard synthetic proxy (``python -m sa_reid_jax.datasets.synthetic
 --difficulty hard``, one fixed dataset), each system's CPU demo recipe in
@@ -15,6 +15,9 @@ these variants:
                    cross-entropy + batch-hard triplet, Adam, the crop)
   bnneck_baseline  that recipe's network without RGA modules: ResNet +
                    BNNeck, the "bag of tricks" baseline
+  casn_pcb         CASN on the PCB baseline (``configs/demo_casn_synthetic.py``:
+                   the same backbone size, P x K batches, Grad-CAM attention
+                   mining, siamese verification and attention consistency)
 
 each for several seeds (the seed changes the initialisation, the data order,
 the augmentation and dropout; the data stay the same), and writes into the
@@ -65,7 +68,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, 'configs')
 # Variant name -> (demo config, model variant, SA attention normalisation).
 # Variants without SA leave the normalisation field unused (None for the
-# RGA family, which has none).
+# RGA and CASN families, which have none).
 VARIANTS = {
     'no_sa': ('demo_synthetic.py', 'full_no_sa', 'sum'),
     'sa_sum': ('demo_synthetic.py', 'full', 'sum'),
@@ -73,6 +76,7 @@ VARIANTS = {
     'sa1_sa2_sum': ('demo_synthetic.py', 'backbone_p_ds_sa1_sa2', 'sum'),
     'rga_sc': ('demo_rga_synthetic.py', 'rga_sc', None),
     'bnneck_baseline': ('demo_rga_synthetic.py', 'baseline', None),
+    'casn_pcb': ('demo_casn_synthetic.py', 'pcb', None),
 }
 DEFAULT_VARIANTS = 'no_sa,sa_sum,rga_sc,bnneck_baseline'
 BASELINE = 'no_sa'

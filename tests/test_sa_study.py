@@ -71,14 +71,18 @@ def test_pk_variants_get_the_same_budget_in_steps(tmp_path):
   synthetic.generate(folder, num_ids=20, seed=0)
   labels = tables.from_folder(folder, 'train', log=lambda _: None).labels
   uniform_steps = len(labels) // 32
-  for variant in ('rga_sc', 'bnneck_baseline'):
+  for variant, family, demo_file in (
+      ('rga_sc', 'rga', 'demo_rga_synthetic.py'),
+      ('bnneck_baseline', 'rga', 'demo_rga_synthetic.py'),
+      ('casn_pcb', 'casn', 'demo_casn_synthetic.py')):
     config = sa_study.study_config(variant, 1, folder, epochs=6)
-    assert config.model.family == 'rga' and config.data.sampler == 'identity'
+    assert config.model.family == family
+    assert config.data.sampler == 'identity'
     # 20 identities / P per batch.
     pk_steps = 20 // (32 // config.data.images_per_identity)
     assert config.num_epochs == round(6 * uniform_steps / pk_steps)
     # The demo's schedule stretched by the factor that gives the budget.
-    demo = sa_study._demo_config('demo_rga_synthetic.py')  # pylint: disable=protected-access
+    demo = sa_study._demo_config(demo_file)  # pylint: disable=protected-access
     factor = 6 * uniform_steps / (pk_steps * demo.num_epochs)
     assert config.optimizer.warmup_epochs == round(
         demo.optimizer.warmup_epochs * factor)
