@@ -53,6 +53,7 @@ import numpy as np
 # TensorFlow-free modules only: the benchmark runs where TensorFlow is not
 # installed (trainer, data.pipeline and evaluation import it).
 from sa_reid_jax import tasks
+from sa_reid_jax.training import casn_defaults
 from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import rga_defaults
@@ -88,7 +89,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, batch: int):
                       help='network: a key of sa_reid_jax.models.VARIANTS '
                       '(SA) or of RGA_VARIANTS (rga_sc, rga_s, rga_c, '
                       'baseline: trained with the official RGA recipe\'s '
-                      'losses and Adam; pass --image_size=256,128)')
+                      'losses and Adam; pass --image_size=256,128) or '
+                      'casn_ide / casn_pcb (the CASN step: Grad-CAM, the '
+                      'erased images\' second pass, the siamese terms; its '
+                      'analytic count is of one forward + backward pass, so '
+                      'read the XLA count)')
   parser.add_argument('--stage_sizes', type=int_tuple, default=(3, 4, 6, 3),
                       help='bottleneck blocks per ResNet stage')
   parser.add_argument('--base_width', type=int, default=64,
@@ -117,6 +122,9 @@ def experiment_config(args: argparse.Namespace):
   """The paper's config with the benchmark's network shape and dtype."""
   if args.variant in rga_defaults.RGA_VARIANTS:
     config = rga_defaults.rga_experiment_config('market1501', args.variant)
+  elif args.variant.startswith('casn_'):
+    config = casn_defaults.casn_experiment_config('market1501',
+                                                  args.variant[len('casn_'):])
   else:
     config = defaults.experiment_config('market1501', args.variant)
   config.image_size = tuple(args.image_size)
@@ -232,13 +240,19 @@ def forward_macs(model, variables, image_size: tuple[int, int],
 
 
 def synthetic_batch(num_images: int, image_size: tuple[int, int],
-                    num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """A train batch of ImageNet-normalised noise and random labels."""
+                    num_classes: int, seed: int = 0,
+                    images_per_identity: int = 1) -> dict[str, np.ndarray]:
+  """A train batch of ImageNet-normalised noise and labels: random ones, or
+  runs of `images_per_identity` equal labels (a P x K batch) when > 1."""
   rng = np.random.default_rng(seed)
+  if images_per_identity > 1:
+    labels = (np.arange(num_images) // images_per_identity) % num_classes
+  else:
+    labels = rng.integers(0, num_classes, num_images)
   return {
       'images': rng.standard_normal((num_images, *image_size, 3),
                                     dtype=np.float32),
-      'labels': rng.integers(0, num_classes, num_images).astype(np.int32),
+      'labels': labels.astype(np.int32),
       'positions': np.arange(num_images, dtype=np.int32),
   }
 
@@ -367,7 +381,10 @@ def main(argv=None):
   task = tasks.build(config)
   batch = step_lib.shard_batch(
       synthetic_batch(local_images, image_size, args.num_classes,
-                      seed=jax.process_index()), mesh,
+                      seed=jax.process_index(),
+                      images_per_identity=(
+                          config.data.images_per_identity
+                          if config.data.sampler == 'identity' else 1)), mesh,
       step_lib.step_keys(task))
   train_step = step_lib.make_parallel_train_step(
       mesh, model=model, task=task, optimizer=optimizer)
