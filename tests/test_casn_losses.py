@@ -2,14 +2,12 @@
 hand-computed values and finite differences."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_losses
 import torch
 import torch.nn.functional as F
 
@@ -223,7 +221,8 @@ def test_consistency_gradient_finite_differences():
     maps = rng.choice([0.1, 0.2, 0.8, 0.9], size=(4, 5, 3)) + (
         rng.random((4, 5, 3)) * 0.05)
     labels = jnp.asarray([0, 0, 1, 1])
-    loss = lambda m: siamese.attention_consistency_loss(m, labels, 0.5)[0]
+    loss = jax.jit(
+        lambda m: siamese.attention_consistency_loss(m, labels, 0.5)[0])
     grad = np.asarray(jax.grad(loss)(jnp.asarray(maps)))
     step = 1e-6
     numeric = np.zeros_like(maps)
@@ -279,23 +278,6 @@ def _loss(weights, inputs, labels, axis_name):
   return consistency + verification
 
 
-def _two_device_gradient():
-  from jax.sharding import Mesh, PartitionSpec  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  inputs, labels, weights = _problem()
-  mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
-
-  def per_device(w, x, y):
-    w = step_lib._per_device(w, 'data')  # pylint: disable=protected-access
-    return jax.lax.pmean(jax.grad(_loss)(w, x, y, 'data'), 'data')
-
-  mapped = jax.jit(jax.shard_map(
-      per_device, mesh=mesh,
-      in_specs=(PartitionSpec(), PartitionSpec('data'), PartitionSpec('data')),
-      out_specs=PartitionSpec()))
-  return np.asarray(mapped(weights, inputs, labels))
-
-
 def test_pair_losses_are_device_count_invariant():
   inputs, labels, weights = _problem()
   one_device = np.asarray(jax.grad(_loss)(weights, inputs, labels, None))
@@ -303,16 +285,11 @@ def test_pair_losses_are_device_count_invariant():
   halves = sum(np.asarray(jax.grad(_loss)(weights, inputs[s], labels[s], None))
                for s in (slice(0, 4), slice(4, 8))) / 2
   assert np.max(np.abs(halves - one_device)) > 1e-3
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  result = subprocess.run([sys.executable, __file__], env=env, text=True,
-                          capture_output=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert result.returncode == 0, result.stderr[-3000:]
-  two_devices = np.asarray(json.loads(result.stdout.splitlines()[-1]))
+  two_devices = test_losses.gradient_in_a_two_device_process(__file__)
   assert np.max(np.abs(two_devices - one_device)) <= 1e-5 * max(
       1.0, np.max(np.abs(one_device)))
 
 
 if __name__ == '__main__':
-  print(json.dumps(_two_device_gradient().tolist()))
+  print(json.dumps(test_losses.two_device_gradient(_loss, *_problem()
+                                                   ).tolist()))

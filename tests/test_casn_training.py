@@ -3,7 +3,6 @@ config's documented command for a few steps, and the same training on one
 and on two devices."""
 
 import os
-import shlex
 
 import jax
 import jax.numpy as jnp
@@ -160,23 +159,6 @@ def test_two_devices_train_as_one(data, tmp_path):
   """
   overrides = {**SMALL, 'max_steps': 3, 'optimizer.learning_rate': 1e-4,
                'model.dtype': 'float64'}
-  runs = {}
-  for devices in (1, 2):
-    workdir = tmp_path / f'devices{devices}'
-    command = [
-        *test_train.train_command(data, workdir)[:2],
-        '--config=' + os.path.join(REPO, 'configs', 'demo_casn_synthetic.py'),
-        f'--workdir={workdir}', f'--config.dataset.folder={data}',
-        *(test_train._flag(k, v) for k, v in overrides.items())]  # pylint: disable=protected-access
-    result = test_train.subprocess.run(
-        command, env=dict(test_train.environment(devices),
-                          JAX_ENABLE_X64='1'), capture_output=True,
-        text=True, timeout=900, cwd=REPO)
-    assert result.returncode == 0, (shlex.join(command),
-                                    result.stderr[-3000:])
-    runs[devices] = test_train.trained_variables(workdir)
-  one, two = runs[1], runs[2]
-  assert one.keys() == two.keys()
-  worst = max((float(np.max(np.abs(one[k] - two[k])) /
-                     max(1.0, float(np.max(np.abs(one[k]))))), k) for k in one)
+  worst = test_rga_training.worst_device_difference(
+      'demo_casn_synthetic.py', data, tmp_path, overrides)
   assert worst[0] <= 1e-5, worst

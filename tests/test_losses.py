@@ -197,23 +197,34 @@ def _loss(weights, inputs, labels, axis_name):
   return loss
 
 
-def _two_device_gradient():
-  """The data-parallel gradient (per-device grads averaged) on 2 devices."""
+def two_device_gradient(loss, inputs, labels, weights):
+  """The data-parallel gradient of `loss(weights, inputs, labels,
+  axis_name)` (per-device gradients averaged) on 2 devices."""
   from jax.sharding import Mesh, PartitionSpec  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  inputs, labels, weights = _problem()
   mesh = Mesh(np.asarray(jax.devices()[:2]), ('data',))
 
   def per_device(w, x, y):
     w = step_lib._per_device(w, 'data')  # pylint: disable=protected-access
-    grad = jax.grad(_loss)(w, x, y, 'data')
-    return jax.lax.pmean(grad, 'data')
+    return jax.lax.pmean(jax.grad(loss)(w, x, y, 'data'), 'data')
 
   mapped = jax.jit(jax.shard_map(
       per_device, mesh=mesh,
       in_specs=(PartitionSpec(), PartitionSpec('data'), PartitionSpec('data')),
       out_specs=PartitionSpec()))
   return np.asarray(mapped(weights, inputs, labels))
+
+
+def gradient_in_a_two_device_process(test_file):
+  """Runs `test_file` as a script with 2 CPU devices; the gradient it
+  prints as its last line (JSON)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, test_file], env=env, text=True,
+                          capture_output=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return np.asarray(json.loads(result.stdout.splitlines()[-1]))
 
 
 def test_global_batch_mining_is_device_count_invariant(tmp_path):
@@ -224,16 +235,10 @@ def test_global_batch_mining_is_device_count_invariant(tmp_path):
   halves = sum(np.asarray(jax.grad(_loss)(weights, inputs[s], labels[s], None))
                for s in (slice(0, 4), slice(4, 8))) / 2
   assert np.max(np.abs(halves - one_device)) > 1e-3
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  result = subprocess.run([sys.executable, __file__], env=env, text=True,
-                          capture_output=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert result.returncode == 0, result.stderr[-3000:]
-  two_devices = np.asarray(json.loads(result.stdout.splitlines()[-1]))
+  two_devices = gradient_in_a_two_device_process(__file__)
   assert np.max(np.abs(two_devices - one_device)) <= 1e-5 * max(
       1.0, np.max(np.abs(one_device)))
 
 
 if __name__ == '__main__':
-  print(json.dumps(_two_device_gradient().tolist()))
+  print(json.dumps(two_device_gradient(_loss, *_problem()).tolist()))
