@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
+from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -62,6 +63,14 @@ def main(argv):
         checkpoint, config.image_size if explicit else None,
         flag='--config.image_size', default=config.image_size)
     model, variables = store.load_model(checkpoint)
+    # The network is the saved one; --config.model.* flags may only change
+    # what evaluation reads from it (e.g. RGA's descriptor).
+    prefix = '--config.model.'
+    model = registry.with_overrides(model, {
+        key: config.model[key] for key in sorted({
+            arg[len(prefix):].split('=')[0] for arg in sys.argv[1:]
+            if arg.startswith(prefix)})}, prefix)
+    registry.check_input_size(model, config.image_size, '--config.image_size')
     evaluation = evaluate.run_evaluation(model, variables, config,
                                          flip=_FLIP.value,
                                          rerank=_RERANK.value)

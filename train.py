@@ -1,4 +1,4 @@
-r"""Trains the SA network as an experiment config describes.
+r"""Trains a network (SA, RGA, CASN) as an experiment config describes.
 
   python train.py --config=configs/market1501.py --workdir=DIR \
       [--config.batch_size=64 ...]

@@ -1,7 +1,8 @@
 """Images per second and model FLOP utilisation of the training step.
 
 Times the full data-parallel train step (`step.make_parallel_train_step`:
-forward, the ten cross-entropies, backward, gradient all-reduce, SGD) over
+the task's forward passes and loss terms (SA: the ten cross-entropies), the
+backward pass, gradient all-reduce, the recipe's optimizer) over
 every device, on synthetic batches created once and kept on the devices, so
 that the figure is the step's alone (no input pipeline, no host transfer).
 
@@ -110,6 +111,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, batch: int):
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
+  from sa_reid_jax.models.sanet import VARIANTS as SA_VARIANTS  # pylint: disable=g-import-not-at-top
+  casn = tuple(f'casn_{v}' for v in casn_defaults.CASN_VARIANTS)
+  known = (*SA_VARIANTS, *rga_defaults.RGA_VARIANTS, *casn)
+  if args.variant not in known:
+    parser.error(f'--variant: unknown {args.variant!r}; choose one of '
+                 f'{sorted(known)}')
+  if args.compare_torch and args.variant not in SA_VARIANTS:
+    parser.error('--compare_torch: the PyTorch benchmark is of the SA '
+                 f'network only, not {args.variant!r}')
   if len(args.image_size) != 2 or len(args.stage_sizes) != 4:
     parser.error('--image_size needs 2 numbers, --stage_sizes 4')
   if min(args.batch_per_device, args.steps, args.base_width) < 1 or (

@@ -109,7 +109,8 @@ def test_terms_refuse_other_tasks_and_networks():
   shapes = jax.eval_shape(lambda: model.apply(variables, batch['images']))
   losses.check_outputs(config, shapes)
   config.task = 'identification'
-  with pytest.raises(ValueError, match='attention_mining needs config.task=casn'):
+  with pytest.raises(ValueError,
+                     match='attention_mining needs config.task=casn'):
     losses.check_outputs(config, shapes)
   config.task = 'casn'
   config.casn.gradcam_gradient = 'weights'

@@ -178,6 +178,26 @@ def test_config_errors_name_the_key():
     losses.active_terms(config)
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('cross_entropy.label_smoothing', 1.5, 'in \\[0, 1\\), got 1.5'),
+    ('cross_entropy.weighting', 'mean', 'one of'),
+    ('triplet.margin', -0.3, '>= 0, got -0.3'),
+    ('attention_mining.alpha', 0.0, '> 0, got 0.0'),
+    ('attention_mining.beta', 1.5, 'in \\[0, 1\\]'),
+    ('consistency.threshold', -0.1, 'in \\[0, 1\\]'),
+])
+def test_settings_out_of_range_name_the_key(key, value, message):
+  from sa_reid_jax.training.casn_defaults import casn_experiment_config  # pylint: disable=g-import-not-at-top
+  config = casn_experiment_config('market1501')
+  config.loss.terms.triplet.weight = 1.0
+  losses.check_settings(config)
+  term, name = key.split('.')
+  config.loss.terms[term][name] = value
+  with pytest.raises(ValueError, match=f'config.loss.terms.{key} must be '
+                     f'{message}'):
+    losses.check_settings(config)
+
+
 # What the two-device subprocess computes, also computed here on one device.
 _BATCH, _DIM, _FEATURES = 8, 5, 4
 

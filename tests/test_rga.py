@@ -346,3 +346,23 @@ def test_size_mismatch_is_one_line_naming_the_flag_and_the_size(tmp_path):
           'aspect ratio; this size gives 1152')
   assert line in result.stderr.splitlines()
   assert not (tmp_path / 'out').exists()
+
+
+def test_evaluation_overrides_and_the_input_size_check():
+  model = rga_variant('rga_sc', num_classes=7, image_size=NARROW_SIZE,
+                      **NARROW)
+  post = registry.with_overrides(model, {'descriptor': 'post_bn'})
+  assert post.descriptor == 'post_bn' and model.descriptor == 'pre_bn'
+  assert registry.with_overrides(model, {}) is model
+  with pytest.raises(ValueError, match=r'--config.model.base_width: the '
+                     r'network is read from the model directory; only '
+                     r'descriptor, dtype'):
+    registry.with_overrides(model, {'base_width': 8})
+  with pytest.raises(ValueError, match='--config.model.descriptor: a sanet '
+                     'network has no descriptor'):
+    registry.with_overrides(SANet(num_classes=3), {'descriptor': 'post_bn'})
+  registry.check_input_size(model, NARROW_SIZE, '--image_size')
+  registry.check_input_size(SANet(num_classes=3), (64, 32), '--image_size')
+  with pytest.raises(ValueError, match=r'--image_size: 256x128, but this rga '
+                     r'network is built for 128x128'):
+    registry.check_input_size(model, (256, 128), '--image_size')

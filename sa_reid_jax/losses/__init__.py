@@ -96,6 +96,41 @@ def active_terms(config: ml_collections.ConfigDict) -> list[str]:
   return active
 
 
+def check_settings(config: ml_collections.ConfigDict) -> None:
+  """Refuses out-of-range settings of the active terms (at start-up, not in
+  the first traced step).
+
+  Raises:
+    ValueError: naming the config key.
+  """
+  terms = config.loss.terms
+  active = active_terms(config)
+  key = 'config.loss.terms.'
+
+  def check(ok, name, value, allowed):
+    if not ok:
+      raise ValueError(f'{key}{name} must be {allowed}, got {value!r}')
+
+  if 'cross_entropy' in active:
+    ce = terms.cross_entropy
+    check(ce.weighting in WEIGHTINGS, 'cross_entropy.weighting',
+          ce.weighting, f'one of {WEIGHTINGS}')
+    check(0 <= ce.label_smoothing < 1, 'cross_entropy.label_smoothing',
+          ce.label_smoothing, 'in [0, 1)')
+  if 'triplet' in active:
+    check(terms.triplet.margin >= 0, 'triplet.margin', terms.triplet.margin,
+          '>= 0')
+  if 'attention_mining' in active:
+    mining = terms.attention_mining
+    check(mining.alpha > 0, 'attention_mining.alpha', mining.alpha, '> 0')
+    check(0 <= mining.beta <= 1, 'attention_mining.beta', mining.beta,
+          'in [0, 1] (the maps are normalised to [0, 1])')
+  if 'consistency' in active:
+    threshold = terms.consistency.threshold
+    check(0 <= threshold <= 1, 'consistency.threshold', threshold,
+          'in [0, 1] (the maps are normalised to [0, 1])')
+
+
 def check_outputs(config: ml_collections.ConfigDict,
                   outputs: dict[str, Any]) -> None:
   """Refuses terms the network's outputs cannot feed (checked at start-up).

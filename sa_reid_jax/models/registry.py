@@ -150,6 +150,58 @@ def embed(model: Any, variables: Any, images: jax.Array) -> jax.Array:
   return model.apply(variables, images, train=False)['features']
 
 
+def check_input_size(model: Any, image_size, flag: str) -> None:
+  """Refuses an input size a network built for one size cannot take.
+
+  Raises:
+    ValueError: naming `flag`, for an RGA network (its module widths depend
+      on the size) and another size than the one it was built for.
+  """
+  built = getattr(model, 'image_size', None)
+  size = tuple(int(v) for v in image_size)
+  if built is not None and tuple(built) != size:
+    raise ValueError(
+        f'{flag}: {size[0]}x{size[1]}, but this {family_of(model).name} '
+        f'network is built for {built[0]}x{built[1]} (its layer widths '
+        'depend on the size); leave the flag out to use that size')
+
+
+# Network attributes that change what evaluation computes without changing
+# the trained weights: the descriptor read (RGA: before or after the
+# BNNeck) and the compute dtype.
+EVALUATION_OVERRIDES = ('descriptor', 'dtype')
+
+
+def with_overrides(model: Any, overrides: dict[str, Any],
+                   prefix: str = '--config.model.') -> Any:
+  """A loaded network with some attributes changed for evaluation.
+
+  Args:
+    model: a network of a registered family.
+    overrides: attribute name -> value (e.g. from ``--config.model.*``
+      flags given on the command line).
+    prefix: how the names are spelled in errors.
+
+  Returns:
+    the network with those attributes (a clone; `model` if none).
+
+  Raises:
+    ValueError: naming the flag, for an attribute not in
+      `EVALUATION_OVERRIDES` (the saved network's shape is fixed) or one
+      this family does not have.
+  """
+  for key in overrides:
+    if key not in EVALUATION_OVERRIDES:
+      raise ValueError(
+          f'{prefix}{key}: the network is read from the model directory; '
+          f'only {", ".join(EVALUATION_OVERRIDES)} can be changed for '
+          'evaluation')
+    if not hasattr(model, key):
+      raise ValueError(f'{prefix}{key}: a {family_of(model).name} network '
+                       f'has no {key}')
+  return model.clone(**overrides) if overrides else model
+
+
 def family_of(model: Any) -> Family:
   """The family `model` belongs to.
 

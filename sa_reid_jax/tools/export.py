@@ -307,6 +307,10 @@ def export_checkpoint(checkpoint: str, output: str, *,
   except ValueError as error:
     raise ExportError(f'--checkpoint: {checkpoint}: {_one_line(error)}'
                       ) from None
+  try:
+    registry.check_input_size(model, size, '--image_size')
+  except ValueError as error:
+    raise ExportError(str(error)) from None
   metadata = {'checkpoint': os.path.abspath(checkpoint)}
   if output_format == 'onnx':
     try:

@@ -43,6 +43,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import drawing  # pylint: disable=g-import-not-at-top
@@ -276,6 +277,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Orbax and TensorStore report broken checkpoints with many error types.
     sys.exit(f'{program}: error: --checkpoint: cannot load '
              f'{args.checkpoint}: {type(e).__name__}: {e}')
+  try:
+    registry.check_input_size(model, image_size, '--image_size')
+  except ValueError as e:
+    sys.exit(f'{program}: error: {e}')
   folder = (args.gallery if os.path.isdir(args.gallery)
             else os.path.dirname(os.path.abspath(args.gallery)))
   print(f'model {args.checkpoint}; '

@@ -70,11 +70,23 @@ def _build_sampler(config: ml_collections.ConfigDict,
                    table: tables.ExampleTable) -> samplers.Sampler:
   """The sampler of config.data over the train table's identities."""
   try:
-    return samplers.build(config.data.sampler, table.labels,
-                          config.batch_size, config.data.images_per_identity)
+    sampler = samplers.build(config.data.sampler, table.labels,
+                             config.batch_size,
+                             config.data.images_per_identity)
   except ValueError as e:
     raise ValueError(f'config.data.sampler {config.data.sampler!r} with '
                      f'config.batch_size {config.batch_size}: {e}') from e
+  if config.data.sampler == 'identity' and jax.process_index() == 0:
+    counts = np.bincount(np.unique(table.labels, return_inverse=True)[1])
+    short = int(np.sum(counts < config.data.images_per_identity))
+    if short:
+      # Allowed (the official sampler draws with replacement), but worth a
+      # line: with K above every identity's count, every batch repeats.
+      print(f'note: {short} of {len(counts)} train identities have fewer '
+            f'than config.data.images_per_identity = '
+            f'{config.data.images_per_identity} images (at most '
+            f'{int(counts.max())}); their images are drawn with replacement')
+  return sampler
 
 
 def _with_pretrained_backbone(state: step_lib.TrainState,
@@ -137,11 +149,7 @@ def _check_config(config: ml_collections.ConfigDict, device_count: int,
           f'config.batch_size {config.batch_size} must be a multiple of '
           f'config.data.images_per_identity {per_identity} (>= 1): a batch '
           'holds batch_size / images_per_identity identities')
-  cross_entropy = config.loss.terms.cross_entropy
-  if cross_entropy.weighting not in losses.WEIGHTINGS:
-    raise ValueError(f'config.loss.terms.cross_entropy.weighting must be one '
-                     f'of {losses.WEIGHTINGS}, got '
-                     f'{cross_entropy.weighting!r}')
+  losses.check_settings(config)
   try:
     random_erasing(config.augmentation)
     random_crop(config.augmentation)
