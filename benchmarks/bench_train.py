@@ -117,7 +117,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
   if args.variant not in known:
     parser.error(f'--variant: unknown {args.variant!r}; choose one of '
                  f'{sorted(known)}')
-  if args.compare_torch and args.variant not in SA_VARIANTS:
+  if getattr(args, 'compare_torch', False) and (
+      args.variant not in SA_VARIANTS):
     parser.error('--compare_torch: the PyTorch benchmark is of the SA '
                  f'network only, not {args.variant!r}')
   if len(args.image_size) != 2 or len(args.stage_sizes) != 4:
