@@ -147,8 +147,14 @@ def test_unreadable_files(tmp_path):
     read_weights(str(garbage))
   garbage_pth = tmp_path / 'garbage.pth'
   garbage_pth.write_bytes(b'\x00\x01 not a torch file')
-  with pytest.raises(ConversionError, match='garbage.pth'):
+  with pytest.raises(ConversionError, match='garbage.pth: not a PyTorch '
+                     r'file \(neither the zip archive of torch.save nor a '
+                     r'pickle\)'):
     read_weights(str(garbage_pth))
+  text = tmp_path / 'notes.pth'
+  text.write_text('not weights at all')
+  with pytest.raises(ConversionError, match='notes.pth: not a PyTorch file'):
+    read_weights(str(text))
   objects = tmp_path / 'objects.npz'
   np.savez(objects, a=np.array([{'x': 1}], dtype=object))
   with pytest.raises(ConversionError, match='objects.npz'):

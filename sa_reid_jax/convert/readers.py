@@ -30,6 +30,18 @@ def _read_torch(path: str) -> Any:
         "`pip install 'sa-reid-jax[convert]'` (or convert the file to "
         '.safetensors / .npz elsewhere)') from error
   try:
+    with open(path, 'rb') as file:
+      head = file.read(2)
+  except OSError as error:
+    raise ConversionError(f'{path}: not a readable PyTorch file: '
+                          f'{error.strerror}') from error
+  # torch.save writes a zip archive ('PK'); files of PyTorch < 1.6 are a
+  # pickle (protocol byte 0x80). Anything else would otherwise reach the
+  # unpickler and be reported as unsafe rather than as not a PyTorch file.
+  if not (head == b'PK' or head[:1] == b'\x80'):
+    raise ConversionError(f'{path}: not a PyTorch file (neither the zip '
+                          'archive of torch.save nor a pickle)')
+  try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as error:
     reason = str(error).strip().splitlines()
