@@ -1,11 +1,13 @@
 """Loss terms by name, each with a weight in the config (`config.loss.terms`).
 
-Every registered term has a block in ``config.loss.terms`` (defaults and
-their sources in `training/defaults.py`); a weight of 0 switches a term
-off (it is not even computed). A term reads the network's output dict and
-the batch and returns a scalar and its metrics; terms that compare
-examples with each other (triplet) receive the device axis and see the
-whole global batch.
+A term is switched on by a block in ``config.loss.terms`` with a non-zero
+weight (defaults and their sources in `training/defaults.py`, the CASN
+terms' in `training/casn_defaults.py`); with weight 0 it is not even
+computed. A term reads the network's output dict (for the CASN terms, what
+the ``casn`` task adds to it: Grad-CAM maps, the erased images' logits, pair
+logits) and the batch, and returns a scalar and its metrics; terms that
+compare examples with each other (triplet, verification, consistency)
+receive the device axis and see the whole global batch.
 """
 
 from typing import Any, Callable, Optional

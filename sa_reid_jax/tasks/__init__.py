@@ -9,6 +9,10 @@ experiment config and gives:
   batch without one of them, rather than training on less);
 * ``loss_fn(model, params, batch_stats, batch, rng, axis_name)
   -> (loss, (metrics, new_batch_stats))``.
+
+The tasks: ``identification`` (one forward pass, the loss terms: SA, RGA,
+the BNNeck baseline) and ``casn`` (`tasks.casn`: Grad-CAM and a second pass
+on the erased images inside the step, the siamese terms).
 """
 
 from typing import Callable
