@@ -6,7 +6,7 @@ module into that description and a description back into a module.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,7 +32,8 @@ def module_config(model: nn.Module) -> dict[str, Any]:
 
 
 def module_from_config(cls: type, config: dict[str, Any], source: str,
-                       tuple_fields: tuple[str, ...] = ()) -> nn.Module:
+                       tuple_fields: tuple[str, ...] = (),
+                       family: Optional[str] = None) -> nn.Module:
   """Builds a `cls` from `module_config`'s output.
 
   Args:
@@ -41,13 +42,20 @@ def module_from_config(cls: type, config: dict[str, Any], source: str,
     source: where the config came from, for the error message.
     tuple_fields: attributes stored as lists that the module needs as
       tuples (hashable, as Flax attributes should be).
+    family: if set, `config` may hold ``family``, which must equal it.
 
   Returns:
     the module.
 
   Raises:
-    ValueError: naming the unknown keys and the `source`.
+    ValueError: naming `source`: another family, unknown keys, or a value
+      the module's constructor refuses.
   """
+  config = dict(config)
+  if family is not None:
+    found = config.pop('family', family)
+    if found != family:
+      raise ValueError(f'{source}: model family {found!r} is not {family!r}')
   known = {field.name for field in dataclasses.fields(cls)
            if field.init and field.name not in ('parent', 'name')}
   unknown = sorted(set(config) - known)
@@ -58,4 +66,7 @@ def module_from_config(cls: type, config: dict[str, Any], source: str,
   for name in tuple_fields:
     if name in kwargs:
       kwargs[name] = tuple(kwargs[name])
-  return cls(**kwargs)
+  try:
+    return cls(**kwargs)
+  except ValueError as error:
+    raise ValueError(f'{source}: {error}') from error

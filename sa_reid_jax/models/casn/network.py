@@ -305,16 +305,8 @@ def model_from_config(config: dict[str, Any],
     ValueError: another family, unknown keys or a bad value, naming
       `source`.
   """
-  config = dict(config)
-  family = config.pop('family', FAMILY)
-  if family != FAMILY:
-    raise ValueError(f'{source}: model family {family!r} is not {FAMILY!r}')
-  try:
-    return module_from_config(CASNNet, config, source, ('stage_sizes',))
-  except ValueError as error:
-    if str(error).startswith(f'{source}: '):
-      raise
-    raise ValueError(f'{source}: {error}') from error
+  return module_from_config(CASNNet, config, source, ('stage_sizes',),
+                            family=FAMILY)
 
 
 # The paper's two identity baselines: IDE keeps the ImageNet network's last

@@ -194,12 +194,8 @@ def model_from_config(config: dict[str, Any],
   Raises:
     ValueError: another family, or unknown keys, naming `source`.
   """
-  config = dict(config)
-  family = config.pop('family', FAMILY)
-  if family != FAMILY:
-    raise ValueError(f'{source}: model family {family!r} is not {FAMILY!r}')
   return module_from_config(RGANet, config, source,
-                            ('stage_sizes', 'image_size'))
+                            ('stage_sizes', 'image_size'), family=FAMILY)
 
 
 # The networks of the paper (RGA-S, RGA-C, RGA-SC) and the BNNeck baseline,
