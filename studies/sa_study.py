@@ -28,8 +28,9 @@ variant, and the paired differences to ``no_sa`` for the same seed with a
 Finished runs are skipped, unfinished ones resume from their checkpoint, so
 the command can be interrupted and started again:
 
-  python studies/sa_study.py --output=workdirs/sa_study --seeds=5 \
-      --epochs=8 --parallel=2 --variants=no_sa,sa_sum,rga_sc,bnneck_baseline
+  python studies/sa_study.py --output=workdirs/study_systems --seeds=3 \
+      --epochs=8 --parallel=2 \
+      --variants=no_sa,sa_sum,rga_sc,bnneck_baseline,casn_pcb
 
 ``--parallel=N`` trains N runs at once in N single-threaded processes
 (``--parallel=1``: one at a time, in this process, with every core).
@@ -78,7 +79,7 @@ VARIANTS = {
     'bnneck_baseline': ('demo_rga_synthetic.py', 'baseline', None),
     'casn_pcb': ('demo_casn_synthetic.py', 'pcb', None),
 }
-DEFAULT_VARIANTS = 'no_sa,sa_sum,rga_sc,bnneck_baseline'
+DEFAULT_VARIANTS = 'no_sa,sa_sum,rga_sc,bnneck_baseline,casn_pcb'
 BASELINE = 'no_sa'
 METRICS = ('rank1', 'mAP', 'mINP')
 METRIC_NAMES = {'rank1': 'rank-1', 'mAP': 'mAP', 'mINP': 'mINP'}
@@ -343,7 +344,9 @@ def plot(summary: dict, runs: dict, path: str) -> None:
       axis.plot(np.full(len(values), position + 0.15), values, '.',
                 color='#636363', alpha=0.7,
                 label='one seed' if position == 0 else None)
-    axis.set_xticks(positions, variants, rotation=15)
+    # Long variant names overlap when level; slanted, anchored at the tick.
+    axis.set_xticks(positions, variants, rotation=30, ha='right',
+                    rotation_mode='anchor')
     axis.set_xlim(-0.5, len(variants) - 0.5)
     axis.set_title(f'{METRIC_NAMES[metric]} (%)')
     axis.grid(axis='y', alpha=0.3)

@@ -250,10 +250,11 @@ def test_verification_loss_hand_computed():
   expected = (np.mean([softplus(-logits[p]) for p in positive]) +
               np.mean([softplus(logits[p]) for p in negative])) / 2
   assert float(loss) == pytest.approx(expected, rel=1e-5)
-  right = [logits[p] > 0 for p in positive] + [logits[p] < 0
-                                                for p in negative]
+  # Balanced, as the loss: each kind's share of right answers, averaged.
+  expected_accuracy = (np.mean([logits[p] > 0 for p in positive]) +
+                       np.mean([logits[p] < 0 for p in negative])) / 2
   assert float(metrics['verification_accuracy']) == pytest.approx(
-      np.mean(right))
+      expected_accuracy)
 
 
 # What the two-device subprocess computes, also computed here on one device.

@@ -90,8 +90,11 @@ def verification_loss(pair_logits: jax.Array, labels: jax.Array,
   Returns:
     the loss (float32 scalar; its mean over devices is (mean BCE of the
     positive pairs + mean BCE of the negative pairs) / 2 of the global
-    batch) and metrics ``verification_accuracy`` (share of this device's
-    pairs, either kind, on the right side of 0).
+    batch) and metrics ``verification_accuracy``: the balanced accuracy,
+    (share of positive pairs with a logit > 0 + share of negative pairs
+    with a logit < 0) / 2 over the global batch (as the loss, so that the
+    many negative pairs of a P x K batch do not hide the positives; a head
+    that cannot tell scores 0.5), its mean over devices the global value.
   """
   positive, negative, num_devices = global_pairs(labels, axis_name)
   logits = pair_logits.astype(jnp.float32)
@@ -100,9 +103,10 @@ def verification_loss(pair_logits: jax.Array, labels: jax.Array,
                                  num_devices, axis_name)
   negative_loss = _share_of_mean(jax.nn.softplus(logits), negative,
                                  num_devices, axis_name)
-  right = jnp.where(positive, logits > 0, logits < 0)
-  pairs = positive | negative
-  accuracy = jnp.sum(right & pairs) / jnp.maximum(jnp.sum(pairs), 1)
+  accuracy = (_share_of_mean((logits > 0).astype(jnp.float32), positive,
+                              num_devices, axis_name) +
+              _share_of_mean((logits < 0).astype(jnp.float32), negative,
+                             num_devices, axis_name)) / 2
   return (positive_loss + negative_loss) / 2, {
       'verification_accuracy': accuracy}
 
