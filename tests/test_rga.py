@@ -245,9 +245,10 @@ def test_wrong_sizes_are_one_clear_error():
   with pytest.raises(ValueError, match='images are 128x64 but this RGA '
                      'network is built for image_size 256x128'):
     probe(RGANet(num_classes=3), (128, 64))
-  with pytest.raises(ValueError, match=r'RGA module on a 8x4x512 feature '
-                     r'map: the spatial attention head \(\(1 \+ 4\) // 8\) '
-                     'has no channels; the input image is too small'):
+  with pytest.raises(ValueError, match=r'^config\.model\.down_ratio: RGA '
+                     r'module on a 8x4x512 feature map: the spatial attention '
+                     r'head \(\(1 \+ 4\) // 8\) has no channels; the input '
+                     'image is too small for down_ratio=8'):
     probe(RGANet(num_classes=3, image_size=(64, 32)), (64, 32))
 
 

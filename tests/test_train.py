@@ -22,6 +22,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 import test_report
 
+from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
@@ -346,6 +347,15 @@ def test_cli_config_errors_are_one_clean_line(tmp_path, config, override,
   assert lines[0].startswith(expected.replace('CONFIG', path)), lines[0]
   assert '\\' not in lines[0] and 'Traceback' not in lines[0]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_missing_dataset_folder_names_the_key(tmp_path):
+  missing = str(tmp_path / 'nothing')
+  with pytest.raises(market_layout.LayoutError, match=(
+      '^config\\.dataset\\.folder: ' + re.escape(
+          os.path.join(missing, 'bounding_box_train')) + ': missing')):
+    trainer.train_and_evaluate(tiny_config(missing), str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_a_forgotten_backbone_stops_before_anything_is_written(data,

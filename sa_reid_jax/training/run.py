@@ -18,6 +18,7 @@ from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import samplers
 from sa_reid_jax.data.device_augment import check_size
+from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import registry
@@ -40,8 +41,12 @@ def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
   if dataset.folder:
     # The evaluation splits too: a corrupt gallery image must stop the run
     # now, not at its first evaluation.
-    return tables.from_folders(dataset.folder,
-                               ('train', 'query', 'gallery'))['train']
+    try:
+      return tables.from_folders(dataset.folder,
+                                 ('train', 'query', 'gallery'))['train']
+    except market_layout.LayoutError as e:
+      # The layout error names the folder or file; this names the key.
+      raise market_layout.LayoutError(f'config.dataset.folder: {e}') from None
   return tables.from_tfds(dataset.name, 'train',
                           data_dir=dataset.data_dir or None)
 

@@ -180,18 +180,25 @@ class RGAModule(nn.Module):
     inter_features = num_features // feature_ratio
     inter_nodes = num_nodes // node_ratio
     hidden = (1 + inter_nodes) // self.down_ratio
-    for what, width in ((f'{part} feature embedding ({num_features} // '
-                         f'{feature_ratio})', inter_features),
-                        (f'{part} relation embedding ({num_nodes} // '
-                         f'{node_ratio})', inter_nodes),
-                        (f'{part} attention head ((1 + {inter_nodes}) // '
-                         f'{self.down_ratio})', hidden)):
+    # The config.model key behind each ratio, for the error below.
+    feature_key, node_key = (('channel_ratio', 'spatial_ratio')
+                             if part == 'spatial' else
+                             ('spatial_ratio', 'channel_ratio'))
+    for what, key, width in (
+        (f'{part} feature embedding ({num_features} // {feature_ratio})',
+         feature_key, inter_features),
+        (f'{part} relation embedding ({num_nodes} // {node_ratio})',
+         node_key, inter_nodes),
+        (f'{part} attention head ((1 + {inter_nodes}) // '
+         f'{self.down_ratio})', 'down_ratio', hidden)):
       if width < 1:
         height, width_px, channels = where
         raise ValueError(
-            f'RGA module on a {height}x{width_px}x{channels} feature map: the '
-            f'{what} has no channels; the input image is too small for these '
-            'ratios (the official 256x128 input fits ratio 8)')
+            f'config.model.{key}: RGA module on a {height}x{width_px}x'
+            f'{channels} feature map: the {what} has no channels; the input '
+            f'image is too small for {key}={getattr(self, key)} (lower it or '
+            'enlarge config.image_size; the official 256x128 input fits '
+            'ratio 8)')
     embed = functools.partial(Embed, dtype=dtype,
                               bn_axis_name=self.bn_axis_name)
 
