@@ -53,16 +53,11 @@ import subprocess
 import sys
 import time
 
-import matplotlib
-matplotlib.use('Agg')  # files only, no display
-from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-import numpy as np
-from scipy import stats
-
 from sa_reid_jax import command_line
 from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import seed_comparison
 from sa_reid_jax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +76,6 @@ VARIANTS = {
 }
 DEFAULT_VARIANTS = 'no_sa,sa_sum,rga_sc,bnneck_baseline,casn_pcb'
 BASELINE = 'no_sa'
-METRICS = ('rank1', 'mAP', 'mINP')
-METRIC_NAMES = {'rank1': 'rank-1', 'mAP': 'mAP', 'mINP': 'mINP'}
 DATA_SEED = 0  # the one dataset every run trains and is evaluated on
 
 
@@ -176,7 +169,7 @@ def _read_final(directory: str) -> dict | None:
   if os.path.exists(timing):
     with open(timing) as file:
       wall = json.load(file)['seconds']
-  return {**{m: final['plain'][m] for m in METRICS}, 'step': final['step'],
+  return {**{m: final['plain'][m] for m in seed_comparison.METRICS}, 'step': final['step'],
           'wall_seconds': wall}
 
 
@@ -247,115 +240,6 @@ def run_all(args, pending: list[tuple[str, int]]) -> None:
             f' see {run_dir(args.output, variant, seed)}/train.log')
 
 
-def paired_difference(values: np.ndarray, baseline: np.ndarray,
-                      confidence: float = 0.95) -> dict:
-  """Mean of the per-seed differences ``values - baseline`` and its
-  Student-t confidence interval (n - 1 degrees of freedom).
-
-  Args:
-    values, baseline: (n,) metrics of the same seeds.
-    confidence: coverage of the interval.
-
-  Returns:
-    ``mean``, ``std`` (sample, ddof 1), ``low``, ``high``, ``n``; the
-    spread and interval are NaN for n < 2.
-  """
-  differences = np.asarray(values, float) - np.asarray(baseline, float)
-  n = len(differences)
-  mean = float(differences.mean())
-  if n < 2:
-    return {'mean': mean, 'std': float('nan'), 'low': float('nan'),
-            'high': float('nan'), 'n': n}
-  std = float(differences.std(ddof=1))
-  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / np.sqrt(n)
-  return {'mean': mean, 'std': std, 'low': mean - half, 'high': mean + half,
-          'n': n}
-
-
-def summarise(runs: dict[str, dict[int, dict]]) -> dict:
-  """Mean ± std per variant and metric, and paired differences to no_sa."""
-  summary = {'variants': {}, 'differences': {}}
-  for variant, by_seed in runs.items():
-    seeds = sorted(by_seed)
-    summary['variants'][variant] = {
-        metric: {'mean': float(np.mean([by_seed[s][metric] for s in seeds])),
-                 'std': (float(np.std([by_seed[s][metric] for s in seeds],
-                                      ddof=1)) if len(seeds) > 1
-                         else float('nan')),
-                 'n': len(seeds)}
-        for metric in METRICS}
-  baseline = runs.get(BASELINE, {})
-  for variant, by_seed in runs.items():
-    seeds = sorted(set(by_seed) & set(baseline))
-    if variant == BASELINE or not seeds:
-      continue
-    summary['differences'][variant] = {
-        metric: {**paired_difference([by_seed[s][metric] for s in seeds],
-                                     [baseline[s][metric] for s in seeds]),
-                 'seeds': seeds}
-        for metric in METRICS}
-  return summary
-
-
-def _percent(value: float) -> str:
-  return 'n/a' if np.isnan(value) else f'{100 * value:.1f}'
-
-
-def markdown(summary: dict, settings: dict) -> str:
-  """The study's tables (percent)."""
-  length = (f'{settings["max_steps"]} steps' if settings['max_steps']
-            else f'{settings["epochs"]} epochs')
-  lines = [f'Variants trained {settings["seeds"]} seeds each, {length} '
-           '(mean ± sample std over seeds, %):',
-           '', '| variant | runs | ' + ' | '.join(
-               METRIC_NAMES[m] for m in METRICS) + ' |',
-           '| --- | --- |' + ' --- |' * len(METRICS)]
-  for variant, metrics in summary['variants'].items():
-    cells = [f'{_percent(v["mean"])} ± {_percent(v["std"])}'
-             for v in metrics.values()]
-    lines.append(f'| {variant} | {metrics["rank1"]["n"]} | '
-                 + ' | '.join(cells) + ' |')
-  lines += ['', f'Paired differences to {BASELINE} (same seed), mean '
-            '[95% t-interval], percentage points:', '',
-            '| variant | ' + ' | '.join(METRIC_NAMES[m] for m in METRICS)
-            + ' |', '| --- |' + ' --- |' * len(METRICS)]
-  for variant, metrics in summary['differences'].items():
-    cells = [f'{100 * d["mean"]:+.1f} [{_percent(d["low"])}, '
-             f'{_percent(d["high"])}]' for d in metrics.values()]
-    lines.append(f'| {variant} - {BASELINE} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
-
-
-def plot(summary: dict, runs: dict, path: str) -> None:
-  """Per variant and metric: the mean with a ±1 std error bar, and each
-  seed's value as a small dot beside it."""
-  variants = list(summary['variants'])
-  figure, axes = pyplot.subplots(1, len(METRICS),
-                                 figsize=(4 * len(METRICS), 3.6))
-  positions = np.arange(len(variants))
-  for axis, metric in zip(axes, METRICS):
-    means = [100 * summary['variants'][v][metric]['mean'] for v in variants]
-    stds = [100 * np.nan_to_num(summary['variants'][v][metric]['std'])
-            for v in variants]
-    axis.errorbar(positions, means, yerr=stds, fmt='o', color='#3182bd',
-                  capsize=6, markersize=7, label='mean ± std')
-    for position, variant in zip(positions, variants):
-      values = [100 * r[metric] for r in runs[variant].values()]
-      axis.plot(np.full(len(values), position + 0.15), values, '.',
-                color='#636363', alpha=0.7,
-                label='one seed' if position == 0 else None)
-    # Long variant names overlap when level; slanted, anchored at the tick.
-    axis.set_xticks(positions, variants, rotation=30, ha='right',
-                    rotation_mode='anchor')
-    axis.set_xlim(-0.5, len(variants) - 0.5)
-    axis.set_title(f'{METRIC_NAMES[metric]} (%)')
-    axis.grid(axis='y', alpha=0.3)
-  axes[0].legend(fontsize=8, loc='best')
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  pyplot.close(figure)
-
-
 def _prepare_data(output: str, num_ids: int) -> str:
   folder = os.path.join(output, 'data')
   if not os.path.exists(os.path.join(folder, synthetic.SETTINGS_JSON)):
@@ -420,7 +304,7 @@ def main(argv=None) -> int:
     sys.exit(f'sa_study.py: error: {error}')
   runs = {v: {s: _read_final(run_dir(args.output, v, s))
               for s in args.seed_numbers} for v in args.variant_list}
-  summary = summarise(runs)
+  summary = seed_comparison.summarise(runs, BASELINE)
   settings = {'seeds': len(args.seed_numbers), 'epochs': args.epochs,
               'max_steps': args.max_steps, 'num_ids': args.num_ids,
               'parallel': args.parallel, 'data_seed': DATA_SEED,
@@ -433,10 +317,11 @@ def main(argv=None) -> int:
     json.dump({'settings': settings, 'runs': runs, 'summary': summary,
                'wall_seconds_this_invocation': time.time() - start}, file,
               indent=2)
-  table = markdown(summary, settings)
+  table = seed_comparison.markdown(summary, settings, BASELINE)
   with open(os.path.join(args.output, 'results.md'), 'w') as file:
     file.write(table)
-  plot(summary, runs, os.path.join(args.output, 'results.png'))
+  seed_comparison.plot(summary, runs,
+                       os.path.join(args.output, 'results.png'))
   print(table)
   print(f'wrote {args.output}/results.json, results.md, results.png '
         f'({time.time() - start:.0f} s)')

@@ -10,6 +10,7 @@ import pytest
 
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import seed_comparison
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'studies',
                      'sa_study.py')
@@ -24,7 +25,7 @@ def test_paired_difference_matches_hand_computed_t_interval():
   # differences 0.02, 0.04, -0.01, 0.04, 0.03: mean 0.024, squared
   # deviations sum to 0.00172, sample std sqrt(0.00172 / 4);
   # t(0.975, 4) = 2.7764451 (t table).
-  result = sa_study.paired_difference(values, baseline)
+  result = seed_comparison.paired_difference(values, baseline)
   std = np.sqrt(0.00172 / 4)
   half = 2.7764451 * std / np.sqrt(5)
   assert result['n'] == 5
@@ -35,7 +36,7 @@ def test_paired_difference_matches_hand_computed_t_interval():
 
 
 def test_one_seed_has_no_interval():
-  result = sa_study.paired_difference([0.5], [0.4])
+  result = seed_comparison.paired_difference([0.5], [0.4])
   assert result['mean'] == pytest.approx(0.1)
   assert np.isnan(result['low']) and np.isnan(result['std'])
 
@@ -45,7 +46,7 @@ def test_summary_pairs_runs_by_seed():
                     1: {'rank1': .6, 'mAP': .4, 'mINP': .2}},
           'sa_sum': {0: {'rank1': .7, 'mAP': .3, 'mINP': .1},
                      1: {'rank1': .6, 'mAP': .5, 'mINP': .3}}}
-  summary = sa_study.summarise(runs)
+  summary = seed_comparison.summarise(runs, 'no_sa')
   assert summary['variants']['no_sa']['rank1']['mean'] == pytest.approx(.55)
   assert summary['variants']['sa_sum']['mAP']['std'] == pytest.approx(
       np.std([.3, .5], ddof=1))
@@ -53,6 +54,23 @@ def test_summary_pairs_runs_by_seed():
   assert rank1['mean'] == pytest.approx(0.1)  # (+0.2 + 0.0) / 2
   assert rank1['seeds'] == [0, 1]
   assert 'no_sa' not in summary['differences']
+
+
+def test_markdown_rows_in_percent():
+  runs = {'no_sa': {0: {'rank1': .5, 'mAP': .3, 'mINP': .1},
+                    1: {'rank1': .6, 'mAP': .4, 'mINP': .2}},
+          'sa_sum': {0: {'rank1': .7, 'mAP': .3, 'mINP': .1}}}
+  table = seed_comparison.markdown(
+      seed_comparison.summarise(runs, 'no_sa'),
+      {'seeds': 2, 'epochs': 8, 'max_steps': 0}, 'no_sa')
+  lines = table.splitlines()
+  assert lines[0].startswith('Variants trained 2 seeds each, 8 epochs')
+  # std of (0.5, 0.6) with ddof 1 = 0.0707 -> 7.1 points.
+  assert '| no_sa | 2 | 55.0 ± 7.1 | 35.0 ± 7.1 | 15.0 ± 7.1 |' in lines
+  # One seed: no spread, no interval; the pairing uses seed 0 only.
+  assert '| sa_sum | 1 | 70.0 ± n/a | 30.0 ± n/a | 10.0 ± n/a |' in lines
+  assert ('| sa_sum - no_sa | +20.0 [n/a, n/a] | +0.0 [n/a, n/a] | '
+          '+0.0 [n/a, n/a] |') in lines
 
 
 def test_config_sets_what_the_comparison_depends_on():
