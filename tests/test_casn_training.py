@@ -118,6 +118,21 @@ def test_terms_refuse_other_tasks_and_networks():
     tasks.build(config)
 
 
+def test_another_familys_config_is_one_clear_error():
+  config = casn_experiment_config('market1501', 'pcb')
+  config.model.family = 'sanet'  # the CASN block has no SA keys
+  with pytest.raises(ValueError, match=(
+      r"^config\.model\.family='sanet': config\.model has no key "
+      r"'attention_normalization', which the sanet family reads")):
+    registry.build(config.model, 10, image_size=(128, 64))
+  from sa_reid_jax.training import experiment_config  # pylint: disable=g-import-not-at-top
+  sa_config = experiment_config('market1501', 'full')
+  sa_config.task = 'casn'  # an SA config has no config.casn block
+  with pytest.raises(ValueError, match=r'^config\.task=casn needs the '
+                     r'config\.casn block'):
+    tasks.build(sa_config)
+
+
 @pytest.mark.parametrize('name', ['casn_ide_market1501.py',
                                   'casn_pcb_market1501.py',
                                   'demo_casn_synthetic.py'])

@@ -182,7 +182,10 @@ def test_config_errors_name_the_key():
     ('cross_entropy.label_smoothing', 1.5, 'in \\[0, 1\\), got 1.5'),
     ('cross_entropy.weighting', 'mean', 'one of'),
     ('triplet.margin', -0.3, '>= 0, got -0.3'),
-    ('attention_mining.alpha', 0.0, '> 0, got 0.0'),
+    ('attention_mining.alpha', 0.0, 'finite and > 0, got 0.0'),
+    ('attention_mining.alpha', float('inf'), 'finite and > 0, got inf'),
+    ('attention_mining.weight', float('inf'), 'finite and >= 0, got inf'),
+    ('consistency.weight', float('nan'), 'finite and >= 0, got nan'),
     ('attention_mining.beta', 1.5, 'in \\[0, 1\\]'),
     ('consistency.threshold', -0.1, 'in \\[0, 1\\]'),
 ])
@@ -196,6 +199,36 @@ def test_settings_out_of_range_name_the_key(key, value, message):
   with pytest.raises(ValueError, match=f'config.loss.terms.{key} must be '
                      f'{message}'):
     losses.check_settings(config)
+
+
+@pytest.mark.parametrize('changes, message', [
+    ({'data.images_per_identity': 1}, "verification needs positive pairs in "
+     "every batch: config.data.sampler='identity' with config.data."
+     "images_per_identity >= 2 \\(P x K\\), got sampler='identity', "
+     'images_per_identity=1'),
+    ({'data.sampler': 'uniform'}, "got sampler='uniform'"),
+    ({'data.sampler': 'uniform', 'loss.terms.verification.weight': 0.0},
+     'config.loss.terms.consistency needs positive pairs'),
+    ({'casn.gradcam_gradient': 'none'}, "consistency: with config.casn."
+     "gradcam_gradient='none' no gradient reaches the maps"),
+])
+def test_siamese_terms_refuse_batches_without_positive_pairs(changes,
+                                                             message):
+  from sa_reid_jax.training.casn_defaults import casn_experiment_config  # pylint: disable=g-import-not-at-top
+  config = casn_experiment_config('market1501')
+  losses.check_settings(config)
+  for key, value in changes.items():
+    block, name = key.rsplit('.', 1)
+    target = config
+    for part in block.split('.'):
+      target = target[part]
+    target[name] = value
+  with pytest.raises(ValueError, match=message):
+    losses.check_settings(config)
+  # Without the pair terms the same sampler is fine.
+  config.loss.terms.consistency.weight = 0.0
+  config.loss.terms.verification.weight = 0.0
+  losses.check_settings(config)
 
 
 # What the two-device subprocess computes, also computed here on one device.

@@ -10,6 +10,7 @@ compare examples with each other (triplet, verification, consistency)
 receive the device axis and see the whole global batch.
 """
 
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -89,9 +90,10 @@ def active_terms(config: ml_collections.ConfigDict) -> list[str]:
     raise ValueError(f'config.loss.terms: unknown term(s) {unknown}; the '
                      f'terms are {sorted(TERMS)}')
   for name in terms:
-    if terms[name].weight < 0:
-      raise ValueError(f'config.loss.terms.{name}.weight must be >= 0, got '
-                       f'{terms[name].weight}')
+    weight = terms[name].weight
+    if not (math.isfinite(weight) and weight >= 0):
+      raise ValueError(f'config.loss.terms.{name}.weight must be finite and '
+                       f'>= 0, got {weight}')
   active = [name for name in terms if terms[name].weight]
   if not active:
     raise ValueError('config.loss.terms: every weight is 0; nothing to train')
@@ -124,13 +126,32 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
           '>= 0')
   if 'attention_mining' in active:
     mining = terms.attention_mining
-    check(mining.alpha > 0, 'attention_mining.alpha', mining.alpha, '> 0')
+    check(math.isfinite(mining.alpha) and mining.alpha > 0,
+          'attention_mining.alpha', mining.alpha, 'finite and > 0')
     check(0 <= mining.beta <= 1, 'attention_mining.beta', mining.beta,
           'in [0, 1] (the maps are normalised to [0, 1])')
   if 'consistency' in active:
     threshold = terms.consistency.threshold
     check(0 <= threshold <= 1, 'consistency.threshold', threshold,
           'in [0, 1] (the maps are normalised to [0, 1])')
+    casn = config.get('casn')
+    if casn is not None and casn.gradcam_gradient == 'none':
+      raise ValueError(
+          'config.loss.terms.consistency: with config.casn.gradcam_gradient='
+          "'none' no gradient reaches the maps, so this term could not "
+          "train anything; set its weight to 0 or use 'feature_map'")
+  pairs = [name for name in ('verification', 'consistency') if name in active]
+  if pairs:
+    # Without same-identity pairs in a batch these terms lose their
+    # positive half (verification learns only "different") or vanish
+    # (consistency), silently: refuse such a sampler.
+    data = config.data
+    if data.sampler != 'identity' or data.images_per_identity < 2:
+      raise ValueError(
+          f'config.loss.terms.{pairs[0]} needs positive pairs in every batch: '
+          "config.data.sampler='identity' with config.data."
+          'images_per_identity >= 2 (P x K), got sampler='
+          f'{data.sampler!r}, images_per_identity={data.images_per_identity}')
 
 
 def check_outputs(config: ml_collections.ConfigDict,

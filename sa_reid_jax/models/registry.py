@@ -128,10 +128,21 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
     the Flax module.
 
   Raises:
-    ValueError: for an unknown family or variant, naming the config key.
+    ValueError: for an unknown family or variant, or a ``model`` block
+      without a key the family reads (e.g. another family's block with only
+      ``family`` changed), naming the config key.
   """
-  return family(config.family).build(config, num_classes, tuple(image_size),
-                                     bn_axis_name)
+  chosen = family(config.family)
+  try:
+    return chosen.build(config, num_classes, tuple(image_size), bn_axis_name)
+  except AttributeError as e:
+    # ConfigDict names the missing field alone, quoted twice.
+    missing = str(e).strip('"\'')
+    raise ValueError(
+        f'config.model.family={config.family!r}: config.model has no key '
+        f'{missing!r}, which the {config.family} family reads; start from a '
+        'config of that family rather than changing config.model.family'
+    ) from None
 
 
 def embed(model: Any, variables: Any, images: jax.Array) -> jax.Array:

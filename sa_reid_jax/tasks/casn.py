@@ -119,6 +119,10 @@ def casn_task(config: ml_collections.ConfigDict) -> Task:
     ValueError: for unknown or negative terms, or a bad gradient mode.
   """
   active = losses.active_terms(config)
+  if 'casn' not in config:
+    raise ValueError('config.task=casn needs the config.casn block and the '
+                     'CASN loss terms; start from a CASN config (configs/'
+                     'casn_*.py, training/casn_defaults.py)')
   gradient = config.casn.gradcam_gradient
   if gradient not in gradcam.GRADIENT_MODES:
     raise ValueError(f'config.casn.gradcam_gradient must be one of '
