@@ -133,6 +133,26 @@ def test_another_familys_config_is_one_clear_error():
     tasks.build(sa_config)
 
 
+def test_a_map_too_small_for_attention_stops_the_run_at_start(data,
+                                                              tmp_path):
+  config = test_rga_training._documented_config(  # pylint: disable=protected-access
+      'casn_ide_market1501.py', data, SMALL, max_steps=3)
+  # IDE divides by 32: a 1x1 map, constant once normalised.
+  config.image_size = (32, 16)
+  with pytest.raises(ValueError, match=(
+      r'^config\.image_size=\(32, 16\): the network\'s last feature map is '
+      r'1x1; Grad-CAM attention .* needs at least 2x2')):
+    test_train.trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  # 64x64 gives 2x2: accepted by the same check.
+  config.image_size = (64, 64)
+  model = registry.build(config.model, 5, image_size=(64, 64))
+  tasks.build(config).check_network(model, (64, 64))
+  # Without the map terms the check has nothing to refuse.
+  config.loss.terms.attention_mining.weight = 0.0
+  config.loss.terms.consistency.weight = 0.0
+  tasks.build(config).check_network(model, (32, 16))
+
+
 @pytest.mark.parametrize('name', ['casn_ide_market1501.py',
                                   'casn_pcb_market1501.py',
                                   'demo_casn_synthetic.py'])
@@ -169,12 +189,15 @@ def test_two_devices_train_as_one(data, tmp_path):
 
   In float64 compute for the reason `test_rga_training` gives (float32
   rounding of a scratch network's gradient exceeds the bound whatever the
-  device count). Every term is on: the siamese pairs and the consistency
-  crops cross the device boundary (P x K batches of 2 images per identity,
-  4 per device).
+  device count). Every term is on, and positive pairs cross the device
+  boundary: P x K = 3 identities x 4 images, 6 rows per device, so the
+  middle identity has 2 images on each device (with K dividing the rows
+  per device only negative pairs would cross, and a per-device pairing of
+  the consistency term would pass unnoticed).
   """
   overrides = {**SMALL, 'max_steps': 3, 'optimizer.learning_rate': 1e-4,
-               'model.dtype': 'float64'}
+               'model.dtype': 'float64', 'batch_size': 12,
+               'data.images_per_identity': 4}
   worst = test_rga_training.worst_device_difference(
       'demo_casn_synthetic.py', data, tmp_path, overrides)
   assert worst[0] <= 1e-5, worst

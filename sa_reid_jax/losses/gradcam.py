@@ -24,10 +24,11 @@ import jax.numpy as jnp
 # How gradients of the training loss treat the Grad-CAM map (config key
 # ``casn.gradcam_gradient``):
 #   'feature_map'  through the feature map A, the channel weights w held
-#                  constant (GAIN, Sec. 3.1: the weights are a stop-gradient
-#                  quantity; the published default);
+#                  constant (the default: the CASN notes do not say which;
+#                  see training/casn_defaults.py for why this one);
 #   'full'         through the weights too (second-order: the gradient of a
-#                  gradient);
+#                  gradient, also through the BatchNorm batch statistics
+#                  the head was differentiated with);
 #   'none'         the map is a constant (only the erased image's second
 #                  pass is trained).
 GRADIENT_MODES = ('feature_map', 'full', 'none')

@@ -90,11 +90,15 @@ def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
     raise ValueError(f'config.model.variant must be one of '
                      f'{sorted(casn.CASN_VARIANTS)} for the casn family, got '
                      f'{m.variant!r}')
-  return casn.casn_variant(
-      m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
-      reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
-      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
+  try:
+    return casn.casn_variant(
+        m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
+        reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
+        stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+        last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
+  except ValueError as e:
+    # The network names its own attributes, the config.model keys.
+    raise ValueError(f'config.model: {e}') from None
 
 
 FAMILIES: dict[str, Family] = {

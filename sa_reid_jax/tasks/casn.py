@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sa_reid_jax import losses
@@ -116,7 +117,9 @@ def casn_task(config: ml_collections.ConfigDict) -> Task:
   (threshold) blocks of ``config.loss.terms``.
 
   Raises:
-    ValueError: for unknown or negative terms, or a bad gradient mode.
+    ValueError: for unknown or negative terms, a bad gradient mode, or a
+      config without the casn block; the task's ``check_network``: for a
+      final map smaller than 2x2 when Grad-CAM maps are used.
   """
   active = losses.active_terms(config)
   if 'casn' not in config:
@@ -152,4 +155,20 @@ def casn_task(config: ml_collections.ConfigDict) -> Task:
     loss, metrics = losses.total_loss(config, outputs, batch, axis_name)
     return loss, (metrics, new_batch_stats)
 
-  return Task('casn', ('images', 'labels', 'positions'), loss_fn)
+  def check_network(model, image_size):
+    if not needs_maps:
+      return
+    images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+    shape = jax.eval_shape(lambda x: model.init_with_output(
+        jax.random.key(0), x, method='feature_map')[0], images).shape
+    # A 1-pixel-wide map is constant after normalisation: no attention to
+    # mine, no box to crop, and no error from the terms themselves.
+    if min(shape[1:3]) < 2:
+      raise ValueError(
+          f'config.image_size={tuple(image_size)}: the network\'s last '
+          f'feature map is {shape[1]}x{shape[2]}; Grad-CAM attention (the '
+          'attention_mining and consistency terms) needs at least 2x2: use '
+          'larger images or config.model.last_stride=1')
+
+  return Task('casn', ('images', 'labels', 'positions'), loss_fn,
+              check_network)

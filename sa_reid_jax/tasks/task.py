@@ -15,3 +15,7 @@ class Task:
   name: str
   batch_keys: tuple[str, ...]
   loss_fn: LossFn
+  # Start-up checks of the network at the config's input size, beyond its
+  # own (network, (height, width)) -> None, raising ValueError naming the
+  # config key; None when the task has none.
+  check_network: Optional[Callable[[Any, tuple[int, int]], None]] = None

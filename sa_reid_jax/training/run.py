@@ -198,6 +198,8 @@ class Run:
     self.eval_model = self.model.clone(bn_axis_name=None)
     losses.check_outputs(config, _output_shapes(self.eval_model,
                                                 config.image_size))
+    if self.task.check_network is not None:
+      self.task.check_network(self.eval_model, tuple(config.image_size))
     self.optimizer = optimizer_lib.make_optimizer(
         config.optimizer, self.steps_per_epoch,
         frozen=lambda params: registry.frozen_mask(self.model, params))

@@ -218,8 +218,8 @@ class CASNNet(nn.Module):
     if x.shape[1] < self.num_stripes:
       raise ValueError(
           f'PCB head: the feature map has {x.shape[1]} rows, fewer than '
-          f'num_stripes {self.num_stripes}; use larger images or fewer '
-          'stripes')
+          f'num_stripes {self.num_stripes}; use larger images '
+          '(config.image_size) or fewer stripes (config.model.num_stripes)')
     stripes = stripe_pool(x, self.num_stripes)  # (B, P, C)
     reduced = jnp.stack(
         [nn.relu(bn(reduce(stripes[:, i]), train)) for i, (reduce, bn)
