@@ -184,6 +184,14 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert f'skipped {mixed / "a_broken.jpg"}: ' in result.stdout
   assert Image.open(tmp_path / 'mixed.png').size[1] == (
       cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
+  # A class the network does not have would be drawn as a blank map.
+  result = run('cam', f'--checkpoint={tmp_path / "sa"}',
+               f'--images={os.path.join(dataset, "query")}', '--max_images=2',
+               '--classes=0,9999', f'--output={tmp_path / "bad_cam.png"}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert ('--classes: class 9999 is not a class of the --checkpoint network '
+          '(0 to ') in result.stderr
+  assert not (tmp_path / 'bad_cam.png').exists()
   result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,2', '--topk=3',
                f'--output={tmp_path / "ranks.png"}')

@@ -84,12 +84,16 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
       predicted = int(result['classes'][index])
       tiles = [image]
       labels = [name if len(models) > 1 else f'class {predicted}']
+      # 'layer4' -> 'L4': a label has about 12 characters under a 64-pixel
+      # tile ('Grad-CAM layer4' was cut to 'Grad-CAM lay').
       for stage, cam in result['cams'].items():
         tiles.append(drawing.overlay(image, np.asarray(cam[index])))
-        labels.append(f'{result.get("cam_name", "CAM")} {stage}')
+        labels.append(f'{result.get("cam_name", "CAM")} '
+                      f'{stage.replace("layer", "L")}')
       for stage, weights in result['attention'].items():
         tiles.append(drawing.colorize(np.asarray(weights[index]), image_size))
-        labels.append(f'{result["attention_name"]} {stage}')
+        labels.append(f'{result["attention_name"]} '
+                      f'{stage.replace("layer", "L")}')
       rows.append(drawing.tile_row(tiles, labels))
   return drawing.stack(rows)
 
@@ -263,6 +267,16 @@ def _readable_images(images: str, count: int) -> list[str]:
   return paths
 
 
+def _check_classes(classes: Optional[Sequence[int]], model: Any,
+                   flag: str) -> None:
+  """Refuses a --classes entry that is not one of the network's classes
+  (its map would be drawn blank, labelled as if it were one)."""
+  for value in classes or ():
+    if not 0 <= value < model.num_classes:
+      raise ValueError(f'--classes: class {value} is not a class of the '
+                       f'{flag} network (0 to {model.num_classes - 1})')
+
+
 def _run(args) -> Image.Image:
   args.checkpoint = _model_directory(args.checkpoint, '--checkpoint')
   image_size = store.input_size(args.checkpoint, args.image_size)
@@ -275,11 +289,13 @@ def _run(args) -> Image.Image:
       raise ValueError(f'--classes: {len(args.classes)} classes for '
                        f'{len(paths)} images')
     cams.check_cam_model(model, '--checkpoint')
+    _check_classes(args.classes, model, '--checkpoint')
     models = [(_short_name(args.checkpoint), model, variables)]
     if args.compare:
       args.compare = _model_directory(args.compare, '--compare')
       other, other_variables = store.load_model(args.compare)
       cams.check_cam_model(other, '--compare')
+      _check_classes(args.classes, other, '--compare')
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
   queries = args.queries
