@@ -8,6 +8,7 @@ either way, so both sources yield identical batches.
 """
 
 import dataclasses
+import logging as std_logging
 import os
 from typing import Callable, Sequence
 
@@ -129,14 +130,21 @@ def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
     ValueError: when the dataset has not been built, or the split is unknown.
   """
   tensorflow_cpu.hide_accelerators_from_tensorflow()
-  if isinstance(dataset, str):
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  else:
-    builder = dataset
+  # TFDS warns (through absl) that an unbuilt dataset's folder has no
+  # dataset_info.json; the error below says so, with what to do.
+  absl_logger = std_logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
+  try:
+    builder = (tfds.builder(dataset, data_dir=data_dir)
+               if isinstance(dataset, str) else dataset)
+    prepared = builder.is_prepared()
+  finally:
+    absl_logger.setLevel(level)
   if split not in builders.SPLITS:
     raise ValueError(f'unknown split {split!r}; expected one of '
                      f'{list(builders.SPLITS)}')
-  if not builder.is_prepared():
+  if not prepared:
     name = builder.name
     if builder.builder_config is not None:
       name += '/' + builder.builder_config.name  # e.g. cuhk03_np/labeled
