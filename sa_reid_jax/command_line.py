@@ -39,8 +39,14 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
       sys.exit(f'{program}: error: {one_line(e)}')
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
       overrides = [a for a in argv[1:] if a.startswith('--config.')]
+      # ml_collections names the key at fault, quoted: name that override
+      # alone when the message points at one (else all of them).
+      message = one_line(e)
+      named = [a for a in overrides
+               if f"'{a.split('=')[0].rsplit('.', 1)[-1]}'" in message]
+      overrides = named or overrides
       sys.exit(f'{program}: error: cannot apply {" ".join(overrides)}: '
-               f'{one_line(e)} (a key the config does not have, or a value '
+               f'{message} (a key the config does not have, or a value '
                'of the wrong type)')
     # A config file that does not load is kept as an object that raises on
     # first use, far from here (ml_collections' _ErrorConfig).
