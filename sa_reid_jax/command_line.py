@@ -39,12 +39,8 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
       sys.exit(f'{program}: error: {one_line(e)}')
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
       overrides = [a for a in argv[1:] if a.startswith('--config.')]
-      # ml_collections names the key at fault, quoted: name that override
-      # alone when the message points at one (else all of them).
       message = one_line(e)
-      named = [a for a in overrides
-               if f"'{a.split('=')[0].rsplit('.', 1)[-1]}'" in message]
-      overrides = named or overrides
+      overrides = _overrides_at_fault(argv, overrides, message)
       sys.exit(f'{program}: error: cannot apply {" ".join(overrides)}: '
                f'{message} (a key the config does not have, or a value '
                'of the wrong type)')
@@ -57,6 +53,38 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
     return remaining
 
   return parse
+
+
+def _overrides_at_fault(argv: list[str], overrides: list[str],
+                        message: str) -> list[str]:
+  """The ``--config.`` overrides an error is about, for its message.
+
+  Those whose key the config file does not have; else (a value of the
+  wrong type) those whose last key the message quotes; else all of them.
+  """
+  def key(override):
+    return override[len('--config.'):].split('=', 1)[0].split('.')
+
+  files = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  try:
+    config = flags.FLAGS['config'].parser.parse(files[-1])
+  except Exception:  # pylint: disable=broad-except
+    config = None  # the error will say what is wrong with the file
+  if config is not None:
+
+    def missing(override):
+      block = config
+      for part in key(override):
+        if not hasattr(block, 'keys') or part not in block:
+          return True
+        block = block[part]
+      return False
+
+    unknown = [a for a in overrides if missing(a)]
+    if unknown:
+      return unknown
+  quoted = [a for a in overrides if f"'{key(a)[-1]}'" in message]
+  return quoted or overrides
 
 
 def one_line(error: BaseException) -> str:

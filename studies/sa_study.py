@@ -251,9 +251,9 @@ def _prepare_data(output: str, num_ids: int) -> str:
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog='studies/sa_study.py',
-      description='Train SA, no-SA, RGA-SC and BNNeck-baseline variants '
-      'over several seeds on the hard synthetic data and report mean ± std '
-      'and paired differences.')
+      description='Train SA, no-SA, RGA-SC, BNNeck-baseline and CASN '
+      'variants over several seeds on the hard synthetic data and report '
+      'mean ± std and paired differences.')
   parser.add_argument('--output', required=True, help='study folder')
   parser.add_argument('--variants', default=DEFAULT_VARIANTS,
                       help=f'comma-separated, from {sorted(VARIANTS)} '

@@ -14,10 +14,12 @@ import test_train
 
 from sa_reid_jax import losses
 from sa_reid_jax import tasks
+from sa_reid_jax.losses import gradcam
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.casn import CASNNet
 from sa_reid_jax.tasks import casn as casn_task
+from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training.casn_defaults import casn_experiment_config
 
 REPO = test_train.REPO
@@ -104,6 +106,27 @@ def test_step_maps_are_each_images_own_grad_cam(variant):
                          state['batch_stats'])
 
 
+def test_the_step_keeps_the_first_pass_statistics_not_the_erased_ones():
+  config, model, variables, batch = _tiny('pcb')
+  rng = jax.random.PRNGKey(3)
+  _, (_, step_stats) = tasks.build(config).loss_fn(
+      model, variables['params'], variables['batch_stats'], batch, rng, None)
+  _, first_pass = casn_task.forward(model, variables['params'],
+                                    variables['batch_stats'], batch, rng)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, step_stats,
+                         first_pass)
+  # The erased images' pass would have given other statistics.
+  erased = gradcam.erase_attended(batch['images'], gradcam.soft_mask(
+      casn_task.forward(model, variables['params'], variables['batch_stats'],
+                        batch, rng)[0]['attention_maps'], 10.0, 0.5))
+  _, state = model.apply(variables, erased, True, batch['positions'],
+                         rngs={'dropout': rng}, mutable=['batch_stats'])
+  differences = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+      state['batch_stats'], first_pass))
+  assert max(differences) > 1e-4
+
+
 def test_terms_refuse_other_tasks_and_networks():
   config, model, variables, batch = _tiny('ide')
   shapes = jax.eval_shape(lambda: model.apply(variables, batch['images']))
@@ -141,7 +164,8 @@ def test_a_map_too_small_for_attention_stops_the_run_at_start(data,
   config.image_size = (32, 16)
   with pytest.raises(ValueError, match=(
       r'^config\.image_size=\(32, 16\): the network\'s last feature map is '
-      r'1x1; Grad-CAM attention .* needs at least 2x2')):
+      r'1x1; Grad-CAM attention .* needs at least 2x2: use larger images '
+      r'or config\.model\.last_stride=1$')):
     test_train.trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   # 64x64 gives 2x2: accepted by the same check.
   config.image_size = (64, 64)
@@ -166,8 +190,16 @@ def test_documented_command_trains(name, data, tmp_path):
   assert isinstance(model, CASNNet)
   logged = [line for line in open(os.path.join(workdir, 'metrics.jsonl'))
             if '"kind": "train"' in line]
+  assert logged, 'no train metrics logged'
   for term in ('attention_mining', 'verification', 'consistency'):
     assert all(f'"{term}"' in line for line in logged), term
+  if name == 'demo_casn_synthetic.py':
+    # The gradient mode is part of what a checkpoint resumes with.
+    config.max_steps = 4
+    config.casn.gradcam_gradient = 'full'
+    with pytest.raises(checkpoints.ResumeError, match=(
+        "casn.gradcam_gradient was feature_map, is now full")):
+      test_train.trainer.train_and_evaluate(config, workdir)
 
 
 def test_dataset_configs_differ_only_in_the_dataset():

@@ -203,9 +203,13 @@ def test_settings_out_of_range_name_the_key(key, value, message):
 
 @pytest.mark.parametrize('changes, message', [
     ({'data.images_per_identity': 1}, "verification needs positive pairs in "
-     "every batch: config.data.sampler='identity' with config.data."
-     "images_per_identity >= 2 \\(P x K\\), got sampler='identity', "
-     'images_per_identity=1'),
+     "every batch \\(and verification negative ones\\): config.data.sampler="
+     "'identity' with config.data.images_per_identity >= 2 and "
+     'config.batch_size >= 2 x images_per_identity \\(P x K, P >= 2\\), '
+     "got sampler='identity', images_per_identity=1, batch_size=16"),
+    # One identity per batch: no negative pairs.
+    ({'data.images_per_identity': 16}, 'images_per_identity=16, '
+     'batch_size=16'),
     ({'data.sampler': 'uniform'}, "got sampler='uniform'"),
     ({'data.sampler': 'uniform', 'loss.terms.verification.weight': 0.0},
      'config.loss.terms.consistency needs positive pairs'),

@@ -324,6 +324,14 @@ def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path):
   assert ("train.py: error: cannot apply --config.optimizer.lr=0.1: no key "
           "'lr'") in result.stderr
   assert '--config.dataset.folder' not in result.stderr
+  # A valid key with the same last name, and a misspelt middle key: only
+  # the override the config file does not have is named.
+  command = train_command(data, tmp_path) + [
+      '--config.eval.rerank=false', '--config.rerank=false']
+  result = subprocess.run(command, env=environment(), capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+  assert ('train.py: error: cannot apply --config.rerank=false: no key '
+          "'rerank'") in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize('config, override, expected', [

@@ -146,12 +146,15 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
     # positive half (verification learns only "different") or vanish
     # (consistency), silently: refuse such a sampler.
     data = config.data
-    if data.sampler != 'identity' or data.images_per_identity < 2:
+    if (data.sampler != 'identity' or data.images_per_identity < 2 or
+        config.batch_size < 2 * data.images_per_identity):
       raise ValueError(
-          f'config.loss.terms.{pairs[0]} needs positive pairs in every batch: '
-          "config.data.sampler='identity' with config.data."
-          'images_per_identity >= 2 (P x K), got sampler='
-          f'{data.sampler!r}, images_per_identity={data.images_per_identity}')
+          f'config.loss.terms.{pairs[0]} needs positive pairs in every batch '
+          "(and verification negative ones): config.data.sampler='identity'"
+          ' with config.data.images_per_identity >= 2 and config.batch_size'
+          ' >= 2 x images_per_identity (P x K, P >= 2), got sampler='
+          f'{data.sampler!r}, images_per_identity={data.images_per_identity},'
+          f' batch_size={config.batch_size}')
 
 
 def check_outputs(config: ml_collections.ConfigDict,

@@ -164,11 +164,13 @@ def casn_task(config: ml_collections.ConfigDict) -> Task:
     # A 1-pixel-wide map is constant after normalisation: no attention to
     # mine, no box to crop, and no error from the terms themselves.
     if min(shape[1:3]) < 2:
+      stride = ('' if getattr(model, 'last_stride', 1) == 1 else
+                ' or config.model.last_stride=1')
       raise ValueError(
           f'config.image_size={tuple(image_size)}: the network\'s last '
           f'feature map is {shape[1]}x{shape[2]}; Grad-CAM attention (the '
           'attention_mining and consistency terms) needs at least 2x2: use '
-          'larger images or config.model.last_stride=1')
+          f'larger images{stride}')
 
   return Task('casn', ('images', 'labels', 'positions'), loss_fn,
               check_network)

@@ -68,8 +68,9 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   # channel weights (themselves a gradient) held constant; 'full' also
   # through the weights, a second-order gradient; 'none' not at all. The
   # CASN notes do not say which. 'feature_map' is the default because
-  # 'full' diverged on the demo recipe (first-step gradient norm 545 vs
-  # 64.5, cross-entropy 12.5 -> 120 in 6 steps at batch 8).
+  # 'full' diverged where it did not (the demo config at batch 8 on an
+  # 8-identity synthetic set, 6 steps: first-step gradient norm 545 vs
+  # 64.5, cross-entropy 12.5 -> 120 vs 12-16); one short run.
   config.casn.gradcam_gradient = 'feature_map'
 
   # P x K batches of 8 identities x 2 images = the notes' batch of 16: the

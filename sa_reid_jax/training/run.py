@@ -229,11 +229,15 @@ class Run:
 
   def config_signature(self) -> dict[str, Any]:
     """What the state's structure and its updates depend on."""
-    return {'task': self.config.task,
-            'model': self.config.model.to_dict(),
-            'loss': self.config.loss.to_dict(),
-            'optimizer': self.config.optimizer.to_dict(),
-            'num_classes': int(self.table.num_classes)}
+    signature = {'task': self.config.task,
+                 'model': self.config.model.to_dict(),
+                 'loss': self.config.loss.to_dict(),
+                 'optimizer': self.config.optimizer.to_dict(),
+                 'num_classes': int(self.table.num_classes)}
+    if 'casn' in self.config:
+      # How the loss's gradient passes through the Grad-CAM maps.
+      signature['casn'] = self.config.casn.to_dict()
+    return signature
 
   def initial_state(self) -> step_lib.TrainState:
     """The newest checkpoint's state, or a fresh (maybe pretrained) one."""
