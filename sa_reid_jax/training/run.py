@@ -46,6 +46,10 @@ def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
                                  ('train', 'query', 'gallery'))['train']
     except market_layout.LayoutError as e:
       # The layout error names the folder or file; this names the key.
+      # Its subclasses (unreadable images, listed with their paths) are
+      # about the files, not the key, and keep their type.
+      if type(e) is not market_layout.LayoutError:
+        raise
       raise market_layout.LayoutError(f'config.dataset.folder: {e}') from None
   return tables.from_tfds(dataset.name, 'train',
                           data_dir=dataset.data_dir or None)
