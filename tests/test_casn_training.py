@@ -148,6 +148,19 @@ def test_another_familys_config_is_one_clear_error():
       r"^config\.model\.family='sanet': config\.model has no key "
       r"'attention_normalization', which the sanet family reads")):
     registry.build(config.model, 10, image_size=(128, 64))
+  # A value a network's constructor refuses names the config.model block,
+  # whatever the family.
+  config = casn_experiment_config('market1501', 'pcb')
+  config.model.num_stripes = 0
+  with pytest.raises(ValueError, match=r'^config\.model: num_stripes and '
+                     'reduced_dim must be >= 1'):
+    registry.build(config.model, 10, image_size=(384, 128))
+  from sa_reid_jax.training import experiment_config  # pylint: disable=g-import-not-at-top
+  sa_model = experiment_config('market1501', 'full').model
+  sa_model.variant = 'sa3'
+  with pytest.raises(ValueError, match=r"^config\.model: unknown SANet "
+                     r"variant 'sa3'"):
+    registry.build(sa_model, 10, image_size=(384, 128))
   from sa_reid_jax.training import experiment_config  # pylint: disable=g-import-not-at-top
   sa_config = experiment_config('market1501', 'full')
   sa_config.task = 'casn'  # an SA config has no config.casn block

@@ -90,15 +90,11 @@ def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
     raise ValueError(f'config.model.variant must be one of '
                      f'{sorted(casn.CASN_VARIANTS)} for the casn family, got '
                      f'{m.variant!r}')
-  try:
-    return casn.casn_variant(
-        m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
-        reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
-        stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-        last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
-  except ValueError as e:
-    # The network names its own attributes, the config.model keys.
-    raise ValueError(f'config.model: {e}') from None
+  return casn.casn_variant(
+      m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
+      reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
+      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
+      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
 
 
 FAMILIES: dict[str, Family] = {
@@ -139,6 +135,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
   chosen = family(config.family)
   try:
     return chosen.build(config, num_classes, tuple(image_size), bn_axis_name)
+  except ValueError as e:
+    if str(e).startswith('config.'):
+      raise  # already names its key
+    # The networks name their own attributes, which are config.model's keys.
+    raise ValueError(f'config.model: {e}') from None
   except AttributeError as e:
     # ConfigDict names the missing field alone, quoted twice.
     missing = str(e).strip('"\'')
