@@ -69,6 +69,15 @@ def main(argv):
   print(result.summary())
 
 
-if __name__ == '__main__':
+def run(argv=None):
+  """What ``python convert_weights.py ...`` does: `main` under absl, errors in one line.
+
+  Args:
+    argv: the command line, program name first (default ``sys.argv``).
+  """
   with command_line.interrupt_exits('convert_weights.py'):
-    app.run(main)
+    app.run(main, argv=argv)
+
+
+if __name__ == '__main__':
+  run()

@@ -88,6 +88,16 @@ def main(argv):
     print(f'wrote {path}')
 
 
-if __name__ == '__main__':
+def run(argv=None):
+  """What ``python eval.py ...`` does: `main` under absl, errors in one line.
+
+  Args:
+    argv: the command line, program name first (default ``sys.argv``).
+  """
   with command_line.interrupt_exits('eval.py'):
-    app.run(main, flags_parser=command_line.config_flags_parser('eval.py'))
+    app.run(main, argv=argv,
+            flags_parser=command_line.config_flags_parser('eval.py'))
+
+
+if __name__ == '__main__':
+  run()

@@ -80,6 +80,16 @@ def main(argv):
           f'`tensorboard --logdir {result["tensorboard_dir"]}`)')
 
 
-if __name__ == '__main__':
+def run(argv=None):
+  """What ``python train.py ...`` does: `main` under absl, errors in one line.
+
+  Args:
+    argv: the command line, program name first (default ``sys.argv``).
+  """
   with command_line.interrupt_exits('train.py'):
-    app.run(main, flags_parser=command_line.config_flags_parser('train.py'))
+    app.run(main, argv=argv,
+            flags_parser=command_line.config_flags_parser('train.py'))
+
+
+if __name__ == '__main__':
+  run()

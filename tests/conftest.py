@@ -1,30 +1,172 @@
-"""Shared test set-up: quiet TensorFlow, and a summary of parity errors."""
+"""Shared test set-up: devices, compilation, tiers, fixtures and summaries.
+
+Before JAX is imported anywhere in the run (here, and inherited by every
+subprocess a test starts):
+
+- two host CPU devices, so that 1-vs-2-device tests run in one process
+  (`jax.devices()[:1]` is the one-device run);
+- XLA's optimisations off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, as flax's own
+  tests do): most test programs run a few steps, and compiling them
+  optimised costs more than running them unoptimised. Tests whose point is
+  the optimised numerics (full-size parity) are marked ``optimized``;
+- a persistent compilation cache shared by the pytest workers and the
+  subprocesses (``SA_REID_JAX_TEST_CACHE``, default ``.cache/jax-tests`` in
+  the repository), so that a program compiled once is loaded afterwards.
+
+Tiers: ``pytest`` runs the fast tier; ``pytest --full`` (what
+``bash scripts/test.sh --full`` and CI run) adds the tests marked ``full``.
+"""
 
 import os
+import sys
 from typing import Optional
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEVICES_FLAG = '--xla_force_host_platform_device_count='
+if _DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                             _DEVICES_FLAG + '2').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ.get(
+    'SA_REID_JAX_TEST_CACHE', os.path.join(_REPO, '.cache', 'jax-tests')))
+# Every program is cached, however small or quick to compile.
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+# A size limit turns on the cache's file lock: parallel workers and
+# subprocesses never read an entry while another writes it.
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pytest  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import jax
+import pytest
 
-_PARITY_ERRORS: list[tuple[str, float, Optional[float]]] = []
+from sa_reid_jax.datasets import synthetic
+# The quiet import of TensorFlow, before any test module imports it.
+from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=unused-import
+# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+
+# A fast-tier test whose body takes longer than this is reported at the end.
+FAST_TIER_LIMIT_SECONDS = 15.0
+
+def pytest_addoption(parser):
+  parser.addoption('--full', action='store_true',
+                   help='also run the tests marked full (the CI tier)')
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'full: slow tests (processes, full-size, every config), run '
+      'with --full')
+  config.addinivalue_line(
+      'markers', 'optimized: compiled with XLA optimisations on (optimised '
+      'numerics are the point)')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--full'):
+    return
+  kept = [item for item in items if 'full' not in item.keywords]
+  deselected = [item for item in items if 'full' in item.keywords]
+  if deselected:
+    config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def _optimisations(request, monkeypatch):
+  """XLA optimisations on for tests marked ``optimized`` (and their
+  subprocesses), off otherwise."""
+  if request.node.get_closest_marker('optimized') is None:
+    yield
+    return
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '0')
+  jax.config.update('jax_disable_most_optimizations', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', True)
+
+
+@pytest.fixture(scope='session')
+def synthetic_dataset(tmp_path_factory):
+  """``make(**arguments) -> folder``: a synthetic Market-layout dataset
+  (`synthetic.generate`'s arguments), made once per session and argument set.
+
+  Tests must not write into the folder it returns.
+  """
+  made = {}
+
+  def make(**arguments):
+    key = tuple(sorted(arguments.items()))
+    if key not in made:
+      root = str(tmp_path_factory.mktemp('synthetic'))
+      synthetic.generate(root, **arguments)
+      made[key] = root
+    return made[key]
+
+  return make
+
+
+@pytest.fixture(scope='session')
+def data(synthetic_dataset):
+  """The small training set of the end-to-end tests: 8 train identities,
+  4 test identities (seed 0)."""
+  return synthetic_dataset(num_ids=8, num_test_ids=4, seed=0)
 
 
 @pytest.fixture
-def record_parity():
+def cli(capfd, monkeypatch):
+  """``cli(program, *args) -> CliResult``: a command run in this process.
+
+  `program` is a script of the repository root (``'train.py'``) or a module
+  run with ``python -m`` (``'sa_reid_jax.tools.search'``); stdout and stderr
+  are captured at the file-descriptor level, as a terminal would show them.
+  """
+  import helpers  # pylint: disable=g-import-not-at-top
+
+  def run(program, *args):
+    capfd.readouterr()
+    code = helpers.run_in_process(program, list(args), monkeypatch)
+    out, err = capfd.readouterr()
+    return helpers.CliResult(code, out, err)
+
+  return run
+
+
+@pytest.fixture
+def record_parity(request):
   """Records (what, worst relative error, bound or None for a reference
-  figure) for the end-of-run summary."""
+  figure) for the end-of-run summary (carried by the test's report, so that
+  parallel workers' figures reach it)."""
 
   def record(what: str, error: float, bound: Optional[float]):
-    _PARITY_ERRORS.append((what, error, bound))
+    request.node.user_properties.append(
+        ('parity', (what, float(error), bound)))
 
   return record
 
 
 def pytest_terminal_summary(terminalreporter):
-  if not _PARITY_ERRORS:
-    return
-  terminalreporter.section('JAX vs PyTorch parity: worst relative errors')
-  for what, error, bound in _PARITY_ERRORS:
-    limit = 'reference' if bound is None else f'bound {bound:.1e}'
-    terminalreporter.write_line(f'{error:.2e} ({limit})  {what}')
+  reports = [report for kind in terminalreporter.stats.values()
+             for report in kind if hasattr(report, 'when')]
+  parity = [value for report in reports if report.when == 'call'
+            for name, value in getattr(report, 'user_properties', ())
+            if name == 'parity']
+  if parity:
+    terminalreporter.section('JAX vs PyTorch parity: worst relative errors')
+    for what, error, bound in parity:
+      limit = 'reference' if bound is None else f'bound {bound:.1e}'
+      terminalreporter.write_line(f'{error:.2e} ({limit})  {what}')
+  slow = []
+  for report in reports:
+    if (report.when == 'call' and 'full' not in report.keywords and
+        report.duration > FAST_TIER_LIMIT_SECONDS):
+      slow.append((report.duration, report.nodeid))
+  if slow:
+    terminalreporter.section(
+        f'fast-tier tests over {FAST_TIER_LIMIT_SECONDS:.0f} s: mark them '
+        'full, or make them cheaper')
+    for duration, nodeid in sorted(slow, reverse=True):
+      terminalreporter.write_line(f'{duration:6.1f} s  {nodeid}')

@@ -10,12 +10,9 @@ drawing there on CPU).
 """
 
 import dataclasses
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
 ERASING_FILLS = ('zeros', 'random')
 # Distinguish the augmentation streams from the sampler's, which is seeded

@@ -33,13 +33,10 @@ resize and crop), flip, normalisation and erasing on the accelerator, from
 the staged image.
 """
 
-import os
 from typing import Iterator
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax.data import augmentation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.data import samplers  # pylint: disable=g-import-not-at-top

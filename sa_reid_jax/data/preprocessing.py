@@ -7,12 +7,9 @@ pipelines use them).
 """
 
 import functools
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
 # Defined beside the TensorFlow-free device augmentation, used by both paths.
 from sa_reid_jax.data.device_augment import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top

@@ -39,9 +39,7 @@ import contextlib
 import os
 from typing import Callable
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top

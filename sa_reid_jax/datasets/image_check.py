@@ -71,7 +71,7 @@ def decode_error(path: str) -> Optional[str]:
     ``cannot read (...)``, ``not a decodable image (...)`` with
     TensorFlow's message, or ``empty image (HxW)``.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   try:
     contents = tf.io.read_file(path)
@@ -96,7 +96,7 @@ def _first_line(error: Exception) -> str:
 
 def _decoded_sizes(paths: Sequence[str]) -> np.ndarray:
   """Pixels per decoded image, -1 where decoding failed (in parallel)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
   tensorflow_cpu.hide_accelerators_from_tensorflow()
@@ -122,7 +122,7 @@ def _signature(path: str) -> tuple[int, int]:
 
 
 def _cache_key() -> str:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
   return f'v{CHECK_VERSION} tensorflow {tf.__version__}'
 
 

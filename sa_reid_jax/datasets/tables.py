@@ -9,12 +9,10 @@ either way, so both sources yield identical batches.
 
 import dataclasses
 import logging as std_logging
-import os
 from typing import Callable, Sequence
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 import numpy as np  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top,unused-import
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax.datasets import builders  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-import tensorflow as tf
+from sa_reid_jax.datasets.tensorflow_cpu import tf
 
 from sa_reid_jax.tools import image_files
 

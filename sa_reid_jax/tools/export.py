@@ -45,7 +45,7 @@ if __name__ == '__main__':
 import jax  # pylint: disable=g-import-not-at-top
 from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top

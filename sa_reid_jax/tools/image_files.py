@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
+from sa_reid_jax.datasets.tensorflow_cpu import tf
 
 from sa_reid_jax.data import pipeline
 from sa_reid_jax.datasets import image_check

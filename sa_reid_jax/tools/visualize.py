@@ -44,7 +44,7 @@ if __name__ == '__main__':
 
 import numpy as np
 from PIL import Image
-import tensorflow as tf
+from sa_reid_jax.datasets.tensorflow_cpu import tf
 
 from sa_reid_jax import command_line
 from sa_reid_jax.data import pipeline

@@ -7,7 +7,7 @@ checkpoint manager and metric writer, and the evaluations made so far.
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -184,11 +184,12 @@ def _output_shapes(model, image_size) -> dict[str, Any]:
 class Run:
   """The state of one training run, between its steps."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               devices: Optional[Sequence[jax.Device]] = None):
     self.config = config
     self.workdir = workdir
     self.is_chief = jax.process_index() == 0
-    self.mesh = step_lib.make_mesh()
+    self.mesh = step_lib.make_mesh(devices)
     _check_config(config, self.mesh.size, jax.process_count())
     self.table = _train_table(config.dataset)
     self.process_batch = config.batch_size // jax.process_count()

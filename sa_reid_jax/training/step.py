@@ -10,7 +10,7 @@ over a 1-D ``data`` mesh of every device of every process with
 """
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -88,9 +88,22 @@ def create_train_state(model, optimizer: optax.GradientTransformation,
     the state (on the default device; `replicate` places it on a mesh).
   """
   init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+  return _initializer(model, optimizer, tuple(image_size))(init_key,
+                                                           train_key)
+
+
+def _initializer(model, optimizer: optax.GradientTransformation,
+                 image_size: tuple[int, int]
+                 ) -> Callable[[jax.Array, jax.Array], TrainState]:
+  """The jitted initialisation, with the keys as arguments.
+
+  The keys are inputs rather than constants of the program, so one compiled
+  program (and one entry of a persistent compilation cache) serves every
+  seed.
+  """
 
   @jax.jit
-  def init():
+  def init(init_key, train_key):
     images = jnp.zeros((2, *image_size, 3), jnp.float32)
     variables = model.init(init_key, images, train=False)
     params = variables['params']
@@ -98,12 +111,27 @@ def create_train_state(model, optimizer: optax.GradientTransformation,
                       batch_stats=variables.get('batch_stats', {}),
                       opt_state=optimizer.init(params), rng=train_key)
 
-  return init()
+  return init
 
 
-def make_mesh() -> Mesh:
-  """A 1-D ``data`` mesh over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D ``data`` mesh over `devices`.
+
+  Args:
+    devices: the devices to train on (default: every device of every
+      process). A subset is for one process only (e.g. one of a host's
+      devices); each device appears once.
+
+  Raises:
+    ValueError: for an empty or repeated device list.
+  """
+  if devices is None:
+    devices = jax.devices()
+  devices = list(devices)
+  if not devices or len(set(devices)) != len(devices):
+    raise ValueError(f'devices must be distinct and at least one, got '
+                     f'{devices}')
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

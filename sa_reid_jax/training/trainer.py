@@ -3,7 +3,7 @@
 import contextlib
 import os
 import signal
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -25,8 +25,9 @@ METRICS_JSON = 'metrics.json'
 NonFiniteLossError = run_lib.NonFiniteLossError
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Optional[Sequence[jax.Device]] = None
+                       ) -> dict[str, Any]:
   """Trains the configured network, resuming from `workdir` if it can.
 
   Checkpoints go to ``workdir/checkpoints`` (every
@@ -42,10 +43,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Args:
     config: an experiment config (``configs/``).
     workdir: the run's directory (created if needed).
+    devices: the devices to train on (default: every device of every
+      process); the global batch is split evenly over them. A resumed run
+      may use another number of devices.
 
   Returns:
     ``status`` (``'completed'`` or ``'terminated'``, then with ``signal``,
-    e.g. ``'SIGINT'``), ``step``, and the ``initial`` (step 0, if
+    e.g. ``'SIGINT'``), ``step``, ``devices`` (how many
+    trained), and the ``initial`` (step 0, if
     evaluated) and ``final`` evaluation metrics.
 
   Raises:
@@ -71,7 +76,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     existed = os.path.isdir(workdir)
     if existed and is_chief:
       hold()
-    run = run_lib.Run(config, workdir)
+    run = run_lib.Run(config, workdir, devices)
     os.makedirs(workdir, exist_ok=True)
     if not existed and is_chief:
       hold()
@@ -89,12 +94,18 @@ def _resume_and_train(run: run_lib.Run,
   """Training from the newest checkpoint on, then the end of the run."""
   state = run.initial_state()
   start = int(jax.device_get(state.step))
+  if run.is_chief:
+    devices = run.mesh.devices.flat
+    print(f'training on {run.mesh.size} {devices[0].platform} device'
+          f'{"s" if run.mesh.size > 1 else ""} ({jax.process_count()} '
+          f'process{"es" if jax.process_count() > 1 else ""}), global '
+          f'batch {run.config.batch_size}', flush=True)
   if start == 0 and run.config.eval.at_start:
     run.evaluate(state)
   state, status = loop.train(run, state, start, stop)
   checkpoints.wait(run.manager, run.workdir, int(jax.device_get(state.step)))
   step = int(jax.device_get(state.step))
-  result = {'status': status, 'step': step,
+  result = {'status': status, 'step': step, 'devices': run.mesh.size,
             'tensorboard_dir': run.writer.tensorboard_dir}
   if status == 'completed':
     result.update(_finish(run, state, step))
