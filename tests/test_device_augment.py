@@ -12,7 +12,6 @@ import tensorflow as tf
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import device_augment
 from sa_reid_jax.data import pipeline
-from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
 
 # Both paths compute the same float32 arithmetic with differently computed
@@ -24,20 +23,31 @@ ZEROS = augmentation.RandomErasing(probability=0.7, fill='zeros')
 RANDOM = augmentation.RandomErasing(probability=0.7, fill='random')
 
 
+# A small Market-layout folder (25 train images), shared with other modules.
+SYNTHETIC = dict(num_ids=4, num_test_ids=1, num_cameras=3, seed=1)
+
+
 @pytest.fixture(scope='module')
-def table(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('data') / 'synthetic')
-  synthetic.generate(root, num_ids=4, num_test_ids=1, num_cameras=3, seed=1)
-  return tables.from_folder(root, 'train')
+def table(synthetic_dataset):
+  return tables.from_folder(synthetic_dataset(**SYNTHETIC), 'train')
+
+
+_EPOCHS = {}
 
 
 def _both_paths(table, **options):
-  arguments = dict(batch_size=6, seed=2, epoch=0, image_size=IMAGE_SIZE)
-  arguments.update(options)
-  on_cpu = pipeline.train_dataset(table, **arguments)
-  staged = pipeline.train_dataset(table, augment_on_device=True,
-                                        **arguments)
-  return list(on_cpu.as_numpy_iterator()), list(staged.as_numpy_iterator())
+  """(tf.data batches, staged batches) of one epoch; made once per module
+  and options (tests must not change them)."""
+  key = (id(table), repr(sorted(options.items())))
+  if key not in _EPOCHS:
+    arguments = dict(batch_size=6, seed=2, epoch=0, image_size=IMAGE_SIZE)
+    arguments.update(options)
+    on_cpu = pipeline.train_dataset(table, **arguments)
+    staged = pipeline.train_dataset(table, augment_on_device=True,
+                                    **arguments)
+    _EPOCHS[key] = (list(on_cpu.as_numpy_iterator()),
+                    list(staged.as_numpy_iterator()))
+  return _EPOCHS[key]
 
 
 @pytest.mark.parametrize('erasing', [ZEROS, None], ids=['erasing', 'none'])
@@ -116,6 +126,8 @@ def test_random_fill_keeps_the_boxes_and_draws_normal_values(table):
       np.testing.assert_allclose(image, reference, rtol=0, atol=TOLERANCE)
   inside = np.concatenate(inside)
   assert inside.size > 10000
+  # N(0, 1) values: at this size the mean's and the deviation's standard
+  # errors are below 0.01, so 0.05 is over five of them.
   assert abs(inside.mean()) < 0.05 and abs(inside.std() - 1) < 0.05
 
 
@@ -145,11 +157,14 @@ def test_random_fill_has_the_same_distribution_on_both_paths(table):
   for path in (tf_values, jax_values):
     values, channels, rows = (np.concatenate(part) for part in zip(*path))
     assert values.size > 100000
-    # Standard errors at this size are ~0.003; a box filled with one value
-    # per pixel (shared by channels) or per row would correlate fully.
+    # Standard errors at this size are ~0.003, so 0.02 is over six of them;
+    # a box filled with one value per pixel (shared by channels) or per row
+    # would correlate fully.
     assert abs(values.mean()) < 0.02 and abs(values.std() - 1) < 0.02
     assert abs(np.corrcoef(channels.T)[0, 1]) < 0.02
     assert abs(np.corrcoef(rows.T)[0, 1]) < 0.02
+    # Fixed seeds; a wrong distribution at this size gives p far below the
+    # 0.1% level.
     assert stats.kstest(values, 'norm').pvalue > 1e-3
     pooled.append(values)
   assert not np.array_equal(*pooled)

@@ -11,12 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from sa_reid_jax.evaluation import extract_features
 from sa_reid_jax.evaluation import pairwise_distances
 from sa_reid_jax.evaluation import re_rank
 from sa_reid_jax.models import SANet
 
 IMAGE_SHAPE = (64, 32, 3)
+# Float64 descriptors (unit-norm parts, ulp 2.2e-16 at 1) of the same images
+# computed in another batch shape may differ only by the order of the
+# convolutions' sums: ~1e-16 here, at most a few 1e-14 through these layers.
+# Any interaction between batch rows would show at the descriptors' scale.
+FLOAT64_ROUNDING = 1e-12
 
 
 def numpy_distances(a, b, metric):
@@ -42,6 +48,9 @@ def test_pairwise_distances_match_numpy(metric, shape_a, shape_b, block_size):
   result = pairwise_distances(a, b, metric=metric, block_size=block_size)
   assert result.shape == (shape_a[0], shape_b[0])
   assert result.dtype == np.float32
+  # float32 against float64: the Euclidean expansion |a|^2 + |b|^2 - 2 a.b
+  # cancels ~|a|^2 = 20 (ulp 1.9e-6) down to distances of ~6, and cosine
+  # sums 20 products of ulp ~1e-7; both stay within 1e-5.
   np.testing.assert_allclose(result, numpy_distances(a, b, metric),
                              rtol=1e-5, atol=1e-5)
 
@@ -53,7 +62,8 @@ def test_pairwise_distances_of_part_descriptors_flatten_the_parts():
   result = pairwise_distances(jnp.asarray(parts), parts)
   np.testing.assert_allclose(result, pairwise_distances(
       parts.reshape(6, -1), parts.reshape(6, -1)))
-  # The distance to itself is zero up to float32 cancellation.
+  # The distance to itself is zero up to float32 cancellation: |a|^2 = 4
+  # (ulp 4.8e-7) cancels to a few ulps, whose square root is ~1e-3.
   assert np.abs(np.diag(result)).max() < 1e-2
 
 
@@ -81,6 +91,8 @@ def test_distances_of_descriptors_to_themselves_are_not_negative(metric):
   assert (1 - np.sum(unit * unit, axis=1)).min() < 0
   result = pairwise_distances(descriptors, descriptors, metric)
   assert result.min() >= 0
+  # Zero up to float32 cancellation of |a|^2 = 6 (ulp 4.8e-7): Euclidean
+  # takes its square root (~1e-3), cosine is within a few ulps of 1 (~1e-7).
   assert np.abs(np.diag(result)).max() < 1e-2
 
 
@@ -88,10 +100,15 @@ def test_cosine_distance_of_opposite_vectors_is_at_most_two():
   a = _part_descriptors(50, seed=3).reshape(50, -1)
   result = pairwise_distances(a, -a, 'cosine')
   assert result.max() <= 2
+  # The distances are float32 by design (no float64 path): the dot product
+  # of a 192-value unit vector with its negation is -1 to a few ulps, and 2
+  # has an ulp of 2.4e-7 (seen: one ulp); 1e-6 is four ulps.
   np.testing.assert_allclose(np.diag(result), 2, atol=1e-6)
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+# Each example's new shapes compile the distance kernels (about 0.2 s an
+# example on a small CPU; no deadline, as a compilation is slow by nature).
+@hypothesis.settings(max_examples=helpers.examples(15), deadline=None)
 @hypothesis.given(
     hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5)),
                elements=st.floats(-1e3, 1e3, width=32)),
@@ -116,6 +133,8 @@ def test_cosine_distances_can_be_re_ranked():
   reranked = re_rank(*distances, k1=5, k2=3)
   assert reranked.shape == (8, 40)
   assert reranked.min() >= 0
+  # Each query is nearest to its own copy in the gallery.
+  np.testing.assert_array_equal(reranked.argmin(axis=1), np.arange(8))
 
 
 @pytest.mark.parametrize('arguments, message', [
@@ -157,6 +176,21 @@ def tiny_model():
   return model, variables
 
 
+@pytest.fixture
+def float64_model(tiny_model):
+  """The tiny SANet computing in float64 (x64 on during the test), for the
+  properties that hold exactly: batch rows do not interact, a mask only
+  drops rows, the flip average is the mean of two passes."""
+  model, variables = tiny_model
+  with jax.enable_x64():
+    yield model.clone(dtype='float64'), jax.tree.map(
+        lambda value: np.asarray(value, np.float64), variables)
+
+
+def images64(count, seed=0):
+  return images(count, seed).astype(np.float64)
+
+
 def images(count, seed=0):
   rng = np.random.default_rng(seed)
   return rng.standard_normal((count,) + IMAGE_SHAPE).astype(np.float32)
@@ -168,59 +202,65 @@ def padded_batches(all_images, batch_size):
     chunk = all_images[start:start + batch_size]
     mask = np.zeros(batch_size, dtype=bool)
     mask[:len(chunk)] = True
-    padded = np.zeros((batch_size,) + IMAGE_SHAPE, dtype=np.float32)
+    padded = np.zeros((batch_size,) + IMAGE_SHAPE, dtype=all_images.dtype)
     padded[:len(chunk)] = chunk
     yield {'images': padded, 'mask': mask}
 
 
-def test_padded_batches_give_the_one_batch_descriptors(tiny_model):
-  model, variables = tiny_model
-  seven = images(7)
+def test_padded_batches_give_the_one_batch_descriptors(float64_model):
+  model, variables = float64_model
+  seven = images64(7)
   apply = jax.jit(functools.partial(model.apply, train=False))
   expected = np.asarray(apply(variables, seven)['features'])
   result = extract_features(model, variables, padded_batches(seven, 3),
                             progress=False)
   # 6 parts of layer4's 256 channels (base width 8, times 8, times 4).
   assert result.shape == expected.shape == (7, 6, 256)
-  assert result.dtype == np.float32
-  np.testing.assert_allclose(result, expected, atol=1e-5)
-  np.testing.assert_allclose(np.linalg.norm(result, axis=-1), 1, atol=1e-5)
+  assert result.dtype == np.float64
+  np.testing.assert_allclose(result, expected, rtol=0,
+                             atol=FLOAT64_ROUNDING)
+  np.testing.assert_allclose(np.linalg.norm(result, axis=-1), 1, rtol=0,
+                             atol=FLOAT64_ROUNDING)
 
 
-def test_masked_rows_anywhere_are_dropped(tiny_model):
-  model, variables = tiny_model
-  batch = images(3, seed=1)
+def test_masked_rows_anywhere_are_dropped(float64_model):
+  model, variables = float64_model
+  batch = images64(3, seed=1)
   mask = np.array([True, False, True])
   result = extract_features(model, variables,
                             [{'images': batch, 'mask': mask}], progress=False)
   expected = extract_features(model, variables, [{'images': batch}],
                               progress=False)[mask]
   assert len(result) == 2
-  np.testing.assert_allclose(result, expected, atol=1e-6)
+  np.testing.assert_allclose(result, expected, rtol=0, atol=FLOAT64_ROUNDING)
 
 
-def test_flip_averages_the_mirrored_descriptor(tiny_model):
-  model, variables = tiny_model
-  batch = images(3, seed=2)
+def test_flip_averages_the_mirrored_descriptor(float64_model):
+  model, variables = float64_model
+  batch = images64(3, seed=2)
 
   def features(x):
     return extract_features(model, variables, [{'images': x}],
-                            progress=False).astype(np.float64)
+                            progress=False)
 
   mean = (features(batch) + features(batch[:, :, ::-1, :])) / 2
   expected = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
   result = extract_features(model, variables, [{'images': batch}], flip=True,
                             progress=False)
-  np.testing.assert_allclose(result, expected, atol=1e-5)
-  # Mirroring changes the descriptor, so this checks the flip is applied.
+  np.testing.assert_allclose(result, expected, rtol=0, atol=FLOAT64_ROUNDING)
+  # Mirroring changes the descriptor (by ~1e-2 here), so this checks the
+  # flip is applied.
   assert np.abs(result - features(batch)).max() > 1e-3
 
 
 def test_progress_lines_when_not_on_a_terminal(tiny_model):
   model, variables = tiny_model
   stream = io.StringIO()
-  extract_features(model, variables, padded_batches(images(5), 3), total=5,
-                   description='gallery', log_interval_s=0.0, stream=stream)
+  result = extract_features(model, variables, padded_batches(images(5), 3),
+                            total=5, description='gallery',
+                            log_interval_s=0.0, stream=stream)
+  # The working dtype: float32 descriptors.
+  assert result.shape == (5, 6, 256) and result.dtype == np.float32
   lines = stream.getvalue().splitlines()
   assert len(lines) == 3  # one per batch, then the final line
   assert lines[0].startswith('gallery: ') and '3/5 images' in lines[0]

@@ -13,7 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize('path', [
     'models/imagenet/variables/x', 'resnet50.pth', 'checkpoint.pth.tar',
-    'search_results/ranks.png', 'workdirs/demo/model/x'])
+    'search_results/ranks.png', 'workdirs/demo/model/x',
+    # bash scripts/test.sh: the tests' compilation cache.
+    '.cache/jax-tests/x'])
 def test_what_the_readme_commands_write_is_ignored(path):
   if shutil.which('git') is None or not os.path.exists(
       os.path.join(REPO, '.git')):

@@ -74,7 +74,7 @@ def re_rank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     lambda_value: weight of the original distance, in [0, 1].
 
   Returns:
-    (Q, G) float32 re-ranked distances.
+    (Q, G) float32 re-ranked distances, every entry >= 0.
 
   Raises:
     ValueError: for shapes that disagree, negative or NaN distances, a row of
@@ -317,6 +317,11 @@ def _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value):
     targets = targets[order]
     firsts = np.flatnonzero(np.r_[True, targets[1:] != targets[:-1]])
     shared = np.add.reduceat(minima[order], firsts)
+    # Each row of V sums to one, so at most one is shared; float32 sums of
+    # a row can round a unit in the last place above it, which would make
+    # the Jaccard distance (and the re-ranked distance of an image to its
+    # own copy) slightly negative.
+    np.minimum(shared, 1, out=shared)
     targets = targets[firsts]
     jaccard = 1 - shared / (2 - shared)
     rows, cols = np.divmod(targets, num_gallery)
