@@ -33,9 +33,11 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ.get(
 # Every program is cached, however small or quick to compile.
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-# A size limit turns on the cache's file lock: parallel workers and
-# subprocesses never read an entry while another writes it.
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+# No size limit: a limit turns on a file lock around every read and write,
+# and the workers and subprocesses then wait on it for seconds each (a
+# checkpoint save alone reads dozens of small programs). Without it, a read
+# that meets an entry being written fails to decode, and JAX compiles the
+# program instead (with a warning): slower once, never wrong.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
@@ -170,3 +172,67 @@ def pytest_terminal_summary(terminalreporter):
         'full, or make them cheaper')
     for duration, nodeid in sorted(slow, reverse=True):
       terminalreporter.write_line(f'{duration:6.1f} s  {nodeid}')
+
+
+# --- hypothesis: more examples per property in the full tier ----------------
+
+
+def pytest_sessionstart(session):
+  """Tells `helpers.examples` the tier before the test modules, whose
+  hypothesis settings it sizes, are imported."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  helpers.full_tier = session.config.getoption('--full')
+
+
+# --- a finished tiny training run --------------------------------------------
+
+# `finished_run`'s config: helpers.tiny_config(data, max_steps=...).
+FINISHED_RUN_STEPS = 2
+
+
+@pytest.fixture(scope='session')
+def finished_run(data, tmp_path_factory):
+  """The workdir of a finished tiny training run (a `pathlib.Path`).
+
+  ``helpers.tiny_config(data, max_steps=FINISHED_RUN_STEPS)`` (2 steps of
+  a global batch of 8, the SA network made tiny, from scratch) trained
+  once per test run (per worker) by `train_and_evaluate` on the default
+  devices (the two host CPU devices): it holds the checkpoint of step 2
+  (its only one), ``model/``, ``metrics.json`` (the final evaluation) and
+  ``metrics.jsonl``.
+
+  Tests must not write into it: to resume or change the run, copy it
+  (``shutil.copytree``); reading it (e.g. as ``config.init_from``) is fine.
+  """
+  # pylint: disable=g-import-not-at-top
+  import helpers
+  from sa_reid_jax.training import trainer
+  # pylint: enable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('finished_run') / 'run'
+  trainer.train_and_evaluate(
+      helpers.tiny_config(data, max_steps=FINISHED_RUN_STEPS), str(workdir))
+  return workdir
+
+
+# --- a saved tiny SA network --------------------------------------------------
+
+
+@pytest.fixture(scope='session')
+def saved_sanet(tmp_path_factory):
+  """(model directory, model, variables): a tiny SANet (5 classes, one block
+  per stage, base width 4) with `helpers.he_scaled_variables`, saved with
+  ``image_size`` `helpers.SAVED_SANET_IMAGE_SIZE` in its metadata.
+
+  Tests must not write into the directory; exports go elsewhere.
+  """
+  # pylint: disable=g-import-not-at-top
+  import helpers
+  from sa_reid_jax.models import store
+  from sa_reid_jax.models.sanet import SANet
+  # pylint: enable=g-import-not-at-top
+  model = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=4)
+  variables = helpers.he_scaled_variables(model)
+  path = tmp_path_factory.mktemp('saved_sanet') / 'model'
+  size = list(helpers.SAVED_SANET_IMAGE_SIZE)
+  store.save_model(str(path), model, variables, metadata={'image_size': size})
+  return path, model, variables

@@ -243,3 +243,309 @@ def check_report_numbers(parser, metrics):
         metrics[setting]['num_valid_queries'])
   assert not [k for k in parser.cells if k.split('.')[0] in report.SETTINGS
               and k.split('.')[0] not in settings]
+
+
+# --- hypothesis: examples per property, by tier ------------------------------
+
+# Set by conftest.py before the test modules are collected: True under --full.
+full_tier = False
+# The full tier tries this many times each property's fast-tier examples.
+FULL_TIER_EXAMPLE_FACTOR = 4
+
+
+def examples(fast_tier: int) -> int:
+  """A property's hypothesis ``max_examples``: `fast_tier` in the fast tier,
+  `FULL_TIER_EXAMPLE_FACTOR` times as many in the full tier."""
+  return fast_tier * (FULL_TIER_EXAMPLE_FACTOR if full_tier else 1)
+
+
+# --- comparisons with reference implementations ------------------------------
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import re
+
+import numpy as np
+# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+
+
+def relative_error(actual, reference) -> float:
+  """max |actual - reference| / max |reference|, computed in float64."""
+  reference = np.asarray(reference, np.float64)
+  return float(np.max(np.abs(np.asarray(actual, np.float64) - reference)) /
+               np.max(np.abs(reference)))
+
+
+def worst_leaf_error(actual, expected, error_fn=relative_error):
+  """(worst error, path) over the leaves of two trees of equal structure."""
+  leaves = jax.tree_util.tree_leaves_with_path(expected)
+  actual_leaves = jax.tree.leaves(actual)
+  assert len(actual_leaves) == len(leaves)
+  errors = [(error_fn(a, e), jax.tree_util.keystr(path))
+            for (path, e), a in zip(leaves, actual_leaves)]
+  return max(errors)
+
+
+def torch_to_flax(state, template, source_fn, skip_patterns=()):
+  """PyTorch-named arrays laid out as `template`'s tree, in their own dtype.
+
+  `source_fn(path)` is the converter's `Source` of a Flax path (e.g.
+  `mapping.source_for` with its arguments bound, or `rga_source_for`): the
+  PyTorch names and layout. Unlike the converter, which stores float32,
+  the arrays keep their dtype, so that float64 references stay float64.
+  Every leaf must be found with the template's shape, and every name of
+  `state` used, except names matching a regular expression of
+  `skip_patterns`.
+  """
+  flat = flax.traverse_util.flatten_dict(template)
+  tree, used = {}, set()
+  for path, leaf in flat.items():
+    source = source_fn(path)
+    assert source is not None, f'no PyTorch name for {"/".join(path)}'
+    arrays = [np.asarray(state[name]) for name in source.torch_names]
+    used.update(source.torch_names)
+    tree[path] = source.to_flax(arrays)
+    assert tree[path].shape == tuple(leaf.shape), (path, tree[path].shape)
+  unused = [name for name in set(state) - used
+            if not any(re.fullmatch(p, name) for p in skip_patterns)]
+  assert not unused, f'PyTorch names with no Flax leaf: {sorted(unused)}'
+  return flax.traverse_util.unflatten_dict(tree)
+
+
+# --- data-parallel computations on this process's devices --------------------
+
+
+def data_parallel_gradient(loss, weights, inputs, labels, devices):
+  """The data-parallel gradient of ``loss(weights, inputs, labels,
+  axis_name)`` on `devices`, as the train step takes it: `inputs` and
+  `labels` split along their first axis, every device's gradient of its
+  share's loss, averaged over the devices (`pmean`)."""
+  from jax.sharding import Mesh, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  mesh = Mesh(np.asarray(devices), ('data',))
+
+  def per_device(w, x, y):
+    w = step_lib._per_device(w, 'data')  # pylint: disable=protected-access
+    return jax.lax.pmean(jax.grad(loss)(w, x, y, 'data'), 'data')
+
+  mapped = jax.jit(jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec('data'), PartitionSpec('data')),
+      out_specs=PartitionSpec()))
+  return np.asarray(mapped(weights, inputs, labels))
+
+
+# --- random networks and images, without a compiled init ---------------------
+
+
+def he_scaled_variables(model, seed: int = 0) -> Any:
+  """He-scaled random variables of `model`, near-identity BatchNorm.
+
+  Drawn in numpy on the shapes of `store.abstract_variables` (no compiled
+  ``model.init``, ~10 s on 2 cores), and as sensitive to the input as a
+  fresh network; the BatchNorm statistics are not the trivial (0, 1).
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'var':  # BatchNorm variances must be positive
+      values = rng.uniform(0.5, 1.5, leaf.shape)
+    elif name == 'scale':
+      values = 1 + 0.1 * rng.standard_normal(leaf.shape)
+    elif name in ('mean', 'bias'):
+      values = 0.1 * rng.standard_normal(leaf.shape)
+    else:
+      fan_in = np.prod(leaf.shape[:-1])
+      values = np.sqrt(2 / fan_in) * rng.standard_normal(leaf.shape)
+    return values.astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill,
+                                          store.abstract_variables(model))
+
+
+def block_images(rng, shape) -> np.ndarray:
+  """uint8 images of coarse colour blocks plus noise (unlike pure noise,
+  they give clearly different descriptors)."""
+  batch, height, width, _ = shape
+  blocks = rng.integers(0, 256, (batch, 8, 4, 3))
+  rows = np.arange(height) * 8 // height
+  columns = np.arange(width) * 4 // width
+  images = blocks[:, rows][:, :, columns] + rng.integers(-20, 21, shape)
+  return np.clip(images, 0, 255).astype(np.uint8)
+
+
+# --- exported networks (SavedModel, ONNX) ------------------------------------
+
+# The input size recorded with the `saved_sanet` fixture's network.
+SAVED_SANET_IMAGE_SIZE = (64, 32)
+# Exported descriptors against the JAX model's, max absolute difference.
+# Two float32 programs compiled apart (TensorFlow's XLA or ONNX Runtime
+# against JAX's, with XLA's optimisations off here) sum the convolutions
+# in different orders: the `saved_sanet` descriptors (magnitude ~0.5, where
+# a float32 ulp is 6e-8) differ by 1e-7 to 2e-7 (2-3 ulp); 1e-5 (~170 ulp)
+# leaves room for other CPUs' convolution kernels, while a wrong weight
+# layout or preprocessing step differs by more than 1e-3.
+EXPORT_TOLERANCE = 1e-5
+
+
+# --- programs in a real process, as a user starts them -----------------------
+
+
+def user_environment(**variables: str) -> dict[str, str]:
+  """`environment` (one device) without TF_CPP_MIN_LOG_LEVEL, which this
+  process sets when it imports TensorFlow quietly (`variables` may set it
+  again): what a user's shell gives a program."""
+  env = environment(**variables)
+  if 'TF_CPP_MIN_LOG_LEVEL' not in variables:
+    env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  return env
+
+
+def run_as_user(program: str, *args: str, timeout: float = 600):
+  """``python PROGRAM ARGS`` (a script of the repository root, e.g.
+  ``eval.py``) or ``python -m PROGRAM ARGS`` (a module) in a real process
+  from the repository root, in `user_environment`; its
+  `subprocess.CompletedProcess` (text output), whatever its exit status.
+
+  Only a real process shows what a user's terminal shows (e.g. what
+  TensorFlow prints as it loads); the ``cli`` fixture runs the same
+  command line in this process.
+  """
+  command = ([sys.executable, os.path.join(REPO, program)]
+             if program.endswith('.py') else [sys.executable, '-m', program])
+  return subprocess.run([*command, *args], capture_output=True, text=True,
+                        cwd=REPO, env=user_environment(), timeout=timeout,
+                        check=False)
+
+
+def lines_besides_slow_compile_alarms(stderr: str) -> list[str]:
+  """`stderr`'s non-empty lines, less XLA's alarm about a slow compile (its
+  ``slow_operation_alarm`` line and the asterisk-framed message): a busy
+  machine's, not the program's."""
+  return [line for line in stderr.splitlines()
+          if line.strip() and set(line.strip()) != {'*'} and
+          'slow_operation_alarm' not in line and
+          'Very slow compile' not in line]
+
+
+# --- experiment configs, their documented commands, P x K training ----------
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import glob
+import shlex
+from unittest import mock
+
+from ml_collections import config_flags
+
+from sa_reid_jax.training import trainer
+# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+# The flags of train.py besides --config (eval.py's are added in
+# `parse_command`).
+TRAIN_FLAGS = ('workdir', 'distributed', 'coordinator_address',
+               'num_processes', 'process_id')
+# The RGA and CASN end-to-end tests' network, small enough for a CPU test:
+# 128x64 with the head reduction of the RGA demo (4) and width 8, at which
+# every RGA module has channels (CASN configs have no down_ratio:
+# `SMALL_CASN`). No evaluation before training: what these tests check is
+# the training.
+SMALL_RGA = {
+    'init_from': 'scratch',
+    'model.stage_sizes': (1, 1, 1, 1),
+    'model.base_width': 8,
+    'image_size': (128, 64),
+    'model.down_ratio': 4,
+    'batch_size': 8,
+    'eval.every_epochs': 0,
+    'eval.at_start': False,
+    'eval.batch_size': 32,
+    'eval.report': False,
+    'log_every_steps': 2,
+}
+# PCB's six stripes need the 8 rows of a last-stride-1 map at 128x64.
+SMALL_CASN = {k: v for k, v in SMALL_RGA.items() if k != 'model.down_ratio'}
+# `synthetic_dataset`'s arguments for the P x K tests: identities with 3 to
+# 12 train images, so that K = 4 repeats some of them.
+P_K_DATASET = {'num_ids': 8, 'num_test_ids': 4, 'seed': 1}
+
+
+def load_config_module(path: str):
+  """The module of an experiment config file (``configs/NAME.py``)."""
+  spec = importlib.util.spec_from_file_location(
+      os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def documented_commands(path: str, script: str) -> list[list[str]]:
+  """The ``python SCRIPT ...`` commands of a config's docstring, as argv."""
+  text = load_config_module(path).__doc__.replace('\\\n', ' ')
+  return [shlex.split(line.strip())[1:]
+          for line in text.splitlines()
+          if line.strip().startswith(f'python {script}')]
+
+
+def parse_command(argv: list[str]):
+  """Parses argv as train.py or eval.py would; returns the config."""
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, '',
+                                           flag_values=values,
+                                           lock_config=True)
+  for name in TRAIN_FLAGS + ('checkpoint', 'rerank', 'flip', 'output_dir'):
+    flags.DEFINE_string(name, None, '', flag_values=values)
+  argv = [argv[0]] + [a if not a.startswith('--flip') else '--flip=1'
+                      for a in argv[1:] if not a.startswith('[')]
+  cwd = os.getcwd()
+  os.chdir(REPO)  # the documented commands run from the repository root
+  try:
+    # config_flags finds the --config.* overrides in sys.argv.
+    with mock.patch.object(sys, 'argv', argv):
+      values(argv)
+  finally:
+    os.chdir(cwd)
+  return holder.value
+
+
+def documented_config(name: str, data: str, small: dict[str, Any],
+                      **overrides):
+  """The config of the first ``python train.py`` command of
+  ``configs/NAME``'s docstring, on the Market-layout folder `data`, with
+  `small` and `overrides` (dotted keys) on top."""
+  path = os.path.join(REPO, 'configs', name)
+  config = parse_command(documented_commands(path, 'train.py')[0])
+  config.unlock()
+  config.dataset.folder = data
+  return set_keys(config, {**small, **overrides})
+
+
+def train_on_one_and_two_devices(name: str, data: str, root,
+                                 small: dict[str, Any]):
+  """`documented_config` (``configs/NAME``, `small` on top) trained in this
+  process on one device and on two (``root/devices1``, ``root/devices2``),
+  in float64 compute: under ``jax.enable_x64``, as ``JAX_ENABLE_X64=1``
+  runs a command, with ``model.dtype='float64'`` in `small`.
+
+  Returns:
+    {devices asked: (the trainer's result, `trained_variables`)}.
+  """
+  runs = {}
+  for count in (1, 2):
+    workdir = os.path.join(str(root), f'devices{count}')
+    with jax.enable_x64(True):
+      result = trainer.train_and_evaluate(
+          documented_config(name, data, small), workdir,
+          devices=jax.devices()[:count])
+    runs[count] = (result, trained_variables(workdir))
+  return runs
+
+
+def worst_variable_difference(one: dict[str, Any], two: dict[str, Any]):
+  """(worst difference of a stored variable relative to max(1, its scale),
+  its name), over two `trained_variables` of one network: relative to the
+  leaf's scale because, e.g., the RGA relation embeddings' BatchNorm running
+  variances are in the hundreds."""
+  assert one.keys() == two.keys()
+  return max((float(np.max(np.abs(one[k] - two[k])) /
+                    max(1.0, float(np.max(np.abs(one[k]))))), k) for k in one)
