@@ -2,9 +2,8 @@
 
 import os
 import pickle
-import subprocess
-import sys
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -12,8 +11,6 @@ import torch
 from sa_reid_jax.convert import ConversionError, convert_checkpoint
 from sa_reid_jax.convert import read_weights
 from torch_reference import OfficialSANet
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PlantsAFile:
@@ -32,14 +29,8 @@ def official_state():
   return OfficialSANet(num_classes=9).state_dict()
 
 
-def run_cli(*args):
-  return subprocess.run(
-      [sys.executable, os.path.join(REPO, 'convert_weights.py'), *args],
-      capture_output=True, text=True, cwd=REPO, check=False)
-
-
 @pytest.mark.parametrize('writer', ['torch_zip', 'torch_legacy', 'pickle'])
-def test_malicious_pickle_is_refused_not_executed(tmp_path, writer):
+def test_malicious_pickle_is_refused_not_executed(tmp_path, cli, writer):
   marker = tmp_path / 'executed'
   payload = {'state_dict': {'w': torch.zeros(2)},
              'extra': PlantsAFile(marker)}
@@ -53,8 +44,8 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path, writer):
 
   with pytest.raises(ConversionError, match='evil.pth: refused'):
     read_weights(str(path))
-  result = run_cli('--format=sa_official', f'--input={path}',
-                   f'--output={tmp_path / "out"}')
+  result = cli('convert_weights.py', '--format=sa_official',
+               f'--input={path}', f'--output={tmp_path / "out"}')
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert 'evil.pth: refused' in result.stderr
@@ -124,11 +115,25 @@ def test_num_classes_must_agree_with_an_official_file(tmp_path,
     (['--format=keras', '--input=a', '--output=b'], 'format'),
     (['--format=torchvision', '--input=a'], 'output'),
 ])
-def test_cli_errors_are_one_clear_line(args, message):
-  result = run_cli(*args)
+def test_cli_errors_are_one_clear_line(cli, args, message):
+  result = cli('convert_weights.py', *args)
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr
   assert message in result.stderr
+
+
+def test_convert_weights_py_error_in_a_real_process_is_one_line(tmp_path):
+  # What a user's terminal shows: the error alone, without TensorFlow's
+  # start-up notices (which some CPUs print whatever TF_CPP_MIN_LOG_LEVEL
+  # says) or a traceback.
+  missing = tmp_path / 'missing.pth'
+  result = helpers.run_as_user('convert_weights.py', '--format=sa_official',
+                               f'--input={missing}',
+                               f'--output={tmp_path / "out"}')
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f'convert_weights.py: error: {missing}: no such file'], result.stderr
+  assert not (tmp_path / 'out').exists()
 
 
 def test_existing_output_is_not_overwritten(tmp_path):

@@ -1,5 +1,6 @@
 """ONNX export: ONNX Runtime's descriptors equal JAX's, any batch size."""
 
+import helpers
 import numpy as np
 import onnx
 import onnxruntime
@@ -9,14 +10,14 @@ from sa_reid_jax.data import pipeline
 from sa_reid_jax.models import resnet
 from sa_reid_jax.tools import export
 from sa_reid_jax.tools import export_onnx
-from test_export import IMAGE_SIZE, TOLERANCE, checkpoint  # pylint: disable=unused-import
-from test_export import random_images
+
+IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
 
 
 @pytest.fixture(scope='module', name='exported')
-def fixture_exported(checkpoint):  # pylint: disable=redefined-outer-name
-  path, _, _ = checkpoint
-  output = path.parent / 'model.onnx'
+def fixture_exported(saved_sanet, tmp_path_factory):
+  path, _, _ = saved_sanet
+  output = tmp_path_factory.mktemp('export_onnx') / 'model.onnx'
   assert export.main(['--format=onnx', f'--checkpoint={path}',
                       f'--output={output}']) == 0
   return output
@@ -30,25 +31,28 @@ def jax_descriptors(model, variables, images):
 
 
 @pytest.mark.parametrize('batch', [1, 3])
-def test_onnxruntime_descriptors_equal_jax(checkpoint, exported, batch):  # pylint: disable=redefined-outer-name
-  _, model, variables = checkpoint
+def test_onnxruntime_descriptors_equal_jax(saved_sanet, exported, batch):
+  _, model, variables = saved_sanet
   session = onnxruntime.InferenceSession(str(exported),
                                          providers=['CPUExecutionProvider'])
-  images = random_images(np.random.default_rng(batch), (batch, *IMAGE_SIZE, 3))
+  images = helpers.block_images(np.random.default_rng(batch),
+                                (batch, *IMAGE_SIZE, 3))
   descriptors, parts = session.run(None, {'images': images})
   expected = jax_descriptors(model, variables, images)
   assert parts.shape == expected.shape and parts.dtype == np.float32
-  assert np.abs(parts - expected).max() <= TOLERANCE
+  # Two float32 programs compiled apart (see helpers.EXPORT_TOLERANCE).
+  assert np.abs(parts - expected).max() <= helpers.EXPORT_TOLERANCE
   np.testing.assert_array_equal(descriptors,
                                 parts.reshape(batch, -1))
   # Different images give clearly different descriptors (a constant output
   # would pass the comparison above only if JAX's were constant too).
   if batch > 1:
-    assert np.abs(expected[0] - expected[1]).max() > 100 * TOLERANCE
+    assert np.abs(expected[0] - expected[1]).max() > (
+        100 * helpers.EXPORT_TOLERANCE)
 
 
-def test_graph_signature_and_metadata(checkpoint, exported):  # pylint: disable=redefined-outer-name
-  _, model, _ = checkpoint
+def test_graph_signature_and_metadata(saved_sanet, exported):
+  _, model, _ = saved_sanet
   proto = onnx.load(str(exported))
   (images,) = proto.graph.input
   assert images.name == 'images'
@@ -63,8 +67,8 @@ def test_graph_signature_and_metadata(checkpoint, exported):  # pylint: disable=
   assert info['descriptor_dim'] == info['num_parts'] * info['part_dim']
 
 
-def test_onnx_errors_are_one_line(checkpoint, exported, tmp_path):  # pylint: disable=redefined-outer-name
-  path, _, _ = checkpoint
+def test_onnx_errors_are_one_line(saved_sanet, exported, tmp_path):
+  path, _, _ = saved_sanet
   for output, message in ((exported, 'already exists'),
                           (tmp_path, 'is a directory')):
     with pytest.raises(SystemExit) as error:

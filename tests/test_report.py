@@ -1,11 +1,9 @@
 """The HTML evaluation report: parsed back, its images decoded, its numbers
 compared with metrics.json and with independent computations."""
 
-import base64
-import html.parser
-import io
 import json
 
+import helpers
 import numpy as np
 from PIL import Image
 import pytest
@@ -18,60 +16,6 @@ from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.training import defaults
 
 NUM_HARDEST, NUM_RANDOM, TOPK = 3, 2, 4
-
-
-class ReportParser(html.parser.HTMLParser):
-  """Collects the images' sources and the tables' keyed numbers."""
-
-  def __init__(self):
-    super().__init__()
-    self.images, self.cells, self.external = [], {}, []
-    self._key = None
-
-  def handle_starttag(self, tag, attrs):
-    attrs = dict(attrs)
-    if tag == 'img':
-      self.images.append(attrs['src'])
-    if tag in ('link', 'script') or (tag == 'img' and not attrs['src']
-                                     .startswith('data:')):
-      self.external.append((tag, attrs))
-    self._key = attrs.get('data-key') if tag == 'td' else None
-
-  def handle_data(self, data):
-    if self._key is not None:
-      self.cells[self._key] = data
-      self._key = None
-
-
-def parse_report(path):
-  """(parser, decoded PIL images) of a report file; every image must decode."""
-  parser = ReportParser()
-  with open(path, encoding='utf-8') as f:
-    parser.feed(f.read())
-  assert not parser.external, f'external resources: {parser.external}'
-  decoded = []
-  for source in parser.images:
-    header, data = source.split(',', 1)
-    assert header in ('data:image/png;base64', 'data:image/jpeg;base64')
-    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-    image.load()  # decodes the whole image, raising on corrupt data
-    assert image.width > 0 and image.height > 0
-    decoded.append(image)
-  return parser, decoded
-
-
-def check_report_numbers(parser, metrics):
-  """Every metric of metrics.json is in the report, shown to 0.01%."""
-  settings = [s for s in report.SETTINGS if s in metrics]
-  assert settings
-  for setting in settings:
-    for key, _ in report.METRIC_COLUMNS:
-      shown = float(parser.cells[f'{setting}.{key}'])
-      assert shown == pytest.approx(100 * metrics[setting][key], abs=0.005)
-    assert int(parser.cells[f'{setting}.num_valid_queries']) == (
-        metrics[setting]['num_valid_queries'])
-  assert not [k for k in parser.cells if k.split('.')[0] in report.SETTINGS
-              and k.split('.')[0] not in settings]
 
 
 def _write_jpegs(folder, names, rng):
@@ -137,14 +81,14 @@ def test_report_images_decode_and_numbers_equal_metrics_json(small, tmp_path):
   evaluate.write_metrics(small.metrics, str(tmp_path / 'metrics.json'))
   path = report.write_report(small, str(tmp_path / 'report.html'),
                              SANet(num_classes=6), _config(), 'runs/x', 7)
-  parser, images = parse_report(path)
+  parser, images = helpers.parse_report(path)
   # 3 plots, then one rank list per shown query.
   assert len(images) == 3 + NUM_HARDEST + NUM_RANDOM
   assert all(image.format == 'PNG' for image in images[:3])
   # A rank list: the query and TOPK gallery thumbnails of 32x16 plus borders.
   assert images[3].width > (TOPK + 1) * 16
   with open(tmp_path / 'metrics.json') as f:
-    check_report_numbers(parser, json.load(f))
+    helpers.check_report_numbers(parser, json.load(f))
   # Per camera: the protocol run on that camera's queries alone.
   q_cams = small.query.camera_ids
   for camera in (0, 1):
@@ -153,6 +97,8 @@ def test_report_images_decode_and_numbers_equal_metrics_json(small, tmp_path):
                           small.gallery.person_ids, q_cams[rows],
                           small.gallery.camera_ids)
     shown = parser.cells
+    # Printed as percentages with two decimals: half a unit of the last
+    # printed digit.
     assert float(shown[f'camera{camera + 1}.mAP']) == pytest.approx(
         100 * alone.mAP, abs=0.005)
     assert float(shown[f'camera{camera + 1}.rank1']) == pytest.approx(
@@ -171,8 +117,8 @@ def test_report_without_reranking_has_only_plain(small, tmp_path):
       plain=small.plain, reranked=None)
   path = report.write_report(plain_only, str(tmp_path / 'report.html'),
                              SANet(num_classes=6), _config(), 'model')
-  parser, _ = parse_report(path)
-  check_report_numbers(parser, plain_only.metrics)
+  parser, _ = helpers.parse_report(path)
+  helpers.check_report_numbers(parser, plain_only.metrics)
   assert 'not computed' in (tmp_path / 'report.html').read_text()
 
 

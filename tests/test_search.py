@@ -2,10 +2,10 @@
 
 import json
 import os
+import pathlib
 import shutil
-import subprocess
-import sys
 
+import helpers
 import jax
 import numpy as np
 from PIL import Image
@@ -13,42 +13,35 @@ import pytest
 import tensorflow as tf
 
 from sa_reid_jax.data import pipeline
-from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
-from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.tools import descriptor_cache
 from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import search
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = (64, 32)
+IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
 
 
-def save_tiny_models(root):
-  """Two model directories with the same config and different weights."""
-  model = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=4)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0),
-                                  np.zeros((1, *IMAGE_SIZE, 3), np.float32))
-  # Perturbing the weights is much cheaper than a second init on CPU.
+def save_other_model(root, saved_sanet):
+  """A model directory with `saved_sanet`'s config and other weights."""
+  _, model, variables = saved_sanet
+  # Other weights, same config: the gallery cache must not serve them.
   rng = np.random.default_rng(1)
   other = {**variables, 'params': jax.tree.map(
       lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype),
       variables['params'])}
-  paths = []
-  for name, values in (('model_a', variables), ('model_b', other)):
-    paths.append(store.save_model(str(root / name), model, values,
-                                  metadata={'image_size': list(IMAGE_SIZE)}))
-  return paths
+  return store.save_model(str(root / 'model_b'), model, other,
+                          metadata={'image_size': list(IMAGE_SIZE)})
 
 
 @pytest.fixture(scope='module')
-def env(tmp_path_factory):
+def env(tmp_path_factory, synthetic_dataset, saved_sanet):
   root = tmp_path_factory.mktemp('search')
-  synthetic.generate(str(root / 'synthetic'), num_ids=4, num_test_ids=2,
-                     seed=0)
+  dataset = pathlib.Path(synthetic_dataset(num_ids=4, num_test_ids=2,
+                                           seed=0))
   gallery = root / 'gallery'
   (gallery / 'sub').mkdir(parents=True)
-  crops = sorted((root / 'synthetic' / 'bounding_box_test').iterdir())[:8]
+  crops = sorted(p for p in (dataset / 'bounding_box_test').iterdir()
+                 if p.suffix == '.jpg')[:8]
   for i, crop in enumerate(crops):
     # Some in a subfolder: the gallery is searched recursively.
     shutil.copy(crop, gallery / ('sub' if i % 3 == 0 else '') / crop.name)
@@ -60,11 +53,12 @@ def env(tmp_path_factory):
   queries = root / 'queries'
   queries.mkdir()
   shutil.copy(gallery / 'exact.png', queries / 'copy_of_exact.png')
-  query_crop = sorted((root / 'synthetic' / 'query').iterdir())[0]
+  query_crop = sorted(p for p in (dataset / 'query').iterdir()
+                      if p.suffix == '.jpg')[0]
   shutil.copy(query_crop, queries / query_crop.name)
-  model_a, model_b = save_tiny_models(root)
   return {'root': root, 'gallery': gallery, 'queries': queries,
-          'exact_pixels': pixels, 'model_a': model_a, 'model_b': model_b}
+          'exact_pixels': pixels, 'model_a': str(saved_sanet[0]),
+          'model_b': save_other_model(root, saved_sanet)}
 
 
 def run_search(capsys, env, output, *extra, checkpoint=None):
@@ -115,8 +109,10 @@ def test_rankings_cache_and_picture(env, capsys):
   for query in first['queries']:
     expected = truth[query['query']][:5]
     assert [m['file'] for m in query['matches']] == [f for f, _ in expected]
-    # Squared: the official |a|^2 + |b|^2 - 2ab form in float32 leaves an
-    # error of ~1e-6 in the square, ~1e-3 in the distance near 0.
+    # Squared: the official |a|^2 + |b|^2 - 2ab form in float32 rounds at
+    # the scale of |a|^2 + |b|^2 = 12 (6 unit-norm parts each), where a
+    # float32 ulp is ~1e-6 (measured: up to 3e-6); 1e-5 is ~10 ulp. Near 0
+    # that is ~3e-3 in the distance itself.
     np.testing.assert_allclose(
         [m['distance'] ** 2 for m in query['matches']],
         [d ** 2 for _, d in expected], atol=1e-5)
@@ -124,6 +120,8 @@ def test_rankings_cache_and_picture(env, capsys):
   row = query_files.index(str(env['queries'] / 'copy_of_exact.png'))
   duplicate = first['queries'][row]['matches']
   assert duplicate[0]['file'] == str(env['gallery'] / 'exact.png')
+  # The same pixels: distance 0 up to the square root of the rounding of
+  # the square above, sqrt(1e-5) ~ 3e-3.
   assert duplicate[0]['distance'] < 5e-3
   # Not a degenerate network: other images are clearly farther.
   assert duplicate[1]['distance'] > 0.1
@@ -252,17 +250,21 @@ def test_cli_errors(env, capsys, tmp_path):
   assert '--image_size' in cli_error(
       capsys, f'--checkpoint={model}', f'--gallery={gallery}',
       f'--query={queries}', '--image_size=64')
-  # The real entry point: one error line (after TensorFlow's start-up
-  # notices, which no environment variable silences), no traceback.
-  result = subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.tools.search',
-       f'--checkpoint={gallery}', f'--gallery={gallery}',
-       f'--query={queries}'],
-      capture_output=True, text=True, cwd=tmp_path, check=False,
-      env={**os.environ, 'PYTHONPATH': REPO})
+
+
+def test_search_in_a_real_process_writes_one_error_line(env, tmp_path):
+  # What a user's terminal shows: the error alone, without TensorFlow's
+  # start-up notices (which some CPUs print whatever TF_CPP_MIN_LOG_LEVEL
+  # says) or a traceback.
+  gallery = env['gallery']
+  result = helpers.run_as_user(
+      'sa_reid_jax.tools.search', f'--checkpoint={gallery}',
+      f'--gallery={gallery}', f'--query={env["queries"]}',
+      f'--output={tmp_path / "out"}')
   assert result.returncode == 1
-  assert 'Traceback' not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if ': error: ' in l]
-  assert errors == [result.stderr.strip().splitlines()[-1]], result.stderr
-  assert errors[0].startswith('python -m sa_reid_jax.tools.search: error: '
-                              f'--checkpoint: {gallery}: not a model')
+  assert result.stderr.splitlines() == [
+      'python -m sa_reid_jax.tools.search: error: --checkpoint: '
+      f'{gallery}: not a model directory (no "model" and "variables" items) '
+      'nor a training workdir; expected the output of convert_weights.py or '
+      'a training WORKDIR/model'], result.stderr
+  assert not (tmp_path / 'out').exists()

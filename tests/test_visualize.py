@@ -1,42 +1,43 @@
 """Class activation maps and the pictures: values and pixels, not only files."""
 
 import os
+import pathlib
 import shutil
-import subprocess
-import sys
 
+import helpers
 import jax
 import numpy as np
 from PIL import Image
 import pytest
 
-from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.models import store
 from sa_reid_jax.models.casn import casn_variant
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.tools import cams
 from sa_reid_jax.tools import drawing
+from sa_reid_jax.tools import image_files
 from sa_reid_jax.tools import visualize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (64, 32)
+# A CAM's mean against the network's logit: the same float32 products
+# summed in another order (per position then averaged, against pooled then
+# projected), ~1e-7 relative per sum (measured: up to 6e-7 of the largest
+# logit, 2e-6 of a logit near cancellation). rtol 1e-5 is ~100 float32 ulp;
+# atol 1e-6 covers logits near 0; a missing BatchNorm, attention weighting
+# or bias changes the logits by more than 1e-2.
+CAM_RTOL, CAM_ATOL = 1e-5, 1e-6
 
 
-def initialised(model, size, seed):
-  """The model's variables, with non-trivial BatchNorm statistics (so the
-  heads' BN matters in the CAMs)."""
-  variables = model.init(jax.random.PRNGKey(seed),
-                         np.zeros((1, *size, 3), np.float32))
-  stats = jax.tree.map(
-      lambda x: x + np.random.default_rng(seed).uniform(0.1, 0.5, x.shape),
-      variables['batch_stats'])
-  return model, {**variables, 'batch_stats': stats}
+def initialised(model, seed):
+  """The model and random variables, with non-trivial BatchNorm statistics
+  (so the heads' BN matters in the CAMs), without a compiled init."""
+  return model, helpers.he_scaled_variables(model, seed)
 
 
 def tiny(**kwargs):
   return initialised(SANet(num_classes=7, stage_sizes=(1, 1, 1, 1),
-                           base_width=4, **kwargs), SIZE, 1)
+                           base_width=4, **kwargs), 1)
 
 
 @pytest.mark.parametrize('ds_attention, backbone_attention',
@@ -53,8 +54,8 @@ def test_ds_cams_average_to_the_heads_logits(ds_attention,
   for i, stage in enumerate(('layer1', 'layer2', 'layer3'), start=1):
     bias = params[f'ds_classifier{i}']['bias'][np.array([0, 3, 6])]
     averaged = np.asarray(result['cams'][stage]).mean(axis=(1, 2)) + bias
-    np.testing.assert_allclose(averaged, result['logits'][stage], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(averaged, result['logits'][stage],
+                               rtol=CAM_RTOL, atol=CAM_ATOL)
   assert set(result['attention']) == (
       {'layer1', 'layer2', 'layer3'} if ds_attention else {'layer4'})
 
@@ -83,12 +84,15 @@ def test_stage4_cam_is_the_global_head_at_each_position():
       for x in range(w):
         feature = layer4[b, y, x] * attention[b, y, x]
         reduced = feature @ params['part_reduce']['kernel']
+        # 1e-5: BatchNorm's epsilon.
         normed = ((reduced - stats['mean']) / np.sqrt(stats['var'] + 1e-5) *
                   params['part_bn']['scale'] + params['part_bn']['bias'])
         expected[y, x] = (np.maximum(normed, 0) @
                           params['global_classifier']['kernel'][:, classes[b]])
+    # The float32 CAM against float64 arithmetic on the same float32 inputs:
+    # the CAM's own rounding (measured: 4e-7 relative), as CAM_RTOL says.
     np.testing.assert_allclose(result['cams']['layer4'][b], expected,
-                               rtol=1e-4, atol=1e-5)
+                               rtol=CAM_RTOL, atol=CAM_ATOL)
 
 
 def test_match_kinds():
@@ -106,10 +110,8 @@ def test_colorize_runs_from_blue_to_red():
 
 
 @pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('synthetic'))
-  synthetic.generate(root, num_ids=4, num_test_ids=4, seed=0)
-  return root
+def dataset(synthetic_dataset):
+  return synthetic_dataset(num_ids=4, num_test_ids=4, seed=0)
 
 
 CELL_W = SIZE[1] + 2 * drawing.BORDER
@@ -151,17 +153,23 @@ def test_ranks_picture_borders(dataset):
       inner, visualize.image_files.display_pixels(query, SIZE))
 
 
-def test_cli_draws_cams_and_ranks(dataset, tmp_path):
+@pytest.fixture(scope='module')
+def saved_models(tmp_path_factory):
+  """Model directories of `tiny` networks, input size SIZE recorded: 'sa'
+  and 'no_sa' (no SA before the deep-supervision heads)."""
+  root = tmp_path_factory.mktemp('visualize_models')
   for name, kwargs in (('sa', {}), ('no_sa', {'ds_attention': False})):
     model, variables = tiny(**kwargs)
-    store.save_model(str(tmp_path / name), model, variables,
+    store.save_model(str(root / name), model, variables,
                      metadata={'image_size': list(SIZE)})
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  run = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'sa_reid_jax.tools.visualize', *args], env=env,
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  result = run('cam', f'--checkpoint={tmp_path / "sa"}',
-               f'--compare={tmp_path / "no_sa"}',
+  return root
+
+
+def test_cli_draws_cams_and_ranks(dataset, saved_models, cli, tmp_path):
+  models = saved_models
+  run = lambda *args: cli('sa_reid_jax.tools.visualize', *args)
+  result = run('cam', f'--checkpoint={models / "sa"}',
+               f'--compare={models / "no_sa"}',
                f'--images={os.path.join(dataset, "query")}', '--max_images=2',
                f'--output={tmp_path / "cam.png"}')
   assert result.returncode == 0, result.stderr[-2000:]
@@ -177,28 +185,28 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   (mixed / 'a_broken.jpg').write_bytes(b'not an image')
   first = _first_image(dataset)
   (mixed / 'b.jpg').write_bytes(
-      open(os.path.join(dataset, 'query', first), 'rb').read())
-  result = run('cam', f'--checkpoint={tmp_path / "sa"}', f'--images={mixed}',
+      pathlib.Path(dataset, 'query', first).read_bytes())
+  result = run('cam', f'--checkpoint={models / "sa"}', f'--images={mixed}',
                f'--output={tmp_path / "mixed.png"}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'skipped {mixed / "a_broken.jpg"}: ' in result.stdout
   assert Image.open(tmp_path / 'mixed.png').size[1] == (
       cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
   # A class the network does not have would be drawn as a blank map.
-  result = run('cam', f'--checkpoint={tmp_path / "sa"}',
+  result = run('cam', f'--checkpoint={models / "sa"}',
                f'--images={os.path.join(dataset, "query")}', '--max_images=2',
                '--classes=0,9999', f'--output={tmp_path / "bad_cam.png"}')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert ('--classes: class 9999 is not a class of the --checkpoint network '
           '(0 to ') in result.stderr
   assert not (tmp_path / 'bad_cam.png').exists()
-  result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
+  result = run('ranks', f'--checkpoint={models / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,2', '--topk=3',
                f'--output={tmp_path / "ranks.png"}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert Image.open(tmp_path / 'ranks.png').size[0] == (
       4 * (CELL_W + drawing.GAP) + drawing.GAP)
-  result = run('ranks', f'--checkpoint={tmp_path / "sa"}',
+  result = run('ranks', f'--checkpoint={models / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,9999',
                f'--output={tmp_path / "bad.png"}')
   assert result.returncode == 1
@@ -206,17 +214,51 @@ def test_cli_draws_cams_and_ranks(dataset, tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-def test_ranks_lists_unreadable_images_before_any_work(dataset, tmp_path):
-  model, variables = tiny()
-  store.save_model(str(tmp_path / 'model'), model, variables,
-                   metadata={'image_size': list(SIZE)})
+def test_visualize_in_a_real_process_writes_one_error_line(saved_models,
+                                                           tmp_path):
+  # What a user's terminal shows: the error alone, without TensorFlow's
+  # start-up notices (which some CPUs print whatever TF_CPP_MIN_LOG_LEVEL
+  # says) or a traceback.
+  result = helpers.run_as_user(
+      'sa_reid_jax.tools.visualize', 'cam',
+      f'--checkpoint={saved_models / "sa"}', f'--images={tmp_path}',
+      f'--output={tmp_path / "cam.png"}')
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f'visualize cam: error: --images: {tmp_path} holds no image files '
+      f'({", ".join(image_files.IMAGE_EXTENSIONS)})'], result.stderr
+  assert not (tmp_path / 'cam.png').exists()
+
+
+@pytest.mark.full
+def test_visualize_in_a_real_process_draws_and_prints_only_its_line(
+    dataset, saved_models, tmp_path):
+  # The one real-process drawing: our lines on stdout, nothing on stderr
+  # (XLA's alarm about a slow compile on a busy machine aside).
+  output = tmp_path / 'cam.png'
+  result = helpers.run_as_user(
+      'sa_reid_jax.tools.visualize', 'cam',
+      f'--checkpoint={saved_models / "sa"}',
+      f'--images={os.path.join(dataset, "query")}', '--max_images=1',
+      f'--output={output}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  picture = Image.open(output)
+  assert result.stdout.splitlines() == [
+      'input size 64x32 (the size the model was trained at)',
+      f'wrote {output} ({picture.width}x{picture.height})']
+  assert not helpers.lines_besides_slow_compile_alarms(result.stderr), (
+      result.stderr)
+
+
+def test_ranks_lists_unreadable_images_before_any_work(dataset, saved_models,
+                                                       tmp_path):
   copy = tmp_path / 'data'
   shutil.copytree(dataset, copy)
   victim = sorted((copy / 'bounding_box_test').iterdir())[0]
   contents = victim.read_bytes()
   victim.write_bytes(contents[:len(contents) // 2])
   with pytest.raises(SystemExit) as error:
-    visualize.main(['ranks', f'--checkpoint={tmp_path / "model"}',
+    visualize.main(['ranks', f'--checkpoint={saved_models / "sa"}',
                     f'--dataset_folder={copy}', '--queries=0',
                     f'--output={tmp_path / "ranks.png"}'])
   lines = str(error.value).splitlines()
@@ -234,8 +276,7 @@ RGA_SIZE = (128, 64)
 def tiny_rga(variant):
   return initialised(
       rga_variant(variant, num_classes=7, image_size=RGA_SIZE,
-                  stage_sizes=(1, 1, 1, 1), base_width=8, down_ratio=4),
-      RGA_SIZE, 4)
+                  stage_sizes=(1, 1, 1, 1), base_width=8, down_ratio=4), 4)
 
 
 @pytest.mark.parametrize('variant, gates', [
@@ -251,7 +292,7 @@ def test_rga_cam_averages_to_the_bnneck_logit(variant, gates):
   # the per-position scores is the logit.
   np.testing.assert_allclose(
       np.asarray(result['cams']['layer4']).mean(axis=(1, 2)),
-      result['logits']['layer4'], rtol=1e-4, atol=1e-5)
+      result['logits']['layer4'], rtol=CAM_RTOL, atol=CAM_ATOL)
   assert set(result['attention']) == gates
   for stage in gates:
     gate = np.asarray(result['attention'][stage])
@@ -270,13 +311,12 @@ def test_cam_picture_of_an_rga_network(dataset):
 
 
 def test_casn_grad_cam_beside_rga(dataset):
-  # Initial BatchNorm statistics: the shifted ones of `initialised` put
-  # every stripe's reduced feature below zero, where the head's ReLU passes
-  # no gradient (a flat, all-zero Grad-CAM).
-  casn_model = casn_variant('pcb', num_classes=7, stage_sizes=(1, 1, 1, 1),
-                            base_width=8)
-  casn_variables = casn_model.init(jax.random.PRNGKey(6),
-                                   np.zeros((1, *RGA_SIZE, 3), np.float32))
+  # Near-identity BatchNorm statistics (means around 0): statistics shifted
+  # far up put every stripe's reduced feature below zero, where the head's
+  # ReLU passes no gradient (a flat, all-zero Grad-CAM).
+  casn_model, casn_variables = initialised(
+      casn_variant('pcb', num_classes=7, stage_sizes=(1, 1, 1, 1),
+                   base_width=8), 6)
   images = np.random.default_rng(6).normal(size=(2, *RGA_SIZE, 3)).astype(
       np.float32)
   result = cams.class_activation_maps(casn_model, casn_variables, images)
@@ -284,6 +324,9 @@ def test_casn_grad_cam_beside_rga(dataset):
   # The predicted class's Grad-CAM through the eval-mode head.
   np.testing.assert_array_equal(
       result['classes'], np.argmax(outputs['global_logits'], axis=-1))
+  # The same head on the same feature map, as two programs (the feature
+  # map, then the head; or the whole network): float32 rounding of another
+  # fusion at most (measured: equal), so 1e-5 (~100 ulp).
   np.testing.assert_allclose(
       result['logits']['layer4'],
       np.max(np.asarray(outputs['global_logits']), axis=-1), rtol=1e-5)

@@ -43,9 +43,10 @@ if __name__ == '__main__':
   command_line.quiet_tensorflow(sys.argv)
 
 import jax  # pylint: disable=g-import-not-at-top
-from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+# Before jax2tf, which imports TensorFlow: the first import is the quiet one.
 from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
+from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
