@@ -67,13 +67,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-  if config.getoption('--full'):
+  # The marker, not `item.keywords`: keywords also hold parametrize ids
+  # (a case named "full" is not a full-tier test).
+  full = [item for item in items if item.get_closest_marker('full')]
+  for item in full:
+    # Reaches the summary through the reports, also from parallel workers.
+    item.user_properties.append(('tier', 'full'))
+  if config.getoption('--full') or not full:
     return
-  kept = [item for item in items if 'full' not in item.keywords]
-  deselected = [item for item in items if 'full' in item.keywords]
-  if deselected:
-    config.hook.pytest_deselected(items=deselected)
-    items[:] = kept
+  config.hook.pytest_deselected(items=full)
+  items[:] = [item for item in items if not item.get_closest_marker('full')]
 
 
 @pytest.fixture(autouse=True)
@@ -163,7 +166,9 @@ def pytest_terminal_summary(terminalreporter):
       terminalreporter.write_line(f'{error:.2e} ({limit})  {what}')
   slow = []
   for report in reports:
-    if (report.when == 'call' and 'full' not in report.keywords and
+    if (report.when == 'call' and
+        # (Parallel workers send the pairs as lists.)
+        ['tier', 'full'] not in [list(p) for p in report.user_properties] and
         report.duration > FAST_TIER_LIMIT_SECONDS):
       slow.append((report.duration, report.nodeid))
   if slow:

@@ -537,7 +537,7 @@ def train_on_one_and_two_devices(name: str, data: str, root,
       result = trainer.train_and_evaluate(
           documented_config(name, data, small), workdir,
           devices=jax.devices()[:count])
-    runs[count] = (result, trained_variables(workdir))
+      runs[count] = (result, trained_variables(workdir))
   return runs
 
 

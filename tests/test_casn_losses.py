@@ -1,16 +1,14 @@
 """CASN's losses against independent truth: loops, closed forms, PyTorch,
 hand-computed values and finite differences."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_losses
 import torch
 import torch.nn.functional as F
 
+import helpers
 from sa_reid_jax.losses import gradcam
 from sa_reid_jax.losses import siamese
 
@@ -33,8 +31,9 @@ def _nonlinear_head(seed, channels=5, hidden=7, classes=4):
 
 
 def test_grad_cam_equals_a_per_image_per_class_loop():
-  jax.config.update('jax_enable_x64', True)
-  try:
+  # Float64 throughout: the same maths, vectorised or one image and class
+  # at a time, agree to float64 rounding (1e-16 of maps of order 1).
+  with jax.enable_x64(True):
     rng = np.random.default_rng(0)
     maps = jnp.asarray(rng.standard_normal((3, 4, 3, 5)))
     labels = jnp.asarray([2, 0, 3])
@@ -50,8 +49,6 @@ def test_grad_cam_equals_a_per_image_per_class_loop():
                        0)
       expected = (cam - cam.min()) / (cam.max() - cam.min())
       np.testing.assert_allclose(result[n], expected, atol=1e-12)
-  finally:
-    jax.config.update('jax_enable_x64', False)
 
 
 def test_grad_cam_of_a_linear_head_is_the_class_activation_map():
@@ -71,6 +68,9 @@ def test_grad_cam_of_a_linear_head_is_the_class_activation_map():
   for n in range(2):
     cam = np.maximum(maps[n] @ kernel[:, labels[n]], 0)
     expected = (cam - cam.min()) / (cam.max() - cam.min())
+    # Float32 Grad-CAM against float32 NumPy: gradient weights W / (h w),
+    # a 3-term weighted sum and a min-max normalisation by a range of about
+    # 1; each side within a few float32 roundings (1e-7) of values in [0, 1].
     np.testing.assert_allclose(result[n], expected, atol=1e-5)
     assert result[n].min() == 0 and result[n].max() == pytest.approx(1)
 
@@ -94,6 +94,8 @@ def test_gradient_modes():
   constant_weights = np.asarray(jax.grad(lambda a: jnp.sum(
       probe * gradcam.normalise_maps(jax.nn.relu(
           jnp.einsum('bhwk,bk->bhw', a, weights)))))(maps))
+  # Float32 gradients of order 1 computed two ways: a few roundings (1e-7)
+  # apart; the modes differ by more than 1e-3 (below).
   np.testing.assert_allclose(gradient('feature_map'), constant_weights,
                              atol=1e-5)
   # Through the weights too: a different gradient for a non-linear head...
@@ -115,12 +117,21 @@ def test_flat_map_is_zero_not_nan():
 
 
 def test_soft_mask_hand_values():
-  maps = jnp.asarray([[[0.5, 0.6], [0.0, 1.0]]])
-  mask = np.asarray(gradcam.soft_mask(maps, alpha=10.0, beta=0.5))
-  expected = 1 / (1 + np.exp(-10 * (np.asarray(maps) - 0.5)))
+  maps = np.asarray([[[0.5, 0.6], [0.0, 1.0]]])
+  mask = np.asarray(gradcam.soft_mask(jnp.asarray(maps, jnp.float32),
+                                      alpha=10.0, beta=0.5))
+  expected = 1 / (1 + np.exp(-10 * (maps - 0.5)))
+  # A float32 sigmoid of alpha (x - beta), where x = 0.6 itself rounds to
+  # float32: within a few float32 ulps (6e-8 each) of the exact value.
   np.testing.assert_allclose(mask, expected, rtol=1e-6)
   assert mask[0, 0, 0] == 0.5
   assert mask[0, 0, 1] == pytest.approx(0.7310586, abs=1e-6)
+  # In float64, to float64 rounding.
+  with jax.enable_x64(True):
+    mask64 = np.asarray(gradcam.soft_mask(jnp.asarray(maps), alpha=10.0,
+                                          beta=0.5))
+  assert mask64.dtype == np.float64
+  np.testing.assert_allclose(mask64, expected, rtol=1e-14)
 
 
 def test_erase_attended_hand_computed_and_as_pytorch():
@@ -138,6 +149,8 @@ def test_erase_attended_hand_computed_and_as_pytorch():
                                              jnp.asarray(mask)))
   resized = F.interpolate(torch.from_numpy(mask)[:, None], size=(12, 8),
                           mode='bilinear', align_corners=False)[:, 0].numpy()
+  # Float32 bilinear weights (multiples of 1/8) and a product with images
+  # of order 1-3, both sides: a few float32 roundings (1e-7 each) apart.
   np.testing.assert_allclose(result, images * (1 - resized)[..., None],
                              atol=1e-5)
 
@@ -145,6 +158,7 @@ def test_erase_attended_hand_computed_and_as_pytorch():
 def test_attention_mining_loss_is_the_true_class_probability():
   logits = jnp.asarray([[0.0, np.log(3.0)], [np.log(4.0), 0.0]])
   loss = gradcam.attention_mining_loss(logits, jnp.asarray([1, 1]))
+  # Float32 logits and softmax: a few roundings (6e-8) of probabilities < 1.
   assert float(loss) == pytest.approx((3 / 4 + 1 / 5) / 2, abs=1e-6)
 
 
@@ -173,6 +187,9 @@ def test_crop_and_resize_is_pytorch_slice_then_interpolate(box, out_size):
   crop = torch.from_numpy(attention[top:bottom + 1, left:right + 1])
   expected = F.interpolate(crop[None, None], size=out_size, mode='bilinear',
                            align_corners=False)[0, 0].numpy()
+  # Float32 interpolation of values in [0, 1], both sides: each result is
+  # two products and a sum, a few roundings (6e-8 each) apart; a wrong
+  # sample position is off by the map's variation (about 0.1).
   np.testing.assert_allclose(result, expected, atol=1e-6)
 
 
@@ -201,6 +218,8 @@ def test_consistency_loss_matches_pytorch_crops():
   labels = np.asarray([0, 0, 1, 1, 1, 2])  # identity 2: no positive pair
   loss, metrics = siamese.attention_consistency_loss(
       jnp.asarray(maps, jnp.float32), jnp.asarray(labels), 0.6)
+  # Float32 crops and norms of 24 values against PyTorch's float64: the
+  # float32 rounding of the maps (6e-8) and a few roundings a distance.
   assert float(loss) == pytest.approx(
       _pytorch_consistency(maps, labels, 0.6), rel=1e-5)
   assert 0 < float(metrics['attended_area']) <= 1
@@ -213,8 +232,7 @@ def test_consistency_loss_matches_pytorch_crops():
 
 
 def test_consistency_gradient_finite_differences():
-  jax.config.update('jax_enable_x64', True)
-  try:
+  with jax.enable_x64(True):
     rng = np.random.default_rng(8)
     # Entries kept away from the threshold, so that small steps do not move
     # the boxes (the loss is piecewise smooth in the maps).
@@ -232,10 +250,11 @@ def test_consistency_gradient_finite_differences():
       minus[index] -= step
       numeric[index] = (float(loss(jnp.asarray(plus))) -
                         float(loss(jnp.asarray(minus)))) / (2 * step)
+    # Central differences in float64: truncation ~step^2 = 1e-12, rounding
+    # ~1e-16 / step = 1e-10 of a loss of order 1; 1e-7 leaves margin, and
+    # the gradient is of order 1e-2 (checked below).
     np.testing.assert_allclose(grad, numeric, atol=1e-7)
     assert np.abs(grad).max() > 1e-3
-  finally:
-    jax.config.update('jax_enable_x64', False)
 
 
 def test_verification_loss_hand_computed():
@@ -249,22 +268,14 @@ def test_verification_loss_hand_computed():
   softplus = lambda z: np.log1p(np.exp(z))
   expected = (np.mean([softplus(-logits[p]) for p in positive]) +
               np.mean([softplus(logits[p]) for p in negative])) / 2
+  # Float32 (the loss computes in float32, from float32 logits) against
+  # float64: the logits' rounding (6e-8) and a few roundings a term.
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   # Balanced, as the loss: each kind's share of right answers, averaged.
   expected_accuracy = (np.mean([logits[p] > 0 for p in positive]) +
                        np.mean([logits[p] < 0 for p in negative])) / 2
   assert float(metrics['verification_accuracy']) == pytest.approx(
       expected_accuracy)
-
-
-# What the two-device subprocess computes, also computed here on one device.
-def _problem():
-  rng = np.random.default_rng(10)
-  inputs = rng.standard_normal((8, 5, 3, 2)).astype(np.float32)
-  # Each identity on both devices: pairs must cross the device boundary.
-  labels = np.asarray([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
-  weights = rng.standard_normal((2, 3)).astype(np.float32)
-  return inputs, labels, weights
 
 
 def _loss(weights, inputs, labels, axis_name):
@@ -280,17 +291,25 @@ def _loss(weights, inputs, labels, axis_name):
 
 
 def test_pair_losses_are_device_count_invariant():
-  inputs, labels, weights = _problem()
-  one_device = np.asarray(jax.grad(_loss)(weights, inputs, labels, None))
+  """Pairs over the global batch: the data-parallel gradient on 2 devices
+  is the one-device gradient."""
+  assert len(jax.devices()) >= 2
+  rng = np.random.default_rng(10)
+  inputs = rng.standard_normal((8, 5, 3, 2)).astype(np.float32)
+  # Each identity on both devices: pairs must cross the device boundary.
+  labels = np.asarray([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
+  weights = rng.standard_normal((2, 3)).astype(np.float32)
+  gradient = jax.jit(jax.grad(_loss), static_argnums=3)
+  one_device = np.asarray(gradient(weights, inputs, labels, None))
   # Pairs within each half only would give another gradient.
-  halves = sum(np.asarray(jax.grad(_loss)(weights, inputs[s], labels[s], None))
+  halves = sum(np.asarray(gradient(weights, inputs[s], labels[s], None))
                for s in (slice(0, 4), slice(4, 8))) / 2
   assert np.max(np.abs(halves - one_device)) > 1e-3
-  two_devices = test_losses.gradient_in_a_two_device_process(__file__)
+  two_devices = helpers.data_parallel_gradient(_loss, weights, inputs, labels,
+                                               jax.devices()[:2])
+  # Float32 (the verification loss computes in float32, so float64 would
+  # not remove the rounding): the two runs add the same terms in another
+  # order, a few float32 roundings (1e-7) of the gradient's scale; 1e-5
+  # leaves margin and is far below the 1e-3 of per-device pairs.
   assert np.max(np.abs(two_devices - one_device)) <= 1e-5 * max(
       1.0, np.max(np.abs(one_device)))
-
-
-if __name__ == '__main__':
-  print(json.dumps(test_losses.two_device_gradient(_loss, *_problem()
-                                                   ).tolist()))

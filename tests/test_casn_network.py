@@ -54,6 +54,26 @@ def random_variables(model, seed):
 
 
 IMAGES = jax.random.normal(jax.random.key(3), (BATCH, *SIZE, 3))
+IMAGES64 = np.asarray(IMAGES, np.float64)
+# Properties exact in principle (a mean, a sum, a normalisation, batch rows
+# that do not interact, a permuted batch, the same maths compiled twice) are
+# checked in float64: its resolution is 2.2e-16, the values are of order
+# 1-10 and pass through at most a few hundred operations, so the two sides
+# agree to about 1e-15 of the values; 1e-13 leaves two orders of margin and
+# is far below float32's 1e-7.
+EXACT64 = dict(rtol=1e-13, atol=1e-13)
+
+
+def in_float64(model, variables):
+  """The network and its variables in float64 (use under jax.enable_x64)."""
+  return (model.clone(dtype='float64'),
+          jax.tree.map(lambda v: np.asarray(v, np.float64), variables))
+
+
+def to_numpy(tree):
+  """JAX arrays as NumPy arrays: float64 results leave jax.enable_x64 as
+  they are (JAX operations outside it would compute in float32)."""
+  return jax.tree.map(np.asarray, tree)
 
 
 @pytest.fixture(scope='module', params=sorted(CASN_VARIANTS))
@@ -90,8 +110,6 @@ def test_outputs_follow_the_contract(network):
                'verification'):
     assert out[name].dtype == jnp.float32, name
     assert np.all(np.isfinite(out[name])), name
-  np.testing.assert_allclose(np.linalg.norm(out['features'], axis=-1), 1,
-                             rtol=1e-6)
   assert set(out['embeddings']) == {'global'}
   np.testing.assert_array_equal(out['embeddings']['global'],
                                 out['global_features'])
@@ -101,29 +119,40 @@ def test_outputs_follow_the_contract(network):
   # IDE keeps the ImageNet network's last stride 2, PCB halves it.
   assert fmap.shape == ((BATCH, 2, 1, WIDTH) if variant == 'ide'
                         else (BATCH, 4, 2, WIDTH))
-  np.testing.assert_allclose(out['global_features'],
-                             np.mean(np.asarray(fmap), axis=(1, 2)),
-                             rtol=1e-6, atol=1e-6)
   if variant == 'ide':
     assert 'part_logits' not in out
-    np.testing.assert_allclose(out['features'][:, 0],
-                               out['global_features'] / np.linalg.norm(
-                                   out['global_features'], axis=-1,
-                                   keepdims=True), rtol=1e-6)
   else:
     assert out['part_logits'].shape == (BATCH, 4, 5)
     assert out['part_logits'].dtype == jnp.float32
+  # The descriptor's maths, exact in principle: in float64.
+  with jax.enable_x64(True):
+    model, variables = in_float64(model, variables)
+    out = to_numpy(forward(model, variables, IMAGES64))
+    fmap = np.asarray(feature_map(model, variables, IMAGES64))
+  assert out['features'].dtype == jnp.float64
+  np.testing.assert_allclose(np.linalg.norm(out['features'], axis=-1), 1,
+                             **EXACT64)
+  np.testing.assert_allclose(out['global_features'],
+                             np.mean(fmap, axis=(1, 2)), **EXACT64)
+  if variant == 'ide':
+    np.testing.assert_allclose(out['features'][:, 0],
+                               out['global_features'] / np.linalg.norm(
+                                   out['global_features'], axis=-1,
+                                   keepdims=True), **EXACT64)
 
 
 def test_pcb_stripes_by_hand():
   """One PCB stripe from the description: mean of its row, Dense, BN with
-  the running statistics, ReLU; its own classifier; logits summed."""
+  the running statistics, ReLU; its own classifier; logits summed. In
+  float64, against NumPy's float64."""
   model = tiny('pcb')
   variables = random_variables(model, seed=5)
-  fmap = np.asarray(feature_map(model, variables, IMAGES), np.float64)
-  out = head(model, variables, jnp.asarray(fmap, jnp.float32))
-  params = jax.tree.map(np.asarray, variables['params'])
-  stats = jax.tree.map(np.asarray, variables['batch_stats'])
+  with jax.enable_x64(True):
+    model, variables = in_float64(model, variables)
+    fmap = np.asarray(feature_map(model, variables, IMAGES64))
+    out = to_numpy(head(model, variables, fmap))
+  assert out['global_logits'].dtype == jnp.float64
+  params, stats = variables['params'], variables['batch_stats']
   logits = 0
   for i in range(4):
     stripe = fmap[:, i].mean(axis=1)  # 4 rows, 4 stripes: row i
@@ -134,18 +163,15 @@ def test_pcb_stripes_by_hand():
                          bn['bias'], 0)
     np.testing.assert_allclose(
         out['features'][:, i],
-        reduced / np.linalg.norm(reduced, axis=-1, keepdims=True),
-        rtol=1e-4, atol=1e-6)
+        reduced / np.linalg.norm(reduced, axis=-1, keepdims=True), **EXACT64)
     classifier = params[f'stripe_classifier_{i}']
     part = reduced @ classifier['kernel'] + classifier['bias']
-    np.testing.assert_allclose(out['part_logits'][:, i], part, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(out['part_logits'][:, i], part, **EXACT64)
     logits = logits + part
-  np.testing.assert_allclose(out['global_logits'], logits, rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(out['global_logits'], logits, **EXACT64)
   np.testing.assert_allclose(out['global_logits'],
                              np.sum(np.asarray(out['part_logits']), axis=1),
-                             rtol=1e-6, atol=1e-6)
+                             **EXACT64)
 
 
 def test_call_is_head_outputs_of_feature_map(network):
@@ -175,29 +201,37 @@ def test_call_is_head_outputs_of_feature_map(network):
 def test_eval_head_treats_every_example_alone(network):
   """Batch rows do not interact in eval mode: each example's outputs, and
   the gradient of the batch's summed true-class logits (Grad-CAM's), are
-  those of the example alone."""
+  those of the example alone.
+
+  Exact in principle, so checked in float64: a batch of 4 and a batch of 1
+  differ only in how their matrix products are blocked, which changes the
+  rounding (by 1e-6 of values near 10 in float32; 1e-15 in float64).
+  """
   _, model, variables = network
-  fmap = feature_map(model, variables, IMAGES)
   labels = jnp.array([0, 3, 1, 4])
+  with jax.enable_x64(True):
+    model, variables = in_float64(model, variables)
+    fmap = feature_map(model, variables, IMAGES64)
 
-  def score(fmap, labels):
-    logits = model.apply(variables, fmap,
-                         method=CASNNet.head_outputs)['global_logits']
-    return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=1))
+    def score(fmap, labels):
+      logits = model.apply(variables, fmap,
+                           method=CASNNet.head_outputs)['global_logits']
+      return jnp.sum(jnp.take_along_axis(logits, labels[:, None], axis=1))
 
-  gradient = jax.jit(jax.grad(score))
-  batch_outputs = head(model, variables, fmap)
-  batch_gradient = gradient(fmap, labels)
-  for i in range(BATCH):
-    alone = head(model, variables, fmap[i:i + 1])
-    for name in ('features', 'global_features', 'global_logits',
-                 'part_logits'):
-      if name in alone:
-        np.testing.assert_allclose(batch_outputs[name][i:i + 1], alone[name],
-                                   rtol=1e-6, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(batch_gradient[i:i + 1],
-                               gradient(fmap[i:i + 1], labels[i:i + 1]),
-                               rtol=1e-6, atol=1e-7)
+    gradient = jax.jit(jax.grad(score))
+    batch_outputs = head(model, variables, fmap)
+    batch_gradient = gradient(fmap, labels)
+    assert batch_gradient.dtype == jnp.float64
+    for i in range(BATCH):
+      alone = head(model, variables, fmap[i:i + 1])
+      for name in ('features', 'global_features', 'global_logits',
+                   'part_logits'):
+        if name in alone:
+          np.testing.assert_allclose(batch_outputs[name][i:i + 1],
+                                     alone[name], **EXACT64, err_msg=name)
+      np.testing.assert_allclose(batch_gradient[i:i + 1],
+                                 gradient(fmap[i:i + 1], labels[i:i + 1]),
+                                 **EXACT64)
   assert np.abs(batch_gradient).max() > 0
 
 
@@ -213,20 +247,35 @@ def test_siamese_logits_by_hand_symmetric_and_any_leading_shape(network):
   b = rng.normal(size=(3, 2, WIDTH)).astype(np.float32)
   logits = siamese(a, b)
   assert logits.shape == (3, 2) and logits.dtype == jnp.float32
-  for m in range(3):
-    for n in range(2):
-      expected = sum(kernel[k, 0] * (float(a[m, n, k]) - float(b[m, n, k]))**2
-                     for k in range(WIDTH)) + bias
-      np.testing.assert_allclose(logits[m, n], expected, rtol=1e-5)
+  expected = np.einsum('mnk,k->mn', (a.astype(np.float64) - b)**2,
+                       kernel[:, 0]) + bias
+  # Float32 sums of 128 products of both signs, against the exact value:
+  # about sqrt(128) float32 roundings (6e-8 each) of terms as large as the
+  # logits (|logit| > 0.1 here: no cancellation to zero).
+  assert np.abs(expected).min() > 0.1
+  np.testing.assert_allclose(logits, expected, rtol=1e-5)
+  # Exact in float32 too: (a - b)^2 and (b - a)^2 are the same floats, and a
+  # zero difference adds exact zeros to the bias.
   np.testing.assert_array_equal(siamese(b, a), logits)
-  np.testing.assert_allclose(siamese(a, a), np.full((3, 2), bias),
-                             rtol=1e-6)
-  # Every pair of two sets, by broadcasting or spelt out.
-  pairs = siamese(a[:, :1], b[None, :, 0])
-  assert pairs.shape == (3, 3)
-  np.testing.assert_allclose(
-      pairs, siamese(np.repeat(a[:, :1], 3, axis=1),
-                     np.repeat(b[None, :, 0], 3, axis=0)), rtol=1e-6)
+  np.testing.assert_array_equal(siamese(a, a), np.full((3, 2), bias))
+  with jax.enable_x64(True):
+    model64, variables64 = in_float64(model, variables)
+    siamese64 = jax.jit(functools.partial(model64.apply, variables64,
+                                          method=CASNNet.siamese_logits))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    logits64 = siamese64(a64, b64)
+    assert logits64.dtype == jnp.float64
+    for m in range(3):
+      for n in range(2):
+        by_hand = sum(kernel[k, 0] * (a64[m, n, k] - b64[m, n, k])**2
+                      for k in range(WIDTH)) + bias
+        np.testing.assert_allclose(logits64[m, n], by_hand, **EXACT64)
+    # Every pair of two sets, by broadcasting or spelt out: the same maths.
+    pairs = siamese64(a64[:, :1], b64[None, :, 0])
+    assert pairs.shape == (3, 3)
+    np.testing.assert_allclose(
+        pairs, siamese64(np.repeat(a64[:, :1], 3, axis=1),
+                         np.repeat(b64[None, :, 0], 3, axis=0)), **EXACT64)
   with pytest.raises(ValueError, match='same last axis'):
     model.apply(variables, a, b[..., :-1], method=CASNNet.siamese_logits)
 
@@ -245,45 +294,55 @@ def test_train_mode_dropout_is_keyed_per_example(network):
   """The same example id gives the same training output wherever the
   example sits in the batch; other ids give other outputs. (Train-mode
   BatchNorm reads the whole batch: the neighbours are the same images,
-  permuted, so the batch statistics are too.)"""
-  variant, model, variables = network
+  permuted, so the batch statistics are too.) Exact in principle, so
+  checked in float64: a permuted batch sums its statistics in another
+  order."""
+  variant, model32, variables32 = network
   rngs = {'dropout': jax.random.key(11)}
   order = np.array([2, 0, 3, 1])
-
-  @jax.jit
-  def train_outputs(images, ids):
-    outputs, _ = model.apply(variables, images, train=True, example_ids=ids,
-                             rngs=rngs, mutable=['batch_stats'])
-    return outputs
-
   ids = jnp.arange(BATCH) + 20
-  out = train_outputs(IMAGES, ids)
-  permuted = train_outputs(IMAGES[order], ids[order])
+  with jax.enable_x64(True):
+    model, variables = in_float64(model32, variables32)
+
+    @jax.jit
+    def train_outputs(images, ids):
+      outputs, _ = model.apply(variables, images, train=True,
+                               example_ids=ids, rngs=rngs,
+                               mutable=['batch_stats'])
+      return outputs
+
+    out = to_numpy(train_outputs(IMAGES64, ids))
+    permuted = to_numpy(train_outputs(IMAGES64[order], ids[order]))
+    other = to_numpy(train_outputs(IMAGES64, ids + 100))
+    if variant == 'ide':
+      fmap = feature_map(model, variables, IMAGES64)
+      fresh = np.asarray(jax.random.normal(jax.random.key(12), fmap.shape,
+                                           jnp.float64))
+
+      @jax.jit
+      def train_head(fmap, ids):
+        return model.apply(variables, fmap, True, ids, rngs=rngs,
+                           method=CASNNet.head_outputs)['global_logits']
+
+      mixed = jnp.concatenate([fresh[:2], fmap[1:2], fresh[2:]])
+      mixed_logits = np.asarray(
+          train_head(mixed, jnp.array([90, 91, 21, 92, 93]))[2])
+      batch_logits = np.asarray(train_head(fmap, ids)[1])
+  assert out['global_logits'].dtype == jnp.float64
   np.testing.assert_allclose(permuted['global_logits'],
-                             out['global_logits'][order], rtol=1e-4,
-                             atol=1e-5)
-  other = train_outputs(IMAGES, ids + 100)
+                             out['global_logits'][order], **EXACT64)
+  # Other dropout masks change the logits by about their own size.
   assert not np.allclose(other['global_logits'], out['global_logits'],
                          atol=1e-3)
-  # Dropout acts on the classifiers' input only, never on the descriptor.
+  # Dropout acts on the classifiers' input only, never on the descriptor
+  # (the same program on the same images: the same floats).
   np.testing.assert_array_equal(other['features'], out['features'])
   if variant == 'ide':
     # The IDE head has no BatchNorm: on a given map, a row's training
     # output does not depend on its neighbours at all.
-    fmap = feature_map(model, variables, IMAGES)
-    fresh = jax.random.normal(jax.random.key(12), fmap.shape)
-
-    @jax.jit
-    def train_head(fmap, ids):
-      return model.apply(variables, fmap, True, ids, rngs=rngs,
-                         method=CASNNet.head_outputs)['global_logits']
-
-    mixed = jnp.concatenate([fresh[:2], fmap[1:2], fresh[2:]])
-    np.testing.assert_array_equal(
-        train_head(mixed, jnp.array([90, 91, 21, 92, 93]))[2],
-        train_head(fmap, ids)[1])
+    np.testing.assert_allclose(mixed_logits, batch_logits, **EXACT64)
   with pytest.raises(Exception, match='dropout'):
-    model.apply(variables, IMAGES, train=True, mutable=['batch_stats'])
+    model32.apply(variables32, IMAGES, train=True, mutable=['batch_stats'])
 
 
 def test_backbone_is_laid_out_like_the_imagenet_conversion(network):
@@ -379,10 +438,15 @@ def test_store_round_trip_gives_identical_outputs(network, tmp_path):
   out = forward(model, variables, IMAGES)
   again = forward(loaded, restored, IMAGES)
   jax.tree.map(np.testing.assert_array_equal, again, out)
-  # Compiled on its own, so fused differently: equal to rounding.
-  np.testing.assert_allclose(
-      jax.jit(functools.partial(registry.embed, loaded))(restored, IMAGES),
-      out['features'], rtol=1e-5, atol=1e-7)
+  # The descriptor `registry.embed` gives is the network's features output:
+  # the same maths compiled on its own, so fused differently; in float64.
+  with jax.enable_x64(True):
+    loaded, restored = in_float64(loaded, restored)
+    embedded = jax.jit(functools.partial(registry.embed, loaded))(restored,
+                                                                  IMAGES64)
+    features = forward(loaded, restored, IMAGES64)['features']
+  assert embedded.dtype == jnp.float64
+  np.testing.assert_allclose(embedded, features, **EXACT64)
 
 
 def test_bfloat16_is_finite_and_close_to_float32(network):
@@ -393,6 +457,9 @@ def test_bfloat16_is_finite_and_close_to_float32(network):
                'verification'):
     assert low[name].dtype == jnp.float32, name
     assert np.all(np.isfinite(low[name])), name
+  # bfloat16 keeps 8 significant bits (relative rounding 4e-3) through the
+  # backbone's five stages: descriptors a few degrees apart at most, logits
+  # within a few percent of their scale.
   cosine = np.sum(low['features'] * out['features'], axis=-1)
   assert np.all(cosine > 0.99), cosine
   scale = np.abs(out['global_logits']).max()

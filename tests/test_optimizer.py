@@ -18,9 +18,21 @@ from sa_reid_jax.training import experiment_config
 from sa_reid_jax.training import optimizer
 
 NUM_STEPS = 7
-# max|jax - torch| <= PARAM_BOUND * max(1, max|torch|), float32 throughout.
-PARAM_BOUND = 1e-6
+# max|jax - torch| <= PARAM_BOUND * max(1, max|torch|), float64 on both
+# sides and PyTorch stepping at our learning rates (float32 values, which
+# the schedules' own check compares with PyTorch's to RATE_BOUND): the same
+# maths, so only float64 rounding remains, about 1e-16 a step on values of
+# order 1; 1e-13 leaves margin, while a wrong rate, momentum, Nesterov term
+# or weight decay is 1e-5 off or more.
+PARAM_BOUND = 1e-13
+# |jax - exact| <= LOSS_BOUND * max(1, exact): the cross-entropy computes in
+# float32 (a log-softmax of 5 logits of scale 3, a mean over 6 rows),
+# against PyTorch's float64 on the same logits: a few float32 roundings of
+# losses of a few units (measured 1.4e-7).
 LOSS_BOUND = 1e-6
+# The schedule's rates are float32: within one or two roundings (6e-8
+# each) of PyTorch's Python floats.
+RATE_BOUND = 1e-6
 
 
 def relative_error(actual, reference) -> float:
@@ -30,11 +42,12 @@ def relative_error(actual, reference) -> float:
 
 
 def small_params(seed: int) -> dict:
-  """A tree with SANet's top-level layout: a backbone and head modules."""
+  """A tree with SANet's top-level layout: a backbone and head modules
+  (float64)."""
   rng = np.random.default_rng(seed)
 
   def normal(*shape):
-    return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+    return 0.5 * rng.standard_normal(shape)
 
   return {
       'backbone': {'conv1': {'kernel': normal(4, 5)},
@@ -58,6 +71,18 @@ def small_loss(p, x, y, tanh):
   return ((out - y) ** 2).mean()
 
 
+def torch_step_at(torch_opt, rates):
+  """`torch_opt.step()` with each group at our learning rate (`rates` as
+  `optimizer.current_learning_rates` gives them); the groups' scheduled
+  rates are restored after it."""
+  scheduled = [group['lr'] for group in torch_opt.param_groups]
+  for group in torch_opt.param_groups:
+    group['lr'] = rates[f'learning_rate_{group["name"]}']
+  torch_opt.step()
+  for group, rate in zip(torch_opt.param_groups, scheduled):
+    group['lr'] = rate
+
+
 def optimizer_config(**overrides):
   """Market-1501's experiment config with `optimizer` fields overridden."""
   config = experiment_config('market1501')
@@ -68,10 +93,11 @@ def optimizer_config(**overrides):
 
 def twin_problem(seed: int, config):
   """Inputs, targets, JAX and torch copies of the same parameters, and the
-  two PyTorch parameter groups of `config` (backbone, heads)."""
+  two PyTorch parameter groups of `config` (backbone, heads); float64 (the
+  JAX arrays are made under jax.enable_x64)."""
   rng = np.random.default_rng(seed)
-  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(np.float32)
-  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(np.float32)
+  inputs = rng.standard_normal((NUM_STEPS, 8, 4))
+  targets = rng.standard_normal((NUM_STEPS, 8, 2))
   params = jax.tree_util.tree_map(jnp.asarray, small_params(seed - 1))
   flat = flax.traverse_util.flatten_dict(small_params(seed - 1))
   torch_flat = {path: torch.tensor(value, requires_grad=True)
@@ -95,6 +121,7 @@ def twin_problem(seed: int, config):
      (3, 2, 0.9, True),   # decays after step 6: the last step uses it
      (2, 1, 0.9, False),  # plain momentum
      (2, 1, 0.0, False)])  # no momentum buffer at all
+@jax.enable_x64(True)
 def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
                            record_parity):
   config = optimizer_config(decay_epochs=decay_epochs, momentum=momentum,
@@ -120,7 +147,8 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
       expected = group['lr']
       got = rates[f'learning_rate_{group["name"]}']
       worst_lr = max(worst_lr, abs(got - expected) / expected)
-      assert got == pytest.approx(expected, rel=1e-6), (step, group['name'])
+      assert got == pytest.approx(expected, rel=RATE_BOUND), (step,
+                                                              group['name'])
     seen_rates.add(round(torch_opt.param_groups[1]['lr'], 12))
 
     grads = grad_fn(params, inputs[step], targets[step])
@@ -130,12 +158,13 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
     torch_opt.zero_grad()
     small_loss(torch_params, torch.from_numpy(inputs[step]),
                torch.from_numpy(targets[step]), torch.tanh).backward()
-    torch_opt.step()
+    torch_step_at(torch_opt, rates)
     if (step + 1) % steps_per_epoch == 0:  # StepLR counts epochs
       scheduler.step()
 
     ours = flax.traverse_util.flatten_dict(params)
     assert set(ours) == set(torch_flat)
+    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float64)}
     for path, reference in torch_flat.items():
       reference = reference.detach().numpy()
       error = relative_error(ours[path], reference)
@@ -149,8 +178,8 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
   assert len(seen_rates) >= 2, seen_rates
   what = (f'SGD {NUM_STEPS} steps, spe={steps_per_epoch} '
           f'decay_epochs={decay_epochs} m={momentum} nesterov={nesterov}')
-  record_parity(what + ': params', worst_param, PARAM_BOUND)
-  record_parity(what + ': learning rates', worst_lr, 1e-6)
+  record_parity(what + ': params (float64)', worst_param, PARAM_BOUND)
+  record_parity(what + ': learning rates', worst_lr, RATE_BOUND)
 
 
 def test_parameter_groups():
@@ -208,7 +237,9 @@ def test_cross_entropy_terms_match_torch(with_parts, with_ds, record_parity):
   outputs, labels = random_outputs(2, with_parts=with_parts, with_ds=with_ds)
   ours = losses.cross_entropy_terms(
       {k: jnp.asarray(v) for k, v in outputs.items()}, jnp.asarray(labels))
-  reference = torch_terms(outputs, labels)
+  # The exact values: PyTorch in float64 on the same float32 logits.
+  reference = torch_terms({k: v.astype(np.float64)
+                           for k, v in outputs.items()}, labels)
   expected_names = ([f'part{i}_ce' for i in range(1, 7)] if with_parts else
                     []) + ['global_ce'] + (
                         ['ds1_ce', 'ds2_ce', 'ds3_ce'] if with_ds else [])
@@ -225,7 +256,8 @@ def test_cross_entropy_terms_match_torch(with_parts, with_ds, record_parity):
 
 
 def combined(terms, weighting, part_weight=0.8):
-  """The loss of the config's cross-entropy term with these settings."""
+  """The loss of the config's cross-entropy term with these settings
+  (use under jax.enable_x64 for float64 terms)."""
   config = experiment_config('market1501')
   settings = config.loss.terms.cross_entropy
   settings.weighting = weighting
@@ -233,19 +265,35 @@ def combined(terms, weighting, part_weight=0.8):
   return losses.combine_heads(terms, settings.weighting, settings.part_weight)
 
 
-def test_total_loss_sum():
-  outputs, labels = random_outputs(3)
+# The weighted sums of the heads' terms are checked in float64 (the terms
+# cast from the float32 cross-entropies): sums of at most 10 positive terms
+# and a few products round to about 1e-16 of the total; 1e-14 leaves two
+# orders of margin, and a wrong weight or count is off by 1e-2 or more.
+COMBINE_BOUND = 1e-14
+
+
+def float64_terms(seed, **with_heads):
+  """The cross-entropy terms of random outputs, as float64 scalars (use
+  under jax.enable_x64)."""
+  outputs, labels = random_outputs(seed, **with_heads)
   terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  return {k: jnp.asarray(v, jnp.float64) for k, v in terms.items()}
+
+
+@jax.enable_x64(True)
+def test_total_loss_sum():
+  terms = float64_terms(3)
   assert len(terms) == 10
   expected = float(np.sum([float(v) for v in terms.values()]))
-  got = float(combined(terms, 'sum'))
-  assert got == pytest.approx(expected, rel=1e-6)
+  total = combined(terms, 'sum')
+  assert total.dtype == jnp.float64
+  assert float(total) == pytest.approx(expected, rel=COMBINE_BOUND)
 
 
 @pytest.mark.parametrize('part_weight', [0.8, 0.3])
+@jax.enable_x64(True)
 def test_total_loss_paper(part_weight):
-  outputs, labels = random_outputs(4)
-  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  terms = float64_terms(4)
   values = {k: float(v) for k, v in terms.items()}
   parts = [values[f'part{i}_ce'] for i in range(1, 7)]
   others = [values['global_ce'], values['ds1_ce'], values['ds2_ce'],
@@ -253,17 +301,17 @@ def test_total_loss_paper(part_weight):
   expected = (part_weight * sum(parts) / 6 +
               (1 - part_weight) * sum(others) / 4)
   got = float(combined(terms, 'paper', part_weight))
-  assert got == pytest.approx(expected, rel=1e-6)
+  assert got == pytest.approx(expected, rel=COMBINE_BOUND)
 
 
+@jax.enable_x64(True)
 def test_total_loss_paper_without_parts():
-  outputs, labels = random_outputs(5, with_parts=False)
-  terms = losses.cross_entropy_terms(outputs, jnp.asarray(labels))
+  terms = float64_terms(5, with_parts=False)
   values = [float(v) for v in terms.values()]
   assert len(values) == 4
   # part_weight must not shrink the loss when there are no part terms.
   got = float(combined(terms, 'paper', 0.8))
-  assert got == pytest.approx(sum(values) / 4, rel=1e-6)
+  assert got == pytest.approx(sum(values) / 4, rel=COMBINE_BOUND)
 
 
 def test_total_loss_unknown_weighting_raises():
@@ -285,6 +333,7 @@ def test_accuracy_matches_hand_count():
     hits += all(row[label] > row[j] for j in range(len(row)) if j != label)
   assert 10 <= hits < 50
   got = float(losses.accuracy(jnp.asarray(logits), jnp.asarray(labels)))
+  # hits / 50 as a float32: one rounding, under 6e-8 of a value below 1.
   assert got == pytest.approx(hits / 50, abs=1e-7)
 
 
@@ -306,11 +355,12 @@ def test_rga_schedule_matches_official_formula():
       rates = optimizer.current_learning_rates(
           config, steps_per_epoch, epoch * steps_per_epoch + offset)
       for rate in rates.values():
-        assert rate == pytest.approx(official_rga_rate(epoch), rel=1e-6), (
-            epoch, offset)
+        assert rate == pytest.approx(official_rga_rate(epoch),
+                                     rel=RATE_BOUND), (epoch, offset)
 
 
 @pytest.mark.parametrize('name', ['adam', 'adamw'])
+@jax.enable_x64(True)
 def test_adam_matches_torch(name, record_parity):
   config = optimizer_config(name=name, learning_rate=0.01,
                             warmup_epochs=2, warmup_start_factor=0.1,
@@ -334,16 +384,20 @@ def test_adam_matches_torch(name, record_parity):
 
   worst = 0.0
   for step in range(NUM_STEPS):
+    rates = optimizer.current_learning_rates(config, steps_per_epoch, step)
     for group in torch_opt.param_groups:
       group['lr'] = group['base'] * torch_factor(step // steps_per_epoch)
+      assert rates[f'learning_rate_{group["name"]}'] == pytest.approx(
+          group['lr'], rel=RATE_BOUND), (step, group['name'])
     grads = grad_fn(params, inputs[step], targets[step])
     updates, state = tx.update(grads, state, params)
     params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
     torch_opt.zero_grad()
     small_loss(torch_params, torch.from_numpy(inputs[step]),
                torch.from_numpy(targets[step]), torch.tanh).backward()
-    torch_opt.step()
+    torch_step_at(torch_opt, rates)
     ours = flax.traverse_util.flatten_dict(params)
+    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float64)}
     for path, reference in torch_flat.items():
       error = relative_error(ours[path], reference.detach().numpy())
       worst = max(worst, error)
@@ -351,26 +405,29 @@ def test_adam_matches_torch(name, record_parity):
   moved = relative_error(params['backbone']['conv1']['kernel'],
                          small_params(1)['backbone']['conv1']['kernel'])
   assert moved > 1e-3
-  record_parity(f'{name} {NUM_STEPS} steps with warm-up and decay: params',
-                worst, PARAM_BOUND)
+  record_parity(f'{name} {NUM_STEPS} steps with warm-up and decay: params '
+                '(float64)', worst, PARAM_BOUND)
 
 
 @pytest.mark.parametrize('name', ['sgd', 'adam', 'adamw'])
 def test_frozen_parameters_never_move(name):
   config = optimizer_config(name=name, weight_decay=0.1).optimizer
-  params = jax.tree_util.tree_map(jnp.asarray, small_params(2))
+  params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32),
+                                  small_params(2))
   frozen = lambda p: jax.tree_util.tree_map_with_path(
       lambda path, _: path[-1].key == 'bias' and path[0].key == 'backbone', p)
   tx = optimizer.make_optimizer(config, 4, frozen=frozen)
   state = tx.init(params)
-  grad_fn = jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh))
+  # Compiled: one program each rather than one per operation.
+  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
+  update = jax.jit(tx.update)
   rng = np.random.default_rng(5)
   start = params
   for _ in range(3):
     grads = grad_fn(params, rng.standard_normal((8, 4)).astype(np.float32),
                     rng.standard_normal((8, 2)).astype(np.float32))
     assert float(jnp.max(jnp.abs(grads['backbone']['bn1']['bias']))) > 0
-    updates, state = tx.update(grads, state, params)
+    updates, state = update(grads, state, params)
     params = optax.apply_updates(params, updates)
   np.testing.assert_array_equal(params['backbone']['bn1']['bias'],
                                 start['backbone']['bn1']['bias'])

@@ -1,5 +1,7 @@
 """ResNet topology and the PyTorch-semantics BatchNorm."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,13 +38,14 @@ def test_feature_map_shapes(last_stride, layer4_hw):
 def test_bfloat16_compute_keeps_float32_params():
   model = ResNet(stage_sizes=(1, 1, 1, 1), base_width=8, dtype=jnp.bfloat16)
   images = jnp.ones((1, 64, 32, 3))
-  variables = model.init(jax.random.key(0), images)
+  # Compiled: one program each rather than one per operation.
+  variables = jax.jit(model.init)(jax.random.key(0), images)
   assert {l.dtype for l in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  assert model.apply(variables, images)['layer4'].dtype == jnp.bfloat16
+  assert jax.jit(model.apply)(variables, images)['layer4'].dtype == jnp.bfloat16
 
 
 def torch_batch_norm(x_nhwc, scale, bias, mean, var, train):
-  bn = torch.nn.BatchNorm2d(x_nhwc.shape[-1])
+  bn = torch.nn.BatchNorm2d(x_nhwc.shape[-1], dtype=torch.float64)
   with torch.no_grad():
     bn.weight.copy_(torch.from_numpy(scale))
     bn.bias.copy_(torch.from_numpy(bias))
@@ -55,43 +58,69 @@ def torch_batch_norm(x_nhwc, scale, bias, mean, var, train):
           bn.running_var.numpy())
 
 
+# Float64 BatchNorms on values of order 1-10: each output is a handful of
+# operations and statistics over 60 values, so the two computations agree to
+# about 1e-15; 1e-12 leaves three orders of margin, while a wrong statistic
+# (the biased variance is off by 1/59) or epsilon shows at 1e-3 or more.
+FLOAT64_TOLERANCE = dict(rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('train', [True, False])
 def test_batch_norm_matches_pytorch(train):
+  """Float64 on both sides: the maths agree to float64 rounding."""
   rng = np.random.default_rng(0)
-  x = (rng.normal(size=(3, 5, 4, 6)) * 2 + 1).astype(np.float32)
-  scale = rng.uniform(0.5, 1.5, 6).astype(np.float32)
-  bias = rng.normal(size=6).astype(np.float32)
-  mean = rng.normal(size=6).astype(np.float32)
-  var = rng.uniform(0.5, 2, 6).astype(np.float32)
+  x = rng.normal(size=(3, 5, 4, 6)) * 2 + 1
+  scale = rng.uniform(0.5, 1.5, 6)
+  bias = rng.normal(size=6)
+  mean = rng.normal(size=6)
+  var = rng.uniform(0.5, 2, 6)
   variables = {'params': {'scale': scale, 'bias': bias},
                'batch_stats': {'mean': mean, 'var': var}}
-  y, updated = BatchNorm().apply(variables, jnp.asarray(x), train=train,
-                                 mutable=['batch_stats'])
+  with jax.enable_x64(True):
+    y, updated = jax.jit(functools.partial(
+        BatchNorm(dtype=jnp.float64).apply, train=train,
+        mutable=['batch_stats']))(variables, jnp.asarray(x))
+  assert y.dtype == np.float64
   y_ref, mean_ref, var_ref = torch_batch_norm(x, scale, bias, mean, var, train)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y, y_ref, **FLOAT64_TOLERANCE)
   # In train mode PyTorch folds in the *unbiased* batch variance.
   np.testing.assert_allclose(updated['batch_stats']['mean'], mean_ref,
-                             rtol=1e-6, atol=1e-6)
+                             **FLOAT64_TOLERANCE)
   np.testing.assert_allclose(updated['batch_stats']['var'], var_ref,
-                             rtol=1e-6, atol=1e-6)
+                             **FLOAT64_TOLERANCE)
 
 
 def test_synchronised_batch_norm_equals_one_big_batch():
+  """Exact in principle (the shards' mean statistics are the batch's): in
+  float64 only the order of the sums differs."""
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(8, 3, 2, 4)).astype(np.float32) + 3)
-  variables = BatchNorm().init(jax.random.key(0), x, train=False)
-  y_full, stats_full = BatchNorm().apply(variables, x, train=True,
-                                         mutable=['batch_stats'])
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.normal(size=(8, 3, 2, 4)) + 3)
+    batch_norm = BatchNorm(dtype=jnp.float64)
+    # Random statistics and affine parameters, so that a misplaced one shows.
+    variables = {'params': {'scale': rng.uniform(0.5, 1.5, 4),
+                            'bias': rng.normal(size=4)},
+                 'batch_stats': {'mean': rng.normal(size=4),
+                                 'var': rng.uniform(0.5, 2, 4)}}
 
-  def per_device(shard):
-    return BatchNorm(axis_name='data').apply(variables, shard, train=True,
-                                             mutable=['batch_stats'])
+    @jax.jit
+    def both(variables, x):
+      full = batch_norm.apply(variables, x, train=True,
+                              mutable=['batch_stats'])
 
-  y_split, stats_split = jax.vmap(per_device, axis_name='data')(
-      x.reshape(4, 2, 3, 2, 4))
-  np.testing.assert_allclose(y_split.reshape(x.shape), y_full, rtol=1e-5,
-                             atol=1e-6)
+      def per_device(shard):
+        return batch_norm.clone(axis_name='data').apply(
+            variables, shard, train=True, mutable=['batch_stats'])
+
+      return full, jax.vmap(per_device, axis_name='data')(
+          x.reshape(4, 2, 3, 2, 4))
+
+    (y_full, stats_full), (y_split, stats_split) = both(variables, x)
+  assert y_full.dtype == np.float64
+  np.testing.assert_allclose(y_split.reshape(x.shape), y_full,
+                             **FLOAT64_TOLERANCE)
   for name in ('mean', 'var'):
     for device in range(4):
       np.testing.assert_allclose(stats_split['batch_stats'][name][device],
-                                 stats_full['batch_stats'][name], rtol=1e-5)
+                                 stats_full['batch_stats'][name],
+                                 **FLOAT64_TOLERANCE)

@@ -1,9 +1,6 @@
 """The RGA module and network: hand-checkable maths, sizes, contract, errors."""
 
 import functools
-import os
-import subprocess
-import sys
 
 import flax
 import jax
@@ -24,9 +21,16 @@ from sa_reid_jax.models.sanet import SANet
 from torch_reference import OfficialSANet
 from torch_rga_reference import OfficialRGANet
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NARROW = dict(stage_sizes=(1, 1, 1, 1), base_width=16)
 NARROW_SIZE = (128, 128)  # the smallest 2^k size where ratio 8 fits
+
+
+def dot_product_error_bound(terms, unit_roundoff):
+  """Higham's bound on the rounding of a dot product of n terms:
+  gamma_n * sum |terms|, gamma_n = n u / (1 - n u). It holds on any CPU,
+  with fused multiply-adds or without, in any summation order."""
+  n = terms.shape[-1]
+  return n * unit_roundoff / (1 - n * unit_roundoff) * np.abs(terms).sum(-1)
 
 
 def test_relation_matrix_is_every_pairwise_dot_product():
@@ -36,12 +40,23 @@ def test_relation_matrix_is_every_pairwise_dot_product():
   relations = np.asarray(relation_matrix(jnp.asarray(theta, jnp.bfloat16),
                                          jnp.asarray(phi)))
   assert relations.dtype == np.float32
-  theta = np.asarray(jnp.asarray(theta, jnp.bfloat16), np.float32)
+  theta = np.asarray(jnp.asarray(theta, jnp.bfloat16), np.float64)
+  with jax.enable_x64(True):
+    exact_inputs = np.asarray(relation_matrix(jnp.asarray(theta),
+                                              jnp.asarray(phi, np.float64)))
+  assert exact_inputs.dtype == np.float64
   for b in range(2):
     for i in range(3):
       for j in range(3):
-        expected = sum(theta[b, i, k] * phi[b, j, k] for k in range(4))
-        np.testing.assert_allclose(relations[b, i, j], expected, rtol=1e-6)
+        # The products of bfloat16 and float32 values are exact in float64.
+        terms = np.array([theta[b, i, k] * phi[b, j, k] for k in range(4)])
+        expected = terms.sum()
+        # Float32 (u = 2^-24) and float64 (u = 2^-53) dot products of 4
+        # terms; any wrong pairing is off by the terms' size.
+        assert abs(relations[b, i, j] - expected) <= dot_product_error_bound(
+            terms, 2.0**-24)
+        assert abs(exact_inputs[b, i, j] - expected) <= (
+            dot_product_error_bound(terms, 2.0**-53) + 1e-300)
 
 
 def _naive_bn(v, layer):
@@ -85,30 +100,43 @@ def _naive_gates(nodes, params, stats, part):
 @pytest.mark.parametrize('part', ['spatial', 'channel'])
 def test_module_matches_a_node_by_node_computation(part):
   """A 2x3x8 map (6 positions, 8 channels), ratios 2: the gates and the
-  gated map equal a loop over nodes written from the description."""
-  module = RGAModule(spatial=part == 'spatial', channel=part == 'channel',
-                     channel_ratio=2, spatial_ratio=2, down_ratio=2)
-  x = jax.random.normal(jax.random.key(0), (1, 2, 3, 8))
-  variables = module.init(jax.random.key(1), x, train=False)
-  # Random running statistics, so that a misplaced one shows.
-  leaves, tree = jax.tree.flatten(variables['batch_stats'])
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  variables = {'params': variables['params'], 'batch_stats': tree.unflatten(
-      [jax.random.uniform(k, l.shape, minval=0.5, maxval=1.5)
-       for k, l in zip(keys, leaves)])}
-  y, gates = module.apply(variables, x, train=False)
-  assert set(gates) == {part}
+  gated map equal a loop over nodes written from the description.
 
-  maps = np.asarray(x[0], np.float64).reshape(6, 8)  # (positions, channels)
+  In float64 on both sides: a few hundred operations on values of order
+  1-10 round to about 1e-15; 1e-12 leaves three orders of margin, while
+  any error of maths (a transposed relation, a misplaced statistic) is of
+  the gates' own size.
+  """
+  module = RGAModule(spatial=part == 'spatial', channel=part == 'channel',
+                     channel_ratio=2, spatial_ratio=2, down_ratio=2,
+                     dtype=jnp.float64)
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (1, 2, 3, 8), jnp.float64)
+    variables = jax.tree.map(
+        lambda v: v.astype(jnp.float64),
+        jax.jit(functools.partial(module.init, train=False))(
+            jax.random.key(1), x))
+    # Random running statistics, so that a misplaced one shows.
+    leaves, tree = jax.tree.flatten(variables['batch_stats'])
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    variables = {'params': variables['params'], 'batch_stats': tree.unflatten(
+        [jax.random.uniform(k, l.shape, jnp.float64, minval=0.5, maxval=1.5)
+         for k, l in zip(keys, leaves)])}
+    y, gates = jax.tree.map(np.asarray, jax.jit(functools.partial(
+        module.apply, train=False))(variables, x))
+    variables = jax.tree.map(np.asarray, variables)
+  assert set(gates) == {part}
+  assert gates[part].dtype == np.float64 and y.dtype == np.float64
+
+  maps = np.asarray(x[0]).reshape(6, 8)  # (positions, channels)
   nodes = maps if part == 'spatial' else maps.T
-  expected = _naive_gates(nodes, jax.tree.map(np.asarray, variables['params']),
-                          jax.tree.map(np.asarray, variables['batch_stats']),
-                          part)
-  actual = np.asarray(gates[part][0]).reshape(-1)
-  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+  expected = _naive_gates(nodes, variables['params'],
+                          variables['batch_stats'], part)
+  actual = gates[part][0].reshape(-1)
+  np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
   scale = expected[:, None] if part == 'spatial' else expected[None, :]
-  np.testing.assert_allclose(np.asarray(y[0]).reshape(6, 8), maps * scale,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(y[0].reshape(6, 8), maps * scale, rtol=1e-12,
+                             atol=1e-12)
 
 
 def added_parameters(name):
@@ -218,6 +246,8 @@ def test_outputs_follow_the_contract(narrow_outputs):
   np.testing.assert_array_equal(out['embeddings']['bn'], out['bn_features'])
   for descriptor, outputs, source in (('pre_bn', out, 'global_features'),
                                       ('post_bn', post_bn, 'bn_features')):
+    # Float32: a norm of 512 squares and the division by it round to a few
+    # 1e-7; 1e-5 tells the normalised descriptor from any other.
     norm = np.linalg.norm(outputs[source], axis=-1, keepdims=True)
     np.testing.assert_allclose(outputs['features'][:, 0],
                                outputs[source] / norm, rtol=1e-5,
@@ -234,6 +264,8 @@ def test_bfloat16_is_finite_and_close_to_float32(narrow_outputs):
     # bfloat16 keeps 3 significant digits: a loose bound on the gates.
     np.testing.assert_allclose(gate, out['attention'][name], atol=0.05,
                                err_msg=name)
+  # bfloat16's rounding (4e-3) through five stages: descriptors a few
+  # degrees apart at most.
   cosine = np.sum(low['features'] * out['features'], axis=-1)
   assert np.all(cosine > 0.99), cosine
 
@@ -331,14 +363,12 @@ def test_wrong_format_files_are_refused(tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
-def test_size_mismatch_is_one_line_naming_the_flag_and_the_size(tmp_path):
+def test_size_mismatch_is_one_line_naming_the_flag_and_the_size(cli,
+                                                                tmp_path):
   path = tmp_path / 'rga.pth.tar'
   torch.save({'state_dict': narrow_state(True, True)}, path)
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'convert_weights.py'),
-       '--format=rga_official', f'--input={path}', '--image_size=192,96',
-       f'--output={tmp_path / "out"}'],
-      capture_output=True, text=True, cwd=REPO, check=False)
+  result = cli('convert_weights.py', '--format=rga_official', f'--input={path}',
+               '--image_size=192,96', f'--output={tmp_path / "out"}')
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   line = (f'convert_weights.py: error: --image_size=192,96 does not match '

@@ -33,6 +33,8 @@ def test_outputs_of_every_variant(name):
   out = model.apply(variables, IMAGES, train=False)
   parts = model.num_parts
   assert out['features'].shape == (2, parts, 16 * 4 * 2)
+  # Float32: a norm of 128 squares and the division by it round to a few
+  # 1e-7; 1e-5 tells unit vectors from any other scaling.
   np.testing.assert_allclose(jnp.linalg.norm(out['features'], axis=-1), 1.0,
                              rtol=1e-5)
   assert out['global_logits'].shape == (2, NUM_CLASSES)
@@ -50,6 +52,8 @@ def test_outputs_of_every_variant(name):
   assert sorted(out['attention']) == sorted(stages)
   for stage in stages:
     assert out['attention'][stage].shape == (2, *expected_maps[stage])
+    # Float32 sums of up to 192 weights: at most ~192 roundings of 6e-8 of
+    # the total, about 1e-5 at worst, 1e-6 in practice.
     np.testing.assert_allclose(out['attention'][stage].sum(axis=(1, 2)), 1.0,
                                rtol=1e-5)
 
@@ -75,7 +79,10 @@ def test_reductions_are_initialised_as_the_official_code():
     bound = 1 / np.sqrt(fan_in)
     # >= 4096 values: the largest comes within 2% of the bound for sure.
     assert 0.98 * bound < np.abs(kernel).max() <= bound
+    # The standard deviation of >= 4096 draws is within 2% of its value
+    # (standard error 1.1% for a uniform); 5% is over four standard errors.
     assert abs(kernel.std() / (bound / np.sqrt(3)) - 1) < 0.05
+    # Kolmogorov-Smirnov tests: a right initialiser fails one in a thousand.
     uniform = stats.kstest(kernel, 'uniform', args=(-bound, 2 * bound))
     assert uniform.pvalue > 1e-3
     conv = torch.nn.Conv2d(fan_in, 256, 1, bias=False)  # PyTorch's own init
@@ -83,6 +90,7 @@ def test_reductions_are_initialised_as_the_official_code():
     assert stats.ks_2samp(kernel, reference).pvalue > 1e-3
   kernel = np.asarray(params['part_reduce']['kernel'])
   std = np.sqrt(2 / kernel.shape[1])
+  # 128 x 256 normal draws: standard error of the standard deviation 0.4%.
   assert abs(kernel.std() / std - 1) < 0.02
   assert stats.kstest(kernel.ravel(), 'norm', args=(0, std)).pvalue > 1e-3
 
@@ -92,6 +100,7 @@ def test_backbone_attention_changes_the_descriptor():
   with_sa1 = model.clone(backbone_attention=True)
   plain = model.apply(variables, IMAGES)['features']
   attended = with_sa1.apply(variables, IMAGES)['features']
+  # A change far above float32 rounding (1e-7 of these unit vectors).
   assert not np.allclose(plain, attended, atol=1e-4)
 
 
@@ -117,6 +126,8 @@ def test_bfloat16_compute_stays_close_to_float32():
   out = model.clone(dtype='bfloat16').apply(variables, IMAGES)
   for name in ('features', 'global_logits', 'part_logits', 'ds_logits'):
     assert out[name].dtype == jnp.float32, name
+    # bfloat16 keeps 8 significant bits (relative rounding 4e-3) through
+    # the backbone's stages: within a few percent of the outputs' scale.
     scale = np.abs(reference[name]).max()
     assert np.abs(out[name] - reference[name]).max() <= 0.05 * scale, name
   assert out['attention']['layer1'].dtype == jnp.float32
@@ -124,12 +135,17 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 @pytest.mark.parametrize('height', [24, 16, 7, 6])
 def test_stripe_pool_matches_torch_adaptive_pooling(height):
-  x = np.random.default_rng(0).normal(size=(2, height, 3, 5)).astype(
-      np.float32)
+  """The same bins and means as PyTorch's: in float64 on both sides, the
+  means of at most 15 values agree to float64 rounding (1e-16 of values of
+  order 1; 1e-14 leaves two orders of margin)."""
+  x = np.random.default_rng(0).normal(size=(2, height, 3, 5))
   reference = torch.nn.AdaptiveAvgPool2d((6, 1))(
       torch.from_numpy(x).permute(0, 3, 1, 2))[..., 0].permute(0, 2, 1)
-  np.testing.assert_allclose(stripe_pool(jnp.asarray(x), 6), reference,
-                             rtol=1e-5, atol=1e-6)
+  with jax.enable_x64(True):
+    pooled = np.asarray(stripe_pool(jnp.asarray(x), 6))
+  assert pooled.dtype == np.float64
+  np.testing.assert_allclose(pooled, reference.numpy(), rtol=1e-14,
+                             atol=1e-14)
 
 
 def test_config_round_trip_and_bad_keys():

@@ -55,15 +55,20 @@ def add_stages(module, blocks, base_width, last_stride):
 
 
 class TorchResNet(nn.Module):
-  """torchvision's resnet50 layout; `last_stride` as in re-id networks."""
+  """torchvision's resnet50 layout; `last_stride` as in re-id networks.
 
-  def __init__(self, blocks=(3, 4, 6, 3), last_stride=2, num_classes=1000):
+  `blocks` and `base_width` (64 in ResNet-50) give narrower test networks of
+  the same layout and names.
+  """
+
+  def __init__(self, blocks=(3, 4, 6, 3), last_stride=2, num_classes=1000,
+               base_width=64):
     super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
+    self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(base_width)
     self.relu = nn.ReLU()
     self.maxpool = nn.MaxPool2d(3, 2, 1)
-    in_channels = add_stages(self, blocks, 64, last_stride)
+    in_channels = add_stages(self, blocks, base_width, last_stride)
     self.avgpool = nn.AdaptiveAvgPool2d(1)
     self.fc = nn.Linear(in_channels, num_classes)
 
@@ -86,13 +91,20 @@ def official_attention(x):
 
 
 class OfficialSANet(nn.Module):
-  """The official network (6 parts), with the official checkpoint's names."""
+  """The official network (6 parts), with the official checkpoint's names.
 
-  def __init__(self, num_classes, num_features=256, dropout=0.5):
+  The defaults are the official sizes (ResNet-50, 256 reduced features);
+  `blocks`, `base_width` and `num_features` give a narrow network of the
+  same layout.
+  """
+
+  def __init__(self, num_classes, num_features=256, dropout=0.5,
+               blocks=(3, 4, 6, 3), base_width=64):
     super().__init__()
-    self.base = TorchResNet(last_stride=1)
-    self.local_conv = nn.Conv2d(2048, num_features, 1, bias=False)
-    for stage, channels in enumerate((256, 512, 1024), start=1):
+    self.base = TorchResNet(blocks, last_stride=1, base_width=base_width)
+    self.local_conv = nn.Conv2d(32 * base_width, num_features, 1, bias=False)
+    for stage, channels in enumerate(
+        (4 * base_width, 8 * base_width, 16 * base_width), start=1):
       setattr(self, f'local_conv_layer{stage}',
               nn.Conv2d(channels, num_features, 1, bias=False))
       setattr(self, f'instance_layer{stage}',
@@ -112,7 +124,11 @@ class OfficialSANet(nn.Module):
       pooled = (x * weights).mean(dim=(2, 3), keepdim=True)
       reduced = getattr(self, f'local_conv_layer{stage}')(pooled).flatten(1)
       ds_logits.append(getattr(self, f'instance_layer{stage}')(reduced))
-    parts = F.avg_pool2d(layer4, kernel_size=(4, 8), stride=(4, 8))
+    # Six stripes of whole rows: the official (4, 8) kernel on the 24x8 map
+    # of a 384x128 image.
+    height, width = layer4.shape[2:]
+    stripe = (height // 6, width)
+    parts = F.avg_pool2d(layer4, kernel_size=stripe, stride=stripe)
     features = parts / parts.norm(2, dim=1, keepdim=True)
     x = F.relu(self.feat_bn2d(self.local_conv(self.drop(parts))))
     part_logits = [getattr(self, f'instance{p}')(x[:, :, p, 0])
@@ -125,6 +141,11 @@ class OfficialSANet(nn.Module):
         'ds_logits': torch.stack(ds_logits, dim=1),
         'attention': attention,
     }
+
+
+def to_nhwc(images):
+  """A PyTorch NCHW image batch as a NumPy NHWC array (what JAX takes)."""
+  return images.permute(0, 2, 3, 1).numpy()
 
 
 def randomize_weights(model, generator):
