@@ -14,5 +14,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 install_package --test
-exec "$VENV_PYTHON" -m pytest -n "${TEST_WORKERS:-2}" --dist=loadfile \
+exec "$VENV_PYTHON" -m pytest -n "${TEST_WORKERS:-2}" --dist=worksteal \
     --durations=15 "$@"
