@@ -299,6 +299,8 @@ def test_rga_cam_averages_to_the_bnneck_logit(variant, gates):
     assert gate.shape[0] == 3 and np.all((gate > 0) & (gate < 1))
 
 
+# The fast tier draws an RGA row in test_casn_grad_cam_beside_rga.
+@pytest.mark.full
 def test_cam_picture_of_an_rga_network(dataset):
   model, variables = tiny_rga('rga_sc')
   path = os.path.join(dataset, 'query', _first_image(dataset))
