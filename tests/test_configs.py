@@ -1,62 +1,17 @@
 """Every experiment config loads, and the commands in its docstring work."""
 
-import glob
-import importlib.util
 import os
 import re
-import shlex
-import sys
-from unittest import mock
 
-from absl import flags
-from ml_collections import config_flags
+import helpers
 import pytest
 
 from sa_reid_jax.models.casn import CASN_VARIANTS
 from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.sanet import VARIANTS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
-TRAIN_FLAGS = ('workdir', 'distributed', 'coordinator_address',
-               'num_processes', 'process_id')
-
-
-def _load(path):
-  spec = importlib.util.spec_from_file_location(
-      os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _documented_commands(path, script):
-  """The `python <script> ...` commands of a config's docstring, as argv."""
-  text = _load(path).__doc__.replace('\\\n', ' ')
-  return [shlex.split(line.strip())[1:]
-          for line in text.splitlines()
-          if line.strip().startswith(f'python {script}')]
-
-
-def _parse(argv):
-  """Parses argv like train.py/eval.py would; returns the config."""
-  values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file('config', None, '',
-                                           flag_values=values,
-                                           lock_config=True)
-  for name in TRAIN_FLAGS + ('checkpoint', 'rerank', 'flip', 'output_dir'):
-    flags.DEFINE_string(name, None, '', flag_values=values)
-  argv = [argv[0]] + [a if not a.startswith('--flip') else '--flip=1'
-                      for a in argv[1:] if not a.startswith('[')]
-  cwd = os.getcwd()
-  os.chdir(REPO)  # the documented commands run from the repository root
-  try:
-    # config_flags finds the --config.* overrides in sys.argv.
-    with mock.patch.object(sys, 'argv', argv):
-      values(argv)
-  finally:
-    os.chdir(cwd)
-  return holder.value
+REPO = helpers.REPO
+CONFIG_FILES = helpers.CONFIG_FILES
 
 
 def test_there_is_a_config_per_experiment():
@@ -74,10 +29,10 @@ def test_there_is_a_config_per_experiment():
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
 def test_every_documented_train_command_parses(path):
-  commands = _documented_commands(path, 'train.py')
+  commands = helpers.documented_commands(path, 'train.py')
   assert commands, f'{path}: the docstring holds no train.py command'
   for argv in commands:
-    config = _parse(argv)
+    config = helpers.parse_command(argv)
     assert config.model.variant in {'sanet': VARIANTS,
                                     'rga': RGA_VARIANTS,
                                     'casn': CASN_VARIANTS}[config.model.family]
@@ -102,8 +57,8 @@ def _assert_official_erasing(config):
 def test_table3_configs_with_and_without_sa():
   for name in TABLE3_CONFIGS:
     path = os.path.join(REPO, 'configs', f'{name}.py')
-    full = _parse(['train.py', f'--config={path}'])
-    no_sa = _parse(['train.py', f'--config={path}:no_sa'])
+    full = helpers.parse_command(['train.py', f'--config={path}'])
+    no_sa = helpers.parse_command(['train.py', f'--config={path}:no_sa'])
     assert VARIANTS[full.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['backbone_attention']
@@ -112,23 +67,23 @@ def test_table3_configs_with_and_without_sa():
     for config in (full, no_sa):
       _assert_official_erasing(config)
     with pytest.raises(ValueError, match='no_sa'):
-      _load(path).get_config('sa')
+      helpers.load_config_module(path).get_config('sa')
 
 
 def test_released_preset_is_the_default_without_erasing():
   for name in TABLE3_CONFIGS:
     path = os.path.join(REPO, 'configs', f'{name}.py')
-    full = _parse(['train.py', f'--config={path}'])
+    full = helpers.parse_command(['train.py', f'--config={path}'])
     for arg, variant in (('released', 'full'), ('released,no_sa', 'full_no_sa'),
                          ('no_sa,released', 'full_no_sa')):
-      released = _parse(['train.py', f'--config={path}:{arg}'])
+      released = helpers.parse_command(['train.py', f'--config={path}:{arg}'])
       assert released.model.variant == variant
       assert released.augmentation.erasing_probability == 0
       # Everything else is the default recipe.
       released.augmentation.erasing_probability = 0.5
       released.model.variant = 'full'
       assert released.to_dict() == full.to_dict()
-    module = _load(path)
+    module = helpers.load_config_module(path)
     for bad in ('released,released', 'released,softmax', 'released;no_sa'):
       with pytest.raises(ValueError, match='released,no_sa'):
         module.get_config(bad)
@@ -140,25 +95,28 @@ def test_every_table_config_uses_the_official_sum_attention():
   for name in TABLE3_CONFIGS:
     path = os.path.join(REPO, 'configs', f'{name}.py')
     for arg in ('', ':no_sa', ':released', ':released,no_sa'):
-      configs.append(_parse(['train.py', f'--config={path}{arg}']))
-  ablation = _load(os.path.join(REPO, 'configs', 'market1501_ablation.py'))
+      configs.append(helpers.parse_command(['train.py',
+                                            f'--config={path}{arg}']))
+  ablation = helpers.load_config_module(
+      os.path.join(REPO, 'configs', 'market1501_ablation.py'))
   configs += [ablation.get_config(row) for row in ablation.ROWS]
   for config in configs:
     assert config.model.family == 'sanet'
     assert config.model.attention_normalization == 'sum'
     # No silent training from scratch: these need an ImageNet backbone.
     assert config.init_from == ''
-  softmax = _parse(['train.py', '--config=' + os.path.join(
+  softmax = helpers.parse_command(['train.py', '--config=' + os.path.join(
       REPO, 'configs', 'market1501.py'),
-                    '--config.model.attention_normalization=softmax'])
+                                   '--config.model.attention_normalization='
+                                   'softmax'])
   assert softmax.model.attention_normalization == 'softmax'
 
 
 def test_ablation_config_covers_table2():
   path = os.path.join(REPO, 'configs', 'market1501_ablation.py')
-  module = _load(path)
+  module = helpers.load_config_module(path)
   documented = {re.search(r'ablation\.py:(\w+)', ' '.join(argv)).group(1)
-                for argv in _documented_commands(path, 'train.py')}
+                for argv in helpers.documented_commands(path, 'train.py')}
   assert documented == set(module.ROWS)
   for row in module.ROWS:
     config = module.get_config(row)
@@ -170,8 +128,8 @@ def test_ablation_config_covers_table2():
 
 def test_eval_commands_parse():
   for path in CONFIG_FILES:
-    for argv in _documented_commands(path, 'eval.py'):
-      assert _parse(argv).eval.batch_size >= 1
+    for argv in helpers.documented_commands(path, 'eval.py'):
+      assert helpers.parse_command(argv).eval.batch_size >= 1
 
 
 RGA_CONFIGS = {'rga_sc_cuhk03_labeled': 'cuhk03_np/labeled',
@@ -184,7 +142,7 @@ def test_rga_configs_follow_the_official_recipe():
   """REFERENCE.md, RGA: "The network and its training"."""
   for name, dataset in RGA_CONFIGS.items():
     path = os.path.join(REPO, 'configs', f'{name}.py')
-    config = _parse(['train.py', f'--config={path}'])
+    config = helpers.parse_command(['train.py', f'--config={path}'])
     assert config.dataset.name == dataset
     assert config.model.family == 'rga' and config.model.variant == 'rga_sc'
     assert tuple(config.image_size) == (256, 128)
@@ -196,7 +154,10 @@ def test_rga_configs_follow_the_official_recipe():
     assert (opt.name, opt.learning_rate, opt.weight_decay) == (
         'adam', 8e-4, 5e-4)
     assert opt.warmup_epochs == 20
-    assert opt.warmup_start_factor * opt.learning_rate == pytest.approx(8e-6)
+    # A float64 product of two config values, not exactly 8e-6: a few units
+    # of float64 rounding (2e-16 relative), well inside 1e-12.
+    assert opt.warmup_start_factor * opt.learning_rate == pytest.approx(
+        8e-6, rel=1e-12)
     assert tuple(opt.decay_milestones) == (80, 120, 160, 200, 240, 280, 320,
                                            360)
     assert opt.decay_factor == 0.5
@@ -211,21 +172,21 @@ def test_rga_configs_follow_the_official_recipe():
     assert config.eval.metric == 'cosine' and not config.eval.rerank
     assert config.init_from == ''  # an ImageNet backbone is required
     for arg, variant in (('rga_s', 'rga_s'), ('rga_c', 'rga_c')):
-      other = _parse(['train.py', f'--config={path}:{arg}'])
+      other = helpers.parse_command(['train.py', f'--config={path}:{arg}'])
       assert other.model.variant == variant
       other.model.variant = 'rga_sc'
       assert other.to_dict() == config.to_dict()
     with pytest.raises(ValueError, match="'rga_s', 'rga_c'"):
-      _load(path).get_config('rga_sa')
+      helpers.load_config_module(path).get_config('rga_sa')
     # The datasets' configs differ only in the dataset.
-    market = _parse(['train.py', '--config=' + os.path.join(
+    market = helpers.parse_command(['train.py', '--config=' + os.path.join(
         REPO, 'configs', 'rga_sc_market1501.py')])
     config.dataset.name = market.dataset.name
     assert config.to_dict() == market.to_dict()
 
 
 def test_bot_config_is_the_bnneck_baseline():
-  config = _parse(['train.py', '--config=' + os.path.join(
+  config = helpers.parse_command(['train.py', '--config=' + os.path.join(
       REPO, 'configs', 'bot_market1501.py')])
   assert config.model.family == 'rga' and config.model.variant == 'baseline'
   assert RGA_VARIANTS['baseline'] == {'spatial': False, 'channel': False}

@@ -238,6 +238,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
     metrics = jax.lax.pmean(metrics, axis_name)
     if average_batch_stats:
       batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  # The statistics keep the state's dtype (float32): a network computing in
+  # float64 would otherwise hand back float64 statistics, and the next step
+  # would be traced and compiled again for the new state.
+  batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                             batch_stats, state.batch_stats)
   metrics['grad_norm'] = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
