@@ -450,19 +450,9 @@ TRAIN_FLAGS = ('workdir', 'distributed', 'coordinator_address',
 # every RGA module has channels (CASN configs have no down_ratio:
 # `SMALL_CASN`). No evaluation before training: what these tests check is
 # the training.
-SMALL_RGA = {
-    'init_from': 'scratch',
-    'model.stage_sizes': (1, 1, 1, 1),
-    'model.base_width': 8,
-    'image_size': (128, 64),
-    'model.down_ratio': 4,
-    'batch_size': 8,
-    'eval.every_epochs': 0,
-    'eval.at_start': False,
-    'eval.batch_size': 32,
-    'eval.report': False,
-    'log_every_steps': 2,
-}
+SMALL_RGA = {**TINY, 'model.base_width': 8, 'image_size': (128, 64),
+             'model.down_ratio': 4, 'eval.at_start': False,
+             'log_every_steps': 2}
 # PCB's six stripes need the 8 rows of a last-stride-1 map at 128x64.
 SMALL_CASN = {k: v for k, v in SMALL_RGA.items() if k != 'model.down_ratio'}
 # `synthetic_dataset`'s arguments for the P x K tests: identities with 3 to
