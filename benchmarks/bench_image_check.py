@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
   args = _parse_arguments(argv)
   # TensorFlow and the package are imported before any timing.
   from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+  from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top,unused-import
   temporary = None
   root = args.data
   if root is None:

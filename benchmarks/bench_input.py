@@ -107,8 +107,7 @@ def _measure_augment(arguments):
 
 def _measure(arguments):
   """Runs in a fresh process: times one pipeline configuration."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
   one_core = arguments.worker == 'one_core'
   if one_core:
     tf.config.threading.set_inter_op_parallelism_threads(1)

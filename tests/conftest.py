@@ -9,9 +9,10 @@ subprocess a test starts):
   tests do): most test programs run a few steps, and compiling them
   optimised costs more than running them unoptimised. Tests whose point is
   the optimised numerics (full-size parity) are marked ``optimized``;
-- a persistent compilation cache shared by the pytest workers and the
-  subprocesses (``SA_REID_JAX_TEST_CACHE``, default ``.cache/jax-tests`` in
-  the repository), so that a program compiled once is loaded afterwards.
+- a persistent compilation cache per pytest worker, shared with the
+  subprocesses its tests start (under ``SA_REID_JAX_TEST_CACHE``, default
+  ``.cache/jax-tests`` in the repository), so that a program compiled once
+  is loaded afterwards, in this run and the next.
 
 Tiers: ``pytest`` runs the fast tier; ``pytest --full`` (what
 ``bash scripts/test.sh --full`` and CI run) adds the tests marked ``full``.
@@ -28,16 +29,20 @@ if _DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
                              _DEVICES_FLAG + '2').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ.get(
-    'SA_REID_JAX_TEST_CACHE', os.path.join(_REPO, '.cache', 'jax-tests')))
+# One cache per pytest worker (``gw0``, ``gw1``; ``main`` without xdist),
+# shared with the subprocesses its tests start. JAX writes an entry in place
+# (no temporary file and rename) and, without a size limit, without a lock:
+# a worker reading an entry another is still writing fails to decode it and
+# warns on stderr, which breaks the tests that check a program's stderr line
+# by line. A size limit would add a file lock around every read and write,
+# and the workers then wait on it for seconds each.
+os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(
+    os.environ.get('SA_REID_JAX_TEST_CACHE',
+                   os.path.join(_REPO, '.cache', 'jax-tests')),
+    os.environ.get('PYTEST_XDIST_WORKER', 'main'))
 # Every program is cached, however small or quick to compile.
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-# No size limit: a limit turns on a file lock around every read and write,
-# and the workers and subprocesses then wait on it for seconds each (a
-# checkpoint save alone reads dozens of small programs). Without it, a read
-# that meets an entry being written fails to decode, and JAX compiles the
-# program instead (with a warning): slower once, never wrong.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
@@ -49,7 +54,8 @@ from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=unused-import
 # pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 
-# A fast-tier test whose body takes longer than this is reported at the end.
+# A fast-tier test whose body or set-up takes longer than this is reported
+# at the end.
 FAST_TIER_LIMIT_SECONDS = 15.0
 
 def pytest_addoption(parser):
@@ -58,6 +64,11 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+  if jax.device_count() < 2:
+    raise pytest.UsageError(
+        f'the tests need 2 JAX devices, found {jax.devices()}: leave '
+        f'XLA_FLAGS without {_DEVICES_FLAG}N (the tests set 2) and '
+        'JAX_PLATFORMS unset or "cpu"')
   config.addinivalue_line(
       'markers', 'full: slow tests (processes, full-size, every config), run '
       'with --full')
@@ -166,11 +177,14 @@ def pytest_terminal_summary(terminalreporter):
       terminalreporter.write_line(f'{error:.2e} ({limit})  {what}')
   slow = []
   for report in reports:
-    if (report.when == 'call' and
+    # A setup counts too: a session fixture's (e.g. a training run) is
+    # paid once per worker, but paid in the fast tier all the same.
+    if (report.when in ('setup', 'call') and
         # (Parallel workers send the pairs as lists.)
         ['tier', 'full'] not in [list(p) for p in report.user_properties] and
         report.duration > FAST_TIER_LIMIT_SECONDS):
-      slow.append((report.duration, report.nodeid))
+      slow.append((report.duration, report.nodeid +
+                   (' (setup)' if report.when == 'setup' else '')))
   if slow:
     terminalreporter.section(
         f'fast-tier tests over {FAST_TIER_LIMIT_SECONDS:.0f} s: mark them '

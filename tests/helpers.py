@@ -7,18 +7,24 @@ in-process runner of the command-line programs, report parsing.
 
 import base64
 import dataclasses
+import glob
 import html.parser
 import importlib
 import importlib.util
 import io
 import os
+import re
+import shlex
 import subprocess
 import sys
 from typing import Any, Optional
+from unittest import mock
 
 from absl import flags
 import flax
 import jax
+from ml_collections import config_flags
+import numpy as np
 from PIL import Image
 import pytest
 
@@ -26,6 +32,7 @@ from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import experiment_config
+from sa_reid_jax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small network and input: what the end-to-end tests check does not
@@ -139,6 +146,21 @@ def _forget_script_flags() -> None:
   _SCRIPT_FLAGS.clear()
 
 
+def _defined_by_script(names: set[str], script: str) -> set[str]:
+  """Those of `names` (flags new since the script was loaded) that the
+  script defined, not a library it imported for the first time (e.g.
+  orbax's or TensorFlow's flags, which stay: their modules are not loaded
+  again). absl records a flag defined at a script's top level under the
+  script's module name, or under ``importlib._bootstrap`` when the script
+  runs through importlib."""
+  by_libraries = set()
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if module in sys.modules and module not in (script,
+                                                'importlib._bootstrap'):
+      by_libraries.update(flag.name for flag in defined)
+  return names - by_libraries
+
+
 def _exit_status(error: SystemExit) -> int:
   code = error.code
   if code is None:
@@ -170,7 +192,8 @@ def run_in_process(program: str, args: list[str], monkeypatch) -> int:
       try:
         spec.loader.exec_module(module)
       finally:
-        _SCRIPT_FLAGS.update(set(flags.FLAGS) - before)
+        _SCRIPT_FLAGS.update(_defined_by_script(set(flags.FLAGS) - before,
+                                                name))
       module.run(argv)
     except SystemExit as e:
       return _exit_status(e)
@@ -260,12 +283,6 @@ def examples(fast_tier: int) -> int:
 
 
 # --- comparisons with reference implementations ------------------------------
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
-import re
-
-import numpy as np
-# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 
 
 def relative_error(actual, reference) -> float:
@@ -401,11 +418,13 @@ def user_environment(**variables: str) -> dict[str, str]:
   return env
 
 
-def run_as_user(program: str, *args: str, timeout: float = 600):
+def run_as_user(program: str, *args: str, timeout: float = 600,
+                cwd: Optional[str] = None):
   """``python PROGRAM ARGS`` (a script of the repository root, e.g.
-  ``eval.py``) or ``python -m PROGRAM ARGS`` (a module) in a real process
-  from the repository root, in `user_environment`; its
-  `subprocess.CompletedProcess` (text output), whatever its exit status.
+  ``eval.py``) or ``python -m PROGRAM ARGS`` (a module, as installed) in a
+  real process from `cwd` (default: the repository root), in
+  `user_environment`; its `subprocess.CompletedProcess` (text output),
+  whatever its exit status.
 
   Only a real process shows what a user's terminal shows (e.g. what
   TensorFlow prints as it loads); the ``cli`` fixture runs the same
@@ -414,8 +433,8 @@ def run_as_user(program: str, *args: str, timeout: float = 600):
   command = ([sys.executable, os.path.join(REPO, program)]
              if program.endswith('.py') else [sys.executable, '-m', program])
   return subprocess.run([*command, *args], capture_output=True, text=True,
-                        cwd=REPO, env=user_environment(), timeout=timeout,
-                        check=False)
+                        cwd=cwd or REPO, env=user_environment(),
+                        timeout=timeout, check=False)
 
 
 def lines_besides_slow_compile_alarms(stderr: str) -> list[str]:
@@ -429,16 +448,6 @@ def lines_besides_slow_compile_alarms(stderr: str) -> list[str]:
 
 
 # --- experiment configs, their documented commands, P x K training ----------
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
-import glob
-import shlex
-from unittest import mock
-
-from ml_collections import config_flags
-
-from sa_reid_jax.training import trainer
-# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 # The flags of train.py besides --config (eval.py's are added in

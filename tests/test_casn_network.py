@@ -124,6 +124,15 @@ def test_outputs_follow_the_contract(network):
   else:
     assert out['part_logits'].shape == (BATCH, 4, 5)
     assert out['part_logits'].dtype == jnp.float32
+  # The float32 network users run: a unit-norm descriptor, the mean of the
+  # map, to float32 precision (resolution 1.2e-7; a norm or mean of a few
+  # dozen terms rounds by a few times that; 1e-5 relative leaves margin).
+  fmap32 = np.asarray(fmap, np.float64)
+  np.testing.assert_allclose(
+      np.linalg.norm(np.asarray(out['features'], np.float64), axis=-1), 1,
+      rtol=1e-5)
+  np.testing.assert_allclose(out['global_features'],
+                             fmap32.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
   # The descriptor's maths, exact in principle: in float64.
   with jax.enable_x64(True):
     model, variables = in_float64(model, variables)

@@ -223,6 +223,24 @@ def test_padded_batches_give_the_one_batch_descriptors(float64_model):
                              atol=FLOAT64_ROUNDING)
 
 
+
+def test_float32_padded_batches_match_to_float32_precision(tiny_model):
+  """The float32 network users run: the same descriptors, padded or not, to
+  float32 precision. Entries of unit-norm parts (|x| <= 1, resolution 6e-8)
+  through convolutions whose sums another batch shape orders differently:
+  about 1e-7 apart; 1e-5 leaves margin, while rows leaking into each other
+  move descriptors by their own scale."""
+  model, variables = tiny_model
+  seven = images(7)
+  expected = np.asarray(jax.jit(functools.partial(
+      model.apply, train=False))(variables, seven)['features'])
+  result = extract_features(model, variables, padded_batches(seven, 3),
+                            progress=False)
+  assert result.dtype == np.float32
+  np.testing.assert_allclose(result, expected, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(result, axis=-1), 1, rtol=0,
+                             atol=1e-5)
+
 def test_masked_rows_anywhere_are_dropped(float64_model):
   model, variables = float64_model
   batch = images64(3, seed=1)

@@ -182,6 +182,62 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
   record_parity(what + ': learning rates', worst_lr, RATE_BOUND)
 
 
+# The float32 trajectory users train, against PyTorch's float32 SGD at its
+# own StepLR rates: both round every operation at 6e-8 relative, the rates
+# differ by RATE_BOUND, and 7 steps compound a few dozen such roundings on
+# values of order 1 (measured 6e-8); a wrong rate, momentum or decay term
+# is 1e-5 off or more.
+FLOAT32_PARAM_BOUND = 1e-6
+
+
+def test_float32_sgd_tracks_torch_at_its_own_rates(record_parity):
+  config = optimizer_config(decay_epochs=1, momentum=0.9,
+                            nesterov=True).optimizer
+  steps_per_epoch = 2
+  inputs, targets, params, torch_flat, groups = twin_problem(1, config)
+  inputs, targets = inputs.astype(np.float32), targets.astype(np.float32)
+  params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32),
+                                  params)
+  torch_flat = {path: torch.tensor(value.detach().numpy().astype(np.float32),
+                                   requires_grad=True)
+                for path, value in torch_flat.items()}
+  groups[0]['params'] = [v for k, v in torch_flat.items()
+                         if k[0] == 'backbone']
+  groups[1]['params'] = [v for k, v in torch_flat.items()
+                         if k[0] != 'backbone']
+  tx = optimizer.make_optimizer(config, steps_per_epoch)
+  state = tx.init(params)
+  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
+  torch_params = flax.traverse_util.unflatten_dict(torch_flat)
+  torch_opt = torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9,
+                              nesterov=True,
+                              weight_decay=config.weight_decay)
+  scheduler = torch.optim.lr_scheduler.StepLR(
+      torch_opt, step_size=1, gamma=config.decay_factor)
+  worst = 0.0
+  for step in range(NUM_STEPS):
+    grads = grad_fn(params, inputs[step], targets[step])
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    torch_opt.zero_grad()
+    small_loss(torch_params, torch.from_numpy(inputs[step]),
+               torch.from_numpy(targets[step]), torch.tanh).backward()
+    torch_opt.step()
+    if (step + 1) % steps_per_epoch == 0:
+      scheduler.step()
+    ours = flax.traverse_util.flatten_dict(params)
+    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float32)}
+    for path, reference in torch_flat.items():
+      error = relative_error(ours[path], reference.detach().numpy())
+      worst = max(worst, error)
+      assert error <= FLOAT32_PARAM_BOUND, (step, path, error)
+  moved = relative_error(params['backbone']['conv1']['kernel'],
+                         small_params(0)['backbone']['conv1']['kernel'])
+  assert moved > 1e-3
+  record_parity(f'SGD {NUM_STEPS} steps, float32 at PyTorch\'s own rates: '
+                'params', worst, FLOAT32_PARAM_BOUND)
+
+
 def test_parameter_groups():
   labels = optimizer.parameter_groups(small_params(0))
   flat = flax.traverse_util.flatten_dict(labels)

@@ -46,14 +46,34 @@ def test_documented_command_trains(name, data, tmp_path):
   assert model.image_size == (128, 64)
 
 
-@pytest.mark.parametrize('name', [
-    'bot_market1501.py',
-    pytest.param('demo_rga_synthetic.py', marks=pytest.mark.full)])
+def test_rga_modules_train_end_to_end(data, tmp_path):
+  """The fast tier's RGA run: the RGA demo's recipe (RGA-S and RGA-C
+  modules, P x K batches, triplet + cross-entropy) at 64x32 on one device
+  for 2 steps, into an RGA-SC model directory."""
+  config = helpers.documented_config(
+      'demo_rga_synthetic.py', data, helpers.SMALL_RGA, max_steps=2,
+      image_size=(64, 32), **{'model.down_ratio': 2})
+  workdir = str(tmp_path / 'run')
+  result = trainer.train_and_evaluate(config, workdir,
+                                      devices=jax.devices()[:1])
+  assert result['status'] == 'completed' and result['step'] == 2
+  assert result['devices'] == 1
+  model = _check_rga_run(workdir)
+  assert model.spatial and model.channel
+  assert model.image_size == (64, 32)
+
+
+@pytest.mark.full
+@pytest.mark.parametrize('name', ['bot_market1501.py', 'demo_rga_synthetic.py'])
 def test_two_devices_train_as_one(name, data, tmp_path):
   """P x K sampler + triplet over the global batch: 1 vs 2 devices.
 
-  The BNNeck baseline's and the RGA demo's documented commands (so also
-  the fast tier's run of an RGA-family recipe), smaller: 64x32 images,
+  (The fast tier checks the parts in process: the batch-hard triplet's and
+  the cross-entropy's gradients on 1 and 2 devices, tests/test_losses.py,
+  and synchronised BatchNorm, tests/test_resnet.py.)
+
+  The BNNeck baseline's and the RGA demo's documented commands, smaller:
+  64x32 images,
   whose 4x2 last map has RGA modules with channels at a head reduction of
   2. The device count changes only how the batch's sums are grouped. In
   float32 that regrouping alone moves the trained variables by 2e-7

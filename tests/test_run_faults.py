@@ -236,3 +236,38 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(
   state = ocp.StandardCheckpointer().restore(
       copy / checkpoints.CHECKPOINT_DIR / str(last_good) / 'state')
   assert int(state['step']) == last_good
+
+
+def test_full_disk_in_process_names_the_step_and_keeps_the_last_checkpoint(
+    data, tmp_path, finished_run, monkeypatch):
+  """The fast tier's full disk: orbax's save fails the way it reports
+  TensorStore's failed write (another error type, the OS's text inside),
+  leaving its temporary directory; the run stops with one DiskFullError
+  naming the step and the last good checkpoint, which stays restorable.
+  (The full tier fills a real small disk.)"""
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+
+  def full_disk_save(manager, step, *args, **kwargs):
+    del args, kwargs
+    partial = os.path.join(str(manager.directory),
+                           f'{step}{workdir_lib.TMP_CHECKPOINT_MARKER}-1')
+    os.makedirs(partial)
+    raise ValueError(f'Error writing "{partial}/state": OSError: [Errno 28] '
+                     'No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full_disk_save)
+  config = tiny_config(data, max_steps=4,
+                       **{'checkpoint.every_steps': 2, 'checkpoint.keep': 3})
+  with pytest.raises(workdir_lib.DiskFullError) as raised:
+    trainer.train_and_evaluate(config, str(workdir))
+  message = str(raised.value)
+  directory = workdir / checkpoints.CHECKPOINT_DIR
+  assert message.startswith(f'{workdir}: {_ENOSPC_HINT} 4; ')
+  assert (f'the last good checkpoint, step 2 in {directory}, is intact'
+          in message)
+  assert 'a checkpoint needs about' in message and ' free' in message
+  assert '\n' not in message
+  assert finalized_steps(workdir) == [2]
+  state = ocp.StandardCheckpointer().restore(directory / '2' / 'state')
+  assert int(state['step']) == 2

@@ -146,6 +146,12 @@ def test_stripe_pool_matches_torch_adaptive_pooling(height):
   assert pooled.dtype == np.float64
   np.testing.assert_allclose(pooled, reference.numpy(), rtol=1e-14,
                              atol=1e-14)
+  # The float32 pooling the network runs: means of at most 15 values of
+  # order 1 round to a few 6e-8; 1e-6 is over ten times that.
+  pooled32 = np.asarray(stripe_pool(jnp.asarray(x, jnp.float32), 6))
+  assert pooled32.dtype == np.float32
+  np.testing.assert_allclose(pooled32, reference.numpy(), rtol=1e-6,
+                             atol=1e-6)
 
 
 def test_config_round_trip_and_bad_keys():

@@ -253,14 +253,15 @@ def test_cli_errors(env, capsys, tmp_path):
 
 
 def test_search_in_a_real_process_writes_one_error_line(env, tmp_path):
-  # What a user's terminal shows: the error alone, without TensorFlow's
-  # start-up notices (which some CPUs print whatever TF_CPP_MIN_LOG_LEVEL
+  # What a user's terminal shows, run from their own directory (the
+  # installed package, not the checkout's): the error alone, without
+  # TensorFlow's start-up notices (which some CPUs print whatever TF_CPP_MIN_LOG_LEVEL
   # says) or a traceback.
   gallery = env['gallery']
   result = helpers.run_as_user(
       'sa_reid_jax.tools.search', f'--checkpoint={gallery}',
       f'--gallery={gallery}', f'--query={env["queries"]}',
-      f'--output={tmp_path / "out"}')
+      f'--output={tmp_path / "out"}', cwd=str(tmp_path))
   assert result.returncode == 1
   assert result.stderr.splitlines() == [
       'python -m sa_reid_jax.tools.search: error: --checkpoint: '

@@ -30,11 +30,18 @@ from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import reporting
+from sa_reid_jax.training import step as step_lib
 from sa_reid_jax.training import trainer
 
 
+@pytest.mark.full
 def test_two_devices_train_as_one(data, tmp_path):
   """The same 3 steps on 1 and on 2 devices, in float64 compute.
+
+  (The fast tier checks the parts in process: the losses' gradients on 1
+  and 2 devices, tests/test_losses.py, synchronised BatchNorm,
+  tests/test_resnet.py, and a whole run on 2 devices, the ``finished_run``
+  fixture.)
 
   The device count changes only how the batch's sums (gradients, BatchNorm
   statistics) are grouped. In float32 that regrouping alone moves the
@@ -400,7 +407,7 @@ def test_train_py_refuses_a_paper_config_without_backbone_in_one_line(
              '--config=' + os.path.join(helpers.REPO, 'configs',
                                         'market1501.py'),
              f'--workdir={workdir}']
-  result = subprocess.run(command, env=helpers.environment(),
+  result = subprocess.run(command, env=helpers.user_environment(),
                           capture_output=True, text=True, timeout=300,
                           cwd=helpers.REPO)
   assert result.returncode == 1
@@ -425,3 +432,18 @@ def test_progress_lines_off_a_terminal(monkeypatch):
                                'images/s  ETA 0:30\n')
   # 100 steps of 8 images in 20 s: whole numbers, so exactly 40.0.
   assert progress.images_per_second(200) == 100 * 8 / 20
+
+
+def test_mesh_device_lists_are_checked(monkeypatch):
+  first, second = jax.devices()[:2]
+  assert step_lib.make_mesh([second]).devices.tolist() == [second]
+  with pytest.raises(ValueError, match='distinct and at least one'):
+    step_lib.make_mesh([])
+  with pytest.raises(ValueError, match='distinct and at least one'):
+    step_lib.make_mesh([first, first])
+  # In a run of several processes, every process's devices take part.
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  assert step_lib.make_mesh().size == 2
+  with pytest.raises(ValueError, match='a run of 2 processes trains on all '
+                     'their 2 devices, got 1'):
+    step_lib.make_mesh([first])

@@ -123,7 +123,9 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
       devices); each device appears once.
 
   Raises:
-    ValueError: for an empty or repeated device list.
+    ValueError: for an empty or repeated device list, or a subset of the
+      devices in a multi-process run (each process feeds its own devices'
+      share of the batch, so every process's devices must take part).
   """
   if devices is None:
     devices = jax.devices()
@@ -131,6 +133,11 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   if not devices or len(set(devices)) != len(devices):
     raise ValueError(f'devices must be distinct and at least one, got '
                      f'{devices}')
+  if jax.process_count() > 1 and set(devices) != set(jax.devices()):
+    raise ValueError(
+        f'a run of {jax.process_count()} processes trains on all their '
+        f'{jax.device_count()} devices, got {len(devices)}; a subset of the '
+        'devices is for one-process runs')
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
