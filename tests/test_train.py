@@ -154,7 +154,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 @pytest.mark.parametrize('layout', ['model', 'training_workdir'])
-def test_init_from_loads_the_backbone(data, tmp_path, finished_run, layout):
+def test_init_from_loads_the_backbone(data, tmp_path, finished_run, layout,
+                                      capsys):
   if layout == 'model':
     # Another seed and class count than the run's own network.
     source = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=4)
@@ -171,7 +172,17 @@ def test_init_from_loads_the_backbone(data, tmp_path, finished_run, layout):
              if key.startswith('params/')}
   config = helpers.tiny_config(data, max_steps=1, init_from=str(init_from),
                                **{'optimizer.learning_rate': 0.0})
+  capsys.readouterr()
   trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  # One line says what was loaded (the SA network has no module of its own
+  # inside the backbone: only its heads stay fresh).
+  lines = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith('init_from ')]
+  assert len(lines) == 1 and lines[0].startswith(
+      f'init_from {init_from if layout == "model" else init_from / "model"}'
+      ': loaded 85 ResNet tensors (parameters and BatchNorm statistics); '
+      'fresh: '), lines
+  assert 'backbone/' not in lines[0]
   trained = helpers.trained_variables(tmp_path / 'run')
   backbone = [key for key in given if key.startswith('backbone/')]
   assert backbone
@@ -182,15 +193,27 @@ def test_init_from_loads_the_backbone(data, tmp_path, finished_run, layout):
 
 @pytest.mark.parametrize('init_from, message', [
     ('missing', 'config.init_from: .*missing: no such model directory'),
-    ('wide', 'config.init_from: the backbone params .* do not fit'),
+    ('wide', r'config.init_from: backbone params bn1/bias is \(8,\) in '
+             r'.*wide but \(4,\) in config.model \(stage_sizes, base_width\)'),
+    ('deep', r'config.init_from: backbone params layer3_1/bn1/bias is '
+             r'missing from config.model: .*deep holds another ResNet'),
+    ('shallow', r'config.init_from: backbone params layer3_1/bn1/bias is '
+                r'missing from .*shallow: .*holds another ResNet'),
 ])
 def test_init_from_errors_name_the_key(data, tmp_path, init_from, message):
-  if init_from == 'wide':
-    wide = SANet(num_classes=5, stage_sizes=(1, 1, 1, 1), base_width=8)
-    store.save_model(str(tmp_path / 'wide'), wide,
-                     helpers.he_scaled_variables(wide))
+  sizes = {'wide': ((1, 1, 1, 1), 8), 'deep': ((1, 1, 2, 1), 4),
+           'shallow': ((1, 1, 1, 1), 4)}
+  if init_from in sizes:
+    stage_sizes, width = sizes[init_from]
+    other = SANet(num_classes=5, stage_sizes=stage_sizes, base_width=width)
+    store.save_model(str(tmp_path / init_from), other,
+                     helpers.he_scaled_variables(other))
+  overrides = {}
+  if init_from == 'shallow':  # the run's network is the deeper one
+    overrides['model.stage_sizes'] = (1, 1, 2, 1)
   config = helpers.tiny_config(data, max_steps=1,
-                               init_from=str(tmp_path / init_from))
+                               init_from=str(tmp_path / init_from),
+                               **overrides)
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 

@@ -8,6 +8,7 @@ conversion is a renaming plus a transposition.
 import contextlib
 import contextvars
 import functools
+import re
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -176,5 +177,14 @@ class ResNet(nn.Module):
                                    name='fc')(pooled)
     return outputs
 
+
+
+def is_resnet_group(name: str) -> bool:
+  """Whether `name`, a top-level group of a `ResNet`'s parameters, is the
+  ResNet's own (the stem ``conv1``/``bn1``, a block ``layerS_B``, the
+  classifier ``fc``) rather than a module its `stage_hook` added (e.g. RGA's
+  ``rga_att1``)."""
+  return name in ('conv1', 'bn1', 'fc') or re.fullmatch(
+      r'(%s)_\d+' % '|'.join(STAGE_NAMES), name) is not None
 
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))

@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+import flax
 import jax
 import ml_collections
 import numpy as np
@@ -22,6 +23,7 @@ from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import registry
+from sa_reid_jax.models import resnet as resnet_lib
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import defaults
@@ -98,29 +100,70 @@ def _build_sampler(config: ml_collections.ConfigDict,
   return sampler
 
 
-def _with_pretrained_backbone(state: step_lib.TrainState,
-                              directory: str) -> step_lib.TrainState:
-  """`state` with the backbone of a converted model directory."""
+def _with_pretrained_backbone(state: step_lib.TrainState, directory: str
+                              ) -> tuple[step_lib.TrainState, str]:
+  """`state` with the ResNet of a converted model directory loaded.
+
+  The ResNet's own parameters and statistics (stem, blocks; see
+  `resnet.is_resnet_group`) are loaded, in any family whose backbone holds
+  them; modules a family adds inside the backbone (RGA's ``rga_att1..4``)
+  and everything outside it stay fresh, as the official codes copy the
+  ImageNet weights into conv1..layer4 only. The ImageNet classifier
+  ``fc``, which a re-id network does not have, and modules another family
+  added to the directory's backbone are not loaded.
+
+  Returns:
+    the state, and one line saying what was loaded and what stays fresh.
+
+  Raises:
+    ValueError: naming config.init_from, for an unreadable directory, or a
+      ResNet that is not the configured one (a block or tensor missing on
+      either side, or another shape), with the first differing key.
+  """
   try:
     directory = store.resolve_model_directory(directory)
     _, variables = store.load_model(directory)
   except store.ModelStoreError as e:
     raise ValueError(f'config.init_from: {e}') from e
-  replaced = {}
+  replaced, loaded, fresh = {}, 0, set()
   for collection in ('params', 'batch_stats'):
-    ours = getattr(state, collection)['backbone']
-    theirs = variables.get(collection, {}).get('backbone')
-    ours_shapes = jax.tree.map(np.shape, ours)
-    theirs_shapes = (None if theirs is None
-                     else jax.tree.map(np.shape, theirs))
-    if ours_shapes != theirs_shapes:
-      raise ValueError(
-          f'config.init_from: the backbone {collection} in {directory} do '
-          'not fit config.model (stage_sizes, base_width); convert weights '
-          'of the same ResNet')
-    replaced[collection] = {**getattr(state, collection),
-                            'backbone': jax.tree.map(np.asarray, theirs)}
-  return state.replace(**replaced)
+    ours = flax.traverse_util.flatten_dict(
+        dict(getattr(state, collection).get('backbone', {})), sep='/')
+    theirs = flax.traverse_util.flatten_dict(
+        dict(variables.get(collection, {}).get('backbone', {})), sep='/')
+    # Only the ResNet's own tensors count: another family's modules (a
+    # directory of a trained RGA network) and the ImageNet classifier are
+    # not this network's.
+    theirs = {k: v for k, v in theirs.items()
+              if resnet_lib.is_resnet_group(k.split('/')[0]) and
+              (k.split('/')[0] != 'fc' or k in ours)}
+    resnet = {k for k in ours if resnet_lib.is_resnet_group(k.split('/')[0])}
+    fresh.update(k.split('/')[0] for k in set(ours) - resnet)
+    for key in sorted(resnet | set(theirs)):
+      if key not in theirs or key not in ours:
+        where = directory if key not in theirs else 'config.model'
+        raise ValueError(
+            f'config.init_from: backbone {collection} {key} is missing from '
+            f'{where}: {directory} holds another ResNet than config.model '
+            '(stage_sizes, base_width); convert weights of the same ResNet')
+      if np.shape(theirs[key]) != np.shape(ours[key]):
+        raise ValueError(
+            f'config.init_from: backbone {collection} {key} is '
+            f'{np.shape(theirs[key])} in {directory} but '
+            f'{np.shape(ours[key])} in config.model (stage_sizes, '
+            'base_width); convert weights of the same ResNet')
+    merged = {k: (np.asarray(theirs[k]) if k in resnet else v)
+              for k, v in ours.items()}
+    loaded += len(resnet)
+    replaced[collection] = {
+        **getattr(state, collection),
+        'backbone': flax.traverse_util.unflatten_dict(merged, sep='/')}
+  outside = sorted(k for k in state.params if k != 'backbone')
+  groups = [f'backbone/{name}' for name in sorted(fresh)] + outside
+  summary = (f'init_from {directory}: loaded {loaded} ResNet tensors '
+             '(parameters and BatchNorm statistics); fresh: ' +
+             (', '.join(groups) if groups else 'nothing'))
+  return state.replace(**replaced), summary
 
 
 def _check_init_from(init_from: str) -> None:
@@ -269,7 +312,10 @@ class Run:
       return state
     state = fresh()
     if self.config.init_from != defaults.SCRATCH:
-      state = _with_pretrained_backbone(state, self.config.init_from)
+      state, summary = _with_pretrained_backbone(state,
+                                                 self.config.init_from)
+      if self.is_chief:
+        print(summary, flush=True)
     return step_lib.replicate(state, self.mesh)
 
   def _read_evaluations(self) -> list[dict[str, Any]]:
