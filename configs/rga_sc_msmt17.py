@@ -27,8 +27,9 @@ after the BNNeck instead of before it is --config.model.descriptor=post_bn:
 
   python eval.py --config=configs/rga_sc_msmt17.py --checkpoint=DIR
 
-No published MSMT17 figure is in our sources; users report that the
-released recipe needs tuning on datasets other than CUHK03.
+The RGA paper has an MSMT17 row, which our reference notes do not record
+(so no figure is quoted here); users report that the released recipe needs
+tuning on datasets other than CUHK03.
 """
 
 from sa_reid_jax.training.rga_defaults import rga_table_config

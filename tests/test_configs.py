@@ -147,6 +147,8 @@ def test_rga_configs_follow_the_official_recipe():
     assert config.model.family == 'rga' and config.model.variant == 'rga_sc'
     assert tuple(config.image_size) == (256, 128)
     assert config.model.last_stride == 1
+    # torch 0.4.0's BatchNorm2d weight default, U(0, 1), in the modules.
+    assert config.model.module_bn_scale_init == 'uniform'
     assert config.data.sampler == 'identity'
     assert config.batch_size == 64 and config.data.images_per_identity == 4
     assert config.num_epochs == 600
@@ -194,4 +196,8 @@ def test_bot_config_is_the_bnneck_baseline():
   assert config.num_epochs == 120
   assert tuple(config.optimizer.decay_milestones) == (40, 70)
   assert config.optimizer.learning_rate == 3.5e-4
+  # reid-strong-baseline's code warms up from 0.01 of the rate (its paper's
+  # text says 0.1), over 10 epochs.
+  assert config.optimizer.warmup_start_factor == 0.01
+  assert config.optimizer.warmup_epochs == 10
   assert config.loss.terms.triplet.weight == 1

@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('path', [
-    'models/imagenet/variables/x', 'resnet50.pth', 'checkpoint.pth.tar',
+    'models/imagenet/variables/x', 'resnet50-19c8e357.pth',
+    'checkpoint.pth.tar',
     'search_results/ranks.png', 'workdirs/demo/model/x',
     # bash scripts/test.sh: the tests' compilation cache.
     '.cache/jax-tests/x'])

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 import torch
 
 import sa_reid_jax
@@ -397,3 +398,47 @@ def test_evaluation_overrides_and_the_input_size_check():
   with pytest.raises(ValueError, match=r'--image_size: 256x128, but this rga '
                      r'network is built for 128x128'):
     registry.check_input_size(model, (256, 128), '--image_size')
+
+
+def _bn_scales(params, inside):
+  """The BatchNorm scales (BatchNorm modules are named 'bn' in the RGA
+  modules, 'bn1'.. 'downsample_bn' and 'feat_bn' elsewhere) of the
+  top-level groups `inside` selects, concatenated."""
+  flat = flax.traverse_util.flatten_dict(jax.device_get(params))
+  return np.concatenate([
+      np.ravel(value) for path, value in sorted(flat.items())
+      if path[-1] == 'scale' and inside(path)] or [np.zeros(0)])
+
+
+def test_module_batch_norm_scales_start_as_the_official_codes():
+  """'uniform': U(0, 1), torch 0.4.0's BatchNorm2d weight default, which
+  the official RGA code ran on; 'ones': later PyTorch's. The backbone's
+  and the BNNeck's scales start at 1 either way (the official init code
+  resets feat_bn; the backbone comes from ImageNet)."""
+  model = RGANet(num_classes=5, image_size=(64, 32), stage_sizes=(1, 1, 1, 1),
+                 base_width=8, channel_ratio=2, spatial_ratio=2,
+                 down_ratio=2, module_bn_scale_init='uniform')
+  images = jnp.zeros((1, 64, 32, 3))
+  init = jax.jit(model.init)
+  params = init(jax.random.key(0), images)['params']
+  in_module = lambda path: path[1].startswith('rga_att')
+  scales = _bn_scales(params, in_module)
+  # 4 modules x 2 parts x 5 BatchNorms, tens to hundreds of values.
+  assert scales.size > 200
+  assert 0 <= scales.min() and scales.max() < 1
+  # A right initialiser fails this one time in a thousand.
+  assert stats.kstest(scales, 'uniform').pvalue > 1e-3
+  others = _bn_scales(params, lambda path: not in_module(path))
+  assert others.size and np.all(others == 1)
+  # 'ones', on one module alone (a network init compiles for seconds).
+  module = RGAModule(channel_ratio=2, spatial_ratio=2, down_ratio=2,
+                     bn_scale_init='ones')
+  ones = jax.jit(functools.partial(module.init, train=False))(
+      jax.random.key(0), jnp.zeros((1, 8, 4, 16)))['params']
+  assert np.all(_bn_scales({'m': ones}, lambda path: True) == 1)
+  with pytest.raises(ValueError, match=r"config.model.module_bn_scale_init "
+                     r"must be one of \['ones', 'uniform'\], got 'normal'"):
+    model.clone(module_bn_scale_init='normal').init(jax.random.key(0),
+                                                     images)
+  assert model_from_config(model_config(model)).module_bn_scale_init == (
+      'uniform')

@@ -6,7 +6,7 @@ checkpoints and the parity tests need PyTorch's rule, so the project uses this
 module everywhere a BatchNorm appears.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -30,16 +30,18 @@ class BatchNorm(nn.Module):
     dtype: dtype of the output.
     axis_name: if set, batch statistics are averaged over this mapped axis
       (synchronised BatchNorm across devices).
+    scale_init: initialiser of the scale (PyTorch >= 1.0: ones).
   """
   momentum: float = TORCH_BN_MOMENTUM
   epsilon: float = TORCH_BN_EPS
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
+  scale_init: Callable[..., jax.Array] = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     features = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
                                  jnp.float32)

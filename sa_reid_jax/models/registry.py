@@ -78,7 +78,8 @@ def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
       spatial_ratio=m.spatial_ratio, down_ratio=m.down_ratio,
       stage_sizes=tuple(m.stage_sizes),
       base_width=m.base_width, last_stride=m.last_stride, dtype=m.dtype,
-      bn_axis_name=bn_axis_name)
+      bn_axis_name=bn_axis_name,
+      module_bn_scale_init=m.module_bn_scale_init)
 
 
 def _build_casn(m: ml_collections.ConfigDict, num_classes: int,

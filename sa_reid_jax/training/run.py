@@ -172,9 +172,9 @@ def _check_init_from(init_from: str) -> None:
     raise ValueError(
         'config.init_from is empty: pass --config.init_from=DIR with DIR '
         'written by `python convert_weights.py --format=torchvision '
-        '--input=resnet50.pth --output=DIR` (the ImageNet backbone the '
-        f'paper starts from), or --config.init_from={defaults.SCRATCH} to '
-        'train from random weights')
+        '--input=resnet50-19c8e357.pth --output=DIR` (torchvision\'s '
+        'original ImageNet weights, the backbone the paper starts from), or '
+        f'--config.init_from={defaults.SCRATCH} to train from random weights')
 
 
 def _check_config(config: ml_collections.ConfigDict, device_count: int,

@@ -38,6 +38,23 @@ from sa_reid_jax.models.sanet.network import torch_default_conv_init
 # The official ratios (RGA_Branch's s_ratio, c_ratio, d_ratio defaults).
 OFFICIAL_RATIO = 8
 
+# How the modules' BatchNorm scales start, by name. 'uniform' is U(0, 1),
+# the BatchNorm2d weight default of torch 0.4.0, which the official RGA code
+# ran on (its init code resets only the head's feat_bn to 1, so every
+# module BN started so); 'ones' is the default of later PyTorch versions.
+BN_SCALE_INITS = {
+    'uniform': nn.initializers.uniform(scale=1.0),
+    'ones': nn.initializers.ones,
+}
+
+
+def check_bn_scale_init(name: str) -> None:
+  """Raises ValueError naming config.model.module_bn_scale_init unless
+  `name` is one of `BN_SCALE_INITS`."""
+  if name not in BN_SCALE_INITS:
+    raise ValueError(f'config.model.module_bn_scale_init must be one of '
+                     f'{sorted(BN_SCALE_INITS)}, got {name!r}')
+
 
 class Embed(nn.Module):
   """1x1 conv without bias -> BatchNorm -> ReLU over the last axis.
@@ -49,6 +66,7 @@ class Embed(nn.Module):
   features: int
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  bn_scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -56,6 +74,7 @@ class Embed(nn.Module):
                  param_dtype=jnp.float32, kernel_init=torch_default_conv_init,
                  name='conv')(x)
     return nn.relu(BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name,
+                             scale_init=BN_SCALE_INITS[self.bn_scale_init],
                              name='bn')(y, train))
 
 
@@ -69,14 +88,16 @@ class AttentionHead(nn.Module):
   hidden: int
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  bn_scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = Embed(self.hidden, self.dtype, self.bn_axis_name, name='reduce')(
-        x, train)
+    y = Embed(self.hidden, self.dtype, self.bn_axis_name, self.bn_scale_init,
+              name='reduce')(x, train)
     y = nn.Dense(1, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=torch_default_conv_init, name='conv')(y)
     return BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name,
+                     scale_init=BN_SCALE_INITS[self.bn_scale_init],
                      name='bn')(y, train)
 
 
@@ -115,6 +136,7 @@ class RGAModule(nn.Module):
     dtype: compute dtype of the convolutions; relation matrices, their
       einsums and the sigmoid gates are float32 (see `__call__`).
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+    bn_scale_init: how the BatchNorm scales start (`BN_SCALE_INITS`).
   """
   spatial: bool = True
   channel: bool = True
@@ -123,6 +145,7 @@ class RGAModule(nn.Module):
   down_ratio: int = OFFICIAL_RATIO
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  bn_scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, x: jax.Array,
@@ -200,7 +223,8 @@ class RGAModule(nn.Module):
             'enlarge config.image_size; the official 256x128 input fits '
             'ratio 8)')
     embed = functools.partial(Embed, dtype=dtype,
-                              bn_axis_name=self.bn_axis_name)
+                              bn_axis_name=self.bn_axis_name,
+                              bn_scale_init=self.bn_scale_init)
 
     theta = embed(inter_features, name=f'theta_{part}')(nodes, train)
     phi = embed(inter_features, name=f'phi_{part}')(nodes, train)
@@ -216,5 +240,6 @@ class RGAModule(nn.Module):
     own = jnp.mean(own.astype(wide), axis=-1, keepdims=True)
     head_input = jnp.concatenate([own.astype(dtype), related], axis=-1)
     logits = AttentionHead(hidden, dtype, self.bn_axis_name,
+                           self.bn_scale_init,
                            name=f'W_{part}')(head_input, train)
     return jax.nn.sigmoid(logits[..., 0].astype(wide))

@@ -28,6 +28,7 @@ from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet
 from sa_reid_jax.models.rga.module import OFFICIAL_RATIO, RGAModule
+from sa_reid_jax.models.rga.module import check_bn_scale_init
 from sa_reid_jax.models.sanet import l2_normalize
 from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
 
@@ -73,6 +74,9 @@ class RGANet(nn.Module):
       statistics, relation matrices, gates, the head and the logits stay
       float32. (float64 is accepted for numerical verification under x64.)
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+    module_bn_scale_init: how the RGA modules' BatchNorm scales start
+      (`module.BN_SCALE_INITS`: 'ones', or 'uniform', U(0, 1) as in the
+      official code's torch 0.4.0); the ResNet's and feat_bn's start at 1.
   """
   num_classes: int
   spatial: bool = True
@@ -87,8 +91,10 @@ class RGANet(nn.Module):
   last_stride: int = 1
   dtype: Any = 'float32'
   bn_axis_name: Optional[str] = None
+  module_bn_scale_init: str = 'ones'
 
   def _check_config(self, images: jax.Array):
+    check_bn_scale_init(self.module_bn_scale_init)
     if jnp.dtype(self.dtype).name not in DTYPES:
       raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
     if self.descriptor not in DESCRIPTORS:
@@ -144,7 +150,8 @@ class RGANet(nn.Module):
           _rga_module, spatial=self.spatial, channel=self.channel,
           channel_ratio=self.channel_ratio, spatial_ratio=self.spatial_ratio,
           down_ratio=self.down_ratio, dtype=dtype,
-          bn_axis_name=self.bn_axis_name)
+          bn_axis_name=self.bn_axis_name,
+          bn_scale_init=self.module_bn_scale_init)
     stages = ResNet(stage_sizes=self.stage_sizes, base_width=self.base_width,
                     last_stride=self.last_stride, dtype=dtype,
                     bn_axis_name=self.bn_axis_name, stage_hook=hook,
