@@ -17,7 +17,10 @@ the head again for Grad-CAM, the erased images) with their backward
 passes: about 2.4 SA demo steps on CPU (README, "The CASN network").
 
 Measured with the command above on the hard synthetic data (26 min on a
-shared 2-core CPU machine, other jobs beside it): rank-1 34.2%, mAP 33.1%,
+shared 2-core CPU machine, other jobs beside it), when the attention-mining
+term minimised the erased images' softmax probability (now
+--config.loss.terms.attention_mining.score=probability; the default is the
+notes' logit since): rank-1 34.2%, mAP 33.1%,
 mINP 13.8% at step 870 (untrained: 2.3%, 2.3%; step 288: 15.3%, 16.9%;
 step 576: 28.8%, 27.0%). The last logged step: training accuracy 92% on
 the summed stripe logits, verification loss 0.32 (balanced binary

@@ -155,11 +155,21 @@ def test_erase_attended_hand_computed_and_as_pytorch():
                              atol=1e-5)
 
 
-def test_attention_mining_loss_is_the_true_class_probability():
+def test_attention_mining_loss_is_the_true_class_score():
   logits = jnp.asarray([[0.0, np.log(3.0)], [np.log(4.0), 0.0]])
-  loss = gradcam.attention_mining_loss(logits, jnp.asarray([1, 1]))
+  labels = jnp.asarray([1, 1])
+  loss = gradcam.attention_mining_loss(logits, labels, 'probability')
   # Float32 logits and softmax: a few roundings (6e-8) of probabilities < 1.
   assert float(loss) == pytest.approx((3 / 4 + 1 / 5) / 2, abs=1e-6)
+  # The notes' form (the default): the true-class logit itself; exact in
+  # float64 (one addition and a halving).
+  with jax.enable_x64(True):
+    logit = gradcam.attention_mining_loss(
+        jnp.asarray(np.asarray(logits, np.float64)), labels)
+    assert logit.dtype == jnp.float64
+  assert float(logit) == (float(np.float32(np.log(3.0))) + 0.0) / 2
+  with pytest.raises(ValueError, match="score must be one of"):
+    gradcam.attention_mining_loss(logits, labels, 'softmax')
 
 
 def test_attended_box():

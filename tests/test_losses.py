@@ -208,6 +208,8 @@ def test_config_errors_name_the_key():
     ('attention_mining.weight', float('inf'), 'finite and >= 0, got inf'),
     ('consistency.weight', float('nan'), 'finite and >= 0, got nan'),
     ('attention_mining.beta', 1.5, 'in \\[0, 1\\]'),
+    ('attention_mining.score', 'softmax', "one of \\('logit', "
+     "'probability'\\), got 'softmax'"),
     ('consistency.threshold', -0.1, 'in \\[0, 1\\]'),
 ])
 def test_settings_out_of_range_name_the_key(key, value, message):

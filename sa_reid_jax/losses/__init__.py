@@ -48,9 +48,9 @@ def _triplet(outputs, batch, settings, axis_name):
 
 
 def _attention_mining(outputs, batch, settings, axis_name):
-  del settings, axis_name  # a mean over an equal share of the batch
+  del axis_name  # a mean over an equal share of the batch
   return gradcam.attention_mining_loss(outputs['erased_logits'],
-                                       batch['labels']), {}
+                                       batch['labels'], settings.score), {}
 
 
 def _verification(outputs, batch, settings, axis_name):
@@ -130,6 +130,8 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
           'attention_mining.alpha', mining.alpha, 'finite and > 0')
     check(0 <= mining.beta <= 1, 'attention_mining.beta', mining.beta,
           'in [0, 1] (the maps are normalised to [0, 1])')
+    check(mining.score in gradcam.MINING_SCORES, 'attention_mining.score',
+          mining.score, f'one of {gradcam.MINING_SCORES}')
   if 'consistency' in active:
     threshold = terms.consistency.threshold
     check(0 <= threshold <= 1, 'consistency.threshold', threshold,

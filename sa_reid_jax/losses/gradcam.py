@@ -12,8 +12,8 @@ longer be recognised, so the network must attend to the whole person.
   min-max normalised to [0, 1] per image.
 * `soft_mask`: S = sigmoid(alpha (M - beta)).
 * `erase_attended`: I * (1 - S), S resized to the image bilinearly.
-* `attention_mining_loss`: the erased image's true-class softmax
-  probability, averaged over the batch.
+* `attention_mining_loss`: the erased image's true-class logit (the notes'
+  form) or softmax probability, averaged over the batch.
 """
 
 from typing import Callable
@@ -131,22 +131,34 @@ def erase_attended(images: jax.Array, mask: jax.Array) -> jax.Array:
   return (images * (1.0 - resized)[..., None]).astype(images.dtype)
 
 
-def attention_mining_loss(erased_logits: jax.Array, labels: jax.Array
-                          ) -> jax.Array:
-  """Mean softmax probability of the true class on the erased images.
+# What the attention-mining loss minimises on the erased image, by name.
+# 'logit': its true-class score itself, as the CASN notes write the loss
+# (seed 004, section 2.1) after GAIN. 'probability': its true-class softmax
+# probability, bounded in [0, 1]; a logit can fall without bound by raising
+# the other classes' logits, which trains the classifier rather than the
+# attention, and the probability only falls when the erased image loses
+# its identity evidence.
+MINING_SCORES = ('logit', 'probability')
 
-  A probability rather than GAIN's raw score: the logit of one class can
-  fall without bound by raising the others, which would train the
-  classifier rather than the attention; the probability is bounded in
-  [0, 1] and only falls when the erased image truly loses its identity
-  evidence.
+
+def attention_mining_loss(erased_logits: jax.Array, labels: jax.Array,
+                          score: str = 'logit') -> jax.Array:
+  """Mean true-class score of the erased images (`MINING_SCORES`).
 
   Args:
     erased_logits: (B, C) logits of `erase_attended` images.
     labels: (B,) int true classes.
+    score: ``'logit'`` (the notes' form) or ``'probability'`` (softmax).
 
   Returns:
     float32 scalar (a mean over this device's equal share of the batch).
+
+  Raises:
+    ValueError: for another `score`.
   """
-  probabilities = jax.nn.softmax(erased_logits.astype(jnp.float32), axis=-1)
-  return jnp.mean(jnp.take_along_axis(probabilities, labels[:, None], axis=1))
+  if score not in MINING_SCORES:
+    raise ValueError(f'score must be one of {MINING_SCORES}, got {score!r}')
+  logits = erased_logits.astype(jnp.promote_types(jnp.float32,
+                                                  erased_logits.dtype))
+  values = logits if score == 'logit' else jax.nn.softmax(logits, axis=-1)
+  return jnp.mean(jnp.take_along_axis(values, labels[:, None], axis=1))

@@ -100,14 +100,22 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   terms.cross_entropy.weighting = 'parts'
   mining = terms.attention_mining = ml_collections.ConfigDict()
   # Identification attention loss (GAIN's attention mining): the true-class
-  # probability of the image with its attended region erased. Weight 1, as
+  # score of the image with its attended region erased. Weight 1, as
   # every CASN term: the notes give no weights. The terms are NOT of one
-  # scale: this one is a probability (at most 1), verification a binary
+  # scale: this one is a logit (unbounded; a probability, at most 1, with
+  # score='probability'), verification a binary
   # cross-entropy (ln 2 at chance), consistency an L2 distance that grows
   # with the map (at most sqrt(h w): 5.7 on the demo's 8x4 map, 13.9 on
   # PCB's 24x8 at 384x128), and PCB's cross-entropy the sum of six stripe
   # losses (6 ln 751 = 40 untrained on Market-1501). Tune them per setting.
   mining.weight = 1.0
+  # What is minimised: 'logit', the erased image's true-class score itself,
+  # as the notes write the loss (seed 004, section 2.1, after GAIN); or
+  # 'probability', its softmax probability, which is bounded, so the loss
+  # cannot fall by raising the other classes' logits (training the
+  # classifier rather than the attention), at the price of departing from
+  # the source.
+  mining.score = 'logit'
   # Soft mask S = sigmoid(alpha (M - beta)) of the [0, 1] map M. beta 0.5
   # erases what is at least half as attended as the peak; alpha 10 makes S
   # 0.007 where M = 0 and 0.993 at the peak while keeping it smooth.
