@@ -196,8 +196,27 @@ def test_bot_config_is_the_bnneck_baseline():
   assert config.num_epochs == 120
   assert tuple(config.optimizer.decay_milestones) == (40, 70)
   assert config.optimizer.learning_rate == 3.5e-4
+  # reid-strong-baseline's sampler: an epoch about one pass over the images.
+  assert config.data.sampler == 'identity_chunks'
+  assert (config.batch_size, config.data.images_per_identity) == (64, 4)
   # reid-strong-baseline's code warms up from 0.01 of the rate (its paper's
   # text says 0.1), over 10 epochs.
   assert config.optimizer.warmup_start_factor == 0.01
   assert config.optimizer.warmup_epochs == 10
   assert config.loss.terms.triplet.weight == 1
+
+
+@pytest.mark.parametrize('name', [
+    'casn_ide_market1501.py', 'casn_pcb_market1501.py',
+    'casn_pcb_dukemtmc_reid.py', 'casn_pcb_cuhk03_labeled.py',
+    'casn_pcb_cuhk03_detected.py'])
+def test_casn_epochs_are_passes_over_the_images(name):
+  """The notes' recipe counts 40 epochs of passes over the training images
+  (REFERENCE.md, CASN): P x K batches of every identity's images in chunks,
+  not one pass over the identities."""
+  config = helpers.parse_command(['train.py', '--config=' + os.path.join(
+      REPO, 'configs', name)])
+  assert config.data.sampler == 'identity_chunks'
+  assert (config.batch_size, config.data.images_per_identity) == (16, 2)
+  assert config.num_epochs == 40
+  assert tuple(config.optimizer.decay_milestones) == (30,)

@@ -226,10 +226,11 @@ def test_settings_out_of_range_name_the_key(key, value, message):
 
 @pytest.mark.parametrize('changes, message', [
     ({'data.images_per_identity': 1}, "verification needs positive pairs in "
-     "every batch \\(and verification negative ones\\): config.data.sampler="
-     "'identity' with config.data.images_per_identity >= 2 and "
+     "every batch \\(and verification negative ones\\): config.data.sampler "
+     "one of \\('identity', 'identity_chunks'\\) with "
+     'config.data.images_per_identity >= 2 and '
      'config.batch_size >= 2 x images_per_identity \\(P x K, P >= 2\\), '
-     "got sampler='identity', images_per_identity=1, batch_size=16"),
+     "got sampler='identity_chunks', images_per_identity=1, batch_size=16"),
     # One identity per batch: no negative pairs.
     ({'data.images_per_identity': 16}, 'images_per_identity=16, '
      'batch_size=16'),

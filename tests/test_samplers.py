@@ -93,6 +93,123 @@ def test_identity_epochs_differ_and_draw_uniformly():
     assert abs(drawn[row] - 400) < 60
 
 
+
+def reference_chunk_epoch(labels, p, k, rng):
+  """reid-strong-baseline's sampler as REFERENCE.md describes it, in plain
+  Python (`random.Random` `rng`): (its batches of rows, its reported
+  length in rows). Written from the description, independently of
+  `samplers.ChunkedIdentitySampler`."""
+  by_identity = collections.defaultdict(list)
+  for row, identity in enumerate(labels.tolist()):
+    by_identity[identity].append(row)
+  chunks, length = {}, 0
+  for identity, rows in by_identity.items():
+    if len(rows) < k:  # sampled up to K with replacement
+      rows = [rng.choice(rows) for _ in range(k)]
+    rows = list(rows)
+    rng.shuffle(rows)
+    chunks[identity] = [rows[i:i + k] for i in range(0, len(rows) - k + 1, k)]
+    length += len(chunks[identity]) * k
+  batches = []
+  while len([i for i in chunks if chunks[i]]) >= p:
+    chosen = rng.sample(sorted(i for i in chunks if chunks[i]), p)
+    batches.append([row for i in chosen for row in chunks[i].pop(0)])
+  return batches, length
+
+
+def test_chunk_sampler_is_the_baselines_algorithm():
+  """Against the transcription: the same length, the same kind of batches,
+  and the same statistics of a round (how many batches before it stalls,
+  how often each identity is drawn) over many draws."""
+  import random  # pylint: disable=g-import-not-at-top
+  counts = [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17, 20]
+  labels = _labels(counts)
+  p, k = 3, 4
+  sampler = samplers.ChunkedIdentitySampler(labels, p * k, k)
+  _, length = reference_chunk_epoch(labels, p, k, random.Random(0))
+  # Its reported length: every identity's whole chunks (at least one).
+  chunks = sum(max(c, k) // k for c in counts)
+  assert length == chunks * k
+  assert sampler.steps_per_epoch == length // (p * k) == chunks // p
+  assert sampler.signature() == {'name': 'identity_chunks',
+                                 'images_per_identity': k}
+  ids = np.unique(labels)
+  ours_batches, ref_batches = [], []
+  ours_drawn = collections.Counter()
+  ref_drawn = collections.Counter()
+  draws = 400
+  for draw in range(draws):
+    round_ = sampler._round(np.random.default_rng(draw))  # pylint: disable=protected-access
+    ref, _ = reference_chunk_epoch(labels, p, k, random.Random(draw))
+    ours_batches.append(len(round_))
+    ref_batches.append(len(ref))
+    for batches, drawn in ((round_, ours_drawn), (ref, ref_drawn)):
+      for batch in batches:
+        groups = labels[np.asarray(batch)].reshape(p, k)
+        assert (groups == groups[:, :1]).all()
+        assert len(set(groups[:, 0])) == p
+        drawn.update(groups[:, 0].tolist())
+      # Within a round a row repeats only for identities under K images.
+      rows = collections.Counter(np.concatenate(batches).tolist())
+      assert all(count == 1 or (labels == labels[row]).sum() < k
+                 for row, count in rows.items())
+  # A round stalls a few batches short of chunks // P, by a number that
+  # varies with the draw; both have the same mean (400 draws each: the
+  # difference of the means within 4 standard errors).
+  assert max(ours_batches) <= chunks // p and min(ours_batches) < chunks // p
+  difference = np.mean(ours_batches) - np.mean(ref_batches)
+  error = np.sqrt((np.var(ours_batches) + np.var(ref_batches)) / draws)
+  assert abs(difference) <= 4 * error + 1e-9, (difference, error)
+  # How often each identity is drawn: the same distribution (a chi-square
+  # test of the two count tables, at the 0.1% level).
+  table = np.array([[ours_drawn[i] for i in ids], [ref_drawn[i] for i in ids]])
+  assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_chunk_epochs_have_one_length_and_start_with_a_round():
+  """Every epoch has chunks // P steps: the reference's round, then
+  batches of a fresh round where it stalled."""
+  labels = _labels([1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17, 20])
+  sampler = samplers.ChunkedIdentitySampler(labels, 12, 4)
+  for epoch in range(20):
+    rows = sampler.epoch_rows(7, epoch)
+    assert rows.dtype == np.int64
+    assert rows.shape == (sampler.steps_per_epoch, 12)
+    first = sampler._round(np.random.default_rng([7, epoch]))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(rows[:len(first)], np.stack(first))
+    groups = labels[rows].reshape(len(rows), 3, 4)
+    assert (groups == groups[..., :1]).all()
+  np.testing.assert_array_equal(sampler.epoch_rows(7, 3),
+                                sampler.epoch_rows(7, 3))
+  assert not np.array_equal(sampler.epoch_rows(7, 3), sampler.epoch_rows(7, 4))
+  # One pass over the images rather than over the identities: 25 chunks of
+  # 4 (1+1+1+1+1+1+2+2+3+3+4+5; an identity under 4 images gives one), 8
+  # steps of 3 identities, against 12 // 3 = 4 for the identity sampler.
+  assert sampler.steps_per_epoch == 8
+  assert samplers.IdentitySampler(labels, 12, 4).steps_per_epoch == 4
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_recipes_count_epochs_over_market1501s_images(seed):
+  """Steps per epoch on a table of Market-1501's size (751 identities,
+  12,936 images; REFERENCE.md), its split among the identities drawn (the
+  real one is not in the repository): the CASN and BNNeck-baseline
+  recipes' epoch is about one pass over the images, the RGA recipe's one
+  pass over the identities."""
+  rng = np.random.default_rng(seed)
+  counts = 1 + rng.multinomial(12_936 - 751, rng.dirichlet(np.ones(751)))
+  labels = np.repeat(np.arange(751), counts)
+  assert len(labels) == 12_936
+  # CASN: 8 x 2. Every identity's pairs: between (12,936 - 751) / 2 and
+  # 12,936 / 2 pairs, 8 a step.
+  casn = samplers.build('identity_chunks', labels, 16, 2)
+  assert (12_936 - 751) // 16 <= casn.steps_per_epoch <= 12_936 // 16
+  # The BNNeck baseline: 16 x 4 (about 184 by the reference notes).
+  bot = samplers.build('identity_chunks', labels, 64, 4)
+  assert (12_936 - 3 * 751) // 64 <= bot.steps_per_epoch <= 12_936 // 64
+  # RGA: one pass over the identities, whatever their sizes.
+  assert samplers.build('identity', labels, 64, 4).steps_per_epoch == 46
+
 def test_uniform_sampler_is_a_seeded_permutation_cut_into_batches():
   # The order every run has used: a permutation from (seed, epoch), the
   # rows after the last whole batch left out.

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 
+from sa_reid_jax.data import samplers
 from sa_reid_jax.losses import classification
 from sa_reid_jax.losses import gradcam
 from sa_reid_jax.losses import siamese
@@ -148,11 +149,13 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
     # positive half (verification learns only "different") or vanish
     # (consistency), silently: refuse such a sampler.
     data = config.data
-    if (data.sampler != 'identity' or data.images_per_identity < 2 or
+    if (data.sampler not in samplers.P_K_SAMPLERS or
+        data.images_per_identity < 2 or
         config.batch_size < 2 * data.images_per_identity):
       raise ValueError(
           f'config.loss.terms.{pairs[0]} needs positive pairs in every batch '
-          "(and verification negative ones): config.data.sampler='identity'"
+          '(and verification negative ones): config.data.sampler one of '
+          f'{samplers.P_K_SAMPLERS}'
           ' with config.data.images_per_identity >= 2 and config.batch_size'
           ' >= 2 x images_per_identity (P x K, P >= 2), got sampler='
           f'{data.sampler!r}, images_per_identity={data.images_per_identity},'

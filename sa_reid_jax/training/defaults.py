@@ -88,13 +88,16 @@ def experiment_config(dataset_name: str,
 
   config.data = ml_collections.ConfigDict()
   # Which rows make each global batch (sa_reid_jax.data.samplers):
-  # 'uniform' (every image once per epoch in a random order, the SA paper's)
-  # or 'identity' (P x K: batch_size / images_per_identity identities with
+  # 'uniform' (every image once per epoch in a random order, the SA paper's),
+  # 'identity' (P x K: batch_size / images_per_identity identities with
   # images_per_identity images each, drawn with replacement from identities
   # with fewer; an epoch is one pass over the identities; the official RGA
-  # code's RandomIdentitySampler, REFERENCE.md RGA "Sampler").
+  # code's RandomIdentitySampler, REFERENCE.md RGA "Sampler") or
+  # 'identity_chunks' (P x K from every identity's images cut into chunks
+  # of K: an epoch is about one pass over the images; reid-strong-baseline's
+  # sampler, REFERENCE.md, the BNNeck baseline).
   config.data.sampler = 'uniform'
-  # K of the 'identity' sampler (official RGA: 4); batch_size must be a
+  # K of the P x K samplers (official RGA: 4); batch_size must be a
   # multiple of it.
   config.data.images_per_identity = 4
 

@@ -99,7 +99,8 @@ def _resume_and_train(run: run_lib.Run,
     print(f'training on {run.mesh.size} {devices[0].platform} device'
           f'{"s" if run.mesh.size > 1 else ""} ({jax.process_count()} '
           f'process{"es" if jax.process_count() > 1 else ""}), global '
-          f'batch {run.config.batch_size}', flush=True)
+          f'batch {run.config.batch_size}, {run.steps_per_epoch} steps per '
+          'epoch', flush=True)
   if start == 0 and run.config.eval.at_start:
     run.evaluate(state)
   state, status = loop.train(run, state, start, stop)
