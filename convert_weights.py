@@ -7,7 +7,9 @@ r"""Converts PyTorch weights into a model directory.
   python convert_weights.py --format=rga_official \
       --input=checkpoint.pth.tar --output=DIR [--image_size=256,128]
 
-Restore the result with `sa_reid_jax.load_model(DIR)`.
+Restore the result with `sa_reid_jax.load_model(DIR)`. The output is checked
+writable, and the file's layout against --format, before anything is
+converted; errors are one line.
 """
 
 import argparse
@@ -66,6 +68,11 @@ def main(argv):
                                         image_size)
   except convert.ConversionError as error:
     sys.exit(f'convert_weights.py: error: {error}')
+  except OSError as error:
+    # The output was checked writable first; what is left is e.g. a full
+    # disk while the model directory is written.
+    sys.exit(f'convert_weights.py: error: --output: cannot write '
+             f'{_OUTPUT.value}: {error.strerror or error}')
   print(result.summary())
 
 

@@ -6,7 +6,10 @@ r"""Evaluates a model directory on a dataset's query and gallery splits.
 Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
 writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory);
 with --report also OUTPUT_DIR/report.html (plots, per-camera results and
-example rank lists; see sa_reid_jax/evaluation/report.py).
+example rank lists; see sa_reid_jax/evaluation/report.py). Those files are
+checked writable before the model is loaded: an unwritable output (e.g. a
+read-only models folder as the default OUTPUT_DIR) ends in one line naming
+--output_dir, before any extraction.
 """
 
 import os
@@ -27,6 +30,7 @@ from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
+from sa_reid_jax.tools import outputs
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,6 +58,18 @@ def main(argv):
     checkpoint = store.resolve_model_directory(_CHECKPOINT.value)
   except store.ModelStoreError as e:
     sys.exit(f'eval.py: error: --checkpoint: {e}')
+  output_dir = _OUTPUT_DIR.value or checkpoint
+  flag = ('--output_dir' if _OUTPUT_DIR.value else
+          '--output_dir (default: the --checkpoint directory)')
+  written = [os.path.join(output_dir, 'metrics.json')]
+  if _REPORT.value:
+    written.append(os.path.join(output_dir, report.REPORT_HTML))
+  try:
+    # Before the model is loaded and the features extracted.
+    for path in written:
+      outputs.check_writable(path, flag)
+  except outputs.OutputError as e:
+    sys.exit(f'eval.py: error: {e}')
   try:
     # The size the network was trained at, unless asked for explicitly: at
     # another size it scores much lower without any error.
@@ -77,15 +93,18 @@ def main(argv):
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
   print(evaluate.format_metrics(evaluation.metrics))
-  output_dir = _OUTPUT_DIR.value or checkpoint
-  path = os.path.join(output_dir, 'metrics.json')
-  evaluate.write_metrics(evaluation.metrics, path)
-  print(f'wrote {path}')
-  if _REPORT.value:
-    path = report.write_report(evaluation,
-                               os.path.join(output_dir, report.REPORT_HTML),
-                               model, config, checkpoint)
+  path = written[0]
+  try:
+    evaluate.write_metrics(evaluation.metrics, path)
     print(f'wrote {path}')
+    if _REPORT.value:
+      path = report.write_report(evaluation, written[1], model, config,
+                                 checkpoint)
+      print(f'wrote {path}')
+  except OSError as e:
+    # What the check cannot foresee: a full disk, a folder changed since.
+    sys.exit(f'eval.py: error: {flag}: cannot write {path}: '
+             f'{e.strerror or e}')
 
 
 def run(argv=None):

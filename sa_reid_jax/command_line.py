@@ -22,8 +22,9 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
   """An `absl.app.run` flags parser that turns bad config flags into one line.
 
   ``ml_collections`` reports a ``--config.key=value`` override of a missing
-  key or with a value of the wrong type with a traceback; this parser exits
-  with ``program: error: ...`` instead.
+  key or with a value of the wrong type, and a config file that does not
+  compile, with a traceback; this parser exits with ``program: error: ...``
+  instead.
 
   Args:
     program: the script's name, for the message.
@@ -35,6 +36,10 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
   def parse(argv: list[str]) -> list[str]:
     try:
       remaining = flags.FLAGS(argv)
+    except SyntaxError as e:
+      # Raised by the config file's import, past ml_collections' handling.
+      sys.exit(f'{program}: error: --config: {e.filename}, line {e.lineno}: '
+               f'{e.msg}')
     except flags.Error as e:
       sys.exit(f'{program}: error: {one_line(e)}')
     except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:

@@ -15,6 +15,7 @@ from sa_reid_jax.convert.rga_mapping import relation_widths, rga_source_for
 from sa_reid_jax.models.rga.network import OFFICIAL_IMAGE_SIZE, RGANet
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.models.store import abstract_variables, save_model
+from sa_reid_jax.tools import outputs
 
 FORMATS = ('torchvision', 'sa_official', 'rga_official')
 # Market-1501's number of training identities; the class count of fresh heads
@@ -26,6 +27,18 @@ _TORCHVISION_UNUSED = (r'fc\..*', r'.*\.num_batches_tracked')
 _OFFICIAL_UNUSED = (r'base\.fc\..*', r'fusion_conv\.weight',
                     r'.*\.num_batches_tracked')
 _RGA_UNUSED = (r'.*\.num_batches_tracked',)
+# Each format's file, as a sentence names it, and names that only it holds
+# (any one of each group): a file of another format is recognised by them.
+_DESCRIPTIONS = {
+    'torchvision': 'a torchvision ResNet state dict',
+    'sa_official': 'a checkpoint of the official SA code',
+    'rga_official': 'a checkpoint of the official RGA code',
+}
+_SIGNATURES = {
+    'torchvision': (('conv1.weight',), ('layer1.0.conv1.weight',)),
+    'sa_official': (('base.conv1.weight',), ('instance0.weight',)),
+    'rga_official': (('backbone.conv1.weight',), ('cls.weight',)),
+}
 # The official network: 6 parts, DS heads with SA normalised by the sum of the
 # channel mean (not a softmax).
 _OFFICIAL_ARCHITECTURE = dict(num_parts=6, deep_supervision=True,
@@ -60,6 +73,49 @@ def _architecture(model: Any) -> str:
     return (f'RGA parts: {"+".join(parts) or "none (BNNeck baseline)"}, '
             f'image_size={model.image_size[0]}x{model.image_size[1]}')
   return f'attention_normalization={model.attention_normalization}'
+
+
+def detect_format(state: dict[str, Any]) -> Optional[str]:
+  """The `FORMATS` entry whose layout `state`'s names follow, if any.
+
+  Args:
+    state: tensor name -> array, as `read_weights` returns it.
+
+  Returns:
+    ``'torchvision'``, ``'sa_official'`` or ``'rga_official'``, or None for
+    names of none of them.
+  """
+  for name, groups in _SIGNATURES.items():
+    if all(any(key in state for key in group) for group in groups):
+      return name
+  return None
+
+
+def _check_format(state: dict[str, Any], path: str,
+                  weights_format: str) -> None:
+  """Refuses a file of another known format, naming the --format to use
+  (converting it anyway would list every one of its hundreds of keys)."""
+  found = detect_format(state)
+  if found is not None and found != weights_format:
+    raise ConversionError(
+        f'{path} is {_DESCRIPTIONS[found]}, not {_DESCRIPTIONS[weights_format]}'
+        f' (--format={weights_format}): use --format={found}')
+
+
+def _check_output(output_dir: str, overwrite: bool) -> None:
+  """Refuses an output that exists (without `overwrite`) or cannot be
+  written, before the file is read."""
+  if os.path.exists(output_dir) and not overwrite:
+    raise ConversionError(f'{output_dir}: output already exists')
+  try:
+    outputs.check_writable(output_dir, '--output', directory=True)
+    # The directory is written beside itself and renamed into place.
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+      raise outputs.OutputError(f'--output: cannot write {output_dir}: '
+                                f'directory {parent} is not writable')
+  except outputs.OutputError as error:
+    raise ConversionError(str(error)) from None
 
 
 def _official_num_classes(state: dict[str, Any], path: str,
@@ -163,9 +219,12 @@ def convert_checkpoint(weights_format: str, input_path: str, output_dir: str,
     the result, whose `summary()` describes what was converted and skipped.
 
   Raises:
-    ConversionError: unreadable input, or every missing key, unexpected key
-      and shape mismatch in one message; for rga_official, an image size
-      the file's modules were not built for.
+    ConversionError: an `output_dir` that exists (without `overwrite`) or
+      cannot be written (checked before the file is read); unreadable input;
+      a file of another of `FORMATS` (naming the one to use); else the
+      missing keys, unexpected keys and shape mismatches in one line (the
+      first few of each, with their counts); for rga_official, an image
+      size the file's modules were not built for.
   """
   if weights_format not in FORMATS:
     raise ConversionError(f'--format must be one of {FORMATS}, got '
@@ -173,9 +232,9 @@ def convert_checkpoint(weights_format: str, input_path: str, output_dir: str,
   if image_size is not None and weights_format != 'rga_official':
     raise ConversionError('--image_size applies to --format=rga_official '
                           'only (the other networks fit any input size)')
-  if os.path.exists(output_dir) and not overwrite:
-    raise ConversionError(f'{output_dir}: output already exists')
+  _check_output(output_dir, overwrite)
   state, file_metadata = read_weights(input_path)
+  _check_format(state, input_path, weights_format)
 
   if weights_format == 'rga_official':
     image_size = tuple(image_size or OFFICIAL_IMAGE_SIZE)
@@ -198,7 +257,7 @@ def convert_checkpoint(weights_format: str, input_path: str, output_dir: str,
                                        _TORCHVISION_UNUSED, only_backbone=True)
   if not report.ok:
     raise ConversionError(f'{input_path} does not match the {weights_format} '
-                          f'layout:\n{report.problems()}')
+                          f'layout: {report.problems()}')
 
   metadata = {'format': weights_format,
               'source_file': os.path.basename(input_path), **file_metadata}

@@ -132,6 +132,10 @@ def source_for(path: tuple[str, ...], num_parts: int,
   return Source((f'{torch_module}.{leaf_name}',), layout)
 
 
+# Entries of each kind of problem that a conversion error lists.
+MAX_LISTED = 5
+
+
 @dataclasses.dataclass
 class ConversionReport:
   """What a conversion used, skipped and found wrong."""
@@ -145,16 +149,19 @@ class ConversionReport:
   def ok(self) -> bool:
     return not (self.missing or self.unexpected or self.mismatched)
 
-  def problems(self) -> str:
-    """All problems in one message (empty when `ok`)."""
-    lines = []
+  def problems(self, max_listed: int = MAX_LISTED) -> str:
+    """All problems in one line (empty when `ok`): per kind its count and
+    its first `max_listed` entries (a file of another network has hundreds)."""
+    parts = []
     for title, items in (('missing keys', self.missing),
                          ('unexpected keys', self.unexpected),
                          ('shape mismatches', self.mismatched)):
       if items:
-        lines.append(f'{len(items)} {title}:')
-        lines.extend(f'  {item}' for item in items)
-    return '\n'.join(lines)
+        listed = ', '.join(items[:max_listed])
+        more = len(items) - max_listed
+        parts.append(f'{len(items)} {title}: {listed}'
+                     f'{f" and {more} more" if more > 0 else ""}')
+    return '; '.join(parts)
 
 
 def fill_variables(state: dict[str, np.ndarray], template: Any,

@@ -9,6 +9,7 @@ without PyTorch.
 import os
 import pickle
 from typing import Any
+import zipfile
 
 import numpy as np
 
@@ -100,15 +101,24 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     float32), and provenance found beside the state dict (epoch, best_top1).
 
   Raises:
-    ConversionError: a missing or unreadable file, or a file that needs
-      arbitrary code to unpickle.
+    ConversionError: a missing, unreadable or truncated file, a file that
+      needs arbitrary code to unpickle, or a ``.safetensors`` file without
+      the safetensors package (the ``convert`` extra) installed.
   """
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file')
   lower = path.lower()
   if lower.endswith('.safetensors'):
-    from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    try:
+      # pylint: disable=g-import-not-at-top
+      from safetensors import SafetensorError
+      from safetensors.numpy import load_file
+      # pylint: enable=g-import-not-at-top
+    except ImportError as error:
+      raise ConversionError(
+          f'{path}: reading .safetensors files needs the safetensors '
+          f'package ({error.name or "safetensors"} is missing); install it '
+          "with `pip install 'sa-reid-jax[convert]'`") from error
     try:
       raw, metadata = load_file(path), {}
     except (SafetensorError, OSError, ValueError) as error:
@@ -118,9 +128,13 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
       with np.load(path, allow_pickle=False) as archive:
         raw = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as error:
+    except ValueError as error:
       raise ConversionError(f'{path}: not a readable .npz file (object '
                             f'arrays are refused): {error}') from error
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+      # A truncated or damaged archive (e.g. an interrupted download).
+      raise ConversionError(f'{path}: not a readable .npz file (truncated '
+                            f'or damaged?): {error}') from error
     metadata = {}
   else:
     raw, metadata = _unwrap(_read_torch(path), path)

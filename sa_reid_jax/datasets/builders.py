@@ -36,6 +36,7 @@ Example::
 """
 
 import contextlib
+import difflib
 import os
 from typing import Callable
 
@@ -341,6 +342,39 @@ class MarketLayoutFolder(MarketLayoutBuilder):
 
 BUILDERS = {builder.name: builder for builder in (
     Market1501, DukemtmcReid, Cuhk03Np, Msmt17, MarketLayoutFolder)}
+
+
+def dataset_names() -> list[str]:
+  """Every name `from_tfds` accepts for these builders, configs included
+  (``cuhk03_np/labeled``)."""
+  names = []
+  for name, builder in BUILDERS.items():
+    names.append(name)
+    names.extend(f'{name}/{config.name}'
+                 for config in builder.BUILDER_CONFIGS or ())
+  return sorted(names)
+
+
+def unknown_dataset(name: str, key: str = 'config.dataset.name') -> str:
+  """One line for a dataset name that is none of `dataset_names`.
+
+  TFDS's own error lists every dataset it knows (hundreds of lines) and
+  does not say which setting held the name.
+
+  Args:
+    name: the name given.
+    key: the setting that held it, for the message.
+
+  Returns:
+    the message: the key, the name, the close matches and the choices.
+  """
+  names = dataset_names()
+  close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+  hint = (f'; did you mean {" or ".join(repr(c) for c in close)}?' if close
+          else '')
+  return (f'{key}: unknown dataset {name!r}{hint} (this project\'s datasets: '
+          f'{", ".join(names)}; a folder in Market-1501 layout is read with '
+          'config.dataset.folder)')
 
 
 def prepare(name: str, manual_dir: str, data_dir: str | None = None,

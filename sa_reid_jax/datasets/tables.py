@@ -125,7 +125,9 @@ def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
     the split's table, sorted by file name.
 
   Raises:
-    ValueError: when the dataset has not been built, or the split is unknown.
+    ValueError: when the dataset has not been built, the split is unknown,
+      or the name is none of this project's datasets (one line naming
+      ``config.dataset.name`` and the close matches).
   """
   tensorflow_cpu.hide_accelerators_from_tensorflow()
   # TFDS warns (through absl) that an unbuilt dataset's folder has no
@@ -134,8 +136,13 @@ def from_tfds(dataset: str | tfds.core.DatasetBuilder, split: str,
   level = absl_logger.level
   absl_logger.setLevel(std_logging.ERROR)
   try:
-    builder = (tfds.builder(dataset, data_dir=data_dir)
-               if isinstance(dataset, str) else dataset)
+    try:
+      builder = (tfds.builder(dataset, data_dir=data_dir)
+                 if isinstance(dataset, str) else dataset)
+    except ValueError:  # TFDS's DatasetNotFoundError and unknown configs
+      if dataset not in builders.dataset_names():
+        raise ValueError(builders.unknown_dataset(dataset)) from None
+      raise
     prepared = builder.is_prepared()
   finally:
     absl_logger.setLevel(level)

@@ -23,6 +23,12 @@ BORDER = 4
 GAP = 6
 LABEL_HEIGHT = 14
 CAM_BLEND = 0.5
+# The default font draws a space 2 pixels wide: "#2 0.03" read as "#20.03".
+# Words of a tile's label are drawn this many pixels apart instead.
+WORD_GAP = 5
+# A map whose values differ by at most this fraction of its largest
+# magnitude is flat: `colorize` draws it as one colour, so it is noted.
+FLAT_TOLERANCE = 1e-6
 
 # The picture is an overview: results.json holds every query and match.
 MAX_GRID_ROWS = 20
@@ -66,6 +72,56 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
   return (CAM_BLEND * coloured + (1 - CAM_BLEND) * image).astype(np.uint8)
 
 
+def is_flat(heat: np.ndarray) -> bool:
+  """Whether `heat` holds (up to `FLAT_TOLERANCE`) a single value."""
+  heat = np.asarray(heat, np.float64)
+  return bool(np.ptp(heat) <= FLAT_TOLERANCE * max(np.abs(heat).max(),
+                                                     np.finfo(np.float32).tiny))
+
+
+def note_if_flat(tile: np.ndarray, heat: np.ndarray) -> np.ndarray:
+  """`tile` with "flat" and the map's value written on it if `heat` is flat.
+
+  `colorize` scales a map to its own range, so a flat one would be a solid
+  tile that says nothing of its value (e.g. SA weights all 1/(H*W)).
+
+  Args:
+    tile: uint8 (height, width, 3), the drawn map.
+    heat: the map it was drawn from.
+
+  Returns:
+    `tile` unchanged, or a copy with the note on a white strip at its top.
+  """
+  if not is_flat(heat):
+    return tile
+  picture = Image.fromarray(np.asarray(tile, np.uint8))
+  draw = ImageDraw.Draw(picture)
+  font = ImageFont.load_default()
+  value = float(np.asarray(heat, np.float64).flat[0])
+  lines = ['flat', f'{value:.3g}']
+  strip = len(lines) * LABEL_HEIGHT
+  draw.rectangle([0, 0, picture.width - 1, min(strip, picture.height) - 1],
+                 fill='white')
+  for i, line in enumerate(lines):
+    draw.text((1, 1 + i * LABEL_HEIGHT), line, fill='black', font=font)
+  return np.asarray(picture)
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, position: tuple[int, int],
+                label: str, width: int) -> None:
+  """`label`'s words `WORD_GAP` apart, cut to fit `width` pixels."""
+  font = ImageFont.load_default()
+  x, y = position
+  right = x + width
+  for word in label.split():
+    while word and x + draw.textlength(word, font=font) > right:
+      word = word[:-1]
+    if not word:
+      break
+    draw.text((x, y), word, fill='black', font=font)
+    x += draw.textlength(word, font=font) + WORD_GAP
+
+
 def tile_row(tiles: Sequence[np.ndarray], labels: Sequence[str],
              borders: Optional[Sequence[tuple]] = None,
              gap_after_first: bool = False) -> Image.Image:
@@ -82,8 +138,7 @@ def tile_row(tiles: Sequence[np.ndarray], labels: Sequence[str],
       draw.rectangle([left, 0, left + cell_w - 1, cell_h - 1],
                      fill=borders[i])
     row.paste(Image.fromarray(tile), (left + BORDER, BORDER))
-    # The default font is about 6 pixels a character.
-    draw.text((left + 1, cell_h + 1), label[:cell_w // 6], fill='black')
+    _draw_label(draw, (left + 1, cell_h + 1), label, cell_w - 1)
   return row
 
 

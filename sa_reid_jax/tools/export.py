@@ -55,6 +55,7 @@ from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import export_onnx  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import outputs  # pylint: disable=g-import-not-at-top
 
 PROGRAM = 'export'
 # Those jax2tf can lower for; one SavedModel serves on each of these.
@@ -186,6 +187,10 @@ def _check_output(output: str, overwrite: bool,
     if not os.path.isdir(output) or os.path.islink(output):
       raise ExportError(f'--output: {output} exists and is not a directory; '
                         'not replacing it')
+  try:
+    outputs.check_writable(output, '--output', directory=True)
+  except outputs.OutputError as error:
+    raise ExportError(str(error)) from None
 
 
 def export_saved_model(model, variables: Any, output: str, *,

@@ -41,6 +41,7 @@ from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.data.device_augment import normalize
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import resnet
+from sa_reid_jax.tools import outputs
 
 # ONNX operator set the model is written for (ONNX Runtime >= 1.16 runs it).
 OPSET = 21
@@ -62,6 +63,10 @@ def check_output(output: str, overwrite: bool) -> None:
   if os.path.lexists(output) and not overwrite:
     raise OnnxExportError(f'--output: {output} already exists (pass '
                           '--overwrite to replace it)')
+  try:
+    outputs.check_writable(output, '--output')
+  except outputs.OutputError as error:
+    raise OnnxExportError(str(error)) from None
 
 
 def export_onnx(model, variables: Any, output: str, *,

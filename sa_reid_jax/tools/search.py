@@ -48,6 +48,7 @@ from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import drawing  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import outputs  # pylint: disable=g-import-not-at-top
 
 METRIC = 'euclidean'
 
@@ -256,6 +257,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   command_line.set_library_verbosity(args.verbosity)
   program = parser.prog
   try:
+    # Before any image is checked or described.
+    outputs.check_writable(args.output, '--output', directory=True)
     # A ranks.png from an earlier run with --output inside the gallery is
     # not a gallery image.
     grid_file = os.path.realpath(os.path.join(args.output, 'ranks.png'))

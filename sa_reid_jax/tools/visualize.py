@@ -56,7 +56,7 @@ from sa_reid_jax.models import store
 from sa_reid_jax.tools import cams
 from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import image_files
-
+from sa_reid_jax.tools import outputs
 
 
 def cam_picture(models: Sequence[tuple[str, Any, Any]],
@@ -87,11 +87,15 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
       # 'layer4' -> 'L4': a label has about 12 characters under a 64-pixel
       # tile ('Grad-CAM layer4' was cut to 'Grad-CAM lay').
       for stage, cam in result['cams'].items():
-        tiles.append(drawing.overlay(image, np.asarray(cam[index])))
+        tiles.append(drawing.note_if_flat(
+            drawing.overlay(image, np.asarray(cam[index])),
+            np.asarray(cam[index])))
         labels.append(f'{result.get("cam_name", "CAM")} '
                       f'{stage.replace("layer", "L")}')
       for stage, weights in result['attention'].items():
-        tiles.append(drawing.colorize(np.asarray(weights[index]), image_size))
+        tiles.append(drawing.note_if_flat(
+            drawing.colorize(np.asarray(weights[index]), image_size),
+            np.asarray(weights[index])))
         labels.append(f'{result["attention_name"]} '
                       f'{stage.replace("layer", "L")}')
       rows.append(drawing.tile_row(tiles, labels))
@@ -213,14 +217,16 @@ def _parse_arguments(argv):
   cam.add_argument('--images', required=True, help='image file or folder')
   cam.add_argument('--classes', type=_ints,
                    help='class per image (default: predicted)')
-  cam.add_argument('--max_images', type=int, default=8,
+  cam.add_argument('--max_images', type=command_line.positive_int_argument,
+                   default=8,
                    help='images of a folder shown (default 8)')
   ranks = commands.add_parser('ranks', help='ranked gallery per query')
   ranks.add_argument('--checkpoint', required=True, help='model directory')
   ranks.add_argument('--dataset_folder', required=True,
                      help='folder in Market-1501 layout')
   ranks.add_argument('--queries', type=_ints, help='query indices')
-  ranks.add_argument('--num_queries', type=int, default=6,
+  ranks.add_argument('--num_queries', type=command_line.positive_int_argument,
+                     default=6,
                      help='without --queries: this many, evenly spread')
   ranks.add_argument('--topk', type=command_line.positive_int_argument,
                      default=10)
@@ -304,24 +310,44 @@ def _run(args) -> Image.Image:
                                          log=lambda _: None))
     queries = sorted(set(np.linspace(0, count - 1, min(args.num_queries,
                                                        count)).astype(int)))
+  if not queries:
+    raise ValueError('--queries: no query index given')
   query_paths, ranked = rank_queries(model, variables, args.dataset_folder,
                                      queries, args.topk, image_size)
   return ranks_picture(query_paths, ranked, image_size)
 
 
 def main(argv=None) -> int:
+  """The command line; exits with one error line on bad input.
+
+  Args:
+    argv: the arguments, without the program name (default sys.argv[1:]).
+
+  Returns:
+    0 once the picture is written. Bad flags, an --output that is no image
+    file name or cannot be written (checked before any model is loaded),
+    and unreadable models or images exit with ``visualize COMMAND: error:
+    ...``.
+  """
   args = _parse_arguments(argv)
   command_line.set_library_verbosity(args.verbosity)
+  program = f'visualize {args.command}'
   try:
+    outputs.check_image_file(args.output, '--output')
+    outputs.check_writable(args.output, '--output')
     picture = _run(args)
   except (ValueError, market_layout.LayoutError) as e:
-    sys.exit(f'visualize {args.command}: error: {e}')
+    sys.exit(f'{program}: error: {e}')
   except tf.errors.OpError as e:
     # A file that broke after the check.
-    sys.exit(f'visualize {args.command}: error: cannot read an image: '
-             f'{e.message}')
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  picture.save(args.output)
+    sys.exit(f'{program}: error: cannot read an image: {e.message}')
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    picture.save(args.output)
+  except OSError as e:
+    # What the check cannot foresee: a full disk, a folder changed since.
+    sys.exit(f'{program}: error: --output: cannot write {args.output}: '
+             f'{e.strerror or e}')
   print(f'wrote {args.output} ({picture.width}x{picture.height})')
   return 0
 
