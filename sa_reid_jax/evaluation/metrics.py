@@ -151,6 +151,28 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
       inverse_negative_penalty=inverse_penalty)
 
 
+def valid_queries(q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
+  """Which queries the protocol evaluates: those with a true match left.
+
+  A true match is a gallery image of the query's person (not junk) from
+  another camera; `evaluate_rank` skips every other query, and fails when
+  none is left. No distances are needed, so a split can be checked before
+  any network runs.
+
+  Args:
+    q_pids, g_pids, q_camids, g_camids: as in `evaluate_rank`.
+
+  Returns:
+    bool (num_query,), True for a query with at least one true match.
+  """
+  ids = [np.asarray(values).astype(np.int64)
+         for values in (q_pids, g_pids, q_camids, g_camids)]
+  match_q = _same_person_pairs(*ids)[0]
+  valid = np.zeros(len(ids[0]), bool)
+  valid[match_q] = True
+  return valid
+
+
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank,
                   chunk_size):
   """Validates shapes and types; returns the four id arrays as int64."""

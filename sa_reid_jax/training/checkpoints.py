@@ -110,9 +110,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       ``global_batch_size``, ``seed`` and ``sampler``; the checkpoint's must
       agree.
     expected_config: the current run's ``model`` and ``optimizer`` config
-      blocks (dicts) and ``num_classes``, saved with each checkpoint (in
-      its data item) by `save` callers; the checkpoint's must agree.
-      Checkpoints written before these were recorded skip this check.
+      blocks (dicts), ``num_classes`` and ``image_size``, saved with each
+      checkpoint (in its data item) by `save` callers; the checkpoint's
+      must agree. Checkpoints written before an entry was recorded skip
+      that entry.
     recorded_later: entries of `expected_data` that older checkpoints lack,
       with the value such a checkpoint stands for (e.g. the sampler: older
       runs all used the uniform one).

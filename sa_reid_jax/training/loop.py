@@ -16,6 +16,7 @@ from sa_reid_jax.training import reporting
 from sa_reid_jax.training import run as run_lib
 from sa_reid_jax.training import signals
 from sa_reid_jax.training import step as step_lib
+from sa_reid_jax.training import validation
 
 
 def _on_devices(batches, mesh, depth: int, keys: tuple[str, ...]):
@@ -40,8 +41,8 @@ def train(run: run_lib.Run, state: step_lib.TrainState, start: int,
   """Steps from `start` to the run's stop step; returns (state, status)."""
   config = run.config
   aug = config.augmentation
-  erasing = run_lib.random_erasing(aug)
-  crop = run_lib.random_crop(aug)
+  erasing = validation.random_erasing(aug)
+  crop = validation.random_crop(aug)
   augment = None
   if aug.on_device:
     augment = {'image_size': tuple(config.image_size),

@@ -16,9 +16,7 @@ import numpy as np
 
 from sa_reid_jax import losses
 from sa_reid_jax import tasks as tasks_lib
-from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import samplers
-from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
@@ -30,6 +28,7 @@ from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
 from sa_reid_jax.training import step as step_lib
+from sa_reid_jax.training import validation
 from sa_reid_jax.training import workdir as workdir_lib
 
 EVALUATIONS_JSON = 'evaluations.json'
@@ -40,12 +39,22 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
+  """The train table of config.dataset, its evaluation splits checked.
+
+  The query and gallery splits are read too (a folder's images all
+  checked readable) and checked scorable, so that a fault in them stops
+  the run now, not at its first evaluation, after training.
+
+  Raises:
+    LayoutError: for a folder not in Market layout (naming
+      config.dataset.folder), or listing its unreadable images.
+    ValueError: for a TFDS dataset that is not built, or splits in which
+      no query has a gallery match from another camera (naming the folder).
+  """
+  splits = ('train', 'query', 'gallery')
   if dataset.folder:
-    # The evaluation splits too: a corrupt gallery image must stop the run
-    # now, not at its first evaluation.
     try:
-      return tables.from_folders(dataset.folder,
-                                 ('train', 'query', 'gallery'))['train']
+      read = tables.from_folders(dataset.folder, splits)
     except market_layout.LayoutError as e:
       # The layout error names the folder or file; this names the key.
       # Its subclasses (unreadable images, listed with their paths) are
@@ -53,28 +62,12 @@ def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
       if type(e) is not market_layout.LayoutError:
         raise
       raise market_layout.LayoutError(f'config.dataset.folder: {e}') from None
-  return tables.from_tfds(dataset.name, 'train',
-                          data_dir=dataset.data_dir or None)
-
-
-def random_erasing(config: ml_collections.ConfigDict
-                   ) -> Optional[augmentation.RandomErasing]:
-  """config.augmentation's random erasing, or None when it is off."""
-  if config.erasing_probability == 0:
-    return None
-  return augmentation.RandomErasing(
-      probability=config.erasing_probability,
-      area_range=tuple(config.erasing_area),
-      min_aspect=config.erasing_min_aspect, fill=config.erasing_fill)
-
-
-def random_crop(config: ml_collections.ConfigDict
-                ) -> Optional[augmentation.RandomCrop]:
-  """config.augmentation's random crop, or None when it is off."""
-  # Built (and so checked) even when off: a bad crop_scale is an error.
-  crop = augmentation.RandomCrop(probability=config.crop_probability,
-                                 scale=config.crop_scale)
-  return crop if crop.probability > 0 else None
+  else:
+    read = {split: tables.from_tfds(dataset.name, split,
+                                    data_dir=dataset.data_dir or None)
+            for split in splits}
+  validation.check_evaluation_splits(read['query'], read['gallery'], dataset)
+  return read['train']
 
 
 def _build_sampler(config: ml_collections.ConfigDict,
@@ -87,7 +80,8 @@ def _build_sampler(config: ml_collections.ConfigDict,
   except ValueError as e:
     raise ValueError(f'config.data.sampler {config.data.sampler!r} with '
                      f'config.batch_size {config.batch_size}: {e}') from e
-  if config.data.sampler == 'identity' and jax.process_index() == 0:
+  if (config.data.sampler in samplers.P_K_SAMPLERS and
+      jax.process_index() == 0):
     counts = np.bincount(np.unique(table.labels, return_inverse=True)[1])
     short = int(np.sum(counts < config.data.images_per_identity))
     if short:
@@ -166,54 +160,14 @@ def _with_pretrained_backbone(state: step_lib.TrainState, directory: str
   return state.replace(**replaced), summary
 
 
-def _check_init_from(init_from: str) -> None:
-  """Refuses an empty init_from: a forgotten backbone is never silent."""
-  if not init_from:
-    raise ValueError(
-        'config.init_from is empty: pass --config.init_from=DIR with DIR '
-        'written by `python convert_weights.py --format=torchvision '
-        '--input=resnet50-19c8e357.pth --output=DIR` (torchvision\'s '
-        'original ImageNet weights, the backbone the paper starts from), or '
-        f'--config.init_from={defaults.SCRATCH} to train from random weights')
-
-
 def _check_config(config: ml_collections.ConfigDict, device_count: int,
                   process_count: int) -> None:
-  _check_init_from(config.init_from)
-  if config.batch_size % device_count:
-    raise ValueError(f'config.batch_size {config.batch_size} must be a '
-                     f'multiple of the number of devices ({device_count})')
-  if config.batch_size % process_count:
-    raise ValueError(f'config.batch_size {config.batch_size} must be a '
-                     f'multiple of the number of processes ({process_count})')
-  # Checked now rather than where they are first used, which can be inside
-  # a traced step or a tf.data pipeline, or after the first evaluation.
-  check_size(config.image_size, 'config.image_size')
-  check_size(config.augmentation.staging_size,
-             'config.augmentation.staging_size')
-  if config.data.sampler not in samplers.SAMPLERS:
-    raise ValueError(f'config.data.sampler must be one of '
-                     f'{samplers.SAMPLERS}, got {config.data.sampler!r}')
-  if config.data.sampler == 'identity':
-    per_identity = config.data.images_per_identity
-    if per_identity < 1 or config.batch_size % per_identity:
-      raise ValueError(
-          f'config.batch_size {config.batch_size} must be a multiple of '
-          f'config.data.images_per_identity {per_identity} (>= 1): a batch '
-          'holds batch_size / images_per_identity identities')
-  losses.check_settings(config)
-  try:
-    random_erasing(config.augmentation)
-    random_crop(config.augmentation)
-  except ValueError as e:
-    raise ValueError(f'config.augmentation: {e}') from e
-  for key in ('num_epochs', 'log_every_steps'):
-    if config[key] < 1:
-      raise ValueError(f'config.{key} must be >= 1, got {config[key]}')
-  for key in ('every_steps', 'sigterm_check_steps'):
-    if config.checkpoint[key] < 1:
-      raise ValueError(f'config.checkpoint.{key} must be >= 1, got '
-                       f'{config.checkpoint[key]}')
+  """Every block of the config, before the data is read (`validation`).
+
+  Raises:
+    ValueError: naming the key at fault and what it allows.
+  """
+  validation.check_config(config, device_count, process_count)
 
 
 def _output_shapes(model, image_size) -> dict[str, Any]:
@@ -281,7 +235,10 @@ class Run:
                  'model': self.config.model.to_dict(),
                  'loss': self.config.loss.to_dict(),
                  'optimizer': self.config.optimizer.to_dict(),
-                 'num_classes': int(self.table.num_classes)}
+                 'num_classes': int(self.table.num_classes),
+                 # The network trains at this size (RGA's layers are built
+                 # for it), and the saved model records it.
+                 'image_size': [int(v) for v in self.config.image_size]}
     if 'casn' in self.config:
       # How the loss's gradient passes through the Grad-CAM maps.
       signature['casn'] = self.config.casn.to_dict()
