@@ -64,7 +64,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-  if jax.device_count() < 2:
+  # Exactly 2: the tests' "two devices" are all of them (jax.devices()),
+  # and the batches they use divide by 2.
+  if jax.device_count() != 2:
     raise pytest.UsageError(
         f'the tests need 2 JAX devices, found {jax.devices()}: leave '
         f'XLA_FLAGS without {_DEVICES_FLAG}N (the tests set 2) and '
@@ -216,7 +218,7 @@ def finished_run(data, tmp_path_factory):
   ``helpers.tiny_config(data, max_steps=FINISHED_RUN_STEPS)`` (2 steps of
   a global batch of 8, the SA network made tiny, from scratch) trained
   once per test run (per worker) by `train_and_evaluate` on the default
-  devices (the two host CPU devices): it holds the checkpoint of step 2
+  devices (the two host CPU devices, asserted): it holds the checkpoint of step 2
   (its only one), ``model/``, ``metrics.json`` (the final evaluation) and
   ``metrics.jsonl``.
 
@@ -228,8 +230,10 @@ def finished_run(data, tmp_path_factory):
   from sa_reid_jax.training import trainer
   # pylint: enable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('finished_run') / 'run'
-  trainer.train_and_evaluate(
+  result = trainer.train_and_evaluate(
       helpers.tiny_config(data, max_steps=FINISHED_RUN_STEPS), str(workdir))
+  # Really the two devices (the fast tier's whole run on more than one).
+  assert result['devices'] == 2, result
   return workdir
 
 

@@ -351,10 +351,11 @@ def test_wrong_format_files_are_refused(tmp_path):
              sa_file)
   with pytest.raises(ConversionError) as error:
     convert_checkpoint('rga_official', str(sa_file), str(tmp_path / 'out'))
-  assert str(error.value) == (f'{sa_file}: no "cls.weight": not a checkpoint '
-                              'of the official RGA network (use '
-                              '--format=torchvision for an ImageNet '
-                              'ResNet-50)')
+  # Recognised as the other official format, which the message names.
+  assert str(error.value) == (
+      f'{sa_file} is a checkpoint of the official SA code, not a checkpoint '
+      'of the official RGA code (--format=rga_official): use '
+      '--format=sa_official')
   rga_file = tmp_path / 'rga.pth.tar'
   torch.save(narrow_state(True, False), rga_file)
   with pytest.raises(ConversionError, match='--image_size applies to '

@@ -60,20 +60,51 @@ def test_a_failed_import_shows_what_was_written(tmp_path):
       'ImportError: libtensorflow_framework.so.2 missing')
 
 
-def test_a_fatal_line_is_shown_before_the_process_aborts(tmp_path):
-  result = _import_stand_in(tmp_path, f"""
-      import time
-      os.write(2, b'{_NOISE}')
-      os.write(2, b'F0000 00:00:1764000000.000000  123 cpu_info.cc:9] '
-                  b'Check failed: the CPU lacks AVX\\n')
-      time.sleep(1)  # the capture forwards the line while the process lives
-      os.abort()
+# Written the way a C++ library writes while it loads: from C, with the GIL
+# held (ctypes.PyDLL keeps it), so no Python thread of the process could
+# read the pipe meanwhile.
+_C_WRITE = """
+    import ctypes
+    libc = ctypes.PyDLL(None)
+    def c_write(data):
+      libc.write(2, data, len(data))
+"""
+
+
+def test_a_fatal_line_is_shown_when_the_process_aborts(tmp_path):
+  result = _import_stand_in(tmp_path, _C_WRITE + f"""
+    c_write(b'{_NOISE}')
+    c_write(b'F0000 00:00:1764000000.000000  123 cpu_info.cc:9] '
+            b'Check failed: the CPU lacks AVX\\n')
+    libc.abort()
   """)
   assert result.returncode != 0
   assert 'Check failed: the CPU lacks AVX' in result.stderr
   # The lines before it are its context.
   assert result.stderr.index('oneDNN') < result.stderr.index('Check failed')
   assert 'imported' not in result.stdout
+
+
+def test_what_was_written_is_shown_when_the_process_crashes(tmp_path):
+  # A crash without a message of its own (e.g. an instruction the CPU
+  # lacks): what the libraries wrote before it is all the user gets.
+  result = _import_stand_in(tmp_path, _C_WRITE + f"""
+    import signal
+    c_write(b'{_NOISE}')
+    os.kill(os.getpid(), signal.SIGSEGV)
+  """)
+  assert result.returncode != 0
+  assert 'oneDNN custom operations are on' in result.stderr
+
+
+def test_much_load_time_output_neither_blocks_nor_shows(tmp_path):
+  # Four times a pipe's usual 64 KiB, written with the GIL held.
+  result = _import_stand_in(tmp_path, _C_WRITE + """
+    for _ in range(4096):
+      c_write(b'I0000 00:00:0.0  1 noise.cc:1] ' + b'x' * 30 + b'\\n')
+  """)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr == 'after the import\n'
 
 
 def test_verbose_logging_hides_nothing(tmp_path):

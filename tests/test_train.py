@@ -34,14 +34,9 @@ from sa_reid_jax.training import step as step_lib
 from sa_reid_jax.training import trainer
 
 
-@pytest.mark.full
 def test_two_devices_train_as_one(data, tmp_path):
-  """The same 3 steps on 1 and on 2 devices, in float64 compute.
-
-  (The fast tier checks the parts in process: the losses' gradients on 1
-  and 2 devices, tests/test_losses.py, synchronised BatchNorm,
-  tests/test_resnet.py, and a whole run on 2 devices, the ``finished_run``
-  fixture.)
+  """The same 3 steps on 1 and on 2 devices, in float64 compute (the fast
+  tier's 1-vs-2-device run; the RGA and CASN ones are in the full tier).
 
   The device count changes only how the batch's sums (gradients, BatchNorm
   statistics) are grouped. In float32 that regrouping alone moves the

@@ -6,72 +6,70 @@ import tf``), so that the first import, wherever it happens, is the quiet one.
 """
 
 import os
-import re
+import subprocess
 import sys
-import threading
+import uuid
 
 # TensorFlow's C++ logs below WARNING stay hidden after the import too (e.g.
 # tf.data's notes), unless a user asked for them (``--verbosity=0`` sets 0).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-# A line that announces the process is about to die: an absl/glog FATAL line
-# ("F1203 12:00:00.000000  123 file.cc:45] ...") or a C++ runtime abort.
-_FATAL_LINE = re.compile(rb'^(F\d{4} |terminate called|Fatal Python error)')
-# How long the import waits for the last of the captured output to be read.
-_DRAIN_SECONDS = 5.0
+# The holder of the captured output: a separate process, because the lines
+# TensorFlow writes while its libraries load are written with the GIL held
+# (C++ static initialisers inside dlopen), when no Python thread of this
+# process could read them, and an abort or a crash there must not take them
+# along. It keeps every line until the marker line tells it to drop them or
+# to write them to its stderr (the real one); if the pipe closes without the
+# marker (this process died), it writes them.
+_HOLDER = """
+import os, sys
+marker = sys.argv[1].encode()
+held = []
+for line in sys.stdin.buffer:
+  if line.startswith(marker):
+    if line[len(marker):].strip() == b'drop':
+      sys.exit(0)
+    break
+  held.append(line)
+os.write(2, b''.join(held))
+"""
+# How long the import waits for the holder to finish.
+_HOLDER_SECONDS = 10.0
 
 
 class _StderrCapture:
-  """Holds what is written to file descriptor 2 while active.
-
-  The lines are kept back, and written to the real stderr only when the
-  capture `release`s them, or at once (with everything before them) when a
-  line announces a fatal error: the process may then abort before Python
-  can show anything, and the reason must not die with it.
-  """
+  """Holds what is written to file descriptor 2 while active (see
+  `_HOLDER`)."""
 
   def __init__(self):
-    self._lines = []
-    self._released = False
-    self._lock = threading.Lock()
+    self._marker = f'sa-reid-jax-stderr-{uuid.uuid4().hex} '
     sys.stderr.flush()
-    self._stderr = os.dup(2)
     read_end, write_end = os.pipe()
-    self._reader = threading.Thread(target=self._read, args=(read_end,),
-                                    daemon=True)
-    self._reader.start()
+    try:
+      self._holder = subprocess.Popen(
+          [sys.executable, '-I', '-S', '-c', _HOLDER, self._marker],
+          stdin=read_end, stdout=subprocess.DEVNULL)
+    finally:
+      os.close(read_end)
+    self._stderr = os.dup(2)
     os.dup2(write_end, 2)
     os.close(write_end)
 
-  def _read(self, read_end: int) -> None:
-    with os.fdopen(read_end, 'rb') as pipe:
-      for line in pipe:
-        with self._lock:
-          if self._released:
-            os.write(self._stderr, line)
-          else:
-            self._lines.append(line)
-            if _FATAL_LINE.match(line):
-              self._release_locked()
-
-  def _release_locked(self) -> None:
-    self._released = True
-    os.write(self._stderr, b''.join(self._lines))
-    self._lines.clear()
-
   def stop(self, release: bool) -> None:
-    """Points file descriptor 2 back at stderr; writes what was held back
-    there when `release` (else drops it)."""
-    os.dup2(self._stderr, 2)  # closes this process's last write end
-    self._reader.join(_DRAIN_SECONDS)
-    with self._lock:
-      if release:
-        self._release_locked()
-      self._lines.clear()
-      self._released = True  # anything still arriving goes straight out
-    # The duplicate stays open while the reader may still write to it.
-    if not self._reader.is_alive():
-      os.close(self._stderr)
+    """Points file descriptor 2 back at stderr; the holder writes what it
+    held there when `release` (else drops it)."""
+    sys.stderr.flush()
+    # Ends the holder even if something started during the import still
+    # holds the pipe open.
+    os.write(2, f'\n{self._marker}{"write" if release else "drop"}\n'
+             .encode())
+    os.dup2(self._stderr, 2)
+    os.close(self._stderr)
+    try:
+      self._holder.wait(_HOLDER_SECONDS)
+    except subprocess.TimeoutExpired:
+      self._holder.kill()
+      self._holder.wait()
 
 
 def _import_quietly():
@@ -84,8 +82,9 @@ def _import_quietly():
   lines appear depends on the CPU. They go to file descriptor 2 directly, so
   the only way to hide them on every CPU is to point that descriptor
   elsewhere for the import. What was held back is shown if the import
-  fails, and at once if a fatal line appears (the process may abort);
-  nothing is hidden with TF_CPP_MIN_LOG_LEVEL=0 (``--verbosity=0``).
+  fails, or if the process dies during it (a fatal check, a crash); on
+  success it is dropped, including any Python warning of the import.
+  Nothing is hidden with TF_CPP_MIN_LOG_LEVEL=0 (``--verbosity=0``).
 
   Returns:
     the ``tensorflow`` module.
@@ -106,7 +105,6 @@ def _import_quietly():
   finally:
     capture.stop(release=failed)
   return tensorflow
-
 
 tf = _import_quietly()
 
