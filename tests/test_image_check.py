@@ -115,6 +115,28 @@ def test_system_files_are_skipped_and_counted(tmp_path):
   assert messages == [market_layout.skipped_message(3, str(train))]
 
 
+
+def test_image_files_of_formats_not_read_are_listed_not_dropped(tmp_path):
+  folder = tmp_path / 'crops'
+  (folder / 'more').mkdir(parents=True)
+  Image.new('RGB', (8, 16)).save(folder / 'a.jpg')
+  for name in ('b.webp', 'more/c.TIF', 'more/d.tiff', 'e.heic'):
+    (folder / name).write_bytes(b'not read')
+  (folder / 'notes.txt').write_text('not an image')  # not reported
+  messages = []
+  listed = image_files.list_images(str(folder), '--gallery',
+                                   log=messages.append)
+  assert listed == [str(folder / 'a.jpg')]
+  assert messages == [
+      f'skipped 4 image files in {folder} of formats this tool does not read '
+      '(.heic, .tif, .tiff, .webp): b.webp, e.heic, c.TIF and 1 more; '
+      'convert them to JPEG or PNG to include them']
+  (folder / 'a.jpg').unlink()
+  with pytest.raises(ValueError, match=r'--gallery: .* holds no image files '
+                     r'\(.jpg, .jpeg, .png, .bmp, .gif\); 4 files of formats '
+                     r'not read \(.heic, .tif, .tiff, .webp\)$'):
+    image_files.list_images(str(folder), '--gallery', log=messages.append)
+
 def test_verdicts_are_cached_by_size_and_modification_time(tmp_path):
   root = _write(tmp_path / 'data')
   gallery = tmp_path / 'data' / 'bounding_box_test'

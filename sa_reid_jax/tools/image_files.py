@@ -21,6 +21,27 @@ from sa_reid_jax.datasets import tensorflow_cpu
 from sa_reid_jax.evaluation.features import extract_features
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+# Image formats the decoder (TensorFlow's decode_image) does not read: a
+# file of these is reported by `list_images`, never silently left out.
+OTHER_IMAGE_EXTENSIONS = ('.webp', '.tif', '.tiff', '.heic', '.heif',
+                          '.avif', '.jp2', '.ppm', '.pgm', '.pbm')
+# Names shown in the line about them.
+_SHOWN_NAMES = 3
+
+
+def _formats(paths: Sequence[str]) -> str:
+  return ', '.join(sorted({os.path.splitext(p)[1].lower() for p in paths}))
+
+
+def unsupported_message(paths: Sequence[str], where: str) -> str:
+  """The line `list_images` logs for image files of formats not read."""
+  count = len(paths)
+  shown = ', '.join(os.path.basename(p) for p in paths[:_SHOWN_NAMES])
+  more = f' and {count - _SHOWN_NAMES} more' if count > _SHOWN_NAMES else ''
+  return (f'skipped {count} image file{"" if count == 1 else "s"} in '
+          f'{where} of formats this tool does not read '
+          f'({_formats(paths)}): {shown}{more}; convert them to JPEG or '
+          'PNG to include them')
 
 
 def list_images(path: str, flag: str = 'path',
@@ -30,12 +51,14 @@ def list_images(path: str, flag: str = 'path',
   Hidden folders (such as the caches in ``.sa_reid_cache``) are not entered;
   hidden and system files (``.DS_Store``, AppleDouble ``._name.jpg``,
   ``Thumbs.db``: `market_layout.is_system_file`) are skipped with a count
-  logged. Whether the images decode is `image_check`'s job.
+  logged, and image files of formats not read (`OTHER_IMAGE_EXTENSIONS`,
+  e.g. ``.webp``, ``.tif``) with a count and their first names. Whether the
+  images decode is `image_check`'s job.
 
   Args:
     path: an image file or a folder (searched recursively, sorted).
     flag: the flag or argument `path` came from, for error messages.
-    log: where the line about skipped system files goes.
+    log: where the lines about skipped files go.
 
   Returns:
     absolute paths.
@@ -48,17 +71,25 @@ def list_images(path: str, flag: str = 'path',
     return [os.path.abspath(path)]
   if not os.path.isdir(path):
     raise ValueError(f'{flag}: {path} is neither an image file nor a folder')
-  found, system = [], 0
-  for root, dirs, _ in os.walk(path):
+  found, system, unsupported = [], 0, []
+  for root, dirs, files in os.walk(path):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     names, skipped = market_layout.list_folder(root, IMAGE_EXTENSIONS)
     found.extend(os.path.join(root, name) for name in names)
     system += skipped
+    unsupported.extend(
+        os.path.join(root, name) for name in sorted(files)
+        if name.lower().endswith(OTHER_IMAGE_EXTENSIONS) and
+        not market_layout.is_system_file(name))
   if system:
     log(market_layout.skipped_message(system, path))
+  if unsupported:
+    log(unsupported_message(unsupported, path))
   if not found:
     raise ValueError(f'{flag}: {path} holds no image files '
-                     f'({", ".join(IMAGE_EXTENSIONS)})')
+                     f'({", ".join(IMAGE_EXTENSIONS)})' +
+                     (f'; {len(unsupported)} files of formats not read '
+                      f'({_formats(unsupported)})' if unsupported else ''))
   return sorted(os.path.abspath(p) for p in found)
 
 

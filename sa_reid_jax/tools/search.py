@@ -23,7 +23,8 @@ hidden folders) and reused while the model and the files are unchanged; see
 `descriptor_cache`. Before that, every gallery and query file is checked
 decodable (`datasets.image_check`, its verdicts cached in the same folder):
 unreadable files are skipped and listed, hidden and system files
-(.DS_Store, ._name.jpg, Thumbs.db) skipped with a count.
+(.DS_Store, ._name.jpg, Thumbs.db) skipped with a count, image files of
+formats not read (.webp, .tif, ...) skipped with a count and their names.
 """
 
 import argparse
