@@ -91,15 +91,17 @@ def optimizer_config(**overrides):
   return config
 
 
-def twin_problem(seed: int, config):
+def twin_problem(seed: int, config, dtype=np.float64):
   """Inputs, targets, JAX and torch copies of the same parameters, and the
-  two PyTorch parameter groups of `config` (backbone, heads); float64 (the
-  JAX arrays are made under jax.enable_x64)."""
+  two PyTorch parameter groups of `config` (backbone, heads), in `dtype`
+  (float64: make the JAX arrays under jax.enable_x64)."""
   rng = np.random.default_rng(seed)
-  inputs = rng.standard_normal((NUM_STEPS, 8, 4))
-  targets = rng.standard_normal((NUM_STEPS, 8, 2))
-  params = jax.tree_util.tree_map(jnp.asarray, small_params(seed - 1))
-  flat = flax.traverse_util.flatten_dict(small_params(seed - 1))
+  inputs = rng.standard_normal((NUM_STEPS, 8, 4)).astype(dtype)
+  targets = rng.standard_normal((NUM_STEPS, 8, 2)).astype(dtype)
+  start = jax.tree_util.tree_map(lambda v: np.asarray(v, dtype),
+                                 small_params(seed - 1))
+  params = jax.tree_util.tree_map(jnp.asarray, start)
+  flat = flax.traverse_util.flatten_dict(start)
   torch_flat = {path: torch.tensor(value, requires_grad=True)
                 for path, value in flat.items()}
   lr = config.learning_rate
@@ -113,6 +115,34 @@ def twin_problem(seed: int, config):
     group['base'] = group['lr']
   return inputs, targets, params, torch_flat, groups
 
+
+
+def step_both(tx, state, params, torch_params, torch_opt, x, y, torch_step):
+  """One step of `tx` on the JAX parameters and one of `torch_opt` on the
+  PyTorch ones (`torch_step()`, e.g. ``torch_opt.step``), on the same batch;
+  returns the new (state, params)."""
+  grads = jax.grad(small_loss)(params, x, y, jnp.tanh)
+  updates, state = tx.update(grads, state, params)
+  params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+  torch_opt.zero_grad()
+  small_loss(torch_params, torch.from_numpy(x), torch.from_numpy(y),
+             torch.tanh).backward()
+  torch_step()
+  return state, params
+
+
+def worst_param_error(params, torch_flat, dtype, bound, step) -> float:
+  """The worst `relative_error` of the JAX parameters (all of `dtype`)
+  against the PyTorch ones, each within `bound`."""
+  ours = flax.traverse_util.flatten_dict(params)
+  assert set(ours) == set(torch_flat)
+  assert {v.dtype for v in ours.values()} == {jnp.dtype(dtype)}
+  worst = 0.0
+  for path, reference in torch_flat.items():
+    error = relative_error(ours[path], reference.detach().numpy())
+    worst = max(worst, error)
+    assert error <= bound, (step, path, error)
+  return worst
 
 @pytest.mark.parametrize(
     'steps_per_epoch, decay_epochs, momentum, nesterov',
@@ -131,7 +161,6 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
   inputs, targets, params, torch_flat, groups = twin_problem(1, config)
   tx = optimizer.make_optimizer(config, steps_per_epoch)
   state = tx.init(params)
-  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
   torch_params = flax.traverse_util.unflatten_dict(torch_flat)
   lr = config.learning_rate
   torch_opt = torch.optim.SGD(groups, lr=lr, momentum=momentum,
@@ -150,26 +179,13 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
       assert got == pytest.approx(expected, rel=RATE_BOUND), (step,
                                                               group['name'])
     seen_rates.add(round(torch_opt.param_groups[1]['lr'], 12))
-
-    grads = grad_fn(params, inputs[step], targets[step])
-    updates, state = tx.update(grads, state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
-
-    torch_opt.zero_grad()
-    small_loss(torch_params, torch.from_numpy(inputs[step]),
-               torch.from_numpy(targets[step]), torch.tanh).backward()
-    torch_step_at(torch_opt, rates)
+    state, params = step_both(
+        tx, state, params, torch_params, torch_opt, inputs[step],
+        targets[step], lambda: torch_step_at(torch_opt, rates))  # pylint: disable=cell-var-from-loop
     if (step + 1) % steps_per_epoch == 0:  # StepLR counts epochs
       scheduler.step()
-
-    ours = flax.traverse_util.flatten_dict(params)
-    assert set(ours) == set(torch_flat)
-    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float64)}
-    for path, reference in torch_flat.items():
-      reference = reference.detach().numpy()
-      error = relative_error(ours[path], reference)
-      worst_param = max(worst_param, error)
-      assert error <= PARAM_BOUND, (step, path, error)
+    worst_param = max(worst_param, worst_param_error(
+        params, torch_flat, np.float64, PARAM_BOUND, step))
   # The parameters have to move for the comparison to mean anything.
   moved = relative_error(params['backbone']['conv1']['kernel'],
                          small_params(0)['backbone']['conv1']['kernel'])
@@ -194,20 +210,10 @@ def test_float32_sgd_tracks_torch_at_its_own_rates(record_parity):
   config = optimizer_config(decay_epochs=1, momentum=0.9,
                             nesterov=True).optimizer
   steps_per_epoch = 2
-  inputs, targets, params, torch_flat, groups = twin_problem(1, config)
-  inputs, targets = inputs.astype(np.float32), targets.astype(np.float32)
-  params = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32),
-                                  params)
-  torch_flat = {path: torch.tensor(value.detach().numpy().astype(np.float32),
-                                   requires_grad=True)
-                for path, value in torch_flat.items()}
-  groups[0]['params'] = [v for k, v in torch_flat.items()
-                         if k[0] == 'backbone']
-  groups[1]['params'] = [v for k, v in torch_flat.items()
-                         if k[0] != 'backbone']
+  inputs, targets, params, torch_flat, groups = twin_problem(
+      1, config, np.float32)
   tx = optimizer.make_optimizer(config, steps_per_epoch)
   state = tx.init(params)
-  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
   torch_params = flax.traverse_util.unflatten_dict(torch_flat)
   torch_opt = torch.optim.SGD(groups, lr=config.learning_rate, momentum=0.9,
                               nesterov=True,
@@ -216,21 +222,12 @@ def test_float32_sgd_tracks_torch_at_its_own_rates(record_parity):
       torch_opt, step_size=1, gamma=config.decay_factor)
   worst = 0.0
   for step in range(NUM_STEPS):
-    grads = grad_fn(params, inputs[step], targets[step])
-    updates, state = tx.update(grads, state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
-    torch_opt.zero_grad()
-    small_loss(torch_params, torch.from_numpy(inputs[step]),
-               torch.from_numpy(targets[step]), torch.tanh).backward()
-    torch_opt.step()
+    state, params = step_both(tx, state, params, torch_params, torch_opt,
+                              inputs[step], targets[step], torch_opt.step)
     if (step + 1) % steps_per_epoch == 0:
       scheduler.step()
-    ours = flax.traverse_util.flatten_dict(params)
-    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float32)}
-    for path, reference in torch_flat.items():
-      error = relative_error(ours[path], reference.detach().numpy())
-      worst = max(worst, error)
-      assert error <= FLOAT32_PARAM_BOUND, (step, path, error)
+    worst = max(worst, worst_param_error(
+        params, torch_flat, np.float32, FLOAT32_PARAM_BOUND, step))
   moved = relative_error(params['backbone']['conv1']['kernel'],
                          small_params(0)['backbone']['conv1']['kernel'])
   assert moved > 1e-3
@@ -426,7 +423,6 @@ def test_adam_matches_torch(name, record_parity):
   inputs, targets, params, torch_flat, groups = twin_problem(2, config)
   tx = optimizer.make_optimizer(config, steps_per_epoch)
   state = tx.init(params)
-  grad_fn = jax.jit(jax.grad(lambda p, x, y: small_loss(p, x, y, jnp.tanh)))
   torch_params = flax.traverse_util.unflatten_dict(torch_flat)
   lr = config.learning_rate
   torch_class = torch.optim.Adam if name == 'adam' else torch.optim.AdamW
@@ -445,19 +441,11 @@ def test_adam_matches_torch(name, record_parity):
       group['lr'] = group['base'] * torch_factor(step // steps_per_epoch)
       assert rates[f'learning_rate_{group["name"]}'] == pytest.approx(
           group['lr'], rel=RATE_BOUND), (step, group['name'])
-    grads = grad_fn(params, inputs[step], targets[step])
-    updates, state = tx.update(grads, state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
-    torch_opt.zero_grad()
-    small_loss(torch_params, torch.from_numpy(inputs[step]),
-               torch.from_numpy(targets[step]), torch.tanh).backward()
-    torch_step_at(torch_opt, rates)
-    ours = flax.traverse_util.flatten_dict(params)
-    assert {v.dtype for v in ours.values()} == {jnp.dtype(jnp.float64)}
-    for path, reference in torch_flat.items():
-      error = relative_error(ours[path], reference.detach().numpy())
-      worst = max(worst, error)
-      assert error <= PARAM_BOUND, (step, path, error)
+    state, params = step_both(
+        tx, state, params, torch_params, torch_opt, inputs[step],
+        targets[step], lambda: torch_step_at(torch_opt, rates))  # pylint: disable=cell-var-from-loop
+    worst = max(worst, worst_param_error(params, torch_flat, np.float64,
+                                         PARAM_BOUND, step))
   moved = relative_error(params['backbone']['conv1']['kernel'],
                          small_params(1)['backbone']['conv1']['kernel'])
   assert moved > 1e-3

@@ -202,14 +202,7 @@ class ChunkedIdentitySampler(IdentitySampler):
   batches after a stall drawn from a fresh round, so that epochs have one
   length: schedules, checkpoints and resume positions count steps.
 
-  Args:
-    labels: int (N,), the identity of each table row (any integers).
-    global_batch_size: P * K rows per global batch.
-    images_per_identity: K.
-
-  Raises:
-    ValueError: for K < 1, a batch size not a multiple of K, or fewer
-      identities than P.
+  Arguments and errors: as `IdentitySampler`'s.
   """
 
   def __init__(self, labels: np.ndarray, global_batch_size: int,
