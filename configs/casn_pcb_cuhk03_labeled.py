@@ -1,8 +1,9 @@
 r"""CASN with the PCB baseline on CUHK03-NP labeled boxes.
 
-PCB: six stripes, 384x128, last stride 1. Grad-CAM attention trained with
-the identification attention loss and kept consistent across positive pairs
-by the siamese module (CASN, Zheng et al. 2019); recipe and chosen values in
+PCB: six stripes, 384x128, last stride 1. Grad-CAM attention: the true
+class's maps trained with the identification attention loss, the siamese
+module's maps (of its importance score) kept consistent across positive
+pairs (CASN, Zheng et al. 2019); recipe and chosen values in
 sa_reid_jax/training/casn_defaults.py. Train from the ImageNet backbone
 (convert_weights.py --format=torchvision, see the README):
 

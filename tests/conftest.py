@@ -141,12 +141,13 @@ def cli(capfd, monkeypatch):
   `program` is a script of the repository root (``'train.py'``) or a module
   run with ``python -m`` (``'sa_reid_jax.tools.search'``); stdout and stderr
   are captured at the file-descriptor level, as a terminal would show them.
+  It runs from the repository root, or from the keyword argument ``cwd``.
   """
   import helpers  # pylint: disable=g-import-not-at-top
 
-  def run(program, *args):
+  def run(program, *args, cwd=helpers.REPO):
     capfd.readouterr()
-    code = helpers.run_in_process(program, list(args), monkeypatch)
+    code = helpers.run_in_process(program, list(args), monkeypatch, cwd)
     out, err = capfd.readouterr()
     return helpers.CliResult(code, out, err)
 

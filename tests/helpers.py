@@ -171,14 +171,16 @@ def _exit_status(error: SystemExit) -> int:
   return 1
 
 
-def run_in_process(program: str, args: list[str], monkeypatch) -> int:
+def run_in_process(program: str, args: list[str], monkeypatch,
+                   cwd: str = REPO) -> int:
   """Runs ``python PROGRAM ARGS`` (a script of the repository root, e.g.
   ``train.py``) or ``python -m PROGRAM ARGS`` (a module with ``main(argv)``)
-  in this process, from the repository root; returns its exit status.
+  in this process, from `cwd` (default the repository root); returns its
+  exit status.
 
   Use the ``cli`` fixture, which also captures the output.
   """
-  monkeypatch.chdir(REPO)
+  monkeypatch.chdir(cwd)
   if program.endswith('.py'):
     path = os.path.join(REPO, program)
     argv = [path, *args]

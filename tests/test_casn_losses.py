@@ -109,6 +109,76 @@ def test_gradient_modes():
     gradcam.grad_cam(head, maps, labels, 'weights')
 
 
+def _siamese_importance_head(seed, channels=5, dim=6):
+  """CASN's siamese path as the notes give it, from a (B, h, w, K) map:
+  f = pooled @ W + b, importance s = sum_j max(f_j, 0); with W, b."""
+  rng = np.random.default_rng(seed)
+  kernel = rng.standard_normal((channels, dim))
+  bias = 0.5 * rng.standard_normal(dim)
+
+  def importance(maps):
+    f = jnp.mean(maps, axis=(1, 2)) @ kernel + bias
+    return jnp.sum(jax.nn.relu(f), axis=-1)
+
+  return importance, kernel, bias
+
+
+def test_siamese_grad_cam_is_the_closed_form():
+  """The Grad-CAM of the siamese importance score (seed 004, section 2.2,
+  and the author's reply) against its closed form: d s / d A_k = (1/(h w))
+  sum_j W_kj [f_j > 0] at every position, so the channel weights are that,
+  and the map ReLU(sum_k w_k A_k), min-max normalised per image. Float64:
+  the same maths two ways, to float64 rounding (1e-16 of maps of order 1).
+  """
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(5)
+    # Post-ReLU maps, as the backbone's.
+    maps = np.maximum(rng.standard_normal((4, 4, 3, 5)), 0)
+    importance, kernel, bias = _siamese_importance_head(6)
+    results = {mode: np.asarray(gradcam.score_grad_cam(
+        importance, jnp.asarray(maps), mode))
+               for mode in gradcam.GRADIENT_MODES}
+  assert results['feature_map'].dtype == np.float64
+  f = maps.mean(axis=(1, 2)) @ kernel + bias
+  # Both signs among the components of f, so the indicator [f_j > 0]
+  # selects some of them (on the post-ReLU pooled map it would keep all).
+  assert 0 < (f > 0).mean() < 1
+  h, w = maps.shape[1:3]
+  for n in range(4):
+    weights = kernel @ (f[n] > 0) / (h * w)
+    cam = np.maximum(np.einsum('hwk,k->hw', maps[n], weights), 0)
+    assert cam.max() > cam.min()
+    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    # The gradient modes differ in the gradients they pass on, never in
+    # the maps.
+    for mode, result in results.items():
+      np.testing.assert_allclose(result[n], expected, rtol=0, atol=1e-12,
+                                 err_msg=mode)
+
+
+def test_class_grad_cam_is_the_score_grad_cam_of_the_true_class_logit():
+  # One Grad-CAM for both kinds of map: the class map is the general one of
+  # the true-class logit, values and gradients (the same program: equal).
+  rng = np.random.default_rng(7)
+  maps = jnp.asarray(rng.standard_normal((3, 3, 2, 5)), jnp.float32)
+  labels = jnp.asarray([3, 0, 2])
+  head = _nonlinear_head(8)
+  probe = jnp.asarray(rng.standard_normal((3, 3, 2)), jnp.float32)
+  true_class = lambda a: jnp.take_along_axis(head(a), labels[:, None], 1)[:, 0]
+  for mode in gradcam.GRADIENT_MODES:
+    by_class = lambda a, mode=mode: gradcam.grad_cam(head, a, labels, mode)
+    by_score = lambda a, mode=mode: gradcam.score_grad_cam(true_class, a, mode)
+    np.testing.assert_array_equal(by_class(maps), by_score(maps))
+    np.testing.assert_array_equal(
+        jax.grad(lambda a: jnp.sum(probe * by_class(a)))(maps),
+        jax.grad(lambda a: jnp.sum(probe * by_score(a)))(maps))
+  with pytest.raises(ValueError, match=r'score_fn must give one score per '
+                     r'image, shape \(3,\), got \(3, 4\)'):
+    gradcam.score_grad_cam(head, maps)
+  with pytest.raises(ValueError, match='config.casn.gradcam_gradient'):
+    gradcam.score_grad_cam(true_class, maps, 'weights')
+
+
 def test_flat_map_is_zero_not_nan():
   maps = jnp.ones((1, 2, 2, 3))
   head = lambda a: jnp.mean(a, axis=(1, 2)) @ jnp.ones((3, 2))

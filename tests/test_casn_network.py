@@ -17,9 +17,12 @@ from sa_reid_jax.models.casn import model_config, model_from_config
 from sa_reid_jax.models.sanet import SANet, per_example_dropout
 
 TINY = dict(stage_sizes=(1, 1, 1, 1), base_width=4, num_classes=5,
-            num_stripes=4, reduced_dim=16)
+            num_stripes=4, reduced_dim=16, siamese_dim=24)
 SIZE = (64, 32)  # PCB: a 4x2 final map (last stride 1), one row a stripe
 WIDTH = 128  # layer4's channels: 32 * base_width
+# The siamese feature's width: unlike C, the stripes' D and the classes, so
+# that a transposed or misplaced fc shows.
+SIAMESE_DIM = TINY['siamese_dim']
 BATCH = 4
 
 
@@ -101,11 +104,12 @@ def head(model, variables, fmap):
 def test_outputs_follow_the_contract(network):
   variant, model, variables = network
   out = forward(model, variables, IMAGES)
-  parts, width = (1, WIDTH) if variant == 'ide' else (4, 16)
-  assert out['features'].shape == (BATCH, parts, width)
+  # PCB's descriptor is the pooled stripes (C wide), not the reduced ones.
+  parts = 1 if variant == 'ide' else 4
+  assert out['features'].shape == (BATCH, parts, WIDTH)
   assert out['global_features'].shape == (BATCH, WIDTH)
   assert out['global_logits'].shape == (BATCH, 5)
-  assert out['verification'].shape == (BATCH, WIDTH)
+  assert out['verification'].shape == (BATCH, SIAMESE_DIM)
   for name in ('features', 'global_features', 'global_logits',
                'verification'):
     assert out[name].dtype == jnp.float32, name
@@ -113,7 +117,8 @@ def test_outputs_follow_the_contract(network):
   assert set(out['embeddings']) == {'global'}
   np.testing.assert_array_equal(out['embeddings']['global'],
                                 out['global_features'])
-  np.testing.assert_array_equal(out['verification'], out['global_features'])
+  # The verification vector's maths: `test_siamese_feature_and_importance
+  # _by_hand`.
   assert out['attention'] == {}
   fmap = feature_map(model, variables, IMAGES)
   # IDE keeps the ImageNet network's last stride 2, PCB halves it.
@@ -150,37 +155,144 @@ def test_outputs_follow_the_contract(network):
                                    keepdims=True), **EXACT64)
 
 
-def test_pcb_stripes_by_hand():
-  """One PCB stripe from the description: mean of its row, Dense, BN with
-  the running statistics, ReLU; its own classifier; logits summed. In
-  float64, against NumPy's float64."""
-  model = tiny('pcb')
+def pcb_head_reference(fmap, variables, train, mask=None):
+  """PCB's head as the reference notes give it (the PCB author's code), in
+  NumPy float64, from a (B, 4, w, C) map: four rows, row i stripe i.
+
+  Each stripe averaged to a C-d part; the descriptor the parts, each
+  L2-normalised; dropout (`mask`, inverted: 0 or 1 / keep) on the parts;
+  ONE 1x1 conv without bias (a (C, D) matrix) shared by every part; ONE
+  BatchNorm over every part of every image (its batch moments in training,
+  the biased variance, eps 1e-5; else the running ones); ReLU; then part
+  p's own classifier W_p, b_p; the identity score the sum over the parts.
+  """
+  params = variables['params']
+  parts = np.stack([fmap[:, i].mean(axis=1) for i in range(4)], axis=1)
+  features = parts / np.linalg.norm(parts, axis=-1, keepdims=True)
+  dropped = parts if mask is None else parts * mask
+  reduced = dropped @ params['part_reduce']['kernel']  # (B, 4, D)
+  if train:
+    mean, var = reduced.mean(axis=(0, 1)), reduced.var(axis=(0, 1))
+  else:
+    running = variables['batch_stats']['part_bn']
+    mean, var = running['mean'], running['var']
+  bn = params['part_bn']
+  reduced = np.maximum(
+      (reduced - mean) / np.sqrt(var + 1e-5) * bn['scale'] + bn['bias'], 0)
+  part_logits = np.stack(
+      [reduced[:, p] @ params['part_classifier_kernel'][p] +
+       params['part_classifier_bias'][p] for p in range(4)], axis=1)
+  return dict(features=features, reduction_input=dropped,
+              part_logits=part_logits, global_logits=part_logits.sum(axis=1),
+              moments=(mean, var))
+
+
+def pcb_head_with_reduction_input(model, variables, fmap, train, ids=None,
+                                  rngs=None):
+  """`head_outputs` (batch_stats updated in training) and the input its
+  ``part_reduce`` layer received."""
+  seen = {}
+
+  def spy(next_fun, args, kwargs, context):
+    if context.module.name == 'part_reduce':
+      seen['input'] = args[0]
+    return next_fun(*args, **kwargs)
+
+  with flax.linen.intercept_methods(spy):
+    outputs, state = model.apply(variables, fmap, train, ids, rngs=rngs,
+                                 mutable=['batch_stats'],
+                                 method=CASNNet.head_outputs)
+  return outputs, state, seen['input']
+
+
+def test_pcb_head_is_pcbs_one_shared_reduction():
+  """PCB's head (the PCB author's code, reference notes "CASN"): ONE
+  reduction and ONE BatchNorm shared by the stripes, the pooled stripes the
+  descriptor; against a NumPy float64 transcription, in eval and in train
+  mode (no dropout here: `test_pcb_dropout_acts_on_the_pooled_stripes`)."""
+  model = tiny('pcb', dropout_rate=0.0)
   variables = random_variables(model, seed=5)
+  params, stats = variables['params'], variables['batch_stats']
+  # SANet's part head's names and shapes: one (C, D) reduction kernel, one
+  # BatchNorm, the classifiers batched (P, D, K) and (P, K).
+  heads = {name for name in params if name not in ('backbone', 'siamese')
+           and not name.startswith('siamese_')}
+  assert heads == {'part_reduce', 'part_bn', 'part_classifier_kernel',
+                   'part_classifier_bias'}
+  assert jax.tree.map(np.shape, {name: params[name] for name in heads}) == {
+      'part_reduce': {'kernel': (WIDTH, 16)},
+      'part_bn': {'scale': (16,), 'bias': (16,)},
+      'part_classifier_kernel': (4, 16, 5),
+      'part_classifier_bias': (4, 5)}
+  assert set(stats) == {'backbone', 'part_bn'}
+  assert jax.tree.map(np.shape, stats['part_bn']) == {'mean': (16,),
+                                                      'var': (16,)}
   with jax.enable_x64(True):
     model, variables = in_float64(model, variables)
     fmap = np.asarray(feature_map(model, variables, IMAGES64))
-    out = to_numpy(head(model, variables, fmap))
-  assert out['global_logits'].dtype == jnp.float64
-  params, stats = variables['params'], variables['batch_stats']
-  logits = 0
-  for i in range(4):
-    stripe = fmap[:, i].mean(axis=1)  # 4 rows, 4 stripes: row i
-    reduced = stripe @ params[f'stripe_reduce_{i}']['kernel']
-    bn, running = params[f'stripe_bn_{i}'], stats[f'stripe_bn_{i}']
-    reduced = np.maximum((reduced - running['mean']) /
-                         np.sqrt(running['var'] + 1e-5) * bn['scale'] +
-                         bn['bias'], 0)
-    np.testing.assert_allclose(
-        out['features'][:, i],
-        reduced / np.linalg.norm(reduced, axis=-1, keepdims=True), **EXACT64)
-    classifier = params[f'stripe_classifier_{i}']
-    part = reduced @ classifier['kernel'] + classifier['bias']
-    np.testing.assert_allclose(out['part_logits'][:, i], part, **EXACT64)
-    logits = logits + part
-  np.testing.assert_allclose(out['global_logits'], logits, **EXACT64)
-  np.testing.assert_allclose(out['global_logits'],
-                             np.sum(np.asarray(out['part_logits']), axis=1),
+    run = jax.jit(functools.partial(pcb_head_with_reduction_input, model),
+                  static_argnums=2)
+    results = {train: to_numpy(run(variables, fmap, train))
+               for train in (False, True)}
+  assert fmap.shape == (BATCH, 4, 2, WIDTH)
+  for train, (out, state, reduction_input) in results.items():
+    expected = pcb_head_reference(fmap, variables, train)
+    assert out['features'].dtype == jnp.float64
+    assert out['features'].shape == (BATCH, 4, WIDTH)
+    for name in ('features', 'part_logits', 'global_logits'):
+      np.testing.assert_allclose(out[name], expected[name], **EXACT64,
+                                 err_msg=f'{name}, train={train}')
+    np.testing.assert_allclose(reduction_input, expected['reduction_input'],
+                               **EXACT64)
+    np.testing.assert_allclose(out['global_logits'],
+                               out['part_logits'].sum(axis=1), **EXACT64)
+    if train:
+      # The running statistics follow the one BatchNorm's moments over
+      # all B * P = 16 reduced parts (PyTorch's rule: unbiased variance).
+      mean, var = expected['moments']
+      running = variables['batch_stats']['part_bn']
+      np.testing.assert_allclose(
+          state['batch_stats']['part_bn']['mean'],
+          0.9 * running['mean'] + 0.1 * mean, **EXACT64)
+      np.testing.assert_allclose(
+          state['batch_stats']['part_bn']['var'],
+          0.9 * running['var'] + 0.1 * var * 16 / 15, **EXACT64)
+  # Batch moments are not the running ones: the two modes differ.
+  assert not np.allclose(results[True][0]['part_logits'],
+                         results[False][0]['part_logits'], atol=1e-3)
+
+
+def test_pcb_dropout_acts_on_the_pooled_stripes():
+  """In training, PCB's dropout zeroes (and scales) entries of the pooled
+  2048-d stripes, per example (`per_example_dropout`), before the shared
+  reduction; the descriptor is the stripes undropped. In float64."""
+  model = tiny('pcb', dropout_rate=0.5)
+  variables = random_variables(model, seed=6)
+  ids = jnp.arange(BATCH) + 30
+  rngs = {'dropout': jax.random.key(13)}
+  with jax.enable_x64(True):
+    model, variables = in_float64(model, variables)
+    fmap = np.asarray(feature_map(model, variables, IMAGES64))
+    out, _, reduction_input = to_numpy(jax.jit(
+        functools.partial(pcb_head_with_reduction_input, model,
+                          train=True, rngs=rngs))(variables, fmap, ids=ids))
+    # The head's mask: the network's first 'dropout' key (its only use)
+    # through `per_example_dropout`, applied to ones.
+    key = model.apply(variables, rngs=rngs,
+                      method=lambda m: m.make_rng('dropout'))
+    mask = np.asarray(per_example_dropout(
+        jnp.ones((BATCH, 4, WIDTH), jnp.float64), 0.5, key, ids))
+  assert set(np.unique(mask).tolist()) == {0.0, 2.0}
+  expected = pcb_head_reference(fmap, variables, True, mask)
+  np.testing.assert_allclose(reduction_input, expected['reduction_input'],
                              **EXACT64)
+  for name in ('features', 'part_logits', 'global_logits'):
+    np.testing.assert_allclose(out[name], expected[name], **EXACT64,
+                               err_msg=name)
+  # The mask did act: without it the logits are others.
+  undropped = pcb_head_reference(fmap, variables, True)
+  assert not np.allclose(undropped['part_logits'], out['part_logits'],
+                         atol=1e-3)
 
 
 def test_call_is_head_outputs_of_feature_map(network):
@@ -250,16 +362,17 @@ def test_siamese_logits_by_hand_symmetric_and_any_leading_shape(network):
                                       method=CASNNet.siamese_logits))
   kernel = np.asarray(variables['params']['siamese']['kernel'], np.float64)
   bias = float(variables['params']['siamese']['bias'][0])
-  assert kernel.shape == (WIDTH, 1) and bias != 0
+  # It compares the siamese features f_i (SIAMESE_DIM wide), not the map.
+  assert kernel.shape == (SIAMESE_DIM, 1) and bias != 0
   rng = np.random.default_rng(9)
-  a = rng.normal(size=(3, 2, WIDTH)).astype(np.float32)
-  b = rng.normal(size=(3, 2, WIDTH)).astype(np.float32)
+  a = rng.normal(size=(3, 2, SIAMESE_DIM)).astype(np.float32)
+  b = rng.normal(size=(3, 2, SIAMESE_DIM)).astype(np.float32)
   logits = siamese(a, b)
   assert logits.shape == (3, 2) and logits.dtype == jnp.float32
   expected = np.einsum('mnk,k->mn', (a.astype(np.float64) - b)**2,
                        kernel[:, 0]) + bias
-  # Float32 sums of 128 products of both signs, against the exact value:
-  # about sqrt(128) float32 roundings (6e-8 each) of terms as large as the
+  # Float32 sums of 24 products of both signs, against the exact value:
+  # about sqrt(24) float32 roundings (6e-8 each) of terms as large as the
   # logits (|logit| > 0.1 here: no cancellation to zero).
   assert np.abs(expected).min() > 0.1
   np.testing.assert_allclose(logits, expected, rtol=1e-5)
@@ -277,7 +390,7 @@ def test_siamese_logits_by_hand_symmetric_and_any_leading_shape(network):
     for m in range(3):
       for n in range(2):
         by_hand = sum(kernel[k, 0] * (a64[m, n, k] - b64[m, n, k])**2
-                      for k in range(WIDTH)) + bias
+                      for k in range(SIAMESE_DIM)) + bias
         np.testing.assert_allclose(logits64[m, n], by_hand, **EXACT64)
     # Every pair of two sets, by broadcasting or spelt out: the same maths.
     pairs = siamese64(a64[:, :1], b64[None, :, 0])
@@ -287,6 +400,54 @@ def test_siamese_logits_by_hand_symmetric_and_any_leading_shape(network):
                          np.repeat(b64[None, :, 0], 3, axis=0)), **EXACT64)
   with pytest.raises(ValueError, match='same last axis'):
     model.apply(variables, a, b[..., :-1], method=CASNNet.siamese_logits)
+
+
+def test_siamese_feature_and_importance_by_hand(network):
+  """The siamese module's own fc and its importance score (seed 004,
+  section 2.2 and the author's reply), against NumPy float64: f = pooled
+  @ W + b is the ``verification`` output, in training (dropout on, other
+  ids) as in inference; s = sum_k max(f_k, 0); both example by example
+  (a row alone gives the batch's row, and so does the gradient of the
+  batch's summed scores, Grad-CAM's). Exact in principle: float64."""
+  _, model, variables = network
+  ids = jnp.arange(BATCH) + 30
+  with jax.enable_x64(True):
+    model, variables = in_float64(model, variables)
+    fmap = np.asarray(feature_map(model, variables, IMAGES64))
+    out = to_numpy(head(model, variables, fmap))
+    train_out = to_numpy(jax.jit(lambda v, a: model.apply(
+        v, a, True, ids, rngs={'dropout': jax.random.key(13)},
+        mutable=['batch_stats'], method=CASNNet.head_outputs)[0])(
+            variables, fmap))
+    importance = jax.jit(functools.partial(
+        model.apply, method=CASNNet.siamese_importance))
+    scores = np.asarray(importance(variables, fmap))
+    gradient = jax.jit(jax.grad(lambda a: jnp.sum(importance(variables, a))))
+    batch_gradient = np.asarray(gradient(fmap))
+    alone = [(np.asarray(importance(variables, fmap[i:i + 1])),
+              np.asarray(gradient(fmap[i:i + 1]))) for i in range(BATCH)]
+  fc = variables['params']['siamese_fc']
+  assert fc['kernel'].shape == (WIDTH, SIAMESE_DIM)
+  assert fc['bias'].shape == (SIAMESE_DIM,) and np.abs(fc['bias']).max() > 0
+  f = fmap.mean(axis=(1, 2)) @ fc['kernel'] + fc['bias']
+  assert out['verification'].dtype == jnp.float64
+  np.testing.assert_allclose(out['verification'], f, **EXACT64)
+  np.testing.assert_allclose(train_out['verification'], f, **EXACT64)
+  # Unlike the pooled (post-ReLU) map, f has components of both signs:
+  # "the neurons of f_i larger than zero" select some of them.
+  assert (f > 0).any() and (f < 0).any() and (f > 0).mean() < 1
+  assert scores.shape == (BATCH,) and scores.dtype == np.float64
+  np.testing.assert_allclose(scores, np.maximum(f, 0).sum(axis=-1),
+                             **EXACT64)
+  # d s / d A_hwk = (1 / (h w)) sum_j W_kj [f_j > 0], the same everywhere.
+  h, w = fmap.shape[1:3]
+  expected_gradient = ((f > 0) @ fc['kernel'].T / (h * w))[:, None, None, :]
+  np.testing.assert_allclose(
+      batch_gradient, np.broadcast_to(expected_gradient, fmap.shape),
+      **EXACT64)
+  for i, (score, grad) in enumerate(alone):
+    np.testing.assert_allclose(score, scores[i:i + 1], **EXACT64)
+    np.testing.assert_allclose(grad, batch_gradient[i:i + 1], **EXACT64)
 
 
 def test_dropout_mask_depends_on_the_example_id_only():
@@ -368,10 +529,11 @@ def test_backbone_is_laid_out_like_the_imagenet_conversion(network):
   for collection in ('params', 'batch_stats'):
     assert (jax.tree.map(np.shape, ours[collection]['backbone']) ==
             jax.tree.map(np.shape, converted[collection]['backbone']))
+  # PCB's head is SANet's part head, under SANet's names.
   heads = ({'classifier'} if variant == 'ide' else
-           {f'stripe_{layer}_{i}' for layer in ('reduce', 'bn', 'classifier')
-            for i in range(4)})
-  assert set(ours['params']) == {'backbone', 'siamese'} | heads
+           {'part_reduce', 'part_bn', 'part_classifier_kernel',
+            'part_classifier_bias'})
+  assert set(ours['params']) == {'backbone', 'siamese_fc', 'siamese'} | heads
   assert not any(jax.tree.leaves(registry.frozen_mask(model, ours['params'])))
 
 
@@ -380,6 +542,7 @@ def test_config_round_trip_and_registry():
   config = model_config(model)
   assert config['head'] == 'pcb' and config['last_stride'] == 1
   assert config['stage_sizes'] == [1, 1, 1, 1]
+  assert config['siamese_dim'] == SIAMESE_DIM
   description = registry.describe(model)
   assert description == {'family': 'casn', 'config': config}
   rebuilt = registry.rebuild(description, 'model.json')
@@ -389,14 +552,16 @@ def test_config_round_trip_and_registry():
 
   m = ml_collections.ConfigDict(dict(
       family='casn', variant='ide', num_stripes=6, reduced_dim=256,
-      dropout_rate=0.5, stage_sizes=(3, 4, 6, 3), base_width=64,
-      last_stride=2, dtype='float32'))
+      dropout_rate=0.5, siamese_dim=2048, stage_sizes=(3, 4, 6, 3),
+      base_width=64, last_stride=2, dtype='float32'))
   built = registry.build(m, 751, image_size=(256, 128), bn_axis_name='data')
   assert built == CASNNet(num_classes=751, head='ide', last_stride=2,
                           bn_axis_name='data')
   m.variant = 'pcb'
   m.last_stride = 1
-  assert registry.build(m, 751, image_size=(384, 128)).head == 'pcb'
+  m.siamese_dim = 300
+  built = registry.build(m, 751, image_size=(384, 128))
+  assert built.head == 'pcb' and built.siamese_dim == 300
 
   m.variant = 'mgn'
   with pytest.raises(ValueError, match=r"config.model.variant must be one of "
@@ -425,6 +590,8 @@ def test_bad_attributes_are_clear_errors():
     tiny('ide', num_classes=0)
   with pytest.raises(ValueError, match=r'dropout_rate must be in \[0, 1\)'):
     tiny('ide', dropout_rate=1.0)
+  with pytest.raises(ValueError, match='siamese_dim must be >= 1, got 0'):
+    tiny('ide', siamese_dim=0)
   with pytest.raises(ValueError, match='num_stripes and reduced_dim must be '
                      '>= 1, got 0 and 16'):
     tiny('pcb', num_stripes=0)

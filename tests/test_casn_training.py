@@ -14,6 +14,7 @@ import pytest
 from sa_reid_jax import losses
 from sa_reid_jax import tasks
 from sa_reid_jax.losses import gradcam
+from sa_reid_jax.losses import siamese
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.casn import CASNNet
@@ -21,6 +22,7 @@ from sa_reid_jax.tasks import casn as casn_task
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import experiment_config
 from sa_reid_jax.training import trainer
+from sa_reid_jax.training import validation
 from sa_reid_jax.training.casn_defaults import casn_experiment_config
 
 
@@ -53,6 +55,8 @@ def _tiny_network(variant, dropout_rate):
   config.model.num_stripes = 4
   config.model.dropout_rate = dropout_rate
   config.model.dtype = 'float64'
+  # Neither C (128) nor the classes: a transposed siamese fc shows.
+  config.model.siamese_dim = 24
   # 6x3 maps for both heads.
   config.model.last_stride = 1
   return config, registry.build(config.model, 5, image_size=(96, 48))
@@ -106,12 +110,18 @@ def test_grad_cam_head_reproduces_the_train_mode_logits(variant, float64):
 
 @pytest.mark.parametrize('variant', ['ide', 'pcb'])
 def test_step_maps_are_each_images_own_grad_cam(variant, float64):
+  """The class maps: each image's own true-class Grad-CAM (against a
+  per-image gradient). The siamese maps: the closed form of the Grad-CAM
+  of the importance score s = sum_j max(f_j, 0), f = pooled @ W + b."""
   _, model, variables, batch = _tiny(variant)
-  step = jax.jit(functools.partial(casn_task.forward, model))
+  step = jax.jit(functools.partial(casn_task.forward, model,
+                                   with_siamese_maps=True))
   outputs, new_stats = step(variables['params'], variables['batch_stats'],
                             batch, jax.random.PRNGKey(3))
   maps = np.asarray(outputs['attention_maps'])
   assert maps.dtype == np.float64
+  siamese_maps = np.asarray(outputs['siamese_attention_maps'])
+  assert siamese_maps.dtype == np.float64 and siamese_maps.shape == maps.shape
 
   @jax.jit
   def train_pass(variables, images, positions):
@@ -132,15 +142,44 @@ def test_step_maps_are_each_images_own_grad_cam(variant, float64):
                                  state.get('intermediates', {}))
   # Image n alone: the gradient of its own class's score.
   own_class_gradient = jax.jit(jax.grad(lambda a, c: scores(a[None])[0, c]))
+  flat_maps = 0
   for n, label in enumerate(np.asarray(batch['labels'])):
     grads = own_class_gradient(feature_map[n], label)
     cam = np.maximum(np.einsum('hwk,k->hw', np.asarray(feature_map[n]),
                                np.asarray(grads).mean(axis=(0, 1))), 0)
-    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    if cam.max() == 0:
+      # No position with positive evidence (every weighted sum <= 0, so
+      # the ReLU gives exact zeros): a flat map, which
+      # `gradcam.normalise_maps` sets to zero (PCB's image 2 here).
+      flat_maps += 1
+      expected = np.zeros_like(cam)
+    else:
+      expected = (cam - cam.min()) / (cam.max() - cam.min())
     # float64: the batch's gradient and one image's round differently
     # (~1e-16 relative), and the min-max normalisation divides that by the
     # map's range; measured 1.5e-15 on these [0, 1] maps.
     np.testing.assert_allclose(maps[n], expected, rtol=0, atol=1e-12)
+  # The comparison is with real gradients for all the other images.
+  assert flat_maps <= 1
+  # The siamese maps (seed 004, section 2.2 and the author's reply), from
+  # the same train-mode feature map A: the fc on the pooled map, then
+  # channel weights w = (1/(h w)) W [f > 0] (the spatial mean of d s / d A),
+  # ReLU(sum_k w_k A_k), min-max normalised per image; NumPy float64.
+  fc = variables['params']['siamese_fc']
+  kernel = np.asarray(fc['kernel'], np.float64)
+  activations = np.asarray(feature_map)
+  f = activations.mean(axis=(1, 2)) @ kernel + np.asarray(fc['bias'])
+  # Components of both signs: the indicator selects.
+  assert 0 < (f > 0).mean() < 1
+  h, w = activations.shape[1:3]
+  for n in range(len(f)):
+    weights = kernel @ (f[n] > 0) / (h * w)
+    cam = np.maximum(np.einsum('hwk,k->hw', activations[n], weights), 0)
+    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    # As above: float64 rounding divided by the map's range.
+    np.testing.assert_allclose(siamese_maps[n], expected, rtol=0, atol=1e-12)
+  # Not the class maps under another name.
+  assert np.abs(siamese_maps - maps).max() > 0.1
   # The step's statistics are the train-mode pass's, not a second pass's.
   jax.tree_util.tree_map(np.testing.assert_array_equal, new_stats,
                          state['batch_stats'])
@@ -169,6 +208,102 @@ def test_the_step_keeps_the_first_pass_statistics_not_the_erased_ones(
   # Erasing a region changes the batch's moments (measured: 0.3 at most,
   # 0.03 the median leaf), far above any rounding of statistics of order 1.
   assert max(differences) > 1e-4
+
+
+def _count_grad_cams(monkeypatch):
+  """Counts the Grad-CAMs the task traces, by kind: 'class' (`grad_cam`)
+  and 'score' (every `score_grad_cam`, the class ones included)."""
+  calls = {'class': 0, 'score': 0}
+  for kind, name in (('class', 'grad_cam'), ('score', 'score_grad_cam')):
+    original = getattr(gradcam, name)
+
+    def counted(*args, kind=kind, original=original, **kwargs):
+      calls[kind] += 1
+      return original(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam, name, counted)
+  return calls
+
+
+def test_consistency_reads_the_maps_its_setting_names(float64, monkeypatch):
+  """consistency.maps='siamese' (the default, the source) compares the
+  siamese Grad-CAM maps, 'class' the true-class ones: the step's
+  consistency metric is `attention_consistency_loss` of those maps. And
+  only the maps an active term reads are computed."""
+  config, model, variables, batch = _tiny('pcb')
+  assert config.loss.terms.consistency.maps == 'siamese'
+  rng = jax.random.PRNGKey(5)
+  args = (variables['params'], variables['batch_stats'], batch, rng, None)
+  outputs, _ = jax.jit(functools.partial(
+      casn_task.forward, model, with_siamese_maps=True))(*args[:4])
+  threshold = config.loss.terms.consistency.threshold
+  expected = {
+      name: float(siamese.attention_consistency_loss(
+          outputs[losses.CONSISTENCY_MAPS[name]], batch['labels'],
+          threshold)[0]) for name in ('siamese', 'class')}
+  # The two kinds of map give clearly different values (measured: 1.88
+  # siamese, 2.16 class), so the comparison below tells which were read.
+  assert abs(expected['siamese'] - expected['class']) > 1e-3, expected
+  # Attention mining off: the class maps are then read by the
+  # consistency term alone, when it is set to them.
+  config.loss.terms.attention_mining.weight = 0.0
+  calls = _count_grad_cams(monkeypatch)
+  for name in ('siamese', 'class'):
+    config.loss.terms.consistency.maps = name
+    loss_fn = functools.partial(tasks.build(config).loss_fn, model)
+    for kind in calls:
+      calls[kind] = 0
+    _, (metrics, _) = jax.jit(loss_fn)(*args)
+    # Traced once: one Grad-CAM, of the kind the term reads.
+    assert calls == {'class': int(name == 'class'), 'score': 1}, (name,
+                                                                  calls)
+    # The same maths on the same maps, compiled in another program: float64
+    # rounding (~1e-16 of a distance of order 1).
+    np.testing.assert_allclose(float(metrics['consistency']), expected[name],
+                               rtol=1e-12, err_msg=name)
+  # With attention mining on as well (the recipe), both kinds.
+  config.loss.terms.attention_mining.weight = 1.0
+  config.loss.terms.consistency.maps = 'siamese'
+  for kind in calls:
+    calls[kind] = 0
+  jax.eval_shape(functools.partial(tasks.build(config).loss_fn, model),
+                 *args)
+  assert calls == {'class': 1, 'score': 2}, calls
+  # Neither map term: no Grad-CAM at all.
+  config.loss.terms.attention_mining.weight = 0.0
+  config.loss.terms.consistency.weight = 0.0
+  for kind in calls:
+    calls[kind] = 0
+  jax.eval_shape(functools.partial(tasks.build(config).loss_fn, model),
+                 *args)
+  assert calls == {'class': 0, 'score': 0}, calls
+
+
+def test_a_bad_consistency_maps_name_is_refused_at_start(data, tmp_path):
+  config = helpers.documented_config('demo_casn_synthetic.py', data,
+                                     helpers.SMALL_CASN, max_steps=3)
+  config.loss.terms.consistency.maps = 'identity'
+  message = (r"^config\.loss\.terms\.consistency\.maps must be one of "
+             r"\('siamese', 'class'\), got 'identity'$")
+  with pytest.raises(ValueError, match=message):
+    losses.check_settings(config)
+  with pytest.raises(ValueError, match=message):
+    tasks.build(config)
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  # The run stopped at the config check, before writing anything.
+  run_dir = tmp_path / 'run'
+  assert not run_dir.exists() or not any(run_dir.iterdir())
+  # With the term off, its settings are not read (as every term's).
+  config.loss.terms.consistency.weight = 0.0
+  losses.check_settings(config)
+  tasks.build(config)
+  # The siamese fc's width, config.model.siamese_dim, is checked with the
+  # other model keys.
+  config.model.siamese_dim = 0
+  with pytest.raises(ValueError, match=r'^config\.model\.siamese_dim must be '
+                     r'an integer >= 1, got 0$'):
+    validation.check_config(config)
 
 
 def test_terms_refuse_other_tasks_and_networks(float64):

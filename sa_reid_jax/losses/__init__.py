@@ -60,10 +60,33 @@ def _verification(outputs, batch, settings, axis_name):
                                    axis_name)
 
 
+# The maps the consistency term compares (config.loss.terms.consistency
+# .maps) -> the output the 'casn' task puts them under: 'siamese', the
+# Grad-CAM of the siamese importance score (the source; seed 004, section
+# 2.2); 'class', the identity-class Grad-CAM maps attention mining erases.
+# Why each exists: training/casn_defaults.py.
+CONSISTENCY_MAPS = {'siamese': 'siamese_attention_maps',
+                    'class': 'attention_maps'}
+
+
+def consistency_maps(config: ml_collections.ConfigDict) -> str:
+  """The output the consistency term reads (`CONSISTENCY_MAPS`).
+
+  Raises:
+    ValueError: naming config.loss.terms.consistency.maps, for a name
+      (or a missing key) that is not one of `CONSISTENCY_MAPS`.
+  """
+  maps = config.loss.terms.consistency.get('maps')
+  if maps not in tuple(CONSISTENCY_MAPS):
+    raise ValueError('config.loss.terms.consistency.maps must be one of '
+                     f'{tuple(CONSISTENCY_MAPS)}, got {maps!r}')
+  return CONSISTENCY_MAPS[maps]
+
+
 def _consistency(outputs, batch, settings, axis_name):
   return siamese.attention_consistency_loss(
-      outputs['attention_maps'], batch['labels'], settings.threshold,
-      axis_name)
+      outputs[CONSISTENCY_MAPS[settings.maps]], batch['labels'],
+      settings.threshold, axis_name)
 
 
 TERMS: dict[str, Term] = {
@@ -137,6 +160,7 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
     threshold = terms.consistency.threshold
     check(0 <= threshold <= 1, 'consistency.threshold', threshold,
           'in [0, 1] (the maps are normalised to [0, 1])')
+    consistency_maps(config)
     casn = config.get('casn')
     if casn is not None and casn.gradcam_gradient == 'none':
       raise ValueError(

@@ -94,6 +94,7 @@ def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
   return casn.casn_variant(
       m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
       reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
+      siamese_dim=m.siamese_dim,
       stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
       last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
 

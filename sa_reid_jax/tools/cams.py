@@ -116,8 +116,10 @@ def casn_maps(model: CASNNet, variables: Any, images: jax.Array,
   """CASN's attention: the Grad-CAM of the class, as its training sees it.
 
   The same `losses.gradcam.grad_cam` as the training step (layer-4 map,
-  normalised to [0, 1]), through the head in eval mode (running
-  statistics, no dropout).
+  normalised to [0, 1]; the map attention mining erases), through the head
+  in eval mode (running statistics, no dropout). The siamese module's maps
+  (the Grad-CAM of the importance score, which the consistency term
+  compares by default) are not drawn.
 
   Args, Returns: as `sa_maps`; the map is under ``cams`` (labelled
   ``cam_name`` 'Grad-CAM'); ``attention`` is empty.

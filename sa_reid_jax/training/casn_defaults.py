@@ -3,8 +3,9 @@
 CASN has no public code. The reference notes ("CASN") give the networks (IDE
 or PCB, an identification and a siamese module sharing the backbone), the
 input sizes and the optimiser (SGD, momentum 0.9, 0.03, 40 epochs, x0.1
-after 30, batch 16); alpha, beta, the threshold t and the loss weights are
-not published. Every such field below says what was chosen and why.
+after 30, batch 16); alpha, beta, the threshold t, the loss weights and the
+width of the siamese fc are not published. Every such field below says
+what was chosen and why.
 `casn_experiment_config` starts from `defaults.experiment_config` (its run,
 data, checkpoint and evaluation blocks, documented there).
 """
@@ -14,7 +15,8 @@ import ml_collections
 from sa_reid_jax.training.defaults import experiment_config
 
 # The CASN baselines (models.casn): 'ide' (ResNet-50 + classifier) and 'pcb'
-# (six horizontal stripes, each reduced to 256 and classified).
+# (six horizontal stripes, the 2048-d pooled stripes the descriptor; ONE
+# reduction to 256 shared by the stripes, then a classifier per stripe).
 CASN_VARIANTS = ('ide', 'pcb')
 # Network input (height, width) per baseline (reference notes: 288x144 for
 # IDE, 384x128 for PCB).
@@ -46,12 +48,23 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   config.model.family = 'casn'
   # The baseline network (CASN_VARIANTS).
   config.model.variant = variant
-  # PCB: horizontal stripes and the width each is reduced to (PCB paper:
-  # 6 and 256); unused by IDE.
+  # PCB: horizontal stripes, and the width of the one 1x1 reduction that
+  # the stripes share before their classifiers (PCB paper and the PCB
+  # author's code: 6 and 256); unused by IDE. The descriptor is the pooled
+  # stripes themselves (2048-d each), not the reduced ones.
   config.model.num_stripes = 6
   config.model.reduced_dim = 256
-  # Dropout before the classifiers (PCB and the IDE baseline: 0.5).
+  # Dropout in training (PCB and the IDE baseline: 0.5): on IDE's pooled
+  # feature before its classifier; on PCB's pooled stripes before the
+  # shared reduction.
   config.model.dropout_rate = 0.5
+  # Width of the siamese feature f_i: the siamese module's own fc layer on
+  # the pooled map (the identification and siamese modules "differ only in
+  # their fc layers", seed 004 section 2). Not published; 2048, ResNet-50's
+  # pooled width C, makes the fc square on the paper's backbone: f_i as
+  # wide as the feature it is computed from, neither a bottleneck nor an
+  # expansion.
+  config.model.siamese_dim = 2048
   # ResNet-50 v1.5; last stride 1 for PCB (24x8 map at 384x128), 2 for IDE
   # (the ImageNet network, 9x5 at 288x144).
   config.model.stage_sizes = (3, 4, 6, 3)
@@ -133,6 +146,18 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   # Siamese attention consistency: L2 between positive pairs' attended
   # crops. Weight 1 (not published).
   consistency.weight = 1.0
+  # Which Grad-CAM maps it compares (losses.CONSISTENCY_MAPS):
+  # 'siamese' (the source): the Grad-CAM of the siamese importance score
+  # s_i = sum_k max(f_ik, 0), the components of the siamese feature that
+  # favour the same/different prediction (seed 004, section 2.2, eq. 5, and
+  # the author's reply: "s1 is not I1's class"); the maps that explain the
+  # siamese decision. 'class': the identity-class Grad-CAM maps that
+  # attention mining erases (the implementation's former behaviour, kept to
+  # compare with and to reproduce runs made with it; with attention mining
+  # on, one Grad-CAM per step instead of two), but the consistency then
+  # constrains the identification module's attention, not the siamese
+  # module's.
+  consistency.maps = 'siamese'
   # Entries of the [0, 1] map at or above t form the attended region (the
   # same "half of the peak" as beta).
   consistency.threshold = 0.5

@@ -50,8 +50,8 @@ NUM_STAGES = 4
 LAST_STRIDES = (1, 2)
 # Integer keys of config.model that must be >= 1 where a family has them.
 _POSITIVE_MODEL_KEYS = ('base_width', 'num_features', 'num_stripes',
-                        'reduced_dim', 'channel_ratio', 'spatial_ratio',
-                        'down_ratio')
+                        'reduced_dim', 'siamese_dim', 'channel_ratio',
+                        'spatial_ratio', 'down_ratio')
 
 
 def _fail(key: str, allowed: str, value: Any):

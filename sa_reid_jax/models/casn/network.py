@@ -14,21 +14,39 @@ pairs. No code was published; this module is the network only:
 
   - ``'ide'``, IDE (Zheng et al., arXiv 1610.02984): last stride 2, global
     average pooling -> dropout -> linear classifier with bias.
-  - ``'pcb'``, PCB (Sun et al., ECCV 2018): last stride 1, the map cut into
-    `num_stripes` horizontal stripes, each averaged, then per stripe its own
-    1x1 reduction (2048 -> `reduced_dim`) + BatchNorm + ReLU -> dropout ->
-    its own linear classifier with bias.
+  - ``'pcb'``, PCB (Sun et al., ECCV 2018, and the PCB author's code,
+    syfafterzy/PCB_RPP, from which SA's official code derives): last stride
+    1, the map cut into `num_stripes` horizontal stripes, each averaged to a
+    C-d part (C = 2048 for ResNet-50); the descriptor is the parts, each
+    L2-normalised; for the classifiers, dropout on the parts -> ONE 1x1
+    reduction shared by all parts (C -> `reduced_dim`) + BatchNorm + ReLU
+    -> a linear classifier with bias per part (`PartHead`, SANet's part
+    head: the same code and parameter names).
 
-* verification head ``siamese``: the classic siamese verification layer
-  (one linear output with bias on the element-wise squared difference of
-  two images' vectors; the "square layer" of Zheng, Zheng and Yang, ACM
-  TOMM 2017, arXiv 1611.05666, with one logit instead of a two-way
-  softmax), a logit that the pair shows one identity.
+* siamese module: the identification and siamese modules share the
+  backbone and differ only in their fc layers (seed 004, section 2). Its fc
+  ``siamese_fc`` (Dense with bias, C -> `siamese_dim`) maps the globally
+  pooled map (B, C) to the siamese feature f_i (B, siamese_dim), the
+  ``verification`` output; the verification layer ``siamese`` is the
+  classic siamese one (one linear output with bias on the element-wise
+  squared difference (f_1 - f_2)^2; the "square layer" of Zheng, Zheng and
+  Yang, ACM TOMM 2017, arXiv 1611.05666, with one logit instead of a
+  two-way softmax), a logit that the pair shows one identity.
+* the siamese importance score (seed 004, section 2.2, eq. 5, and the
+  author's reply quoted there: "by finding neurons in f_i which are larger
+  than zero, we find features in f_i which have positive influence on BCE
+  prediction"; "s1 is not I1's class ... we here call s1 the importance
+  score"): s_i = sum_k max(f_ik, 0), one score per image
+  (`siamese_importance`, (B,)), the score whose Grad-CAM gives the maps
+  M_1, M_2 that the attention consistency compares. f_i is an affine map
+  of the post-ReLU pooled feature, so its components have both signs (every
+  component of the pooled map itself is >= 0, and "larger than zero" would
+  select them all).
 
 The network exposes its stages as methods (``feature_map``,
-``head_outputs``, ``siamese_logits``) for ``model.apply(..., method=...)``:
-Grad-CAM differentiates the head's identity score with respect to the
-feature map.
+``head_outputs``, ``siamese_logits``, ``siamese_importance``) for
+``model.apply(..., method=...)``: Grad-CAM differentiates the head's identity
+score, or the siamese importance score, with respect to the feature map.
 """
 
 from typing import Any, Optional, Sequence
@@ -39,9 +57,9 @@ import jax.numpy as jnp
 
 from sa_reid_jax.models.module_config import module_config
 from sa_reid_jax.models.module_config import module_from_config
-from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import ResNet, conv_kernel_init
 from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
+from sa_reid_jax.models.sanet.network import PartHead
 from sa_reid_jax.models.sanet.network import l2_normalize
 from sa_reid_jax.models.sanet.network import per_example_dropout
 from sa_reid_jax.models.sanet.network import stripe_pool
@@ -56,14 +74,20 @@ class CASNNet(nn.Module):
   Attributes:
     num_classes: number of training identities (classifier outputs).
     head: ``'ide'`` (global pooling, one classifier) or ``'pcb'`` (stripes,
-      one reduction and classifier each).
+      one shared reduction, a classifier each).
     last_stride: stride of layer4's first block: 2 for IDE (the ImageNet
       network), 1 for PCB (twice the rows to cut into stripes). No default:
       each head has its own (`CASN_VARIANTS`).
     num_stripes: PCB's horizontal stripes (6 in PCB); unused by IDE.
-    reduced_dim: width of PCB's reduced stripe features (256 in PCB);
-      unused by IDE.
-    dropout_rate: dropout before the classifiers in training.
+    reduced_dim: width of PCB's reduction shared by the stripes, the
+      classifiers' input (256 in PCB); unused by IDE.
+    dropout_rate: dropout in training on the classifiers' input (IDE) or
+      on the pooled stripes before the shared reduction (PCB).
+    siamese_dim: width of the siamese feature f_i (the siamese module's fc
+      layer, C -> siamese_dim). Not published; 2048, ResNet-50's C, makes
+      that fc square on the paper's backbone, so f_i is as wide as the
+      pooled feature the siamese layer would otherwise compare
+      (`training/casn_defaults.py`).
     stage_sizes, base_width: backbone shape (see `ResNet`).
     dtype: compute dtype of the backbone, float32 or bfloat16 (name or
       dtype); parameters, BatchNorm statistics, the heads, the logits and
@@ -73,7 +97,7 @@ class CASNNet(nn.Module):
 
   Raises:
     ValueError: on construction, for a bad head, dtype, num_classes,
-      dropout_rate, or PCB num_stripes / reduced_dim.
+      dropout_rate, siamese_dim, or PCB num_stripes / reduced_dim.
   """
   num_classes: int
   head: str
@@ -81,6 +105,7 @@ class CASNNet(nn.Module):
   num_stripes: int = 6
   reduced_dim: int = 256
   dropout_rate: float = 0.5
+  siamese_dim: int = 2048
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   base_width: int = 64
   dtype: Any = 'float32'
@@ -99,6 +124,8 @@ class CASNNet(nn.Module):
     if not 0 <= self.dropout_rate < 1:
       raise ValueError(f'dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
+    if self.siamese_dim < 1:
+      raise ValueError(f'siamese_dim must be >= 1, got {self.siamese_dim}')
     if self.head == 'pcb' and (self.num_stripes < 1 or self.reduced_dim < 1):
       raise ValueError('num_stripes and reduced_dim must be >= 1, got '
                        f'{self.num_stripes} and {self.reduced_dim}')
@@ -117,20 +144,22 @@ class CASNNet(nn.Module):
                                  param_dtype=jnp.float32,
                                  kernel_init=classifier_kernel_init)
     else:
-      # Each stripe its own layers (PCB's stripes share nothing but the
-      # backbone). The reduction is PCB's 1x1 conv on a pooled stripe,
-      # i.e. a Dense; no bias, the BatchNorm after it has one. Kaiming
-      # normal over fan-out, as the backbone's convolutions.
-      self.stripe_reduce = [
-          nn.Dense(self.reduced_dim, use_bias=False, dtype=wide,
-                   param_dtype=jnp.float32, kernel_init=conv_kernel_init)
-          for _ in range(self.num_stripes)]
-      self.stripe_bn = [BatchNorm(dtype=wide, axis_name=self.bn_axis_name)
-                        for _ in range(self.num_stripes)]
-      self.stripe_classifier = [
-          nn.Dense(self.num_classes, dtype=wide, param_dtype=jnp.float32,
-                   kernel_init=classifier_kernel_init)
-          for _ in range(self.num_stripes)]
+      # SANet's part head (PCB's): parameters part_reduce, part_bn,
+      # part_classifier_kernel and part_classifier_bias directly under
+      # the network, as in SANet.
+      self.part_head = PartHead(self.reduced_dim, self.num_classes,
+                                dtype=wide, bn_axis_name=self.bn_axis_name)
+      nn.share_scope(self, self.part_head)
+    # The siamese module's own fc, f_i = pooled @ W + b. Kaiming normal
+    # over fan-out and bias 0, as the IDE baseline's code initialises its
+    # fc layers (layumi's Person_reID_baseline_pytorch, weights_init_kaiming)
+    # and as the backbone's convolutions: f_i starts at the pooled
+    # feature's scale with components of both signs (about half of them
+    # > 0, a non-trivial importance score). Not N(0, 0.001) as the
+    # classifiers: (f_1 - f_2)^2 would start ~1e-6 of the pooled scale.
+    self.siamese_fc = nn.Dense(self.siamese_dim, dtype=wide,
+                               param_dtype=jnp.float32,
+                               kernel_init=conv_kernel_init)
     # N(0, 0.001) as the classifiers: every pair starts near logit 0
     # (probability 1/2), with no preference either way.
     self.siamese = nn.Dense(1, dtype=wide, param_dtype=jnp.float32,
@@ -180,19 +209,22 @@ class CASNNet(nn.Module):
 
     Returns:
       dict (the registry's contract) with
-        ``features``: (B, P, D) float32, each part L2-normalised (the
-          retrieval descriptor): IDE P = 1, D = C (the pooled map); PCB
-          P = num_stripes, D = reduced_dim (the stripe features after
-          BatchNorm and ReLU, PCB's descriptor);
+        ``features``: (B, P, C) float32, each part L2-normalised (the
+          retrieval descriptor): IDE P = 1 (the pooled map); PCB
+          P = num_stripes (the pooled stripes, PCB's descriptor; not the
+          reduced ones);
         ``global_features``: (B, C) float32, the map's global average;
         ``global_logits``: (B, num_classes) float32: IDE's classifier; for
           PCB the SUM of the stripe classifiers' logits, one identity score
           per image (what Grad-CAM and attention mining read);
         ``part_logits``: (B, num_stripes, num_classes) float32, PCB only,
-          each stripe's classifier (PCB's training loss);
+          each stripe's classifier on the shared reduction (PCB's training
+          loss);
         ``embeddings``: ``'global'`` the pooled map (B, C) (metric losses);
-        ``verification``: (B, C) the vector `siamese_logits` compares (the
-          pooled map);
+        ``verification``: (B, siamese_dim) float32, f_i, the siamese
+          module's fc of the pooled map (`siamese_features`; no dropout
+          and no BatchNorm: the same in training and inference, each row
+          from its own image), the vector `siamese_logits` compares;
         ``attention``: {} (CASN's maps are Grad-CAM maps, computed by the
           training task).
 
@@ -206,7 +238,7 @@ class CASNNet(nn.Module):
     outputs: dict[str, Any] = {
         'global_features': pooled,
         'embeddings': {'global': pooled},
-        'verification': pooled,
+        'verification': self.siamese_features(pooled),
         'attention': {},
     }
     if self.head == 'ide':
@@ -221,17 +253,45 @@ class CASNNet(nn.Module):
           f'num_stripes {self.num_stripes}; use larger images '
           '(config.image_size) or fewer stripes (config.model.num_stripes)')
     stripes = stripe_pool(x, self.num_stripes)  # (B, P, C)
-    reduced = jnp.stack(
-        [nn.relu(bn(reduce(stripes[:, i]), train)) for i, (reduce, bn)
-         in enumerate(zip(self.stripe_reduce, self.stripe_bn))], axis=1)
-    outputs['features'] = l2_normalize(reduced)
-    dropped = self._dropout(reduced, train, example_ids)
-    part_logits = jnp.stack(
-        [classify(dropped[:, i])
-         for i, classify in enumerate(self.stripe_classifier)], axis=1)
+    outputs['features'] = l2_normalize(stripes)
+    dropped = self._dropout(stripes, train, example_ids)
+    _, part_logits = self.part_head(dropped, train)
     outputs['part_logits'] = part_logits
     outputs['global_logits'] = jnp.sum(part_logits, axis=1)
     return outputs
+
+  def siamese_features(self, pooled: jax.Array) -> jax.Array:
+    """The siamese module's fc: f_i = pooled @ W + b.
+
+    Args:
+      pooled: (B, C) the globally averaged feature map.
+
+    Returns:
+      (B, siamese_dim) f_i in float32 (float64 for a float64 network);
+      each row from its own row of `pooled` (no dropout, no BatchNorm).
+    """
+    return self.siamese_fc(pooled.astype(self._wide()))
+
+  def siamese_importance(self, feature_map: jax.Array) -> jax.Array:
+    """The siamese importance score s_i = sum_k max(f_ik, 0) of each image.
+
+    The components of f_i above zero are those with a positive influence on
+    the same/different (BCE) prediction, and s_i collects them (seed 004,
+    section 2.2, eq. 5, and the author's reply there); it is not a class
+    score. Grad-CAM of s_i with respect to the feature map gives the siamese
+    attention map M_i (`losses.gradcam.score_grad_cam`). Example by
+    example: global average pooling and the fc, no batch statistics and no
+    dropout, so the gradient of the batch's summed scores is each image's
+    own.
+
+    Args:
+      feature_map: (B, h, w, C), `feature_map`'s output (any float dtype).
+
+    Returns:
+      (B,) float32 (float64 for a float64 network).
+    """
+    pooled = jnp.mean(feature_map.astype(self._wide()), axis=(1, 2))
+    return jnp.sum(nn.relu(self.siamese_features(pooled)), axis=-1)
 
   def siamese_logits(self, a: jax.Array, b: jax.Array) -> jax.Array:
     """Logit that two verification vectors show the same identity.
@@ -240,7 +300,7 @@ class CASNNet(nn.Module):
     the bias.
 
     Args:
-      a, b: (..., D) the ``verification`` vectors of the two sides, any
+      a, b: (..., D) the ``verification`` vectors f_i of the two sides, any
         leading shape, e.g. (M, N, D) for every pair of two sets; the
         leading shapes may also broadcast ((M, 1, D) with (1, N, D)).
 

@@ -8,7 +8,8 @@ Layout (see the project's reference notes for the official code):
 * part head on layer4: [SA] -> average-pool into `num_parts` horizontal
   stripes -> retrieval descriptor (each part L2-normalised) and, for
   training, dropout -> shared reduction to 256 -> BN -> ReLU -> one classifier
-  per part; the mean of the reduced parts feeds the global classifier.
+  per part (`PartHead`, also CASN's PCB head); the mean of the reduced parts
+  feeds the global classifier.
 
 With ``num_parts=1`` the part head is the paper's "Backbone" baseline: GAP,
 a 1x1 conv to 256 and one classifier (``global_logits`` only).
@@ -103,6 +104,71 @@ def per_example_dropout(x: jax.Array, rate: float, rng: jax.Array,
     masks = jax.vmap(lambda i: jax.random.bernoulli(
         jax.random.fold_in(rng, i), keep, x.shape[1:]))(example_ids)
   return jnp.where(masks, x / keep, jnp.zeros_like(x))
+
+
+class PartHead(nn.Module):
+  """PCB's part classifiers, shared by `SANet` and CASN's PCB head.
+
+  PCB (Sun et al., ECCV 2018; the PCB author's code, syfafterzy/PCB_RPP,
+  from which SA's official code derives): the pooled parts (B, P, C), after
+  the caller's dropout, go through ONE 1x1 conv shared by all parts (on a
+  pooled part, a Dense without bias; Kaiming normal over fan-out like the
+  backbone's convolutions) to `num_features`, a BatchNorm and a ReLU; then
+  each part has its own linear classifier with bias (one batched matmul).
+
+  The network calls ``nn.share_scope(self, head)``, so the parameters sit
+  directly under it with the names of converted SA weights and of SA
+  checkpoints: ``part_reduce/kernel`` (C, D), ``part_bn/{scale,bias}``
+  (batch_stats ``part_bn/{mean,var}``), ``part_classifier_kernel``
+  (P, D, num_classes) and ``part_classifier_bias`` (P, num_classes).
+
+  Attributes:
+    num_features: D, the width of the shared reduction (256 in PCB and SA).
+    num_classes: number of training identities.
+    part_classifiers: False leaves out the per-part classifiers (SA's
+      one-part "Backbone" network classifies the reduced part itself).
+    dtype: compute dtype of the reduction and the BatchNorm; the logits are
+      float32 or wider.
+    bn_axis_name: mapped axis for synchronised BatchNorm, or None.
+  """
+  num_features: int
+  num_classes: int
+  part_classifiers: bool = True
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, parts: jax.Array, train: bool
+               ) -> tuple[jax.Array, Optional[jax.Array]]:
+    """Reduces and classifies the parts.
+
+    Args:
+      parts: (B, P, C) the pooled parts (dropout, if any, already applied).
+      train: batch statistics in BatchNorm (and update the running ones).
+
+    Returns:
+      (reduced, part_logits): reduced (B, P, D) in `dtype`, after the ReLU;
+      part_logits (B, P, num_classes) in float32 or wider, None without
+      part classifiers.
+    """
+    dtype = jnp.dtype(self.dtype)
+    wide = jnp.promote_types(jnp.float32, dtype)
+    reduced = nn.Dense(self.num_features, use_bias=False, dtype=dtype,
+                       param_dtype=jnp.float32, kernel_init=conv_kernel_init,
+                       name='part_reduce')(parts.astype(dtype))
+    reduced = nn.relu(BatchNorm(dtype=dtype, axis_name=self.bn_axis_name,
+                                name='part_bn')(reduced, train))
+    if not self.part_classifiers:
+      return reduced, None
+    num_parts = parts.shape[1]
+    kernel = self.param('part_classifier_kernel', classifier_kernel_init,
+                        (num_parts, self.num_features, self.num_classes),
+                        jnp.float32)
+    bias = self.param('part_classifier_bias', nn.initializers.zeros,
+                      (num_parts, self.num_classes), jnp.float32)
+    # One independent classifier per part, as a single batched matmul.
+    part_logits = jnp.einsum('bpf,pfc->bpc', reduced, kernel.astype(dtype))
+    return reduced, part_logits.astype(wide) + bias
 
 
 class SANet(nn.Module):
@@ -208,19 +274,13 @@ class SANet(nn.Module):
     outputs['features'] = l2_normalize(parts)
 
     parts = self._dropout(parts, train, example_ids)
-    reduced = reducer(kernel_init=conv_kernel_init,
-                      name='part_reduce')(parts.astype(dtype))
-    reduced = nn.relu(BatchNorm(dtype=dtype, axis_name=self.bn_axis_name,
-                                name='part_bn')(reduced, train))
-    if self.num_parts > 1:
-      kernel = self.param('part_classifier_kernel', classifier_kernel_init,
-                          (self.num_parts, self.num_features, self.num_classes),
-                          jnp.float32)
-      bias = self.param('part_classifier_bias', nn.initializers.zeros,
-                        (self.num_parts, self.num_classes), jnp.float32)
-      # One independent classifier per part, as a single batched matmul.
-      part_logits = jnp.einsum('bpf,pfc->bpc', reduced, kernel.astype(dtype))
-      outputs['part_logits'] = (part_logits.astype(wide) + bias)
+    part_head = PartHead(self.num_features, self.num_classes,
+                         part_classifiers=self.num_parts > 1, dtype=dtype,
+                         bn_axis_name=self.bn_axis_name)
+    nn.share_scope(self, part_head)  # its parameters directly under SANet
+    reduced, part_logits = part_head(parts, train)
+    if part_logits is not None:
+      outputs['part_logits'] = part_logits
     global_feature = jnp.mean(reduced.astype(wide), axis=1)
     outputs['global_logits'] = classifier(
         self.num_classes, name='global_classifier')(
