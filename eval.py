@@ -4,12 +4,18 @@ r"""Evaluates a model directory on a dataset's query and gallery splits.
       [--rerank] [--flip] [--report] [--output_dir=DIR]
 
 Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
-writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory);
-with --report also OUTPUT_DIR/report.html (plots, per-camera results and
-example rank lists; see sa_reid_jax/evaluation/report.py). Those files are
-checked writable before the model is loaded: an unwritable output (e.g. a
-read-only models folder as the default OUTPUT_DIR) ends in one line naming
---output_dir, before any extraction.
+writes them to OUTPUT_DIR/metrics.json (default: the checkpoint directory),
+with what they came from under "settings": the model directory
+("checkpoint"), its "trained_steps" and "trained_image_size" (null where
+not recorded), the "image_size" evaluated at and
+"image_size_matches_training"; with --report also OUTPUT_DIR/report.html
+(plots, per-camera results and example rank lists; see
+sa_reid_jax/evaluation/report.py), which warns at its top when the image size
+is not the trained one. Without --report, an earlier evaluation's
+OUTPUT_DIR/report.html is removed (with a line saying so): it would not match
+the new metrics.json. Those files are checked writable before the model is
+loaded: an unwritable output (e.g. a read-only models folder as the default
+OUTPUT_DIR) ends in one line naming --output_dir, before any extraction.
 """
 
 import os
@@ -79,6 +85,7 @@ def main(argv):
         checkpoint, config.image_size if explicit else None,
         flag='--config.image_size', default=config.image_size)
     model, variables = store.load_model(checkpoint)
+    trained = store.load_model_info(checkpoint).get('metadata', {})
     # The network is the saved one; --config.model.* flags may only change
     # what evaluation reads from it (e.g. RGA's descriptor).
     prefix = '--config.model.'
@@ -92,8 +99,11 @@ def main(argv):
                                          rerank=_RERANK.value)
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
+  evaluate.record_source(evaluation.metrics, checkpoint,
+                         trained.get('trained_steps'),
+                         trained.get('image_size'))
   print(evaluate.format_metrics(evaluation.metrics))
-  path = written[0]
+  path, action = written[0], 'write'
   try:
     evaluate.write_metrics(evaluation.metrics, path)
     print(f'wrote {path}')
@@ -101,9 +111,12 @@ def main(argv):
       path = report.write_report(evaluation, written[1], model, config,
                                  checkpoint)
       print(f'wrote {path}')
+    else:
+      path, action = os.path.join(output_dir, report.REPORT_HTML), 'remove'
+      report.remove_stale_report(output_dir, '--report')
   except OSError as e:
     # What the check cannot foresee: a full disk, a folder changed since.
-    sys.exit(f'eval.py: error: {flag}: cannot write {path}: '
+    sys.exit(f'eval.py: error: {flag}: cannot {action} {path}: '
              f'{e.strerror or e}')
 
 

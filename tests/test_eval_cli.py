@@ -118,8 +118,13 @@ def workdir(setup):
   path = root / 'workdir'
   (path / 'checkpoints').mkdir(parents=True)
   sa_reid_jax.save_model(str(path / 'model'), model, variables,
-                         metadata={'image_size': list(IMAGE_SIZE)})
+                         metadata={'image_size': list(IMAGE_SIZE),
+                                   'trained_steps': TRAINED_STEPS})
   return path
+
+
+# The steps `workdir`'s model records.
+TRAINED_STEPS = 7
 
 
 def test_workdir_and_trained_size_are_used_and_output_is_ours(setup, workdir,
@@ -162,6 +167,55 @@ def test_workdir_and_trained_size_are_used_and_output_is_ours(setup, workdir,
       metrics.append(json.load(f))
   assert metrics[0]['settings']['image_size'] == list(IMAGE_SIZE)
   assert metrics[0] == metrics[1]
+
+
+def test_metrics_name_their_source_and_a_stale_report_goes(setup, workdir,
+                                                           cli, tmp_path):
+  _, data = setup
+  output = tmp_path / 'out'
+  output.mkdir()
+  # An earlier evaluation's report, which the new metrics would not match.
+  (output / 'report.html').write_text('<html>an older evaluation</html>')
+  result = run_eval(cli, f'--checkpoint={workdir}',
+                    f'--config.dataset.folder={data}',
+                    f'--output_dir={output}', image_size=None)
+  assert result.returncode == 0, result.stderr
+  with open(output / 'metrics.json') as f:
+    settings = json.load(f)['settings']
+  # What was evaluated: the model directory (the workdir's), its steps and
+  # the size it ran at, the trained one.
+  assert settings['checkpoint'] == str(workdir / 'model')
+  assert settings['trained_steps'] == TRAINED_STEPS
+  assert settings['image_size'] == settings['trained_image_size'] == list(
+      IMAGE_SIZE)
+  assert settings['image_size_matches_training'] is True
+  assert not (output / 'report.html').exists()
+  assert (f'removed {output / "report.html"}: an earlier evaluation\'s '
+          'report, which the new metrics.json does not match (--report '
+          'writes a new one)') in result.stdout.splitlines()
+
+
+def test_another_image_size_is_said_by_report_and_metrics(setup, workdir,
+                                                          cli, tmp_path):
+  _, data = setup
+  result = run_eval(cli, f'--checkpoint={workdir / "model"}', '--report',
+                    '--config.eval.report_thumbnail=(32, 16)',
+                    f'--config.dataset.folder={data}',
+                    f'--output_dir={tmp_path}', image_size=(96, 64))
+  assert result.returncode == 0, result.stderr
+  assert ('warning: --config.image_size 96x64 differs from the size the '
+          'model was trained at, 64x32; using 96x64') in result.stdout
+  with open(tmp_path / 'metrics.json') as f:
+    settings = json.load(f)['settings']
+  assert settings['image_size'] == [96, 64]
+  assert settings['trained_image_size'] == list(IMAGE_SIZE)
+  assert settings['image_size_matches_training'] is False
+  text = (tmp_path / 'report.html').read_text(encoding='utf-8')
+  assert ('<p class="warning" id="warning"><strong>Warning:</strong> '
+          'evaluated at image size 96x64, not at 64x32, the size the model '
+          'was trained at: the scores are lower than at its own size</p>'
+          ) in text
+  assert f'<td class="name">{TRAINED_STEPS}</td>' in text
 
 
 @pytest.mark.full

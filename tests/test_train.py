@@ -186,6 +186,36 @@ def test_init_from_loads_the_backbone(data, tmp_path, finished_run, layout,
     np.testing.assert_array_equal(trained['params/' + key], given[key])
 
 
+# conftest.py's FINISHED_RUN_STEPS: the steps of the `finished_run` fixture.
+FINISHED_RUN_STEPS = 2
+
+
+def test_final_metrics_name_their_source_as_eval_py_does(finished_run, data,
+                                                        tmp_path, capsys):
+  # The end-of-run evaluation records what eval.py records: the model
+  # directory, its steps and the size evaluated at (the trained one).
+  with open(finished_run / 'metrics.json') as f:
+    settings = json.load(f)['final']['settings']
+  assert settings['checkpoint'] == str(finished_run / 'model')
+  assert settings['trained_steps'] == FINISHED_RUN_STEPS
+  assert settings['image_size'] == settings['trained_image_size'] == list(
+      helpers.TINY['image_size'])
+  assert settings['image_size_matches_training'] is True
+  # Re-reporting the finished run without a report: an earlier report.html
+  # in the workdir is removed, not left beside the new metrics.json.
+  workdir = tmp_path / 'run'
+  shutil.copytree(finished_run, workdir)
+  (workdir / 'report.html').write_text('<html>an older evaluation</html>')
+  capsys.readouterr()
+  trainer.train_and_evaluate(
+      helpers.tiny_config(data, max_steps=FINISHED_RUN_STEPS), str(workdir))
+  assert not (workdir / 'report.html').exists()
+  assert (f'removed {workdir / "report.html"}: an earlier evaluation\'s '
+          'report, which the new metrics.json does not match '
+          '(config.eval.report=True writes a new one)') in (
+              capsys.readouterr().out.splitlines())
+
+
 @pytest.mark.parametrize('init_from, message', [
     ('missing', 'config.init_from: .*missing: no such model directory'),
     ('wide', r'config.init_from: backbone params bn1/bias is \(8,\) in '
@@ -438,18 +468,43 @@ def test_train_py_refuses_a_paper_config_without_backbone_in_one_line(
 
 
 def test_progress_lines_off_a_terminal(monkeypatch):
-  clock = iter([0.0, 10.0, 10.0, 20.0])
+  clock = iter([0.0, 10.0, 20.0])
   monkeypatch.setattr(reporting.time, 'perf_counter', lambda: next(clock))
   stream = io.StringIO()
   progress = reporting.Progress(first_step=100, total_steps=300,
                                 global_batch=8, stream=stream)
-  progress.update(150, 1.5)  # not forced: nothing off a terminal
+  progress.update(100, 1.5)  # not forced: nothing off a terminal (the
+  # first step done: the rates count from here)
   assert stream.getvalue() == ''
   progress.update(150, 1.5, force=True)  # 50 steps in 10 s
   assert stream.getvalue() == ('step 150/300 (50%)  loss 1.5000  40.0 '
                                'images/s  ETA 0:30\n')
   # 100 steps of 8 images in 20 s: whole numbers, so exactly 40.0.
   assert progress.images_per_second(200) == 100 * 8 / 20
+
+
+@pytest.mark.parametrize('first_step', [0, 1000], ids=['fresh', 'resumed'])
+def test_progress_rates_leave_out_the_start_up(monkeypatch, first_step):
+  # A clock the test moves: 600 s of start-up (restoring, compiling) before
+  # this process's first step is done, then 2 s per step of 8 images.
+  now = [0.0]
+  monkeypatch.setattr(reporting.time, 'perf_counter', lambda: now[0])
+  stream = io.StringIO()
+  total = first_step + 101
+  progress = reporting.Progress(first_step=first_step, total_steps=total,
+                                global_batch=8, stream=stream)
+  now[0] = 600.0
+  # The first step done: its line cannot know the speed yet.
+  progress.update(first_step + 1, 2.0, force=True)
+  assert stream.getvalue().endswith('  ? images/s  ETA ?\n')
+  assert progress.images_per_second(first_step + 1) is None
+  now[0] += 2.0 * 10
+  progress.update(first_step + 11, 2.0, force=True)  # 10 steps in 20 s
+  # 4 images/s, and 90 steps left at 2 s each (with the start-up counted:
+  # 0.1 images/s, ETA 1:24:33).
+  assert stream.getvalue().splitlines()[-1].endswith(
+      '  4.0 images/s  ETA 3:00')
+  assert progress.images_per_second(first_step + 11) == 4.0
 
 
 def test_mesh_device_lists_are_checked(monkeypatch):

@@ -7,7 +7,7 @@ TensorFlow (tf.data), which accelerator-only code must not need to import.
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -147,6 +147,35 @@ def run_evaluation(model, variables, config: ml_collections.ConfigDict,
   return Evaluation(metrics=metrics, query=query, gallery=gallery,
                     distances=np.asarray(q_g, np.float32), plain=plain,
                     reranked=reranked_result)
+
+
+def record_source(metrics: dict[str, Any], checkpoint: str,
+                  trained_steps: Optional[int],
+                  trained_image_size: Optional[Sequence[int]]
+                  ) -> dict[str, Any]:
+  """Adds what an evaluation came from to its ``metrics['settings']``.
+
+  Beside ``image_size`` (the size evaluated at), the settings get
+  ``checkpoint`` (the model directory, absolute), ``trained_steps``,
+  ``trained_image_size`` (None where the model directory does not record
+  them, e.g. converted weights) and ``image_size_matches_training`` (False
+  when evaluated at another size than the model was trained at, which scores
+  lower; None when the trained size is unknown).
+
+  Returns:
+    `metrics` (changed in place).
+  """
+  settings = metrics.setdefault('settings', {})
+  trained = ([int(v) for v in trained_image_size] if trained_image_size
+             else None)
+  settings.update(
+      checkpoint=os.path.abspath(checkpoint),
+      trained_steps=None if trained_steps is None else int(trained_steps),
+      trained_image_size=trained,
+      image_size_matches_training=(
+          None if trained is None or 'image_size' not in settings else
+          list(settings['image_size']) == trained))
+  return metrics
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ decimals.
 import base64
 import html
 import io
-from typing import Any, Optional, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -55,6 +56,7 @@ th { background: #eee; } td.name, th.name { text-align: left; }
 figure { display: inline-block; margin: 0.3em; }
 figcaption { font-size: 0.85em; color: #333; }
 .legend span { padding: 0 0.4em; color: white; }
+.warning { background: #fdd; border: 1px solid #c00; padding: 0.4em; }
 """
 
 
@@ -279,10 +281,47 @@ def _examples(evaluation: Evaluation, rows: Sequence[int], topk: int,
   return '<br>'.join(figures)
 
 
+def image_size_warning(settings: dict[str, Any]) -> Optional[str]:
+  """A line saying that the evaluation ran at another image size than the
+  model was trained at, from metrics.json's ``settings`` (see
+  `evaluate.record_source`); None otherwise (or when unknown)."""
+  if settings.get('image_size_matches_training') is not False:
+    return None
+  size = 'x'.join(str(v) for v in settings['image_size'])
+  trained = 'x'.join(str(v) for v in settings['trained_image_size'])
+  return (f'evaluated at image size {size}, not at {trained}, the size the '
+          'model was trained at: the scores are lower than at its own size')
+
+
+def remove_stale_report(directory: str, hint: str,
+                        say: Callable[[str], None] = print) -> Optional[str]:
+  """Removes an earlier evaluation's report.html from `directory`.
+
+  For an evaluation that writes metrics.json there without a report: the
+  old report would otherwise sit beside metrics.json it does not match.
+
+  Args:
+    directory: where metrics.json was just written.
+    hint: how to get a new report (e.g. ``--report``), for the line.
+    say: called with one line when a report was removed.
+
+  Returns:
+    the removed file's path, or None when there was none.
+  """
+  path = os.path.join(directory, REPORT_HTML)
+  if not os.path.isfile(path):
+    return None
+  os.remove(path)
+  say(f'removed {path}: an earlier evaluation\'s report, which the new '
+      f'metrics.json does not match ({hint} writes a new one)')
+  return path
+
+
 def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
                   num_hardest: int, num_random: int, topk: int,
                   thumbnail: tuple[int, int], seed: int,
-                  title: str = 'Re-identification evaluation') -> str:
+                  title: str = 'Re-identification evaluation',
+                  warnings: Sequence[str] = ()) -> str:
   """The report as one HTML document.
 
   Args:
@@ -295,6 +334,8 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
     thumbnail: (height, width) of each image in the rank lists.
     seed: of the random queries.
     title: the page's title.
+    warnings: lines shown above the settings, framed in red (e.g.
+      `image_size_warning`), each with ``id="warning"``.
 
   Returns:
     the HTML text (UTF-8), images embedded as data URIs.
@@ -319,11 +360,14 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
                            ('true match', drawing.GREEN),
                            ('other person', drawing.RED),
                            ('ignored: junk or same camera', drawing.GREY)))
+  warning_html = ''.join(
+      f'<p class="warning" id="warning"><strong>Warning:</strong> '
+      f'{html.escape(line)}</p>\n' for line in warnings)
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<h2>Settings</h2>{_settings_table(settings)}
+{warning_html}<h2>Settings</h2>{_settings_table(settings)}
 <h2>Metrics</h2>
 <p>{len(query):,} queries, {len(gallery):,} gallery images; Market-1501
 protocol (junk and same-person same-camera gallery images removed per query,
@@ -356,17 +400,24 @@ def write_report(evaluation: Evaluation, path: str, model,
     config: the config evaluated with (``dataset``, ``image_size``,
       ``seed`` and the ``eval.report_*`` fields).
     checkpoint: the model directory or training run shown as the source.
-    step: trained steps, when known.
+    step: trained steps, when known (default: ``trained_steps`` of the
+      evaluation's settings, see `evaluate.record_source`).
 
   Returns:
     `path`.
   """
   run = evaluation.metrics['settings']
   settings = {'checkpoint': checkpoint}
+  if step is None:
+    step = run.get('trained_steps')
   if step is not None:
     settings['trained steps'] = step
   settings['dataset'] = config.dataset.folder or config.dataset.name
   settings['image size'] = 'x'.join(str(v) for v in config.image_size)
+  if run.get('trained_image_size'):
+    settings['trained image size'] = 'x'.join(
+        str(v) for v in run['trained_image_size'])
+  warning = image_size_warning(run)
   description = registry.describe(model)
   settings['model'] = ', '.join(
       [f'family={description["family"]}'] +
@@ -382,7 +433,8 @@ def write_report(evaluation: Evaluation, path: str, model,
       evaluation, settings, num_hardest=config.eval.report_hardest,
       num_random=config.eval.report_random, topk=config.eval.report_topk,
       thumbnail=tuple(config.eval.report_thumbnail), seed=config.seed,
-      title=f'Evaluation of {checkpoint}')
+      title=f'Evaluation of {checkpoint}',
+      warnings=[warning] if warning else [])
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text)
   return path

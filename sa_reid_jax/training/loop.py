@@ -104,7 +104,10 @@ def train(run: run_lib.Run, state: step_lib.TrainState, start: int,
       settle()
       if log_now:
         scalars = averager.pop()
-        scalars['images_per_second'] = progress.images_per_second(step)
+        # Unknown at this process's first step (start-up is not speed).
+        images_per_second = progress.images_per_second(step)
+        if images_per_second is not None:
+          scalars['images_per_second'] = images_per_second
         scalars.update(optimizer_lib.current_learning_rates(
             config.optimizer, run.steps_per_epoch, step - 1))
         run.writer.write(step, scalars, 'train')

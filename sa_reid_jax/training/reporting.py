@@ -78,6 +78,13 @@ class Progress:
 
   On a terminal the line rewrites itself at most 5 times a second; otherwise
   a line is written each time `update` is told to (``force``).
+
+  The rates (and so the ETA) count from the first step this process reports
+  done (the first `update`, or `images_per_second`), not from the process's
+  start: the start-up before it (restoring a checkpoint, compiling, the
+  first step's own compilation) is not training speed, and would make the
+  first lines of a run, or of a resumed run, far too slow. Until a second
+  step is done the rate is unknown and shown as ``?``.
   """
 
   def __init__(self, first_step: int, total_steps: int, global_batch: int,
@@ -90,35 +97,50 @@ class Progress:
     self._first = first_step
     self._total = total_steps
     self._batch = global_batch
-    self._start = time.perf_counter()
     self._last_draw = 0.0
-    self._interval_start = (first_step, self._start)
+    # (step, time) of the first step reported done; None before it.
+    self._timed_from: Optional[tuple[int, float]] = None
+    self._interval_start: Optional[tuple[int, float]] = None
 
-  def images_per_second(self, step: int) -> float:
-    """Throughput since the previous call (or the start), then resets."""
-    first, since = self._interval_start
+  def _timing_starts(self, step: int, now: float) -> None:
+    """Marks the end of start-up at the first step reported done."""
+    if self._timed_from is None:
+      self._timed_from = (step, now)
+      self._interval_start = (step, now)
+
+  def images_per_second(self, step: int) -> Optional[float]:
+    """Throughput since the previous call (or the first step done), then
+    resets; None when no step was done since (e.g. at the first step)."""
     now = time.perf_counter()
+    self._timing_starts(step, now)
+    first, since = self._interval_start
     self._interval_start = (step, now)
+    if step <= first:
+      return None
     return (step - first) * self._batch / max(now - since, 1e-9)
 
   def reset_interval(self, step: int) -> None:
     """Starts the next throughput interval now (e.g. after an evaluation)."""
-    self._interval_start = (step, time.perf_counter())
+    if self._timed_from is not None:
+      self._interval_start = (step, time.perf_counter())
 
   def update(self, step: int, loss: float, force: bool = False) -> None:
     """Reports that `step` steps are done, with the latest loss."""
     now = time.perf_counter()
+    self._timing_starts(step, now)
     if self._on_terminal and now - self._last_draw < 0.2 and not force:
       return
     if not self._on_terminal and not force:
       return
     self._last_draw = now
-    done = step - self._first
-    rate = done / max(now - self._start, 1e-9)
+    timed_step, timed_since = self._timed_from
+    done = step - timed_step
+    rate = done / max(now - timed_since, 1e-9) if done > 0 else 0.0
     eta = (self._total - step) / rate if rate > 0 else float('inf')
     fraction = step / max(self._total, 1)
+    speed = f'{self._batch * rate:.1f}' if done > 0 else '?'
     text = (f'step {step}/{self._total} ({100 * fraction:.0f}%)  loss '
-            f'{loss:.4f}  {self._batch * rate:.1f} images/s  '
+            f'{loss:.4f}  {speed} images/s  '
             f'ETA {_clock(eta) if np.isfinite(eta) else "?"}')
     if self._on_terminal:
       bar = '#' * int(24 * fraction)

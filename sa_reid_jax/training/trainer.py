@@ -135,8 +135,12 @@ def _finish(run: run_lib.Run, state: step_lib.TrainState,
                              'image_size': list(run.config.image_size)},
                    overwrite=True)
   initial = [e for e in run.evaluations if e['step'] == 0]
-  summary = {'final': run.evaluations[-1],
-             'initial': initial[0] if initial else None}
+  # What the final metrics came from, as eval.py records it (the report of
+  # the final evaluation shares this dict).
+  final = evaluate.record_source(
+      run.evaluations[-1], os.path.join(run.workdir, MODEL_DIR), step,
+      run.config.image_size)
+  summary = {'final': final, 'initial': initial[0] if initial else None}
   if run.is_chief:
     evaluate.write_metrics({'step': step, **summary},
                            os.path.join(run.workdir, METRICS_JSON))
@@ -144,4 +148,6 @@ def _finish(run: run_lib.Run, state: step_lib.TrainState,
       report.write_report(run.last_evaluation[1],
                           os.path.join(run.workdir, report.REPORT_HTML),
                           run.eval_model, run.config, run.workdir, step)
+    else:
+      report.remove_stale_report(run.workdir, 'config.eval.report=True')
   return summary
