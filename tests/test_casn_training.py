@@ -336,8 +336,8 @@ def test_another_familys_config_is_one_clear_error():
     registry.build(config.model, 10, image_size=(384, 128))
   sa_model = experiment_config('market1501', 'full').model
   sa_model.variant = 'sa3'
-  with pytest.raises(ValueError, match=r"^config\.model: unknown SANet "
-                     r"variant 'sa3'"):
+  with pytest.raises(ValueError, match=r"^config\.model\.variant must be "
+                     r"one of \[.*\] for the sanet family, got 'sa3'"):
     registry.build(sa_model, 10, image_size=(384, 128))
   sa_config = experiment_config('market1501', 'full')
   sa_config.task = 'casn'  # an SA config has no config.casn block

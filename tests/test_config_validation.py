@@ -68,7 +68,7 @@ BAD_VALUES = [
      'config.model.last_stride must be one of (1, 2), got 3'),
     ({'model.dropout_rate': 1.0},
      'config.model.dropout_rate must be in [0, 1), got 1.0'),
-    ({'model.variant': 'sa3'}, 'config.model.variant must be one of ('),
+    ({'model.variant': 'sa3'}, 'config.model.variant must be one of ['),
     ({'model.family': 'mgn'}, 'config.model.family must be one of ['),
     # The other blocks.
     ({'seed': -1}, 'config.seed must be an integer >= 0, got -1'),

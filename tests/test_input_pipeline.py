@@ -264,7 +264,7 @@ def _train(table, **options):
 def test_train_batches_have_the_documented_format():
   table = _table()
   batches = _train(table)
-  assert len(batches) == pipeline.steps_per_epoch(30, 4) == 7
+  assert len(batches) == pipeline.uniform_sampler(30, 4).steps_per_epoch == 7
   batch = batches[0]
   assert batch['images'].shape == (4, *SMALL_SIZE, 3)
   assert batch['images'].dtype == np.float32
@@ -350,7 +350,7 @@ def test_resuming_at_a_step_gives_the_remaining_batches():
 def test_sharding_gives_each_example_to_one_process(num_rows, process_count):
   table = _table(num_rows)
   shares = []
-  steps = pipeline.steps_per_epoch(num_rows, 1, process_count)
+  steps = pipeline.uniform_sampler(num_rows, 1, process_count).steps_per_epoch
   for index in range(process_count):
     batches = _train(table, batch_size=1, process_index=index,
                      process_count=process_count)

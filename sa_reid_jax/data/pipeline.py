@@ -74,17 +74,6 @@ def uniform_sampler(num_examples: int, batch_size: int,
   return samplers.UniformSampler(num_examples, batch_size * process_count)
 
 
-def steps_per_epoch(num_examples: int, batch_size: int,
-                    process_count: int = 1) -> int:
-  """Train steps per epoch of `uniform_sampler`, equal on every process.
-
-  Returns:
-    num_examples // (batch_size * process_count): whole global batches.
-  """
-  return uniform_sampler(num_examples, batch_size,
-                         process_count).steps_per_epoch
-
-
 def _slices(table: tables.ExampleTable, rows: np.ndarray) -> dict:
   return {'image': table.images[rows], 'index': rows.astype(np.int64),
           'label': table.labels[rows], 'person_id': table.person_ids[rows],

@@ -72,7 +72,6 @@ CUHK03_MAT = 'cuhk-03.mat'
 CUHK03_CONFIG = 'cuhk03_new_protocol_config_{}.mat'
 CUHK03_SPLIT_INDICES = {'train': 'train_idx', 'query': 'query_idx',
                         'gallery': 'gallery_idx'}
-CUHK03_COLUMNS = 10  # images per person and camera pair: 5 per camera
 _CUHK03_NAME = re.compile(r'^(\d)_(\d{3})_(\d)_(\d{2})\.png$')
 
 

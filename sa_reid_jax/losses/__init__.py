@@ -8,8 +8,13 @@ the ``casn`` task adds to it: Grad-CAM maps, the erased images' logits, pair
 logits) and the batch, and returns a scalar and its metrics; terms that
 compare examples with each other (triplet, verification, consistency)
 receive the device axis and see the whole global batch.
+
+Each term is one `Term` record in `TERMS` (its function, its settings and
+output checks, the task it needs); `active_terms`, `check_settings`,
+`check_outputs` and `total_loss` read only the records.
 """
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional
 
@@ -27,9 +32,50 @@ from sa_reid_jax.losses.classification import combine_heads
 from sa_reid_jax.losses.classification import cross_entropy_terms
 from sa_reid_jax.losses.triplet import batch_hard_triplet
 
-Term = Callable[[dict[str, Any], dict[str, jax.Array],
-                 ml_collections.ConfigDict, Optional[str]],
-                tuple[jax.Array, dict[str, jax.Array]]]
+TermFn = Callable[[dict[str, Any], dict[str, jax.Array],
+                   ml_collections.ConfigDict, Optional[str]],
+                  tuple[jax.Array, dict[str, jax.Array]]]
+_KEY = 'config.loss.terms.'
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+  """Refuses a setting, naming its key: ``config.loss.terms.<name>``."""
+  if not ok:
+    raise ValueError(f'{_KEY}{name} must be {allowed}, got {value!r}')
+
+
+def _no_check(settings, config):
+  del settings, config
+
+
+def _no_output_check(settings, outputs):
+  del settings, outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """One loss term: how it is computed and what it needs (one record each).
+
+  Attributes:
+    fn: (outputs, batch, settings, axis_name) -> (value, metrics); settings
+      is the term's block of ``config.loss.terms``.
+    output: the network output it needs, and what the network lacks
+      without it (for the error); None: no such requirement.
+    check_settings: (settings, config) -> None; refuses out-of-range
+      settings at start-up, naming the config key.
+    check_outputs: (settings, outputs) -> None; refuses settings the
+      network's outputs cannot feed, naming the config key.
+    task: the task that computes its inputs (``config.task``); None: any.
+    needs_pairs: needs positive (and negative) pairs in every batch.
+  """
+  fn: TermFn
+  output: Optional[tuple[str, str]] = None
+  check_settings: Callable[[ml_collections.ConfigDict,
+                            ml_collections.ConfigDict], None] = _no_check
+  check_outputs: Callable[[ml_collections.ConfigDict, dict[str, Any]],
+                          None] = _no_output_check
+  task: Optional[str] = None
+  needs_pairs: bool = False
 
 
 def _cross_entropy(outputs, batch, settings, axis_name):
@@ -41,6 +87,14 @@ def _cross_entropy(outputs, batch, settings, axis_name):
                                               batch['labels']))
 
 
+def _check_cross_entropy(settings, config):
+  del config
+  _require(settings.weighting in WEIGHTINGS, 'cross_entropy.weighting',
+           settings.weighting, f'one of {WEIGHTINGS}')
+  _require(0 <= settings.label_smoothing < 1, 'cross_entropy.label_smoothing',
+           settings.label_smoothing, 'in [0, 1)')
+
+
 def _triplet(outputs, batch, settings, axis_name):
   return batch_hard_triplet(
       outputs['embeddings'][settings.embedding], batch['labels'],
@@ -48,10 +102,34 @@ def _triplet(outputs, batch, settings, axis_name):
       axis_name=axis_name)
 
 
+def _check_triplet(settings, config):
+  del config
+  _require(settings.margin >= 0, 'triplet.margin', settings.margin, '>= 0')
+
+
+def _check_triplet_outputs(settings, outputs):
+  embeddings = outputs.get('embeddings', {})
+  if settings.embedding not in embeddings:
+    raise ValueError(
+        f'{_KEY}triplet.embedding={settings.embedding!r} is not an embedding'
+        f' of this network (it has {sorted(embeddings) or "none"}); set '
+        f'{_KEY}triplet.weight=0 or pick one of those')
+
+
 def _attention_mining(outputs, batch, settings, axis_name):
   del axis_name  # a mean over an equal share of the batch
   return gradcam.attention_mining_loss(outputs['erased_logits'],
                                        batch['labels'], settings.score), {}
+
+
+def _check_attention_mining(settings, config):
+  del config
+  _require(math.isfinite(settings.alpha) and settings.alpha > 0,
+           'attention_mining.alpha', settings.alpha, 'finite and > 0')
+  _require(0 <= settings.beta <= 1, 'attention_mining.beta', settings.beta,
+           'in [0, 1] (the maps are normalised to [0, 1])')
+  _require(settings.score in gradcam.MINING_SCORES, 'attention_mining.score',
+           settings.score, f'one of {gradcam.MINING_SCORES}')
 
 
 def _verification(outputs, batch, settings, axis_name):
@@ -89,17 +167,40 @@ def _consistency(outputs, batch, settings, axis_name):
       settings.threshold, axis_name)
 
 
-TERMS: dict[str, Term] = {
-    'cross_entropy': _cross_entropy,
-    'triplet': _triplet,
-    'attention_mining': _attention_mining,
-    'verification': _verification,
-    'consistency': _consistency,
-}
-# Terms that read what the 'casn' task computes besides the network's
+def _check_consistency(settings, config):
+  _require(0 <= settings.threshold <= 1, 'consistency.threshold',
+           settings.threshold, 'in [0, 1] (the maps are normalised to [0, 1])')
+  consistency_maps(config)
+  casn = config.get('casn')
+  if casn is not None and casn.gradcam_gradient == 'none':
+    raise ValueError(
+        'config.loss.terms.consistency: with config.casn.gradcam_gradient='
+        "'none' no gradient reaches the maps, so this term could not "
+        "train anything; set its weight to 0 or use 'feature_map'")
+
+
+# The CASN terms read what the 'casn' task computes besides the network's
 # outputs (Grad-CAM maps, the erased images' logits, the siamese head's
-# pair logits).
-CASN_TERMS = ('attention_mining', 'verification', 'consistency')
+# pair logits), so they need that task and a network with a siamese head.
+_SIAMESE_HEAD = ('verification', 'siamese head (a casn family network has)')
+
+TERMS: dict[str, Term] = {
+    'cross_entropy': Term(
+        _cross_entropy, output=('global_logits', 'classifier (global_logits)'),
+        check_settings=_check_cross_entropy),
+    'triplet': Term(_triplet, check_settings=_check_triplet,
+                    check_outputs=_check_triplet_outputs),
+    'attention_mining': Term(_attention_mining, output=_SIAMESE_HEAD,
+                             check_settings=_check_attention_mining,
+                             task='casn'),
+    'verification': Term(_verification, output=_SIAMESE_HEAD, task='casn',
+                         needs_pairs=True),
+    'consistency': Term(_consistency, output=_SIAMESE_HEAD,
+                        check_settings=_check_consistency, task='casn',
+                        needs_pairs=True),
+}
+# The terms the 'casn' task's inputs feed.
+CASN_TERMS = tuple(name for name, term in TERMS.items() if term.task == 'casn')
 
 
 def active_terms(config: ml_collections.ConfigDict) -> list[str]:
@@ -131,43 +232,12 @@ def check_settings(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: naming the config key.
   """
-  terms = config.loss.terms
   active = active_terms(config)
-  key = 'config.loss.terms.'
-
-  def check(ok, name, value, allowed):
-    if not ok:
-      raise ValueError(f'{key}{name} must be {allowed}, got {value!r}')
-
-  if 'cross_entropy' in active:
-    ce = terms.cross_entropy
-    check(ce.weighting in WEIGHTINGS, 'cross_entropy.weighting',
-          ce.weighting, f'one of {WEIGHTINGS}')
-    check(0 <= ce.label_smoothing < 1, 'cross_entropy.label_smoothing',
-          ce.label_smoothing, 'in [0, 1)')
-  if 'triplet' in active:
-    check(terms.triplet.margin >= 0, 'triplet.margin', terms.triplet.margin,
-          '>= 0')
-  if 'attention_mining' in active:
-    mining = terms.attention_mining
-    check(math.isfinite(mining.alpha) and mining.alpha > 0,
-          'attention_mining.alpha', mining.alpha, 'finite and > 0')
-    check(0 <= mining.beta <= 1, 'attention_mining.beta', mining.beta,
-          'in [0, 1] (the maps are normalised to [0, 1])')
-    check(mining.score in gradcam.MINING_SCORES, 'attention_mining.score',
-          mining.score, f'one of {gradcam.MINING_SCORES}')
-  if 'consistency' in active:
-    threshold = terms.consistency.threshold
-    check(0 <= threshold <= 1, 'consistency.threshold', threshold,
-          'in [0, 1] (the maps are normalised to [0, 1])')
-    consistency_maps(config)
-    casn = config.get('casn')
-    if casn is not None and casn.gradcam_gradient == 'none':
-      raise ValueError(
-          'config.loss.terms.consistency: with config.casn.gradcam_gradient='
-          "'none' no gradient reaches the maps, so this term could not "
-          "train anything; set its weight to 0 or use 'feature_map'")
-  pairs = [name for name in ('verification', 'consistency') if name in active]
+  for name, term in TERMS.items():
+    if name in active:
+      term.check_settings(config.loss.terms[name], config)
+  pairs = [name for name, term in TERMS.items()
+           if term.needs_pairs and name in active]
   if pairs:
     # Without same-identity pairs in a batch these terms lose their
     # positive half (verification learns only "different") or vanish
@@ -198,26 +268,16 @@ def check_outputs(config: ml_collections.ConfigDict,
     ValueError: naming the config key, e.g. a triplet term on an embedding
       the network does not return.
   """
-  terms = config.loss.terms
   for name in active_terms(config):
-    if name in CASN_TERMS and config.task != 'casn':
-      raise ValueError(f'config.loss.terms.{name} needs config.task=casn '
-                       f'(the task that computes its inputs), got '
-                       f'config.task={config.task!r}')
-    if name in CASN_TERMS and 'verification' not in outputs:
+    term = TERMS[name]
+    if term.task is not None and config.task != term.task:
+      raise ValueError(f'config.loss.terms.{name} needs config.task='
+                       f'{term.task} (the task that computes its inputs), '
+                       f'got config.task={config.task!r}')
+    if term.output is not None and term.output[0] not in outputs:
       raise ValueError(f'config.loss.terms.{name}: the network has no '
-                       'siamese head (a casn family network has)')
-    if name == 'cross_entropy' and 'global_logits' not in outputs:
-      raise ValueError('config.loss.terms.cross_entropy: the network has no '
-                       'classifier (global_logits)')
-    if name == 'triplet':
-      embeddings = outputs.get('embeddings', {})
-      if terms.triplet.embedding not in embeddings:
-        raise ValueError(
-            f'config.loss.terms.triplet.embedding={terms.triplet.embedding!r}'
-            f' is not an embedding of this network (it has '
-            f'{sorted(embeddings) or "none"}); set '
-            'config.loss.terms.triplet.weight=0 or pick one of those')
+                       f'{term.output[1]}')
+    term.check_outputs(config.loss.terms[name], outputs)
 
 
 def total_loss(config: ml_collections.ConfigDict, outputs: dict[str, Any],
@@ -239,7 +299,8 @@ def total_loss(config: ml_collections.ConfigDict, outputs: dict[str, Any],
   metrics = {}
   for name in active_terms(config):
     settings = config.loss.terms[name]
-    value, term_metrics = TERMS[name](outputs, batch, settings, axis_name)
+    value, term_metrics = TERMS[name].fn(outputs, batch, settings,
+                                         axis_name)
     loss = loss + settings.weight * value
     metrics.update(term_metrics)
     metrics[name] = value

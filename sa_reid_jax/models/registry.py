@@ -18,7 +18,7 @@ every family.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
@@ -43,6 +43,8 @@ class Family:
       network.
     describe: network -> JSON-serialisable constructor arguments.
     rebuild: (described arguments, source for errors) -> network.
+    variants: the networks ``config.model.variant`` names (the family's
+      own table, e.g. `rga.RGA_VARIANTS`: name -> constructor arguments).
     frozen: parameter paths (tuples of names, matched as suffixes) that the
       optimizer must leave untouched.
   """
@@ -52,6 +54,7 @@ class Family:
                    Optional[str]], Any]
   describe: Callable[[Any], dict[str, Any]]
   rebuild: Callable[[dict[str, Any], str], Any]
+  variants: Mapping[str, Any]
   frozen: tuple[tuple[str, ...], ...] = ()
 
 
@@ -68,10 +71,6 @@ def _build_sanet(m: ml_collections.ConfigDict, num_classes: int,
 
 def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
                image_size: tuple[int, int], bn_axis_name: Optional[str]):
-  if m.variant not in rga.RGA_VARIANTS:
-    raise ValueError(f'config.model.variant must be one of '
-                     f'{sorted(rga.RGA_VARIANTS)} for the rga family, got '
-                     f'{m.variant!r}')
   return rga.rga_variant(
       m.variant, num_classes=num_classes, image_size=tuple(image_size),
       descriptor=m.descriptor, channel_ratio=m.channel_ratio,
@@ -87,10 +86,6 @@ def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
   # Any input size: no size-bound layer (PCB needs at least num_stripes
   # rows in the final map, checked when the network first runs).
   del image_size
-  if m.variant not in casn.CASN_VARIANTS:
-    raise ValueError(f'config.model.variant must be one of '
-                     f'{sorted(casn.CASN_VARIANTS)} for the casn family, got '
-                     f'{m.variant!r}')
   return casn.casn_variant(
       m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
       reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
@@ -101,11 +96,12 @@ def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
 
 FAMILIES: dict[str, Family] = {
     'sanet': Family('sanet', sanet.SANet, _build_sanet, sanet.model_config,
-                    sanet.model_from_config),
+                    sanet.model_from_config, sanet.VARIANTS),
     'rga': Family('rga', rga.RGANet, _build_rga, rga.model_config,
-                  rga.model_from_config, frozen=rga.FROZEN_PARAMETERS),
+                  rga.model_from_config, rga.RGA_VARIANTS,
+                  frozen=rga.FROZEN_PARAMETERS),
     'casn': Family('casn', casn.CASNNet, _build_casn, casn.model_config,
-                   casn.model_from_config),
+                   casn.model_from_config, casn.CASN_VARIANTS),
 }
 
 
@@ -114,6 +110,25 @@ def family(name: str, key: str = 'config.model.family') -> Family:
   if name not in FAMILIES:
     raise ValueError(f'{key} must be one of {sorted(FAMILIES)}, got {name!r}')
   return FAMILIES[name]
+
+
+def check_variant(config: ml_collections.ConfigDict) -> Family:
+  """The family of a ``model`` block, checking that it builds the variant.
+
+  The one check of ``config.model.variant`` against the family's own table
+  (`Family.variants`): at start-up (`training.validation`), in the
+  defaults, and in `build` when a network refuses its variant.
+
+  Raises:
+    ValueError: naming config.model.family or config.model.variant, for an
+      unknown family or a variant that family does not build.
+  """
+  chosen = family(config.family)
+  variants = sorted(chosen.variants)
+  if config.variant not in variants:
+    raise ValueError(f'config.model.variant must be one of {variants} for '
+                     f'the {chosen.name} family, got {config.variant!r}')
+  return chosen
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, *,
@@ -138,6 +153,10 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
   try:
     return chosen.build(config, num_classes, tuple(image_size), bn_axis_name)
   except ValueError as e:
+    # Each network refuses a variant it does not build; say so by the key
+    # (checked only now, so that another family's block with only
+    # ``family`` changed is reported as such, below).
+    check_variant(config)
     if str(e).startswith('config.'):
       raise  # already names its key
     # The networks name their own attributes, which are config.model's keys.

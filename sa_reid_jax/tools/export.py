@@ -77,7 +77,8 @@ class FeatureExtractor(tf.Module):
     """Converts `model` for `image_size` inputs.
 
     Args:
-      model: a network following the `SANet` output contract.
+      model: a network of any registered family (the output contract of
+        `models.registry`).
       variables: its variables (params and batch_stats).
       image_size: network input (height, width).
       platforms: jax2tf lowering platforms (a subset of `KNOWN_PLATFORMS`).
@@ -205,7 +206,8 @@ def export_saved_model(model, variables: Any, output: str, *,
   so a failed export never leaves a half-written or half-replaced directory.
 
   Args:
-    model: a network following the `SANet` output contract.
+    model: a network of any registered family (the output contract of
+      `models.registry`).
     variables: its variables.
     output: the SavedModel directory to write.
     image_size: network input (height, width) that served images are

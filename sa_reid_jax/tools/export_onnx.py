@@ -78,7 +78,8 @@ def export_onnx(model, variables: Any, output: str, *,
   leaves no half-written file.
 
   Args:
-    model: a network following the `SANet` output contract.
+    model: a network of any registered family (the output contract of
+      `models.registry`).
     variables: its variables (params and batch_stats).
     output: the ``.onnx`` file to write.
     image_size: network input (height, width) the model takes.

@@ -103,7 +103,8 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
   """Retrieval descriptors of image files.
 
   Args:
-    model: a network following the `SANet` output contract.
+    model: a network of any registered family (the output contract of
+      `models.registry`).
     variables: its variables.
     paths: image files.
     image_size: network input (height, width).

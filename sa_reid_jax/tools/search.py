@@ -100,7 +100,8 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   reported again.
 
   Args:
-    model: a network following the `SANet` output contract.
+    model: a network of any registered family (the output contract of
+      `models.registry`).
     variables: its variables.
     gallery_paths: gallery image files.
     query_paths: query image files.

@@ -12,14 +12,16 @@ data, checkpoint and evaluation blocks, documented there).
 
 import ml_collections
 
+from sa_reid_jax.models import registry
+from sa_reid_jax.models.casn import CASN_VARIANTS  # pylint: disable=unused-import
 from sa_reid_jax.training.defaults import experiment_config
 
-# The CASN baselines (models.casn): 'ide' (ResNet-50 + classifier) and 'pcb'
-# (six horizontal stripes, the 2048-d pooled stripes the descriptor; ONE
-# reduction to 256 shared by the stripes, then a classifier per stripe).
-CASN_VARIANTS = ('ide', 'pcb')
-# Network input (height, width) per baseline (reference notes: 288x144 for
-# IDE, 384x128 for PCB).
+# The CASN baselines are the network's (CASN_VARIANTS, imported from
+# models.casn): 'ide' (ResNet-50 + classifier) and 'pcb' (six horizontal
+# stripes, the 2048-d pooled stripes the descriptor; ONE reduction to 256
+# shared by the stripes, then a classifier per stripe).
+# Network input (height, width) per CASN_VARIANTS name (reference notes:
+# 288x144 for IDE, 384x128 for PCB).
 IMAGE_SIZES = {'ide': (288, 144), 'pcb': (384, 128)}
 
 
@@ -37,17 +39,15 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   Raises:
     ValueError: for an unknown variant.
   """
-  if variant not in CASN_VARIANTS:
-    raise ValueError(f'unknown CASN variant {variant!r}; choose one of '
-                     f'{CASN_VARIANTS}')
   config = experiment_config(dataset_name)
   config.task = 'casn'
-  config.image_size = IMAGE_SIZES[variant]
 
   config.model = ml_collections.ConfigDict()
   config.model.family = 'casn'
   # The baseline network (CASN_VARIANTS).
   config.model.variant = variant
+  registry.check_variant(config.model)
+  config.image_size = IMAGE_SIZES[variant]
   # PCB: horizontal stripes, and the width of the one 1x1 reduction that
   # the stripes share before their classifiers (PCB paper and the PCB
   # author's code: 6 and 256); unused by IDE. The descriptor is the pooled

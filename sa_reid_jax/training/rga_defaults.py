@@ -8,12 +8,13 @@ are what the RGA and "bag of tricks" files in ``configs/`` call.
 
 import ml_collections
 
+from sa_reid_jax.models import registry
+from sa_reid_jax.models.rga import RGA_VARIANTS  # pylint: disable=unused-import
 from sa_reid_jax.training.defaults import experiment_config
 
-# The RGA networks (models.rga): 'rga_sc' (spatial then channel), 'rga_s',
-# 'rga_c', and 'baseline' (neither: ResNet-50 + BNNeck, the "bag of tricks"
-# baseline).
-RGA_VARIANTS = ('rga_sc', 'rga_s', 'rga_c', 'baseline')
+# The variants are the network's (RGA_VARIANTS, imported from models.rga):
+# 'rga_sc' (spatial then channel), 'rga_s', 'rga_c', and 'baseline'
+# (neither: ResNet-50 + BNNeck, the "bag of tricks" baseline).
 
 
 def rga_experiment_config(dataset_name: str, variant: str = 'rga_sc'
@@ -34,9 +35,6 @@ def rga_experiment_config(dataset_name: str, variant: str = 'rga_sc'
   Raises:
     ValueError: for an unknown variant.
   """
-  if variant not in RGA_VARIANTS:
-    raise ValueError(f'unknown RGA variant {variant!r}; choose one of '
-                     f'{RGA_VARIANTS}')
   config = experiment_config(dataset_name)
   # The official input: 256x128 (height x width). RGA's relation
   # convolutions are as wide as the feature maps have positions, so a
@@ -47,6 +45,7 @@ def rga_experiment_config(dataset_name: str, variant: str = 'rga_sc'
   config.model.family = 'rga'
   # Which RGA parts (RGA_VARIANTS); the official network is 'rga_sc'.
   config.model.variant = variant
+  registry.check_variant(config.model)
   # The retrieval descriptor: 'pre_bn' (feat_, the pooled feature before
   # the BNNeck) or 'post_bn' (feat, after it); the official test reports
   # both, with the cosine distance.

@@ -79,7 +79,7 @@ def create_train_state(model, optimizer: optax.GradientTransformation,
   """A fresh state: initialised network, optimizer state, step 0.
 
   Args:
-    model: the network (a `SANet`).
+    model: the network, of any registered family (`models.registry`).
     optimizer: the optax transformation.
     seed: seeds initialisation; the train-time key is derived from it too.
     image_size: input (height, width).

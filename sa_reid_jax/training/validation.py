@@ -30,18 +30,13 @@ from sa_reid_jax.datasets import builders
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import distances
 from sa_reid_jax.evaluation import metrics
-from sa_reid_jax.models import casn
 from sa_reid_jax.models import registry
-from sa_reid_jax.models import rga
 from sa_reid_jax.models import sanet
 from sa_reid_jax.models.rga import module as rga_module
 from sa_reid_jax.models.rga import network as rga_network
 from sa_reid_jax.training import defaults
 from sa_reid_jax.training import optimizer as optimizer_lib
 
-# The variants each family builds (config.model.variant).
-FAMILY_VARIANTS = {'sanet': sanet.VARIANTS, 'rga': rga.RGA_VARIANTS,
-                   'casn': casn.CASN_VARIANTS}
 # ResNet-50's stages (layer1..4): converted weights and the RGA modules
 # (rga_att1..4) expect four.
 NUM_STAGES = 4
@@ -200,9 +195,8 @@ def _check_dataset(dataset: ml_collections.ConfigDict) -> None:
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
-  registry.family(model.family)  # names config.model.family
-  if model.family in FAMILY_VARIANTS:
-    _one_of('model.variant', model.variant, FAMILY_VARIANTS[model.family])
+  # Names config.model.family or config.model.variant.
+  registry.check_variant(model)
   try:
     dtype = jnp.dtype(model.dtype).name
   except (TypeError, ValueError):
