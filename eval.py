@@ -37,6 +37,7 @@ from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.tools import outputs
+from sa_reid_jax.training import validation
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -60,6 +61,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   command_line.set_library_verbosity()
   config = _CONFIG.value
+  try:
+    # The config's values before any work, each error naming its key.
+    validation.check_evaluation_config(config)
+  except ValueError as e:
+    sys.exit(f'eval.py: error: {e}')
   try:
     checkpoint = store.resolve_model_directory(_CHECKPOINT.value)
   except store.ModelStoreError as e:

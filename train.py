@@ -26,6 +26,7 @@ from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.models import store
 from sa_reid_jax.training import checkpoints
 from sa_reid_jax.training import signals
+from sa_reid_jax.tools import outputs
 from sa_reid_jax.training import trainer
 from sa_reid_jax.training import workdir
 # pylint: enable=g-import-not-at-top,g-bad-import-order
@@ -61,6 +62,9 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
   try:
+    # Before any work: a workdir under a file, or in a
+    # read-only place, would otherwise fail with the system's bare message.
+    outputs.check_writable(_WORKDIR.value, '--workdir', directory=True)
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, market_layout.LayoutError, store.ModelStoreError,
           trainer.NonFiniteLossError, checkpoints.ResumeError,

@@ -15,6 +15,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from typing import Any, Optional
@@ -550,3 +551,15 @@ def worst_variable_difference(one: dict[str, Any], two: dict[str, Any]):
   assert one.keys() == two.keys()
   return max((float(np.max(np.abs(one[k] - two[k])) /
                     max(1.0, float(np.max(np.abs(one[k]))))), k) for k in one)
+
+
+def one_camera_copy(folder: str, target) -> str:
+  """A copy of a Market-layout folder with every image renamed to camera 1."""
+  shutil.copytree(folder, target)
+  for split in ('bounding_box_train', 'query', 'bounding_box_test'):
+    directory = os.path.join(target, split)
+    for name in os.listdir(directory):
+      renamed = re.sub(r'^(-?\d+)_c\d+', r'\1_c1', name)
+      os.rename(os.path.join(directory, name),
+                os.path.join(directory, renamed))
+  return str(target)

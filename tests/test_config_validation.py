@@ -174,20 +174,8 @@ def test_valid_queries_follow_the_protocol():
   np.testing.assert_array_equal(valid, [True, False, False, False])
 
 
-def _one_camera_copy(folder: str, target) -> str:
-  """A copy of a Market-layout folder with every image renamed to camera 1."""
-  shutil.copytree(folder, target)
-  for split in ('bounding_box_train', 'query', 'bounding_box_test'):
-    directory = os.path.join(target, split)
-    for name in os.listdir(directory):
-      renamed = re.sub(r'^(-?\d+)_c\d+', r'\1_c1', name)
-      os.rename(os.path.join(directory, name),
-                os.path.join(directory, renamed))
-  return str(target)
-
-
 def test_a_one_camera_dataset_is_refused_before_training(data, tmp_path):
-  folder = _one_camera_copy(data, tmp_path / 'one_camera')
+  folder = helpers.one_camera_copy(data, tmp_path / 'one_camera')
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError) as error:
     trainer.train_and_evaluate(helpers.tiny_config(folder), str(workdir))

@@ -140,7 +140,8 @@ def test_convert_weights_py_error_in_a_real_process_is_one_line(tmp_path):
                                f'--output={tmp_path / "out"}')
   assert result.returncode == 1
   assert result.stderr.splitlines() == [
-      f'convert_weights.py: error: {missing}: no such file'], result.stderr
+      f'convert_weights.py: error: --input: {missing}: no such file'
+  ], result.stderr
   assert not (tmp_path / 'out').exists()
 
 
@@ -148,8 +149,17 @@ def test_existing_output_is_not_overwritten(tmp_path):
   (tmp_path / 'out').mkdir()
   weights = tmp_path / 'w.npz'
   np.savez(weights, a=np.zeros(1))
-  with pytest.raises(ConversionError, match='out: output already exists'):
+  with pytest.raises(ConversionError, match='^--output: .*out already exists; '
+                     'choose another --output, or --overwrite to replace it$'):
     convert_checkpoint('torchvision', str(weights), str(tmp_path / 'out'))
+
+
+def test_a_directory_given_as_input_is_named(tmp_path):
+  (tmp_path / 'model').mkdir()
+  with pytest.raises(ConversionError, match='^--input: .*model is a '
+                     'directory; give the weights file'):
+    convert_checkpoint('torchvision', str(tmp_path / 'model'),
+                       str(tmp_path / 'out'))
 
 
 def test_unreadable_files(tmp_path):

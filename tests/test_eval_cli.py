@@ -213,7 +213,8 @@ def test_another_image_size_is_said_by_report_and_metrics(setup, workdir,
   text = (tmp_path / 'report.html').read_text(encoding='utf-8')
   assert ('<p class="warning" id="warning"><strong>Warning:</strong> '
           'evaluated at image size 96x64, not at 64x32, the size the model '
-          'was trained at: the scores are lower than at its own size</p>'
+          'was trained at: these scores do not describe the model at its own '
+          'size</p>'
           ) in text
   assert f'<td class="name">{TRAINED_STEPS}</td>' in text
 
@@ -322,6 +323,45 @@ def test_cosine_distances_re_rank(setup, cli):
     metrics = json.load(f)
   assert metrics['settings']['metric'] == 'cosine'
   assert 0 < metrics['reranked']['mAP'] <= 1
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--config.eval.metric=manhattan', "config.eval.metric must be one of "),
+    ('--config.eval.k1=-5', 'config.eval.k1 must be an integer >= 1, got -5'),
+    ('--config.model.dtype=float8', 'config.model.dtype must be one of '),
+    ('--config.eval.report_thumbnail=(0,0)', 'config.eval.report_thumbnail'),
+    ('--config.image_size=(0,64)', 'config.image_size'),
+])
+def test_bad_config_values_are_refused_before_any_work(setup, cli, tmp_path,
+                                                       flag, message):
+  root, data = setup
+  result = cli('eval.py', *eval_arguments(
+      f'--checkpoint={root / "model"}', f'--config.dataset.folder={data}',
+      f'--output_dir={tmp_path}', '--report', flag, image_size=None))
+  assert result.returncode == 1
+  assert result.stderr.startswith(f'eval.py: error: {message}'), result.stderr
+  assert len(result.stderr.splitlines()) == 1, result.stderr
+  # Refused before extraction: no progress line, nothing written.
+  assert 'images' not in result.stdout
+  assert not os.listdir(tmp_path)
+
+
+def test_a_one_camera_dataset_is_refused_before_extraction(setup, cli,
+                                                           tmp_path):
+  root, data = setup
+  folder = helpers.one_camera_copy(data, tmp_path / 'one_camera')
+  output = tmp_path / 'out'
+  output.mkdir()
+  result = run_eval(cli, f'--checkpoint={root / "model"}',
+                    f'--config.dataset.folder={folder}',
+                    f'--output_dir={output}')
+  assert result.returncode == 1
+  assert result.stderr.startswith(
+      f'eval.py: error: config.dataset.folder: {folder}: no query has a '
+      'gallery match from another camera'), result.stderr
+  assert len(result.stderr.splitlines()) == 1, result.stderr
+  assert 'images' not in result.stdout
+  assert not os.listdir(output)
 
 
 def test_corrupt_image_is_named_before_any_work(setup, cli, tmp_path):

@@ -377,6 +377,16 @@ def _train_args(data, workdir):
   return helpers.train_command(data, workdir)[2:]
 
 
+def test_cli_names_an_unwritable_workdir_in_one_line(data, tmp_path, cli):
+  (tmp_path / 'afile').write_text('not a folder')
+  workdir = tmp_path / 'afile' / 'run'
+  result = cli('train.py', *_train_args(data, workdir))
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f'train.py: error: --workdir: cannot write {workdir}: '
+      f'{tmp_path / "afile"} is not a directory'], result.stderr
+
+
 def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path, cli):
   result = cli('train.py', *_train_args(data, tmp_path),
                '--config.optimizer.lr=0.1')

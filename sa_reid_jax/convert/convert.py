@@ -106,7 +106,8 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
   """Refuses an output that exists (without `overwrite`) or cannot be
   written, before the file is read."""
   if os.path.exists(output_dir) and not overwrite:
-    raise ConversionError(f'{output_dir}: output already exists')
+    raise ConversionError(f'--output: {output_dir} already exists; choose '
+                          'another --output, or --overwrite to replace it')
   try:
     outputs.check_writable(output_dir, '--output', directory=True)
     # The directory is written beside itself and renamed into place.

@@ -105,8 +105,13 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
       needs arbitrary code to unpickle, or a ``.safetensors`` file without
       the safetensors package (the ``convert`` extra) installed.
   """
+  if os.path.isdir(path):
+    raise ConversionError(
+        f'--input: {path} is a directory; give the weights file (a .pth, '
+        '.pth.tar, .npz or .safetensors state dict); a model directory '
+        'this project wrote is already converted')
   if not os.path.isfile(path):
-    raise ConversionError(f'{path}: no such file')
+    raise ConversionError(f'--input: {path}: no such file')
   lower = path.lower()
   if lower.endswith('.safetensors'):
     try:

@@ -17,6 +17,7 @@ from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation.distances import pairwise_distances
 from sa_reid_jax.evaluation.features import extract_features
 from sa_reid_jax.evaluation.metrics import RankResult, evaluate_rank
+from sa_reid_jax.evaluation.metrics import valid_queries
 from sa_reid_jax.evaluation.rerank import re_rank
 
 REPORTED_RANKS = (1, 5, 10)
@@ -45,6 +46,46 @@ def load_splits(dataset: ml_collections.ConfigDict,
   return [tables.from_tfds(dataset.name, split,
                            data_dir=dataset.data_dir or None)
           for split in splits]
+
+
+def check_evaluation_splits(query: tables.ExampleTable,
+                            gallery: tables.ExampleTable,
+                            dataset: ml_collections.ConfigDict) -> None:
+  """Refuses query and gallery splits the evaluation protocol cannot score.
+
+  The Market-1501 protocol removes each query's same-camera gallery images
+  of its person, and skips a query with no true match left; with none
+  left, every evaluation would fail, after training or extraction.
+
+  Args:
+    query: the query split's table.
+    gallery: the gallery split's table.
+    dataset: the config's ``dataset`` block, named in the error.
+
+  Raises:
+    ValueError: naming config.dataset.folder and the folder (or
+      config.dataset.name) when no query has a gallery match from another
+      camera, with the cameras each split holds.
+  """
+  valid = valid_queries(query.person_ids, gallery.person_ids,
+                                query.camera_ids, gallery.camera_ids)
+  if valid.any():
+    return
+  source = (f'config.dataset.folder: {dataset.folder}' if dataset.folder
+            else f'config.dataset.name: {dataset.name}')
+
+  def cameras(table):
+    # File names number cameras from 1 (c1); the tables from 0.
+    return ', '.join(f'c{c + 1}' for c in np.unique(table.camera_ids))
+
+  raise ValueError(
+      f'{source}: no query has a gallery match from another camera, so the '
+      'evaluation (which skips same-person same-camera gallery images, as '
+      'the Market-1501 protocol does) could score none of its '
+      f'{len(query)} queries; query cameras: {cameras(query)}, gallery '
+      f'cameras: {cameras(gallery)}. Each query person needs gallery images '
+      'from a camera other than the query\'s (the _c<camera> in the file '
+      'names)')
 
 
 def describe(model, variables, table: tables.ExampleTable,
@@ -120,6 +161,7 @@ def run_evaluation(model, variables, config: ml_collections.ConfigDict,
   flip = config.eval.flip if flip is None else flip
   rerank = config.eval.rerank if rerank is None else rerank
   query, gallery = load_splits(config.dataset)
+  check_evaluation_splits(query, gallery, config.dataset)
   query_features = describe(model, variables, query, config, flip, 'query')
   gallery_features = describe(model, variables, gallery, config, flip,
                               'gallery')

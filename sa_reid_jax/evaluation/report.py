@@ -290,7 +290,8 @@ def image_size_warning(settings: dict[str, Any]) -> Optional[str]:
   size = 'x'.join(str(v) for v in settings['image_size'])
   trained = 'x'.join(str(v) for v in settings['trained_image_size'])
   return (f'evaluated at image size {size}, not at {trained}, the size the '
-          'model was trained at: the scores are lower than at its own size')
+          'model was trained at: these scores do not describe the model at '
+          'its own size')
 
 
 def remove_stale_report(directory: str, hint: str,

@@ -66,7 +66,7 @@ def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
     read = {split: tables.from_tfds(dataset.name, split,
                                     data_dir=dataset.data_dir or None)
             for split in splits}
-  validation.check_evaluation_splits(read['query'], read['gallery'], dataset)
+  evaluate.check_evaluation_splits(read['query'], read['gallery'], dataset)
   return read['train']
 
 

@@ -4,8 +4,10 @@
 network built or the workdir created) and checks every block of an
 experiment config (``training/defaults.py`` documents each key):
 run length and logging, dataset, model, data, optimizer, loss,
-augmentation, checkpoint, evaluation and report. `check_evaluation_splits`
-runs as soon as the query and gallery tables are read, before training.
+augmentation, checkpoint, evaluation and report; `check_evaluation_config`
+is its part that ``eval.py`` needs. The evaluation protocol's check of the
+query and gallery splits (`evaluate.check_evaluation_splits`) runs as soon
+as they are read, before training or extraction.
 
 Every error is a ValueError whose message starts with the config key at
 fault and says what is allowed (``config.optimizer.learning_rate must be
@@ -27,9 +29,7 @@ from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import samplers
 from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.datasets import builders
-from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import distances
-from sa_reid_jax.evaluation import metrics
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import sanet
 from sa_reid_jax.models.rga import module as rga_module
@@ -274,6 +274,20 @@ def _check_augmentation(aug: ml_collections.ConfigDict) -> None:
   _size('augmentation.staging_size', aug.staging_size)
 
 
+def check_evaluation_config(config: ml_collections.ConfigDict) -> None:
+  """The checks of `check_config` that an evaluation of a saved model needs
+  (``eval.py``): dataset, image size, model and evaluation blocks, before
+  the model is loaded or any feature extracted.
+
+  Raises:
+    ValueError: for the first key at fault, as `check_config`.
+  """
+  _check_dataset(config.dataset)
+  _size('image_size', config.image_size)
+  _check_model(config.model)
+  _check_eval(config.eval)
+
+
 def _check_eval(evaluation: ml_collections.ConfigDict) -> None:
   # Each of these would otherwise stop the run at its first evaluation,
   # after training, with a message naming an argument rather than the key.
@@ -293,43 +307,3 @@ def _check_eval(evaluation: ml_collections.ConfigDict) -> None:
   _integer('eval.report_random', evaluation.report_random, 0)
   _integer('eval.report_topk', evaluation.report_topk, 1)
   _size('eval.report_thumbnail', evaluation.report_thumbnail)
-
-
-def check_evaluation_splits(query: tables.ExampleTable,
-                            gallery: tables.ExampleTable,
-                            dataset: ml_collections.ConfigDict) -> None:
-  """Refuses query and gallery splits the evaluation protocol cannot score.
-
-  The Market-1501 protocol removes each query's same-camera gallery images
-  of its person, and skips a query with no true match left; with none
-  left, every evaluation would fail, after training.
-
-  Args:
-    query: the query split's table.
-    gallery: the gallery split's table.
-    dataset: the config's ``dataset`` block, named in the error.
-
-  Raises:
-    ValueError: naming config.dataset.folder and the folder (or
-      config.dataset.name) when no query has a gallery match from another
-      camera, with the cameras each split holds.
-  """
-  valid = metrics.valid_queries(query.person_ids, gallery.person_ids,
-                                query.camera_ids, gallery.camera_ids)
-  if valid.any():
-    return
-  source = (f'config.dataset.folder: {dataset.folder}' if dataset.folder
-            else f'config.dataset.name: {dataset.name}')
-
-  def cameras(table):
-    # File names number cameras from 1 (c1); the tables from 0.
-    return ', '.join(f'c{c + 1}' for c in np.unique(table.camera_ids))
-
-  raise ValueError(
-      f'{source}: no query has a gallery match from another camera, so the '
-      'evaluation (which skips same-person same-camera gallery images, as '
-      'the Market-1501 protocol does) could score none of its '
-      f'{len(query)} queries; query cameras: {cameras(query)}, gallery '
-      f'cameras: {cameras(gallery)}. Each query person needs gallery images '
-      'from a camera other than the query\'s (the _c<camera> in the file '
-      'names)')
