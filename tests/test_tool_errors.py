@@ -179,11 +179,12 @@ def test_ranks_output_without_an_extension_is_named(cli, saved_sanet,
                                                     no_work, tmp_path):
   line = one_error_line(cli(VISUALIZE, 'ranks',
                             f'--checkpoint={saved_sanet[0]}',
-                            '--dataset_folder=x', '--output=ranks'))
-  assert line == ('visualize ranks: error: --output: ranks has no '
-                  'extension; give an image file name such as ranks.png '
+                            '--dataset_folder=x', '--output=best'))
+  # The suggestion is the name given, with an extension.
+  assert line == ('visualize ranks: error: --output: best has no '
+                  'extension; give an image file name such as best.png '
                   '(.png, .jpg)')
-  assert not (tmp_path / 'ranks').exists()
+  assert not (tmp_path / 'best').exists()
 
 
 def test_truncated_npz_is_one_line(cli, tmp_path):

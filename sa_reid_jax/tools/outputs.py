@@ -86,4 +86,4 @@ def check_image_file(path: str, flag: str) -> None:
   if extension not in Image.registered_extensions():
     what = (f'extension {extension!r}' if extension else 'no extension')
     raise OutputError(f'{flag}: {path} has {what}; give an image file name '
-                      'such as ranks.png (.png, .jpg)')
+                      f'such as {os.path.splitext(path)[0]}.png (.png, .jpg)')
