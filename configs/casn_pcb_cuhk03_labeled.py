@@ -11,6 +11,12 @@ sa_reid_jax/training/casn_defaults.py. Train from the ImageNet backbone
       --workdir=workdirs/casn_pcb_cuhk03_labeled \
       --config.init_from=models/imagenet
 
+An epoch is about one pass over the 7,368 training images, as the notes
+count: P x K = 8 x 2 batches from every identity's images cut into pairs
+(sampler 'identity_chunks'), sum_i floor(max(n_i, 2) / 2) // 8 steps, at
+most 460 (the run prints the exact number); 40 epochs, at most
+18,400 steps, the decay after 30.
+
 Evaluate a model directory:
 
   python eval.py --config=configs/casn_pcb_cuhk03_labeled.py --checkpoint=DIR

@@ -24,6 +24,10 @@ without random erasing (switched off after the paper), with and without SA:
       --workdir=workdirs/cuhk03_labeled_released_no_sa \
       --config.init_from=models/imagenet
 
+An epoch is one pass over the 7,368 training images in batches of 48
+drawn uniformly: 7,368 // 48 = 153 steps; 100 epochs, 15,300 steps
+(every command above).
+
 Evaluate a model directory (from training or convert_weights.py), or read
 the extracted folder instead of the TFDS dataset with
 --config.dataset.folder=/path/to/folder:

@@ -24,6 +24,10 @@ without random erasing (switched off after the paper), with and without SA:
       --workdir=workdirs/dukemtmc_reid_released_no_sa \
       --config.init_from=models/imagenet
 
+An epoch is one pass over the 16,522 training images in batches of 48
+drawn uniformly: 16,522 // 48 = 344 steps; 100 epochs, 34,400 steps
+(every command above).
+
 Evaluate a model directory (from training or convert_weights.py), or read
 the extracted folder instead of the TFDS dataset with
 --config.dataset.folder=/path/to/folder:

@@ -21,6 +21,10 @@ RGA-S or RGA-C alone (the paper's ablation):
       --workdir=workdirs/rga_c_cuhk03_detected \
       --config.init_from=models/imagenet
 
+An epoch is one pass over the 767 training identities, as the official
+sampler counts: 767 // 16 = 47 batches of 16 x 4; 600 epochs,
+28,200 steps (every command above).
+
 Evaluate a model directory (from training, or an official checkpoint
 converted with convert_weights.py --format=rga_official); the descriptor
 after the BNNeck instead of before it is --config.model.descriptor=post_bn:

@@ -21,6 +21,10 @@ RGA-S or RGA-C alone (the paper's ablation):
       --workdir=workdirs/rga_c_market1501 \
       --config.init_from=models/imagenet
 
+An epoch is one pass over the 751 training identities, as the official
+sampler counts: 751 // 16 = 46 batches of 16 x 4; 600 epochs,
+27,600 steps (every command above).
+
 Evaluate a model directory (from training, or an official checkpoint
 converted with convert_weights.py --format=rga_official); the descriptor
 after the BNNeck instead of before it is --config.model.descriptor=post_bn:

@@ -4,8 +4,10 @@ import os
 import re
 
 import helpers
+import numpy as np
 import pytest
 
+from sa_reid_jax.data import samplers
 from sa_reid_jax.models.casn import CASN_VARIANTS
 from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.sanet import VARIANTS
@@ -220,3 +222,55 @@ def test_casn_epochs_are_passes_over_the_images(name):
   assert (config.batch_size, config.data.images_per_identity) == (16, 2)
   assert config.num_epochs == 40
   assert tuple(config.optimizer.decay_milestones) == (30,)
+
+
+# The training splits of the real datasets (identities, images): the
+# builders' descriptions (sa_reid_jax/datasets/builders.py) and, for
+# CUHK03-NP, the new protocol's release (labeled 7,368 and detected 7,365
+# training images of its 767 identities).
+TRAIN_SPLITS = {'market1501': (751, 12_936), 'dukemtmc_reid': (702, 16_522),
+                'cuhk03_np/labeled': (767, 7_368),
+                'cuhk03_np/detected': (767, 7_365), 'msmt17': (1_041, 32_621)}
+_NUMBER = r'(\d[\d,]*)'
+
+
+def _stated_lengths(path):
+  """(per epoch, 'exact' or 'at most', epochs, total) the docstring states."""
+  text = ' '.join(helpers.load_config_module(path).__doc__.split())
+  per_epoch = re.search(rf'= {_NUMBER} (?:steps|batches)|at most {_NUMBER} '
+                        r'\(', text)
+  total = re.search(rf'(\d+) epochs, (?:at most |about )?{_NUMBER} steps',
+                    text)
+  assert per_epoch and total, f'{path}: no steps per epoch and total stated'
+  exact = per_epoch.group(1) is not None
+  count = int((per_epoch.group(1) or per_epoch.group(2)).replace(',', ''))
+  return (count, 'exact' if exact else 'at most', int(total.group(1)),
+          int(total.group(2).replace(',', '')))
+
+
+@pytest.mark.parametrize(
+    'path', [p for p in CONFIG_FILES if 'demo' not in os.path.basename(p)],
+    ids=os.path.basename)
+@pytest.mark.parametrize('seed', [0, 1])
+def test_docstrings_state_the_steps_on_the_real_dataset(path, seed):
+  """The steps per epoch and in all that a config's docstring states are
+  its sampler's on a table of the real training split's size (how its
+  images spread over the identities drawn: the real split is not in the
+  repository, and only the chunked sampler depends on it)."""
+  config = helpers.parse_command(helpers.documented_commands(path,
+                                                             'train.py')[0])
+  identities, images = TRAIN_SPLITS[config.dataset.name]
+  rng = np.random.default_rng(seed)
+  counts = 2 + rng.multinomial(images - 2 * identities,
+                               rng.dirichlet(np.ones(identities)))
+  labels = np.repeat(np.arange(identities), counts)
+  steps = samplers.build(config.data.sampler, labels, config.batch_size,
+                         config.data.images_per_identity).steps_per_epoch
+  stated, kind, epochs, total = _stated_lengths(path)
+  assert epochs == config.num_epochs
+  if kind == 'exact':
+    assert steps == stated and total == stated * epochs
+  else:
+    # A chunked epoch: at most every image once, in batches.
+    assert stated == images // config.batch_size and steps <= stated
+    assert abs(total - steps * epochs) <= 0.15 * total
