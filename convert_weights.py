@@ -54,7 +54,7 @@ flags.mark_flags_as_required(['format', 'input', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  command_line.set_library_verbosity()
+  command_line.set_library_verbosity(command_line.absl_verbosity())
   image_size = None
   if _IMAGE_SIZE.value is not None:
     try:

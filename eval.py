@@ -1,6 +1,6 @@
 r"""Evaluates a model directory on a dataset's query and gallery splits.
 
-  python eval.py --config=configs/market1501.py --checkpoint=DIR \
+  python eval.py --config=configs/sa.py:market1501 --checkpoint=DIR \
       [--rerank] [--flip] [--report] [--output_dir=DIR]
 
 Prints rank-1/5/10, mAP and mINP (and the re-ranked ones with --rerank) and
@@ -59,8 +59,10 @@ flags.mark_flags_as_required(['config', 'checkpoint'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  command_line.set_library_verbosity()
+  command_line.set_library_verbosity(command_line.absl_verbosity())
   config = _CONFIG.value
+  # The --config.KEY overrides given, as absl parsed them (paths as keys).
+  overrides = config_flags.get_override_values(flags.FLAGS[_CONFIG.name])
   try:
     # The config's values before any work, each error naming its key.
     validation.check_evaluation_config(config)
@@ -85,8 +87,7 @@ def main(argv):
   try:
     # The size the network was trained at, unless asked for explicitly: at
     # another size it scores much lower without any error.
-    explicit = command_line.overridden(argv_flags=sys.argv,
-                                       key='config.image_size')
+    explicit = 'image_size' in overrides
     config.image_size = store.input_size(
         checkpoint, config.image_size if explicit else None,
         flag='--config.image_size', default=config.image_size)
@@ -94,11 +95,10 @@ def main(argv):
     trained = store.load_model_info(checkpoint).get('metadata', {})
     # The network is the saved one; --config.model.* flags may only change
     # what evaluation reads from it (e.g. RGA's descriptor).
-    prefix = '--config.model.'
-    model = registry.with_overrides(model, {
-        key: config.model[key] for key in sorted({
-            arg[len(prefix):].split('=')[0] for arg in sys.argv[1:]
-            if arg.startswith(prefix)})}, prefix)
+    given = sorted(path.removeprefix('model.') for path in overrides
+                   if path.startswith('model.'))
+    model = registry.with_overrides(
+        model, {key: config.model[key] for key in given}, '--config.model.')
     registry.check_input_size(model, config.image_size, '--config.image_size')
     evaluation = evaluate.run_evaluation(model, variables, config,
                                          flip=_FLIP.value,

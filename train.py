@@ -1,6 +1,6 @@
 r"""Trains a network (SA, RGA, CASN) as an experiment config describes.
 
-  python train.py --config=configs/market1501.py --workdir=DIR \
+  python train.py --config=configs/sa.py:market1501 --workdir=DIR \
       [--config.batch_size=64 ...]
 
 Running the same command again resumes from DIR's newest checkpoint. On
@@ -54,7 +54,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # Orbax and JAX log every checkpoint step at INFO; the run prints its own.
-  command_line.set_library_verbosity()
+  command_line.set_library_verbosity(command_line.absl_verbosity())
   if _DISTRIBUTED.value:
     # Cross-process collectives between CPU devices need an implementation;
     # accelerators bring their own.
@@ -65,7 +65,9 @@ def main(argv):
     # Before any work: a workdir under a file, or in a
     # read-only place, would otherwise fail with the system's bare message.
     outputs.check_writable(_WORKDIR.value, '--workdir', directory=True)
-    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    # The process is the run's: a second Ctrl-C ends it at once.
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                        quit_on_second_interrupt=True)
   except (ValueError, market_layout.LayoutError, store.ModelStoreError,
           trainer.NonFiniteLossError, checkpoints.ResumeError,
           workdir.WorkdirBusyError, OSError) as e:

@@ -58,15 +58,15 @@ def write_folder(root: str, num_files: int, seed: int = 0) -> int:
   """Writes `num_files` distinct 128x64 JPEGs in Market-1501 layout."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.datasets import synthetic_painting  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.datasets import synthetic_people  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.synthetic import painting  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets.synthetic import people  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  cameras = [synthetic_people.draw_camera(rng) for _ in range(NUM_CAMERAS)]
+  cameras = [people.draw_camera(rng) for _ in range(NUM_CAMERAS)]
   num_crops = min(BASE_CROPS, num_files)
-  people = [synthetic_people.draw_person(rng)
-            for _ in range(max(1, num_crops // 2))]
-  crops = [synthetic_painting.render(people[i % len(people)],
-                                     cameras[i % NUM_CAMERAS], rng)
+  persons = [people.draw_person(rng)
+             for _ in range(max(1, num_crops // 2))]
+  crops = [painting.render(persons[i % len(persons)],
+                           cameras[i % NUM_CAMERAS], rng)
            for i in range(num_crops)]
   total = sum(MARKET_SPLITS.values())
   written = 0

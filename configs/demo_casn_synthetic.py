@@ -62,6 +62,11 @@ def get_config():
   config.num_epochs = 145
   config.optimizer.learning_rate = 0.05
   config.optimizer.decay_milestones = (97,)
+  # The bounded form of attention mining (the erased image's softmax
+  # probability): with the notes' logit, unbounded below, this network
+  # diverged from random weights (the systems study, seed 0: loss inf at
+  # step 88 of 232).
+  config.loss.terms.attention_mining.score = 'probability'
   config.checkpoint.every_steps = 200
   config.log_every_steps = 48
   config.eval.every_epochs = 48

@@ -31,8 +31,11 @@ The config argument picks the row's network (sa_reid_jax.models.VARIANTS):
       --workdir=workdirs/ablation/backbone_p_ds_sa1_sa2 \
       --config.init_from=models/imagenet
 
-An epoch is one pass over the 12,936 training images in batches of 48
-drawn uniformly: 12,936 // 48 = 269 steps; 60 epochs, 16,140 steps.
+An epoch is one pass over the training images in batches of 48 drawn
+uniformly (images // 48 steps); 60 epochs, every row alike:
+
+  argument    identities  images  steps/epoch   steps
+  backbone           751  12,936          269  16,140
 """
 
 from sa_reid_jax.training.defaults import experiment_config

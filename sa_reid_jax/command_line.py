@@ -10,12 +10,14 @@ from typing import Callable, Optional, Sequence
 from absl import flags
 from absl import logging
 
+from sa_reid_jax.training import signals
+
 # absl's --verbosity levels: -1 WARNING (the default here), 0 INFO, 1 DEBUG.
 WARNING_VERBOSITY = -1
 # Loggers that set their own level (so the root's does not reach them).
 LIBRARY_LOGGERS = ('absl', 'jax', 'orbax', 'tensorflow', 'etils')
-# 128 + SIGINT: the shells' exit status of a process stopped by Ctrl-C.
-INTERRUPTED_EXIT_STATUS = 128 + 2
+# The shells' exit status of a process stopped by Ctrl-C.
+INTERRUPTED_EXIT_STATUS = signals.INTERRUPTED_EXIT_STATUS
 
 
 def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
@@ -49,15 +51,28 @@ def config_flags_parser(program: str) -> Callable[[list[str]], list[str]]:
       sys.exit(f'{program}: error: cannot apply {" ".join(overrides)}: '
                f'{message} (a key the config does not have, or a value '
                'of the wrong type)')
-    # A config file that does not load is kept as an object that raises on
-    # first use, far from here (ml_collections' _ErrorConfig).
     config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
-    if type(config).__name__ == '_ErrorConfig':
-      error = config._error  # pylint: disable=protected-access
+    error = _load_error(config)
+    if error is not None:
       sys.exit(f'{program}: error: --config: {one_line(error)}')
     return remaining
 
   return parse
+
+
+def _load_error(config) -> Optional[BaseException]:
+  """Why a config file did not load, or None for a config that did.
+
+  ml_collections keeps a config file that cannot be read as a stand-in
+  that raises OSError, from the load's error, on any attribute read: the
+  error would otherwise surface far from the flag, at the config's first
+  use. Checked by that behaviour (reading an attribute no config has).
+  """
+  try:
+    getattr(config, '_sa_reid_jax_load_check', None)
+  except OSError as error:
+    return error.__cause__ or error
+  return None
 
 
 def _overrides_at_fault(argv: list[str], overrides: list[str],
@@ -110,7 +125,9 @@ def one_line(error: BaseException) -> str:
     text = str(error)
   if 'Traceback (most recent call last)' in text:
     lines = [line for line in text.splitlines() if line.strip()]
-    flag = text.split(':', 1)[0] if text.startswith('flag --') else ''
+    # absl's "flag --NAME=VALUE: message"; a value may hold a colon
+    # (configs/sa.py:market1501), not a colon and a space.
+    flag = text.split(': ', 1)[0] if text.startswith('flag --') else ''
     text = (f'{flag}: ' if flag else '') + lines[-1]
   return ' '.join(text.split())
 
@@ -147,12 +164,6 @@ def positive_int_argument(text: str) -> int:
   return number
 
 
-def overridden(argv_flags: Sequence[str], key: str) -> bool:
-  """Whether ``--KEY=...`` (or ``--KEY VALUE``) is among `argv_flags`."""
-  return any(arg == f'--{key}' or arg.startswith(f'--{key}=')
-             for arg in argv_flags)
-
-
 def verbosity_in(argv: Sequence[str]) -> int:
   """The ``--verbosity``/``-v`` value among `argv`, read before absl does.
 
@@ -184,18 +195,25 @@ def quiet_tensorflow(argv: Sequence[str]) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', level)
 
 
-def set_library_verbosity(verbosity: Optional[int] = None) -> None:
+def absl_verbosity() -> int:
+  """absl's parsed ``--verbosity`` flag when given on the command line, else
+  `WARNING_VERBOSITY` (``absl.app.run`` turns an unset flag into 0, INFO,
+  which shows every checkpoint step orbax takes).
+
+  For the scripts run by ``absl.app.run``, after it parsed the flags.
+  """
+  if flags.FLAGS['verbosity'].present:
+    return flags.FLAGS.verbosity
+  return WARNING_VERBOSITY
+
+
+def set_library_verbosity(verbosity: int) -> None:
   """Python logging (absl, JAX, orbax, TensorFlow) at absl's `verbosity`.
 
   Args:
-    verbosity: -1 WARNING (only problems), 0 INFO, 1 DEBUG; None: absl's
-      ``--verbosity`` flag when given on the command line, else -1
-      (``absl.app.run`` turns an unset flag into 0, INFO, which shows every
-      checkpoint step orbax takes).
+    verbosity: -1 WARNING (only problems), 0 INFO, 1 DEBUG (e.g.
+      `absl_verbosity`, or an argparse tool's ``--verbosity``).
   """
-  if verbosity is None:
-    given = flags.FLAGS['verbosity'].present
-    verbosity = flags.FLAGS.verbosity if given else WARNING_VERBOSITY
   logging.set_verbosity(verbosity)
   level = (std_logging.WARNING if verbosity < 0 else
            std_logging.INFO if verbosity == 0 else std_logging.DEBUG)

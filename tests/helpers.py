@@ -31,43 +31,34 @@ import pytest
 
 from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
+from sa_reid_jax.training import casn_defaults
 from sa_reid_jax.training import checkpoints
-from sa_reid_jax.training import experiment_config
+from sa_reid_jax.training import defaults
+from sa_reid_jax.training import rga_defaults
 from sa_reid_jax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A small network and input: what the end-to-end tests check does not
-# depend on size.
-TINY = {
-    'init_from': 'scratch',
-    'model.stage_sizes': (1, 1, 1, 1),
-    'model.base_width': 4,
-    'image_size': (64, 32),
-    'batch_size': 8,
-    'eval.every_epochs': 0,
-    'eval.batch_size': 32,
-    'log_every_steps': 5,
-    'eval.report': False,  # tested once, in test_training_options_run_and_learn
-}
+# The tests' small network and input: the SA config's `tiny` option
+# (configs/sa.py:...,tiny; what the end-to-end tests check does not depend
+# on size), and no report (tested once, in
+# test_training_options_run_and_learn) and no re-ranking (its own tests).
+TEST_SETTINGS = {'eval.report': False, 'eval.rerank': False}
+TINY = {**defaults.TINY, **TEST_SETTINGS}
 
 
 def set_keys(config, overrides: dict[str, Any]):
   """`config` with dotted keys (``'model.base_width'``) set; returns it."""
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    block = config
-    for parent in parents:
-      block = block[parent]
-    block[leaf] = value
-  return config
+  return defaults.with_overrides(config, overrides)
 
 
 def tiny_config(data: str, **overrides):
-  """The full SA network's experiment config, made tiny (`TINY`), on the
-  Market-layout folder `data`, with `overrides` (dotted keys) on top."""
-  config = experiment_config('market_layout_folder', 'full')
+  """``configs/sa.py:market_layout_folder,tiny`` (the full SA network,
+  small) on the Market-layout folder `data`, with `TEST_SETTINGS` and
+  `overrides` (dotted keys) on top."""
+  config = load_config_module(os.path.join(REPO, 'configs', 'sa.py')
+                              ).get_config('market_layout_folder,tiny')
   config.dataset.folder = data
-  return set_keys(config, {**TINY, **overrides})
+  return set_keys(config, {**TEST_SETTINGS, **overrides})
 
 
 def config_flag(key: str, value: Any) -> str:
@@ -458,18 +449,24 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 TRAIN_FLAGS = ('workdir', 'distributed', 'coordinator_address',
                'num_processes', 'process_id')
 # The RGA and CASN end-to-end tests' network, small enough for a CPU test:
-# 128x64 with the head reduction of the RGA demo (4) and width 8, at which
-# every RGA module has channels (CASN configs have no down_ratio:
-# `SMALL_CASN`). No evaluation before training: what these tests check is
-# the training.
-SMALL_RGA = {**TINY, 'model.base_width': 8, 'image_size': (128, 64),
-             'model.down_ratio': 4, 'eval.at_start': False,
-             'log_every_steps': 2}
+# the configs' `tiny` option (rga_defaults.TINY: 128x64 with the head
+# reduction of the RGA demo, 4, and width 8, at which every RGA module has
+# channels; casn_defaults.TINY the same without down_ratio). No evaluation
+# before training: what these tests check is the training.
+SMALL_RGA = {**rga_defaults.TINY, **TEST_SETTINGS, 'eval.at_start': False}
 # PCB's six stripes need the 8 rows of a last-stride-1 map at 128x64.
-SMALL_CASN = {k: v for k, v in SMALL_RGA.items() if k != 'model.down_ratio'}
+SMALL_CASN = {**casn_defaults.TINY, **TEST_SETTINGS, 'eval.at_start': False}
 # `synthetic_dataset`'s arguments for the P x K tests: identities with 3 to
 # 12 train images, so that K = 4 repeats some of them.
 P_K_DATASET = {'num_ids': 8, 'num_test_ids': 4, 'seed': 1}
+
+
+def one_epoch(table, *, epoch: int = 0, **arguments) -> list[dict]:
+  """Epoch `epoch`'s train batches (`pipeline.train_batches`'s other
+  arguments), as numpy dicts."""
+  from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return list(pipeline.train_batches(table, start_epoch=epoch,
+                                     num_epochs=epoch + 1, **arguments))
 
 
 def load_config_module(path: str):
@@ -512,11 +509,23 @@ def parse_command(argv: list[str]):
 
 def documented_config(name: str, data: str, small: dict[str, Any],
                       **overrides):
-  """The config of the first ``python train.py`` command of
-  ``configs/NAME``'s docstring, on the Market-layout folder `data`, with
-  `small` and `overrides` (dotted keys) on top."""
-  path = os.path.join(REPO, 'configs', name)
-  config = parse_command(documented_commands(path, 'train.py')[0])
+  """The config of a ``python train.py`` command of a config's docstring,
+  on the Market-layout folder `data`, with `small` and `overrides` (dotted
+  keys) on top.
+
+  Args:
+    name: ``FILE`` (``configs/FILE``'s first documented command) or
+      ``FILE:ARG`` (the documented command with ``--config=configs/FILE:ARG``,
+      e.g. ``'rga.py:market1501,baseline'``).
+  """
+  file, _, arg = name.partition(':')
+  commands = documented_commands(os.path.join(REPO, 'configs', file),
+                                 'train.py')
+  if arg:
+    flag = f'--config=configs/{name}'
+    commands = [argv for argv in commands if flag in argv]
+    assert commands, f'no documented command has {flag}'
+  config = parse_command(commands[0])
   config.unlock()
   config.dataset.folder = data
   return set_keys(config, {**small, **overrides})

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import helpers
-from sa_reid_jax.losses import gradcam
+from sa_reid_jax.losses import attention_mining
+from sa_reid_jax.models import gradcam
 from sa_reid_jax.losses import siamese
 
 
@@ -188,7 +189,7 @@ def test_flat_map_is_zero_not_nan():
 
 def test_soft_mask_hand_values():
   maps = np.asarray([[[0.5, 0.6], [0.0, 1.0]]])
-  mask = np.asarray(gradcam.soft_mask(jnp.asarray(maps, jnp.float32),
+  mask = np.asarray(attention_mining.soft_mask(jnp.asarray(maps, jnp.float32),
                                       alpha=10.0, beta=0.5))
   expected = 1 / (1 + np.exp(-10 * (maps - 0.5)))
   # A float32 sigmoid of alpha (x - beta), where x = 0.6 itself rounds to
@@ -198,7 +199,7 @@ def test_soft_mask_hand_values():
   assert mask[0, 0, 1] == pytest.approx(0.7310586, abs=1e-6)
   # In float64, to float64 rounding.
   with jax.enable_x64(True):
-    mask64 = np.asarray(gradcam.soft_mask(jnp.asarray(maps), alpha=10.0,
+    mask64 = np.asarray(attention_mining.soft_mask(jnp.asarray(maps), alpha=10.0,
                                           beta=0.5))
   assert mask64.dtype == np.float64
   np.testing.assert_allclose(mask64, expected, rtol=1e-14)
@@ -209,13 +210,13 @@ def test_erase_attended_hand_computed_and_as_pytorch():
   # four output columns sample the mask at -0.25, 0.25, 0.75, 1.25 (clamped
   # to the ends): mask 0, 0.25, 0.75, 1.
   images = jnp.full((1, 1, 4, 3), 2.0)
-  erased = np.asarray(gradcam.erase_attended(images,
+  erased = np.asarray(attention_mining.erase_attended(images,
                                              jnp.asarray([[[0.0, 1.0]]])))
   np.testing.assert_allclose(erased[0, 0, :, 0], [2.0, 1.5, 0.5, 0.0])
   rng = np.random.default_rng(5)
   mask = rng.random((2, 3, 2)).astype(np.float32)
   images = rng.standard_normal((2, 12, 8, 3)).astype(np.float32)
-  result = np.asarray(gradcam.erase_attended(jnp.asarray(images),
+  result = np.asarray(attention_mining.erase_attended(jnp.asarray(images),
                                              jnp.asarray(mask)))
   resized = F.interpolate(torch.from_numpy(mask)[:, None], size=(12, 8),
                           mode='bilinear', align_corners=False)[:, 0].numpy()
@@ -228,18 +229,18 @@ def test_erase_attended_hand_computed_and_as_pytorch():
 def test_attention_mining_loss_is_the_true_class_score():
   logits = jnp.asarray([[0.0, np.log(3.0)], [np.log(4.0), 0.0]])
   labels = jnp.asarray([1, 1])
-  loss = gradcam.attention_mining_loss(logits, labels, 'probability')
+  loss = attention_mining.attention_mining_loss(logits, labels, 'probability')
   # Float32 logits and softmax: a few roundings (6e-8) of probabilities < 1.
   assert float(loss) == pytest.approx((3 / 4 + 1 / 5) / 2, abs=1e-6)
   # The notes' form (the default): the true-class logit itself; exact in
   # float64 (one addition and a halving).
   with jax.enable_x64(True):
-    logit = gradcam.attention_mining_loss(
+    logit = attention_mining.attention_mining_loss(
         jnp.asarray(np.asarray(logits, np.float64)), labels)
     assert logit.dtype == jnp.float64
   assert float(logit) == (float(np.float32(np.log(3.0))) + 0.0) / 2
   with pytest.raises(ValueError, match="score must be one of"):
-    gradcam.attention_mining_loss(logits, labels, 'softmax')
+    attention_mining.attention_mining_loss(logits, labels, 'softmax')
 
 
 def test_attended_box():

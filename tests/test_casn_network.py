@@ -13,7 +13,6 @@ import pytest
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.casn import CASN_VARIANTS, CASNNet, casn_variant
-from sa_reid_jax.models.casn import model_config, model_from_config
 from sa_reid_jax.models.sanet import SANet, per_example_dropout
 
 TINY = dict(stage_sizes=(1, 1, 1, 1), base_width=4, num_classes=5,
@@ -539,7 +538,7 @@ def test_backbone_is_laid_out_like_the_imagenet_conversion(network):
 
 def test_config_round_trip_and_registry():
   model = tiny('pcb', dtype='bfloat16', dropout_rate=0.3)
-  config = model_config(model)
+  config = registry.describe(model)['config']
   assert config['head'] == 'pcb' and config['last_stride'] == 1
   assert config['stage_sizes'] == [1, 1, 1, 1]
   assert config['siamese_dim'] == SIAMESE_DIM
@@ -573,9 +572,11 @@ def test_config_round_trip_and_registry():
                      'model.json')
   with pytest.raises(ValueError, match=r"model.json: unknown model config "
                      r"keys \['num_parts'\]"):
-    model_from_config({**config, 'num_parts': 6}, 'model.json')
+    registry.rebuild({'family': 'casn',
+                      'config': {**config, 'num_parts': 6}}, 'model.json')
   with pytest.raises(ValueError, match="model.json: model family 'rga'"):
-    model_from_config({**config, 'family': 'rga'}, 'model.json')
+    registry.rebuild({'family': 'casn',
+                      'config': {**config, 'family': 'rga'}}, 'model.json')
   with pytest.raises(ValueError, match="unknown CASN variant 'mgn'"):
     casn_variant('mgn', num_classes=3)
 

@@ -8,25 +8,89 @@ import numpy as np
 import pytest
 
 from sa_reid_jax.data import samplers
+from sa_reid_jax.datasets import builders
 from sa_reid_jax.models.casn import CASN_VARIANTS
 from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.sanet import VARIANTS
+from sa_reid_jax.training import casn_defaults
+from sa_reid_jax.training import defaults
+from sa_reid_jax.training import rga_defaults
+from sa_reid_jax.training import validation
 
 REPO = helpers.REPO
 CONFIG_FILES = helpers.CONFIG_FILES
 
 
-def test_there_is_a_config_per_experiment():
-  names = {os.path.basename(p) for p in CONFIG_FILES}
-  assert {'market1501.py', 'dukemtmc_reid.py', 'cuhk03_labeled.py',
-          'cuhk03_detected.py', 'market1501_ablation.py',
-          'demo_synthetic.py', 'demo_rga_synthetic.py',
-          'rga_sc_cuhk03_labeled.py', 'rga_sc_cuhk03_detected.py',
-          'rga_sc_market1501.py', 'rga_sc_msmt17.py',
-          'bot_market1501.py', 'casn_ide_market1501.py',
-          'casn_pcb_market1501.py', 'casn_pcb_dukemtmc_reid.py',
-          'casn_pcb_cuhk03_labeled.py', 'casn_pcb_cuhk03_detected.py',
-          'demo_casn_synthetic.py'} <= names
+def _config(name: str, arg: str = ''):
+  """``--config=configs/NAME[:ARG]`` as train.py parses it."""
+  path = os.path.join(REPO, 'configs', name)
+  return helpers.parse_command(['train.py', f'--config={path}' +
+                                (f':{arg}' if arg else '')])
+
+
+def test_configs_are_one_per_family_plus_the_ablation_and_demos():
+  assert {os.path.basename(p) for p in CONFIG_FILES} == {
+      'sa.py', 'rga.py', 'casn.py', 'market1501_ablation.py',
+      'demo_synthetic.py', 'demo_rga_synthetic.py', 'demo_casn_synthetic.py'}
+
+
+# Each family config, its network options, and what it builds without one.
+FAMILY_CONFIGS = {'sa.py': ('sanet', 'full'), 'rga.py': ('rga', 'rga_sc'),
+                  'casn.py': ('casn', 'pcb')}
+
+
+@pytest.mark.parametrize('name', sorted(FAMILY_CONFIGS))
+def test_family_configs_differ_by_dataset_only_in_the_dataset(name):
+  family, variant = FAMILY_CONFIGS[name]
+  default = _config(name)
+  assert (default.model.family, default.model.variant) == (family, variant)
+  assert default.dataset.name == 'market1501'
+  for dataset, builder in defaults.DATASETS.items():
+    config = _config(name, dataset)
+    assert config.dataset.name == builder
+    config.dataset.name = 'market1501'
+    assert config.to_dict() == default.to_dict(), dataset
+  assert set(builders.dataset_names()) >= set(defaults.DATASETS.values())
+
+
+@pytest.mark.parametrize('name, arg, expected', [
+    ('sa.py', 'market1502', "DATASET one of ['cuhk03_detected'"),
+    ('sa.py', 'no_sa', "got 'no_sa'"),  # the dataset comes first
+    ('sa.py', 'market1501,no_sa,no_sa', 'each at most once'),
+    ('sa.py', 'market1501,rga_s', "OPTIONs from ['no_sa', 'released', "
+     "'tiny']"),
+    ('rga.py', 'market1501,rga_s,rga_c', "at most one of ['rga_s', 'rga_c', "
+     "'baseline']"),
+    ('casn.py', 'market1501,ide,pcb', "at most one of ['ide', 'pcb']"),
+    ('casn.py', 'market1501;ide', "got 'market1501;ide'"),
+])
+def test_a_bad_config_argument_names_the_file_and_the_choices(name, arg,
+                                                               expected):
+  module = helpers.load_config_module(os.path.join(REPO, 'configs', name))
+  with pytest.raises(ValueError, match=(
+      rf'^config argument: expected configs/{name}:DATASET\[,OPTION\.\.\.\]'
+      rf'.*{re.escape(expected)}')):
+    module.get_config(arg)
+
+
+@pytest.mark.parametrize('name, small', [
+    ('sa.py', defaults.TINY), ('rga.py', rga_defaults.TINY),
+    ('casn.py', casn_defaults.TINY)])
+def test_the_tiny_option_changes_only_its_keys(name, small):
+  for arg in ('market1501', 'dukemtmc_reid,' + {
+      'sa.py': 'no_sa', 'rga.py': 'baseline', 'casn.py': 'ide'}[name]):
+    full = _config(name, arg)
+    tiny = _config(name, arg + ',tiny')
+    for key, value in small.items():
+      *parents, leaf = key.split('.')
+      block = tiny
+      for parent in parents:
+        block = block[parent]
+      assert block[leaf] == value, key
+    helpers.set_keys(full, small)
+    assert tiny.to_dict() == full.to_dict()
+    # It still passes the start-up checks, as any documented command.
+    validation.check_config(tiny)
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
@@ -43,8 +107,9 @@ def test_every_documented_train_command_parses(path):
     assert config.init_from
 
 
-TABLE3_CONFIGS = ('market1501', 'dukemtmc_reid', 'cuhk03_labeled',
-                  'cuhk03_detected')
+# The datasets of the SA paper's Tables 1 and 3.
+TABLE3_DATASETS = ('market1501', 'dukemtmc_reid', 'cuhk03_labeled',
+                   'cuhk03_detected')
 
 
 def _assert_official_erasing(config):
@@ -57,10 +122,9 @@ def _assert_official_erasing(config):
 
 
 def test_table3_configs_with_and_without_sa():
-  for name in TABLE3_CONFIGS:
-    path = os.path.join(REPO, 'configs', f'{name}.py')
-    full = helpers.parse_command(['train.py', f'--config={path}'])
-    no_sa = helpers.parse_command(['train.py', f'--config={path}:no_sa'])
+  for dataset in TABLE3_DATASETS:
+    full = _config('sa.py', dataset)
+    no_sa = _config('sa.py', f'{dataset},no_sa')
     assert VARIANTS[full.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['ds_attention']
     assert not VARIANTS[no_sa.model.variant]['backbone_attention']
@@ -68,37 +132,28 @@ def test_table3_configs_with_and_without_sa():
     assert full.eval.rerank
     for config in (full, no_sa):
       _assert_official_erasing(config)
-    with pytest.raises(ValueError, match='no_sa'):
-      helpers.load_config_module(path).get_config('sa')
 
 
 def test_released_preset_is_the_default_without_erasing():
-  for name in TABLE3_CONFIGS:
-    path = os.path.join(REPO, 'configs', f'{name}.py')
-    full = helpers.parse_command(['train.py', f'--config={path}'])
+  for dataset in TABLE3_DATASETS:
+    full = _config('sa.py', dataset)
     for arg, variant in (('released', 'full'), ('released,no_sa', 'full_no_sa'),
                          ('no_sa,released', 'full_no_sa')):
-      released = helpers.parse_command(['train.py', f'--config={path}:{arg}'])
+      released = _config('sa.py', f'{dataset},{arg}')
       assert released.model.variant == variant
       assert released.augmentation.erasing_probability == 0
       # Everything else is the default recipe.
       released.augmentation.erasing_probability = 0.5
       released.model.variant = 'full'
       assert released.to_dict() == full.to_dict()
-    module = helpers.load_config_module(path)
-    for bad in ('released,released', 'released,softmax', 'released;no_sa'):
-      with pytest.raises(ValueError, match='released,no_sa'):
-        module.get_config(bad)
 
 
 def test_every_table_config_uses_the_official_sum_attention():
   """The published numbers came from the official code's 'sum' SA."""
   configs = []
-  for name in TABLE3_CONFIGS:
-    path = os.path.join(REPO, 'configs', f'{name}.py')
-    for arg in ('', ':no_sa', ':released', ':released,no_sa'):
-      configs.append(helpers.parse_command(['train.py',
-                                            f'--config={path}{arg}']))
+  for dataset in TABLE3_DATASETS:
+    for arg in ('', ',no_sa', ',released', ',released,no_sa'):
+      configs.append(_config('sa.py', dataset + arg))
   ablation = helpers.load_config_module(
       os.path.join(REPO, 'configs', 'market1501_ablation.py'))
   configs += [ablation.get_config(row) for row in ablation.ROWS]
@@ -108,7 +163,7 @@ def test_every_table_config_uses_the_official_sum_attention():
     # No silent training from scratch: these need an ImageNet backbone.
     assert config.init_from == ''
   softmax = helpers.parse_command(['train.py', '--config=' + os.path.join(
-      REPO, 'configs', 'market1501.py'),
+      REPO, 'configs', 'sa.py:market1501'),
                                    '--config.model.attention_normalization='
                                    'softmax'])
   assert softmax.model.attention_normalization == 'softmax'
@@ -134,18 +189,15 @@ def test_eval_commands_parse():
       assert helpers.parse_command(argv).eval.batch_size >= 1
 
 
-RGA_CONFIGS = {'rga_sc_cuhk03_labeled': 'cuhk03_np/labeled',
-               'rga_sc_cuhk03_detected': 'cuhk03_np/detected',
-               'rga_sc_market1501': 'market1501',
-               'rga_sc_msmt17': 'msmt17'}
+# The datasets the RGA config documents.
+RGA_DATASETS = ('market1501', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17')
 
 
 def test_rga_configs_follow_the_official_recipe():
   """REFERENCE.md, RGA: "The network and its training"."""
-  for name, dataset in RGA_CONFIGS.items():
-    path = os.path.join(REPO, 'configs', f'{name}.py')
-    config = helpers.parse_command(['train.py', f'--config={path}'])
-    assert config.dataset.name == dataset
+  for dataset in RGA_DATASETS:
+    config = _config('rga.py', dataset)
+    assert config.dataset.name == defaults.DATASETS[dataset]
     assert config.model.family == 'rga' and config.model.variant == 'rga_sc'
     assert tuple(config.image_size) == (256, 128)
     assert config.model.last_stride == 1
@@ -175,23 +227,15 @@ def test_rga_configs_follow_the_official_recipe():
     assert (aug.erasing_probability, aug.erasing_fill) == (0.5, 'zeros')
     assert config.eval.metric == 'cosine' and not config.eval.rerank
     assert config.init_from == ''  # an ImageNet backbone is required
-    for arg, variant in (('rga_s', 'rga_s'), ('rga_c', 'rga_c')):
-      other = helpers.parse_command(['train.py', f'--config={path}:{arg}'])
+    for variant in ('rga_s', 'rga_c'):
+      other = _config('rga.py', f'{dataset},{variant}')
       assert other.model.variant == variant
       other.model.variant = 'rga_sc'
       assert other.to_dict() == config.to_dict()
-    with pytest.raises(ValueError, match="'rga_s', 'rga_c'"):
-      helpers.load_config_module(path).get_config('rga_sa')
-    # The datasets' configs differ only in the dataset.
-    market = helpers.parse_command(['train.py', '--config=' + os.path.join(
-        REPO, 'configs', 'rga_sc_market1501.py')])
-    config.dataset.name = market.dataset.name
-    assert config.to_dict() == market.to_dict()
 
 
 def test_bot_config_is_the_bnneck_baseline():
-  config = helpers.parse_command(['train.py', '--config=' + os.path.join(
-      REPO, 'configs', 'bot_market1501.py')])
+  config = _config('rga.py', 'market1501,baseline')
   assert config.model.family == 'rga' and config.model.variant == 'baseline'
   assert RGA_VARIANTS['baseline'] == {'spatial': False, 'channel': False}
   assert config.model.descriptor == 'post_bn'
@@ -208,16 +252,15 @@ def test_bot_config_is_the_bnneck_baseline():
   assert config.loss.terms.triplet.weight == 1
 
 
-@pytest.mark.parametrize('name', [
-    'casn_ide_market1501.py', 'casn_pcb_market1501.py',
-    'casn_pcb_dukemtmc_reid.py', 'casn_pcb_cuhk03_labeled.py',
-    'casn_pcb_cuhk03_detected.py'])
-def test_casn_epochs_are_passes_over_the_images(name):
+@pytest.mark.parametrize('arg', [
+    'market1501,ide', 'market1501', 'dukemtmc_reid', 'cuhk03_labeled',
+    'cuhk03_detected'])
+def test_casn_epochs_are_passes_over_the_images(arg):
   """The notes' recipe counts 40 epochs of passes over the training images
   (REFERENCE.md, CASN): P x K batches of every identity's images in chunks,
   not one pass over the identities."""
-  config = helpers.parse_command(['train.py', '--config=' + os.path.join(
-      REPO, 'configs', name)])
+  config = _config('casn.py', arg)
+  assert config.model.variant == ('ide' if 'ide' in arg else 'pcb')
   assert config.data.sampler == 'identity_chunks'
   assert (config.batch_size, config.data.images_per_identity) == (16, 2)
   assert config.num_epochs == 40
@@ -231,46 +274,57 @@ def test_casn_epochs_are_passes_over_the_images(name):
 TRAIN_SPLITS = {'market1501': (751, 12_936), 'dukemtmc_reid': (702, 16_522),
                 'cuhk03_np/labeled': (767, 7_368),
                 'cuhk03_np/detected': (767, 7_365), 'msmt17': (1_041, 32_621)}
-_NUMBER = r'(\d[\d,]*)'
+# A row of a config docstring's table of training lengths: the config
+# argument, the real training split's identities and images, the steps per
+# epoch and in all ("<= N": at most N, for the chunked samplers, whose
+# count depends on how the images spread over the identities).
+_ROW = re.compile(r'^  (\S+)\s+([\d,]+)\s+([\d,]+)\s+(<= )?([\d,]+)\s+'
+                  r'(<= )?([\d,]+)$', re.MULTILINE)
 
 
-def _stated_lengths(path):
-  """(per epoch, 'exact' or 'at most', epochs, total) the docstring states."""
-  text = ' '.join(helpers.load_config_module(path).__doc__.split())
-  per_epoch = re.search(rf'= {_NUMBER} (?:steps|batches)|at most {_NUMBER} '
-                        r'\(', text)
-  total = re.search(rf'(\d+) epochs, (?:at most |about )?{_NUMBER} steps',
-                    text)
-  assert per_epoch and total, f'{path}: no steps per epoch and total stated'
-  exact = per_epoch.group(1) is not None
-  count = int((per_epoch.group(1) or per_epoch.group(2)).replace(',', ''))
-  return (count, 'exact' if exact else 'at most', int(total.group(1)),
-          int(total.group(2).replace(',', '')))
+def _number(text: str) -> int:
+  return int(text.replace(',', ''))
+
+
+def _stated_rows(path):
+  """(config argument, identities, images, per epoch, 'exact' or 'at
+  most', total) of every row of a config docstring's table."""
+  rows = [(m.group(1), _number(m.group(2)), _number(m.group(3)),
+           _number(m.group(5)), 'at most' if m.group(4) else 'exact',
+           _number(m.group(7)))
+          for m in _ROW.finditer(helpers.load_config_module(path).__doc__)]
+  assert rows, f'{path}: no table of steps per epoch and in all'
+  return rows
+
+
+# Every (config file, table row) of the non-demo configs; the ablation's
+# argument is its row, on Market-1501.
+STATED = [(path, row) for path in CONFIG_FILES
+          if 'demo' not in os.path.basename(path)
+          for row in _stated_rows(path)]
 
 
 @pytest.mark.parametrize(
-    'path', [p for p in CONFIG_FILES if 'demo' not in os.path.basename(p)],
-    ids=os.path.basename)
+    'path, row', STATED,
+    ids=[f'{os.path.basename(p)}:{row[0]}' for p, row in STATED])
 @pytest.mark.parametrize('seed', [0, 1])
-def test_docstrings_state_the_steps_on_the_real_dataset(path, seed):
+def test_docstrings_state_the_steps_on_the_real_dataset(path, row, seed):
   """The steps per epoch and in all that a config's docstring states are
   its sampler's on a table of the real training split's size (how its
   images spread over the identities drawn: the real split is not in the
   repository, and only the chunked sampler depends on it)."""
-  config = helpers.parse_command(helpers.documented_commands(path,
-                                                             'train.py')[0])
-  identities, images = TRAIN_SPLITS[config.dataset.name]
+  arg, identities, images, stated, kind, total = row
+  config = helpers.load_config_module(path).get_config(arg)
+  assert (identities, images) == TRAIN_SPLITS[config.dataset.name]
   rng = np.random.default_rng(seed)
   counts = 2 + rng.multinomial(images - 2 * identities,
                                rng.dirichlet(np.ones(identities)))
   labels = np.repeat(np.arange(identities), counts)
   steps = samplers.build(config.data.sampler, labels, config.batch_size,
                          config.data.images_per_identity).steps_per_epoch
-  stated, kind, epochs, total = _stated_lengths(path)
-  assert epochs == config.num_epochs
   if kind == 'exact':
-    assert steps == stated and total == stated * epochs
+    assert steps == stated and total == stated * config.num_epochs
   else:
     # A chunked epoch: at most every image once, in batches.
     assert stated == images // config.batch_size and steps <= stated
-    assert abs(total - steps * epochs) <= 0.15 * total
+    assert total == stated * config.num_epochs

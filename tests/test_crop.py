@@ -6,6 +6,7 @@
 import io
 import random
 
+import helpers
 import numpy as np
 from PIL import Image
 import pytest
@@ -13,11 +14,12 @@ from scipy import stats
 import tensorflow as tf
 
 from sa_reid_jax.data import augmentation
-from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
+from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import tables
 
-MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
-STD = np.array(pipeline.IMAGENET_STD, np.float32)
+MEAN = np.array(images_lib.IMAGENET_MEAN, np.float32)
+STD = np.array(images_lib.IMAGENET_STD, np.float32)
 ONE_GREY_LEVEL = 1.0 / (255 * STD.min())
 
 
@@ -94,7 +96,7 @@ def test_crop_window_matches_pil(source_shape):
   pixels = np.random.default_rng(2).integers(0, 256, source_shape, np.uint8)
   for offset in ((0, 0), (12, 6), (5, 2)):
     for flip in (False, True):
-      ours = pipeline.preprocess(
+      ours = preprocessing.preprocess(
           tf.constant(pixels), size, flip,
           (enlarged, tf.constant(True), tf.constant(offset, tf.int32)))
       reference = _pil_window(pixels, enlarged, offset, size, flip)
@@ -102,12 +104,12 @@ def test_crop_window_matches_pil(source_shape):
       # PIL rounds its resized image to uint8 with fixed-point weights: one
       # grey level (1% over for float32 rounding of the normalisation).
       assert difference.max() <= 1.01 * ONE_GREY_LEVEL, (offset, flip)
-  plain = pipeline.preprocess(
+  plain = preprocessing.preprocess(
       tf.constant(pixels), size, True,
       (enlarged, tf.constant(False), tf.constant((3, 3), tf.int32)))
   np.testing.assert_array_equal(
-      plain.numpy(), pipeline.preprocess(tf.constant(pixels), size,
-                                               True).numpy())
+      plain.numpy(), preprocessing.preprocess(tf.constant(pixels), size,
+                                              True).numpy())
 
 
 def _table(count=12):
@@ -126,9 +128,8 @@ def _table(count=12):
 
 
 def _epoch(table, **options):
-  return list(pipeline.train_dataset(
-      table, batch_size=4, seed=1, epoch=0, image_size=(16, 8),
-      **options).as_numpy_iterator())
+  return helpers.one_epoch(table, batch_size=4, seed=1, image_size=(16, 8),
+                           **options)
 
 
 def test_crop_off_leaves_the_images_and_other_draws_as_they_were():

@@ -2,6 +2,7 @@
 
 import io
 
+import helpers
 import jax
 import numpy as np
 from PIL import Image
@@ -12,6 +13,8 @@ import tensorflow as tf
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import device_augment
 from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
+from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import tables
 
 # Both paths compute the same float32 arithmetic with differently computed
@@ -42,11 +45,9 @@ def _both_paths(table, **options):
   if key not in _EPOCHS:
     arguments = dict(batch_size=6, seed=2, epoch=0, image_size=IMAGE_SIZE)
     arguments.update(options)
-    on_cpu = pipeline.train_dataset(table, **arguments)
-    staged = pipeline.train_dataset(table, augment_on_device=True,
-                                    **arguments)
-    _EPOCHS[key] = (list(on_cpu.as_numpy_iterator()),
-                    list(staged.as_numpy_iterator()))
+    _EPOCHS[key] = (helpers.one_epoch(table, **arguments),
+                    helpers.one_epoch(table, augment_on_device=True,
+                                      **arguments))
   return _EPOCHS[key]
 
 
@@ -174,12 +175,12 @@ def test_random_fill_has_the_same_distribution_on_both_paths(table):
 def test_train_batches_stage_the_same_batches(table):
   options = dict(batch_size=6, seed=2, image_size=IMAGE_SIZE, erasing=ZEROS,
                  augment_on_device=True)
+  # Epochs 0 and 1 streamed from one pipeline; epoch 1 started on its own.
   streamed = list(pipeline.train_batches(
-      table, start_epoch=1, num_epochs=2, **options))
-  one_epoch = list(pipeline.train_dataset(
-      table, epoch=1, **options).as_numpy_iterator())
-  assert len(streamed) == len(one_epoch)
-  for a, b in zip(streamed, one_epoch):
+      table, start_epoch=0, num_epochs=2, **options))
+  one_epoch = helpers.one_epoch(table, epoch=1, **options)
+  assert len(streamed) == 2 * len(one_epoch)
+  for a, b in zip(streamed[len(one_epoch):], one_epoch):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
 
@@ -201,14 +202,13 @@ def _jpeg_table(shape, count=4):
 
 def test_other_sizes_are_staged_by_a_rounded_resize():
   table = _jpeg_table((40, 30, 3))
-  staged = next(pipeline.train_dataset(
-      table, batch_size=4, seed=0, epoch=0, augment_on_device=True,
-      staging_size=(20, 10)).as_numpy_iterator())
+  staged = helpers.one_epoch(table, batch_size=4, seed=0,
+                             augment_on_device=True, staging_size=(20, 10))[0]
   assert staged['images'].dtype == np.uint8
   assert staged['images'].shape == (4, 20, 10, 3)
   for row, image in zip(staged['indices'], staged['images']):
-    decoded = pipeline.decode_image(tf.constant(table.images[row]))
-    resized = pipeline.resize(tf.cast(decoded, tf.float32), (20, 10))
+    decoded = images_lib.decode_image(tf.constant(table.images[row]))
+    resized = preprocessing.resize(tf.cast(decoded, tf.float32), (20, 10))
     np.testing.assert_array_equal(
         image, np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8))
 
@@ -223,8 +223,8 @@ def test_resize_follows_the_tf_rule_when_enlarging_or_shrinking(shape):
            'noise_seed': np.zeros((2, 2), np.int64)}
   images = np.asarray(device_augment.augment_batch(batch, IMAGE_SIZE))
   for image, flip in zip(images, batch['flip']):
-    expected = pipeline.preprocess(tf.constant(pixels), IMAGE_SIZE,
-                                         bool(flip)).numpy()
+    expected = preprocessing.preprocess(tf.constant(pixels), IMAGE_SIZE,
+                                        bool(flip)).numpy()
     np.testing.assert_allclose(image, expected, rtol=0, atol=TOLERANCE)
 
 
@@ -247,8 +247,8 @@ def test_bad_arguments_are_named():
     device_augment.augment_batch({**batch, 'erase_box': np.zeros((2, 3))})
   table = _jpeg_table((8, 4, 3))
   with pytest.raises(ValueError, match='staging_size must be'):
-    pipeline.train_dataset(table, batch_size=2, seed=0, epoch=0,
-                                 augment_on_device=True, staging_size=(0, 64))
+    pipeline.train_batches(table, batch_size=2, seed=0,
+                           augment_on_device=True, staging_size=(0, 64))
   with pytest.raises(ValueError, match='staging_size must be'):
     pipeline.train_batches(table, batch_size=2, seed=0,
                                  augment_on_device=True, staging_size=(128,))

@@ -25,7 +25,6 @@ costly:
    checked in tests/test_configs.py.
 """
 
-import glob
 import os
 
 import jax
@@ -44,7 +43,7 @@ from sa_reid_jax.training import validation
 
 pytestmark = pytest.mark.full
 
-CONFIG_FILES = sorted(glob.glob(os.path.join(helpers.REPO, 'configs', '*.py')))
+CONFIG_FILES = helpers.CONFIG_FILES
 # (config file name, argv) of every documented train.py command.
 COMMANDS = [(os.path.basename(path), argv) for path in CONFIG_FILES
             for argv in helpers.documented_commands(path, 'train.py')]
@@ -55,8 +54,8 @@ COMMANDS = [(os.path.basename(path), argv) for path in CONFIG_FILES
 # channels). CASN's IDE head takes the backbone in check 2 and trains at
 # small size in tests/test_casn_training.py: a full-size run of it costs
 # about a minute more of the full tier.
-RUNS = {'market1501': '128,64', 'rga_sc_market1501': '256,128',
-        'bot_market1501': '128,64', 'casn_pcb_market1501': '128,64'}
+RUNS = {'sa:market1501': '128,64', 'rga:market1501': '256,128',
+        'rga:market1501,baseline': '128,64', 'casn:market1501': '128,64'}
 # The other stand-ins of check 3. Batch 8 holds P >= 2 identities under
 # every recipe's K (4 for RGA and the BNNeck baseline, 2 for CASN), as the
 # siamese terms need.
@@ -151,8 +150,8 @@ def test_every_documented_network_takes_the_converted_backbone(converted):
 def test_documented_command_trains_a_step(name, converted, cli,
                                           synthetic_dataset):
   root, count = converted
-  argv = helpers.documented_commands(
-      os.path.join(helpers.REPO, 'configs', f'{name}.py'), 'train.py')[0]
+  argv = next(argv for file, argv in COMMANDS
+              if _command_id((file, argv)) == name)
   data = synthetic_dataset(num_ids=4, num_test_ids=2, seed=0)
   result = cli('train.py', *argv[1:], f'--config.dataset.folder={data}',
                *STAND_INS, f'--config.image_size={RUNS[name]}', cwd=str(root))

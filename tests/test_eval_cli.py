@@ -22,7 +22,7 @@ from sa_reid_jax.models import sanet_variant
 from sa_reid_jax.models import store
 
 IMAGE_SIZE = (64, 32)
-CONFIG = os.path.join(helpers.REPO, 'configs', 'market1501.py')
+CONFIG = os.path.join(helpers.REPO, 'configs', 'sa.py') + ':market1501'
 
 
 @pytest.fixture(scope='module')
@@ -130,7 +130,7 @@ TRAINED_STEPS = 7
 def test_workdir_and_trained_size_are_used_and_output_is_ours(setup, workdir,
                                                               cli, caplog):
   _, data = setup
-  # market1501.py says 384x128; the model records 64x32.
+  # sa.py:market1501 says 384x128; the model records 64x32.
   caplog.clear()
   implicit = run_eval(cli, f'--checkpoint={workdir}',
                       f'--config.dataset.folder={data}',

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
 from sa_reid_jax.tools import export
 
 IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
@@ -33,8 +33,8 @@ def test_served_descriptors_equal_jax(saved_sanet, exported):
                            (2, 50, 20, 3)]]
   served = [serve(images=tf.constant(images)) for images in batches]
   # The reference: evaluation's preprocessing and the JAX model, one batch.
-  pixels = np.stack([pipeline.preprocess(tf.constant(image),
-                                               IMAGE_SIZE).numpy()
+  pixels = np.stack([preprocessing.preprocess(tf.constant(image),
+                                              IMAGE_SIZE).numpy()
                      for images in batches for image in images])
   features = jax.jit(lambda x: model.apply(variables, x, train=False)[
       'features'])(pixels)

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime
 import pytest
 
-from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
 from sa_reid_jax.models import resnet
 from sa_reid_jax.tools import export
 from sa_reid_jax.tools import export_onnx
@@ -25,7 +25,7 @@ def fixture_exported(saved_sanet, tmp_path_factory):
 
 def jax_descriptors(model, variables, images):
   """Descriptors by the evaluation path: TF preprocessing, then JAX."""
-  pixels = np.stack([pipeline.preprocess(image, IMAGE_SIZE).numpy()
+  pixels = np.stack([preprocessing.preprocess(image, IMAGE_SIZE).numpy()
                      for image in images])
   return np.asarray(model.apply(variables, pixels, train=False)['features'])
 

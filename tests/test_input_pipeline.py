@@ -4,6 +4,7 @@ import io
 import math
 import random
 
+import helpers
 import numpy as np
 from PIL import Image
 import pytest
@@ -12,12 +13,14 @@ import tensorflow as tf
 
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
 from sa_reid_jax.datasets import builders
+from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.datasets import tensorflow_cpu
 
-MEAN = np.array(pipeline.IMAGENET_MEAN, np.float32)
-STD = np.array(pipeline.IMAGENET_STD, np.float32)
+MEAN = np.array(images_lib.IMAGENET_MEAN, np.float32)
+STD = np.array(images_lib.IMAGENET_STD, np.float32)
 # PIL rounds its resized image to uint8 (a mean error of 1/4 grey level on its
 # own) and uses fixed-point weights; the pipeline keeps floats. One grey
 # level, in normalised units, bounds the gap.
@@ -73,7 +76,7 @@ def test_preprocess_matches_pil_bilinear_and_normalisation(source_shape, size):
   rng = np.random.default_rng(1)
   pixels = rng.integers(0, 256, source_shape, np.uint8)
   for flip in (False, True):
-    ours = pipeline.preprocess(tf.constant(pixels), size, flip).numpy()
+    ours = preprocessing.preprocess(tf.constant(pixels), size, flip).numpy()
     reference = _pil_reference(pixels, size, flip)
     assert ours.shape == (*size, 3) and ours.dtype == np.float32
     difference = np.abs(ours - reference)
@@ -87,13 +90,13 @@ def test_preprocess_matches_pil_bilinear_and_normalisation(source_shape, size):
 def test_decoding_matches_pil():
   pixels = np.random.default_rng(2).integers(0, 256, (128, 64, 3), np.uint8)
   encoded = _jpeg(pixels)
-  ours = pipeline.decode_image(tf.constant(encoded)).numpy()
+  ours = images_lib.decode_image(tf.constant(encoded)).numpy()
   np.testing.assert_array_equal(ours, np.asarray(Image.open(io.BytesIO(
       encoded)).convert('RGB')))
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format='PNG')
   np.testing.assert_array_equal(
-      pipeline.decode_image(tf.constant(buffer.getvalue())).numpy(),
+      images_lib.decode_image(tf.constant(buffer.getvalue())).numpy(),
       pixels)
 
 
@@ -258,7 +261,7 @@ def test_random_erasing_rejects_bad_parameters(field, value):
 def _train(table, **options):
   arguments = dict(batch_size=4, seed=3, epoch=0, image_size=SMALL_SIZE)
   arguments.update(options)
-  return _batches(pipeline.train_dataset(table, **arguments))
+  return helpers.one_epoch(table, **arguments)
 
 
 def test_train_batches_have_the_documented_format():

@@ -71,9 +71,17 @@ def small_loss(p, x, y, tanh):
   return ((out - y) ** 2).mean()
 
 
+def rates_at(config, steps_per_epoch: int, step: int) -> dict[str, float]:
+  """Each group's scheduled rate at `step`, named as the train step reports
+  it (``learning_rate_GROUP``)."""
+  return {f'learning_rate_{name}': float(schedule(step))
+          for name, schedule in optimizer.learning_rate_schedules(
+              config, steps_per_epoch).items()}
+
+
 def torch_step_at(torch_opt, rates):
   """`torch_opt.step()` with each group at our learning rate (`rates` as
-  `optimizer.current_learning_rates` gives them); the groups' scheduled
+  `rates_at` gives them); the groups' scheduled
   rates are restored after it."""
   scheduled = [group['lr'] for group in torch_opt.param_groups]
   for group in torch_opt.param_groups:
@@ -171,7 +179,7 @@ def test_matches_torch_sgd(steps_per_epoch, decay_epochs, momentum, nesterov,
 
   worst_param, worst_lr, seen_rates = 0.0, 0.0, set()
   for step in range(NUM_STEPS):
-    rates = optimizer.current_learning_rates(config, steps_per_epoch, step)
+    rates = rates_at(config, steps_per_epoch, step)
     for group in torch_opt.param_groups:
       expected = group['lr']
       got = rates[f'learning_rate_{group["name"]}']
@@ -405,7 +413,7 @@ def test_rga_schedule_matches_official_formula():
   steps_per_epoch = 3
   for epoch in (0, 1, 10, 19, 20, 79, 80, 119, 120, 200, 359, 360, 599):
     for offset in (0, steps_per_epoch - 1):  # constant within an epoch
-      rates = optimizer.current_learning_rates(
+      rates = rates_at(
           config, steps_per_epoch, epoch * steps_per_epoch + offset)
       for rate in rates.values():
         assert rate == pytest.approx(official_rga_rate(epoch),
@@ -436,7 +444,7 @@ def test_adam_matches_torch(name, record_parity):
 
   worst = 0.0
   for step in range(NUM_STEPS):
-    rates = optimizer.current_learning_rates(config, steps_per_epoch, step)
+    rates = rates_at(config, steps_per_epoch, step)
     for group in torch_opt.param_groups:
       group['lr'] = group['base'] * torch_factor(step // steps_per_epoch)
       assert rates[f'learning_rate_{group["name"]}'] == pytest.approx(

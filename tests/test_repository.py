@@ -1,4 +1,5 @@
-"""The repository's own conventions: ignored outputs, one flag spelling."""
+"""The repository's own conventions: ignored outputs, one flag spelling, the
+documentation's size and links."""
 
 import glob
 import os
@@ -9,6 +10,14 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _documentation():
+  """The Markdown pages: README.md, docs/, studies/ and benchmarks/."""
+  return ([os.path.join(REPO, 'README.md')] +
+          sorted(glob.glob(os.path.join(REPO, 'docs', '*.md'))) +
+          [os.path.join(REPO, 'studies', 'README.md'),
+           os.path.join(REPO, 'benchmarks', 'README.md')])
 
 
 @pytest.mark.parametrize('path', [
@@ -35,8 +44,39 @@ def test_benchmark_flags_use_underscores():
     hyphenated += [f'{os.path.basename(path)}: {flag}' for flag in flags
                    if '-' in flag[2:]]
   assert not hyphenated
-  with open(os.path.join(REPO, 'README.md')) as f:
-    readme = f.read()
-  commands = re.findall(r'benchmarks/\S+\.py[^\n]*', readme)
+  # The benchmark commands are documented in benchmarks/README.md (and any
+  # other page of the documentation that runs one).
+  commands = []
+  for path in _documentation():
+    with open(path) as f:
+      commands += re.findall(r'benchmarks/\S+\.py[^\n]*', f.read())
   assert commands
   assert not [c for c in commands if re.search(r'--[a-z0-9]+-[a-z]', c)]
+
+
+def test_readme_is_short():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    lines = f.read().splitlines()
+  assert len(lines) <= 200, f'README.md has {len(lines)} lines (at most 200)'
+
+
+def test_documentation_links_point_at_files():
+  link = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
+  broken, count = [], 0
+  for path in _documentation():
+    assert os.path.isfile(path), f'{os.path.relpath(path, REPO)} is missing'
+    with open(path) as f:
+      text = f.read()
+    # Links inside code blocks are not links.
+    text = re.sub(r'^```.*?^```', '', text, flags=re.M | re.S)
+    for target in link.findall(text):
+      if re.match(r'[a-z][a-z0-9+.-]*:', target) or target.startswith('#'):
+        continue  # a URL, or an anchor in the same page
+      count += 1
+      resolved = os.path.normpath(os.path.join(
+          os.path.dirname(path), target.split('#', 1)[0]))
+      inside = os.path.commonpath([REPO, resolved]) == REPO
+      if not inside or not os.path.exists(resolved):
+        broken.append(f'{os.path.relpath(path, REPO)}: {target}')
+  assert count
+  assert not broken, broken

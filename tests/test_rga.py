@@ -15,8 +15,7 @@ from sa_reid_jax.convert import ConversionError, convert_checkpoint
 from sa_reid_jax.convert.rga_mapping import rga_source_for
 from sa_reid_jax.models import registry
 from sa_reid_jax.models.rga import RGA_VARIANTS, RGAModule, RGANet
-from sa_reid_jax.models.rga import frozen_parameters, model_config
-from sa_reid_jax.models.rga import model_from_config, relation_matrix
+from sa_reid_jax.models.rga import frozen_parameters, relation_matrix
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
 from torch_reference import OfficialSANet
@@ -288,7 +287,7 @@ def test_wrong_sizes_are_one_clear_error():
 def test_config_round_trip_and_family_dispatch():
   model = rga_variant('rga_s', num_classes=9, image_size=(384, 128),
                       dtype='bfloat16', **NARROW)
-  config = model_config(model)
+  config = registry.describe(model)['config']
   assert config['image_size'] == [384, 128]
   description = registry.describe(model)
   assert description == {'family': 'rga', 'config': config}
@@ -300,9 +299,11 @@ def test_config_round_trip_and_family_dispatch():
                                      'model.json'), SANet)
   with pytest.raises(ValueError, match=r"model.json: unknown model config "
                      r"keys \['num_parts'\]"):
-    model_from_config({**config, 'num_parts': 6}, 'model.json')
+    registry.rebuild({'family': 'rga',
+                      'config': {**config, 'num_parts': 6}}, 'model.json')
   with pytest.raises(ValueError, match="model.json: model family 'casn'"):
-    model_from_config({**config, 'family': 'casn'}, 'model.json')
+    registry.rebuild({'family': 'rga',
+                      'config': {**config, 'family': 'casn'}}, 'model.json')
   assert set(RGA_VARIANTS) == {'rga_s', 'rga_c', 'rga_sc', 'baseline'}
   with pytest.raises(ValueError, match="unknown RGA variant 'rga_x'"):
     rga_variant('rga_x', num_classes=3)
@@ -441,5 +442,5 @@ def test_module_batch_norm_scales_start_as_the_official_codes():
                      r"must be one of \['ones', 'uniform'\], got 'normal'"):
     model.clone(module_bn_scale_init='normal').init(jax.random.key(0),
                                                      images)
-  assert model_from_config(model_config(model)).module_bn_scale_init == (
-      'uniform')
+  rebuilt = registry.rebuild(registry.describe(model), 'model.json')
+  assert rebuilt.module_bn_scale_init == 'uniform'

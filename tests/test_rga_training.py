@@ -39,8 +39,8 @@ def _check_rga_run(workdir):
 
 
 @pytest.mark.parametrize('name', [
-    pytest.param('rga_sc_market1501.py', marks=pytest.mark.full),
-    pytest.param('bot_market1501.py', marks=pytest.mark.full),
+    pytest.param('rga.py:market1501', marks=pytest.mark.full),
+    pytest.param('rga.py:market1501,baseline', marks=pytest.mark.full),
     # The fast tier's RGA run: RGA-S and RGA-C modules trained end to end.
     'demo_rga_synthetic.py'])
 def test_documented_command_trains(name, data, tmp_path):
@@ -54,7 +54,8 @@ def test_documented_command_trains(name, data, tmp_path):
 
 
 @pytest.mark.full
-@pytest.mark.parametrize('name', ['bot_market1501.py', 'demo_rga_synthetic.py'])
+@pytest.mark.parametrize('name', ['rga.py:market1501,baseline',
+                                  'demo_rga_synthetic.py'])
 def test_two_devices_train_as_one(name, data, tmp_path):
   """P x K sampler + triplet over the global batch: 1 vs 2 devices.
 

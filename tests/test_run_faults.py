@@ -82,7 +82,8 @@ def test_second_run_is_refused_and_ctrl_c_saves(data, tmp_path):
 _TWO_CTRL_C = """
 import os, signal, sys, time
 from sa_reid_jax.training import signals
-with signals.StopRequest(on_quit=lambda: print('released', flush=True)) as s:
+with signals.StopRequest(on_quit=lambda: print('released', flush=True),
+                         quit_on_second_interrupt=True) as s:
   os.kill(os.getpid(), signal.SIGINT)
   time.sleep(0.5)
   print('first: stop requested' if s.signal == signal.SIGINT else 'no',

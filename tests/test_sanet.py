@@ -10,7 +10,7 @@ from scipy import stats
 import torch
 
 import sa_reid_jax
-from sa_reid_jax.models import VARIANTS, SANet, model_config, model_from_config
+from sa_reid_jax.models import VARIANTS, SANet, registry
 from sa_reid_jax.models import sanet_variant
 from sa_reid_jax.models.sanet import stripe_pool
 
@@ -157,12 +157,15 @@ def test_stripe_pool_matches_torch_adaptive_pooling(height):
 def test_config_round_trip_and_bad_keys():
   model = tiny('backbone_ds_sa2', dtype=jnp.bfloat16,
                attention_normalization='sum')
-  config = model_config(model)
+  config = registry.describe(model)['config']
   assert config['dtype'] == 'bfloat16'
-  assert model_config(model_from_config(config)) == config
+  rebuilt = registry.rebuild({'family': 'sanet', 'config': config},
+                            'model.json')
+  assert registry.describe(rebuilt)['config'] == config
   with pytest.raises(ValueError, match=r"model.json: unknown model config "
                      r"keys \['num_stripes'\]"):
-    model_from_config({**config, 'num_stripes': 6}, source='model.json')
+    registry.rebuild({'family': 'sanet',
+                      'config': {**config, 'num_stripes': 6}}, 'model.json')
 
 
 @pytest.mark.parametrize('field, value', [('dtype', 'float16'),

@@ -12,7 +12,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
+from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.models import store
 from sa_reid_jax.tools import descriptor_cache
 from sa_reid_jax.tools import drawing
@@ -73,8 +74,8 @@ def naive_rankings(checkpoint, gallery_files, query_files):
   """Rankings from model.apply and numpy alone."""
   model, variables = store.load_model(checkpoint)
   images = np.stack([
-      pipeline.preprocess(
-          pipeline.decode_image(tf.io.read_file(p)), IMAGE_SIZE).numpy()
+      preprocessing.preprocess(
+          images_lib.decode_image(tf.io.read_file(p)), IMAGE_SIZE).numpy()
       for p in [*gallery_files, *query_files]])
   # One batch through one compiled function: compiling is the slow part.
   features = jax.jit(lambda v, x: model.apply(v, x, train=False)['features'])(

@@ -10,9 +10,9 @@ import pytest
 
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import synthetic
-from sa_reid_jax.datasets import synthetic_effects
-from sa_reid_jax.datasets import synthetic_people
-from sa_reid_jax.datasets import synthetic_settings
+from sa_reid_jax.datasets.synthetic import effects
+from sa_reid_jax.datasets.synthetic import people
+from sa_reid_jax.datasets.synthetic import settings
 
 SPLITS = ('train', 'query', 'gallery')
 # The layout tests' datasets, one per difficulty.
@@ -225,22 +225,22 @@ def test_settings_are_recorded_next_to_the_data(tmp_path, capsys):
   assert recorded['arguments']['num_ids'] == 3
   # JSON has no tuples: compare through a JSON round trip.
   assert recorded['difficulty_settings'] == json.loads(json.dumps(
-      dataclasses.asdict(synthetic_settings.EASY)))
+      dataclasses.asdict(settings.EASY)))
   with pytest.raises(ValueError, match='difficulty must be one of'):
     synthetic.generate(str(tmp_path / 'bad'), difficulty='medium')
 
 
 def test_near_twins_differ_in_few_attribute_groups():
   rng = np.random.default_rng(0)
-  settings = dataclasses.replace(synthetic_settings.HARD, twin_probability=1.0)
-  base = synthetic_people.draw_person(rng, settings)
+  difficulty = dataclasses.replace(settings.HARD, twin_probability=1.0)
+  base = people.draw_person(rng, difficulty)
   for _ in range(20):
-    twin = synthetic_people.draw_identity(rng, [base], settings)
-    changed = [group for group in synthetic_people.TWIN_ATTRIBUTES
+    twin = people.draw_identity(rng, [base], difficulty)
+    changed = [group for group in people.TWIN_ATTRIBUTES
                if any(not np.array_equal(getattr(twin, name),
                                          getattr(base, name))
                       for name in group)]
-    assert 1 <= len(changed) <= settings.twin_changes
+    assert 1 <= len(changed) <= difficulty.twin_changes
 
 
 def test_motion_blur_is_a_clamped_running_mean():
@@ -254,7 +254,7 @@ def test_motion_blur_is_a_clamped_running_mean():
   # float32 running sums reach 12 x 255 (ulp 2.4e-4, 6e-5 after dividing
   # by the length), within 1e-5 of values above 6 (the smallest here is 15).
   np.testing.assert_allclose(
-      synthetic_effects.motion_blur(image, length), expected, rtol=1e-5)
+      effects.motion_blur(image, length), expected, rtol=1e-5)
   # Whole grey levels: the running sums, their differences and the division
   # by 4 are exact in float32, so the mean is bit-identical.
   grey_levels = np.round(image)
@@ -263,16 +263,16 @@ def test_motion_blur_is_a_clamped_running_mean():
     columns = [min(x + k, 8) for k in range(length)]
     expected[:, x] = grey_levels[:, columns].sum(axis=1) / length
   np.testing.assert_array_equal(
-      synthetic_effects.motion_blur(grey_levels, length), expected)
-  assert synthetic_effects.motion_blur(image, 1) is image
+      effects.motion_blur(grey_levels, length), expected)
+  assert effects.motion_blur(image, 1) is image
 
 
 def test_low_resolution_keeps_size_and_flat_images():
   flat = np.full((128, 64, 3), 100.0, np.float32)
-  np.testing.assert_allclose(synthetic_effects.low_resolution(flat, 0.4), flat)
+  np.testing.assert_allclose(effects.low_resolution(flat, 0.4), flat)
   rng = np.random.default_rng(0)
   noisy = rng.uniform(0, 255, (128, 64, 3)).astype(np.float32)
-  blurred = synthetic_effects.low_resolution(noisy, 0.4)
+  blurred = effects.low_resolution(noisy, 0.4)
   assert blurred.shape == noisy.shape
   assert blurred.std() < 0.6 * noisy.std()  # detail is lost
 
@@ -281,7 +281,7 @@ def test_leaning_composite_shifts_rows_by_their_height_above_the_feet():
   image = np.zeros((10, 8, 3), np.float32)
   layer = np.full_like(image, np.nan)
   layer[2:10, 3] = 255  # a vertical line standing on row 9
-  result = synthetic_effects.composite_leaning(image, layer, 0.25, 9.0)
+  result = effects.composite_leaning(image, layer, 0.25, 9.0)
   for row in range(2, 10):
     shift = int(np.round(0.25 * (9 - row)))
     assert np.flatnonzero(result[row, :, 0]).tolist() == [3 + shift]

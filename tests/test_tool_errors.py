@@ -25,14 +25,14 @@ from sa_reid_jax.convert import ConversionError, convert_checkpoint
 from sa_reid_jax.convert import read_weights
 from sa_reid_jax.datasets import synthetic
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.evaluation import pictures
 from sa_reid_jax.models import store
 from sa_reid_jax.tools import cams
-from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import visualize
 from torch_reference import OfficialSANet
 from torch_rga_reference import OfficialRGANet
 
-CONFIG = os.path.join(helpers.REPO, 'configs', 'market1501.py')
+CONFIG = os.path.join(helpers.REPO, 'configs', 'sa.py') + ':market1501'
 VISUALIZE = 'sa_reid_jax.tools.visualize'
 
 
@@ -292,8 +292,8 @@ def test_a_file_of_no_known_layout_lists_a_few_keys_and_counts(cli,
 
 def test_rank_and_distance_are_drawn_apart():
   tile = np.full((64, 32, 3), 255, np.uint8)
-  row = np.asarray(drawing.tile_row([tile], ['#2 0.03']).convert('L'))
-  strip = row[64 + 2 * drawing.BORDER:]
+  row = np.asarray(pictures.tile_row([tile], ['#2 0.03']).convert('L'))
+  strip = row[64 + 2 * pictures.BORDER:]
   inked = np.flatnonzero((strip < 128).any(axis=0))
   blank_runs = np.diff(inked) - 1
   # Glyphs of one word are at most 2 pixels apart; the words are further.
@@ -316,20 +316,20 @@ def test_a_flat_map_is_noted_on_its_tile(monkeypatch, tmp_path):
                                      'attention_name': 'SA'})
   picture = np.asarray(visualize.cam_picture(
       [('m', None, None)], [str(path)], (64, 32)))
-  cell = 32 + 2 * drawing.BORDER + drawing.GAP
+  cell = 32 + 2 * pictures.BORDER + pictures.GAP
 
   def tile(index):
-    left = index * cell + drawing.BORDER
-    return picture[drawing.BORDER:drawing.BORDER + 64, left:left + 32]
+    left = index * cell + pictures.BORDER
+    return picture[pictures.BORDER:pictures.BORDER + 64, left:left + 32]
 
   flat_tile, varied_tile = tile(1), tile(2)
   np.testing.assert_array_equal(
-      varied_tile, drawing.colorize(varied[0], (64, 32)))
+      varied_tile, pictures.colorize(varied[0], (64, 32)))
   # Without the note: one colour (colorize's zero) over the whole tile.
   assert len(np.unique(flat_tile.reshape(-1, 3), axis=0)) > 2
   assert (flat_tile == 255).all(axis=-1).any()
   assert (flat_tile < 64).all(axis=-1).any()  # the note's text
-  assert not drawing.is_flat(varied) and drawing.is_flat(flat)
+  assert not pictures.is_flat(varied) and pictures.is_flat(flat)
 
 
 # --- 5. a misspelt dataset name ----------------------------------------------------
@@ -352,12 +352,12 @@ def test_misspelt_dataset_name_is_one_line_with_close_matches(saved_sanet,
   assert line == f'eval.py: error: {expected}'
 
 
-# --- 6. the README's search command ------------------------------------------------
+# --- 6. the documented search command (docs/evaluation.md) ------------------------
 
 
 @pytest.mark.full
 def test_readme_search_query_is_a_file_the_demo_writes(tmp_path):
-  with open(os.path.join(helpers.REPO, 'README.md')) as f:
+  with open(os.path.join(helpers.REPO, 'docs', 'evaluation.md')) as f:
     text = f.read().replace('\\\n', ' ')
   command = next(shlex.split(line) for line in text.splitlines()
                  if 'sa_reid_jax.tools.search' in line and

@@ -29,6 +29,7 @@ from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.models import store
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.training import checkpoints
+from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
 from sa_reid_jax.training import step as step_lib
 from sa_reid_jax.training import trainer
@@ -280,6 +281,14 @@ def test_training_options_run_and_learn(one_batch, tmp_path, overrides):
   with open(tmp_path / 'metrics.jsonl') as f:
     train = [json.loads(line) for line in f if '"train"' in line]
   assert [record['step'] for record in train] == [4, 8, 12]
+  # The rates the logged step applied, as the step reports them: one batch
+  # is one step per epoch. Equal to float32 rounding (the schedules run in
+  # float32 in the step and here alike).
+  schedules = optimizer_lib.learning_rate_schedules(config.optimizer, 1)
+  for record in train:
+    for name, schedule in schedules.items():
+      assert record[f'learning_rate_{name}'] == pytest.approx(
+          float(schedule(record['step'] - 1)), rel=1e-6), (record, name)
   # Learned: the mean loss of steps 9-12 is below that of steps 1-4.
   # Measured: 0.63 (on-device augmentation), 0.53 (bfloat16), 0.83 ('paper'
   # weighting, a mean of the heads' losses where the others sum them, so a
@@ -411,7 +420,10 @@ def test_cli_reports_bad_config_keys_in_one_line(data, tmp_path, cli):
     ('market1501_ablation.py', None,
      'train.py: error: flag --config=CONFIG: ValueError: '
      'configs/market1501_ablation.py needs a row argument, one of ('),
-    ('market1501.py', '--config.batchsize=64',
+    ('sa.py:market1502', None,
+     'train.py: error: flag --config=CONFIG: ValueError: config argument: '
+     'expected configs/sa.py:DATASET[,OPTION...] with DATASET one of ['),
+    ('sa.py:market1501', '--config.batchsize=64',
      "train.py: error: cannot apply --config.batchsize=64: no key "
      "'batchsize' Did you mean \"batch_size\" instead of \"batchsize\"? "
      '(a key the config does not have, or a value of the wrong type)'),
@@ -463,7 +475,7 @@ def test_train_py_refuses_a_paper_config_without_backbone_in_one_line(
   workdir = tmp_path / 'market1501'
   command = [sys.executable, os.path.join(helpers.REPO, 'train.py'),
              '--config=' + os.path.join(helpers.REPO, 'configs',
-                                        'market1501.py'),
+                                        'sa.py') + ':market1501',
              f'--workdir={workdir}']
   result = subprocess.run(command, env=helpers.user_environment(),
                           capture_output=True, text=True, timeout=300,
@@ -475,6 +487,15 @@ def test_train_py_refuses_a_paper_config_without_backbone_in_one_line(
   assert 'convert_weights.py --format=torchvision' in lines[0]
   assert result.stdout == ''
   assert not os.path.exists(workdir)
+
+
+def test_logged_metrics_are_means_and_rates_the_last_value():
+  averager = reporting.MetricAverager()
+  for loss, rate in ((3.0, 0.1), (1.0, 0.1), (2.0, 0.01)):
+    averager.add({'loss': loss, 'learning_rate_heads': rate})
+  # A decay inside the interval: the logged rate is the last step's.
+  assert averager.pop() == {'loss': 2.0, 'learning_rate_heads': 0.01}
+  assert averager.pop() == {}
 
 
 def test_progress_lines_off_a_terminal(monkeypatch):

@@ -1,5 +1,6 @@
 """Class activation maps and the pictures: values and pixels, not only files."""
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -10,12 +11,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from sa_reid_jax.evaluation import pictures
+from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
 from sa_reid_jax.models.casn import casn_variant
 from sa_reid_jax.models.rga import rga_variant
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.tools import cams
-from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import image_files
 from sa_reid_jax.tools import visualize
 
@@ -96,14 +98,14 @@ def test_stage4_cam_is_the_global_head_at_each_position():
 
 
 def test_match_kinds():
-  kinds = visualize.match_kinds(5, 1, np.array([5, 5, -1, 7, 0]),
-                                np.array([1, 2, 1, 1, 3]))
+  kinds = pictures.match_kinds(5, 1, np.array([5, 5, -1, 7, 0]),
+                               np.array([1, 2, 1, 1, 3]))
   assert list(kinds) == ['same cam', 'match', 'junk', 'wrong', 'wrong']
 
 
 def test_colorize_runs_from_blue_to_red():
   heat = np.array([[0.0, 1.0]])
-  colours = drawing.colorize(heat, (1, 2))
+  colours = pictures.colorize(heat, (1, 2))
   assert colours.shape == (1, 2, 3)
   assert colours[0, 0, 2] > 100 and colours[0, 0, 0] == 0  # low: blue
   assert colours[0, 1, 0] > 100 and colours[0, 1, 2] == 0  # high: red
@@ -114,7 +116,7 @@ def dataset(synthetic_dataset):
   return synthetic_dataset(num_ids=4, num_test_ids=4, seed=0)
 
 
-CELL_W = SIZE[1] + 2 * drawing.BORDER
+CELL_W = SIZE[1] + 2 * pictures.BORDER
 
 
 def _first_image(dataset):
@@ -125,7 +127,7 @@ def _first_image(dataset):
 
 def _cell_left(index):
   """Left edge of a ranks tile: the query, a gap, then the gallery."""
-  return index * (CELL_W + drawing.GAP) + (drawing.GAP if index else 0)
+  return index * (CELL_W + pictures.GAP) + (pictures.GAP if index else 0)
 
 
 def test_ranks_picture_borders(dataset):
@@ -133,24 +135,24 @@ def test_ranks_picture_borders(dataset):
   kinds = ['match', 'wrong', 'junk', 'same cam']
   ranked = [{'paths': [query] * 4, 'kinds': kinds,
              'distances': [0.1, 0.2, 0.3, 0.4]}] * 2
-  picture = np.asarray(visualize.ranks_picture([query, query], ranked, SIZE))
-  cell_h = SIZE[0] + 2 * drawing.BORDER
-  row_h = cell_h + drawing.LABEL_HEIGHT + drawing.GAP
-  assert picture.shape == (2 * row_h, 5 * (CELL_W + drawing.GAP) +
-                           drawing.GAP, 3)
-  expected = [drawing.BLUE, drawing.GREEN, drawing.RED, drawing.GREY,
-              drawing.GREY]
+  picture = np.asarray(pictures.ranks_picture([query, query], ranked, SIZE))
+  cell_h = SIZE[0] + 2 * pictures.BORDER
+  row_h = cell_h + pictures.LABEL_HEIGHT + pictures.GAP
+  assert picture.shape == (2 * row_h, 5 * (CELL_W + pictures.GAP) +
+                           pictures.GAP, 3)
+  expected = [pictures.BLUE, pictures.GREEN, pictures.RED, pictures.GREY,
+              pictures.GREY]
   for row in range(2):
     for index, colour in enumerate(expected):
       top, left = row * row_h, _cell_left(index)
       assert tuple(picture[top + 1, left + 1]) == colour
       assert tuple(picture[top + cell_h - 2, left + 1]) == colour
   # Inside the border: the image itself, at the thumbnail size.
-  inner = picture[drawing.BORDER:drawing.BORDER + SIZE[0],
-                  _cell_left(1) + drawing.BORDER:
-                  _cell_left(1) + drawing.BORDER + SIZE[1]]
+  inner = picture[pictures.BORDER:pictures.BORDER + SIZE[0],
+                  _cell_left(1) + pictures.BORDER:
+                  _cell_left(1) + pictures.BORDER + SIZE[1]]
   np.testing.assert_array_equal(
-      inner, visualize.image_files.display_pixels(query, SIZE))
+      inner, pictures.display_pixels(query, SIZE))
 
 
 @pytest.fixture(scope='module')
@@ -175,10 +177,10 @@ def test_cli_draws_cams_and_ranks(dataset, saved_models, cli, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   picture = Image.open(tmp_path / 'cam.png')
   # Row per image and model; columns: image, 4 CAMs, 3 SA maps (SA model).
-  cell_h = SIZE[0] + 2 * drawing.BORDER
-  assert picture.size == (8 * (CELL_W + drawing.GAP),
-                          4 * (cell_h + drawing.LABEL_HEIGHT +
-                               drawing.GAP))
+  cell_h = SIZE[0] + 2 * pictures.BORDER
+  assert picture.size == (8 * (CELL_W + pictures.GAP),
+                          4 * (cell_h + pictures.LABEL_HEIGHT +
+                               pictures.GAP))
   # An unreadable image is named and skipped; the readable one is drawn.
   mixed = tmp_path / 'mixed'
   mixed.mkdir()
@@ -191,7 +193,7 @@ def test_cli_draws_cams_and_ranks(dataset, saved_models, cli, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'skipped {mixed / "a_broken.jpg"}: ' in result.stdout
   assert Image.open(tmp_path / 'mixed.png').size[1] == (
-      cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
+      cell_h + pictures.LABEL_HEIGHT + pictures.GAP)
   # A class the network does not have would be drawn as a blank map.
   result = run('cam', f'--checkpoint={models / "sa"}',
                f'--images={os.path.join(dataset, "query")}', '--max_images=2',
@@ -205,7 +207,7 @@ def test_cli_draws_cams_and_ranks(dataset, saved_models, cli, tmp_path):
                f'--output={tmp_path / "ranks.png"}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert Image.open(tmp_path / 'ranks.png').size[0] == (
-      4 * (CELL_W + drawing.GAP) + drawing.GAP)
+      4 * (CELL_W + pictures.GAP) + pictures.GAP)
   result = run('ranks', f'--checkpoint={models / "sa"}',
                f'--dataset_folder={dataset}', '--queries=0,9999',
                f'--output={tmp_path / "bad.png"}')
@@ -307,9 +309,9 @@ def test_cam_picture_of_an_rga_network(dataset):
   picture = visualize.cam_picture([('rga', model, variables)], [path],
                                   RGA_SIZE)
   # Columns: the image, the layer-4 CAM, four spatial gates.
-  cell_w, cell_h = (size + 2 * drawing.BORDER for size in RGA_SIZE[::-1])
-  assert picture.size == (6 * (cell_w + drawing.GAP),
-                          cell_h + drawing.LABEL_HEIGHT + drawing.GAP)
+  cell_w, cell_h = (size + 2 * pictures.BORDER for size in RGA_SIZE[::-1])
+  assert picture.size == (6 * (cell_w + pictures.GAP),
+                          cell_h + pictures.LABEL_HEIGHT + pictures.GAP)
 
 
 def test_casn_grad_cam_beside_rga(dataset):
@@ -340,15 +342,16 @@ def test_casn_grad_cam_beside_rga(dataset):
       [('rga', rga_model, rga_variables),
        ('casn', casn_model, casn_variables)], [path], RGA_SIZE)
   # Two rows for the one image: RGA's 6 columns, CASN's image + Grad-CAM.
-  cell_w, cell_h = (size + 2 * drawing.BORDER for size in RGA_SIZE[::-1])
-  assert picture.size == (6 * (cell_w + drawing.GAP),
-                          2 * (cell_h + drawing.LABEL_HEIGHT + drawing.GAP))
+  cell_w, cell_h = (size + 2 * pictures.BORDER for size in RGA_SIZE[::-1])
+  assert picture.size == (6 * (cell_w + pictures.GAP),
+                          2 * (cell_h + pictures.LABEL_HEIGHT + pictures.GAP))
 
 
 def test_cam_refuses_families_without_maps(monkeypatch):
   cams.check_cam_model(SANet(num_classes=3), '--checkpoint')
   cams.check_cam_model(rga_variant('rga_sc', num_classes=3), '--checkpoint')
-  monkeypatch.setattr(cams, 'CAM_MAPS', {'sanet': cams.sa_maps})
-  with pytest.raises(ValueError, match=r"--compare: `cam` draws .*\['sanet'\]"
-                     r" networks; this is a 'rga' network"):
+  monkeypatch.setitem(registry.FAMILIES, 'rga', dataclasses.replace(
+      registry.FAMILIES['rga'], maps=None))
+  with pytest.raises(ValueError, match=r"--compare: `cam` draws .*"
+                     r"\['casn', 'sanet'\] networks; this is a 'rga' network"):
     cams.check_cam_model(rga_variant('rga_sc', num_classes=3), '--compare')

@@ -1,6 +1,6 @@
 """Train-time augmentation on the accelerator, in JAX (no TensorFlow here).
 
-The counterpart of ``pipeline.train_dataset`` with
+The counterpart of ``pipeline.train_batches`` with
 ``augment_on_device=True``: that pipeline only decodes, emitting uint8 images
 at a small staging size with each example's flip and erasing draws
 (``data.augmentation.sample_epoch``); ``augment_batch`` then applies them
@@ -18,10 +18,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sa_reid_jax.datasets.images import IMAGENET_MEAN
+from sa_reid_jax.datasets.images import IMAGENET_STD
+from sa_reid_jax.datasets.images import check_size
+
 ERASING_FILLS = ('zeros', 'random')
 _KEYS = ('images', 'flip', 'erase_box', 'noise_seed')
 _CROP_KEYS = ('crop', 'crop_offset')
@@ -32,20 +33,6 @@ BATCH_KEYS = _KEYS + _CROP_KEYS
 def batch_keys(crop: bool) -> tuple[str, ...]:
   """The entries `augment_batch` reads, with or without the random crop."""
   return BATCH_KEYS if crop else _KEYS
-
-
-def check_size(size, name: str = 'image_size') -> tuple[int, int]:
-  """`size` as a (height, width) tuple of positive ints.
-
-  Raises:
-    ValueError: naming the argument `name` when it is not one.
-  """
-  size = tuple(size)
-  if (len(size) != 2 or
-      not all(isinstance(side, (int, np.integer)) and side >= 1
-              for side in size)):
-    raise ValueError(f'{name} must be a positive (height, width), got {size}')
-  return tuple(int(side) for side in size)
 
 
 def _seed_keys(noise_seed: jax.Array) -> jax.Array:
@@ -65,7 +52,7 @@ def normalize(pixels: jax.Array) -> jax.Array:
     pixels: float32 (..., 3) RGB values in [0, 255].
 
   Returns:
-    float32, the same shape: as ``pipeline.preprocess`` normalises.
+    float32, the same shape: as ``preprocessing.preprocess`` normalises.
   """
   scale = jnp.array([1 / (255 * s) for s in IMAGENET_STD], jnp.float32)
   shift = jnp.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
@@ -133,7 +120,7 @@ def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
   static).
 
   Args:
-    batch: a batch of ``train_dataset(..., augment_on_device=True)``:
+    batch: a batch of ``train_batches(..., augment_on_device=True)``:
       ``images`` uint8 (B, h, w, 3), ``flip`` bool (B,), ``erase_box`` int
       (B, 4) of (top, left, height, width) at ``image_size`` (height 0 for
       none), ``noise_seed`` int (B, 2), and with `crop_size` ``crop`` bool
@@ -168,7 +155,7 @@ def augment_batch(batch: dict, image_size: tuple[int, int] = (384, 128),
   missing = [key for key in keys if key not in batch]
   if missing:
     raise ValueError(f'batch lacks {missing}; make it with '
-                     'train_dataset(..., augment_on_device=True)')
+                     'train_batches(..., augment_on_device=True)')
   images, flip, erase_box, noise_seed = (batch[key] for key in _KEYS)
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != jnp.uint8:
     raise ValueError(f'batch["images"] must be uint8 (B, h, w, 3), got '

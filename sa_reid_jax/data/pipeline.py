@@ -44,13 +44,7 @@ from sa_reid_jax.datasets import tables  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax.data import preprocessing  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data.device_augment import check_size  # pylint: disable=g-import-not-at-top
-# The image operations, used here and by the tools that read images.
-from sa_reid_jax.data.preprocessing import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top,unused-import
-from sa_reid_jax.data.preprocessing import IMAGENET_STD  # pylint: disable=g-import-not-at-top,unused-import
-from sa_reid_jax.data.preprocessing import decode_image  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data.preprocessing import preprocess  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data.preprocessing import resize  # pylint: disable=g-import-not-at-top,unused-import
+from sa_reid_jax.datasets import images as images_lib  # pylint: disable=g-import-not-at-top
 
 
 def uniform_sampler(num_examples: int, batch_size: int,
@@ -83,8 +77,8 @@ def _slices(table: tables.ExampleTable, rows: np.ndarray) -> dict:
 
 def _read(contents_or_path: tf.Tensor, images_are_paths: bool) -> tf.Tensor:
   if images_are_paths:
-    return decode_image(tf.io.read_file(contents_or_path))
-  return decode_image(contents_or_path)
+    return images_lib.decode_image(tf.io.read_file(contents_or_path))
+  return images_lib.decode_image(contents_or_path)
 
 
 _DRAW_SPECS = {'flip': tf.TensorSpec([None], tf.bool),
@@ -99,7 +93,7 @@ def _train_pipeline(table, plan, *, batch_size, image_size, erasing, crop,
   """Batches of the examples ``plan()`` yields, one dict of arrays per epoch.
 
   One pipeline (and one trace of its functions) serves all the epochs. With
-  a ``staging_size``, examples are decoded only (see ``train_dataset``'s
+  a ``staging_size``, examples are decoded only (see ``train_batches``'s
   ``augment_on_device``).
   """
   tensorflow_cpu.hide_accelerators_from_tensorflow()
@@ -126,8 +120,9 @@ def _train_pipeline(table, plan, *, batch_size, image_size, erasing, crop,
     if crop is not None:
       window = (crop.enlarged_size(image_size), example['crop'],
                 example['crop_offset'])
-    image = preprocess(_read(images[example['row']], table.images_are_paths),
-                       image_size, example['flip'], window)
+    image = preprocessing.preprocess(
+        _read(images[example['row']], table.images_are_paths),
+        image_size, example['flip'], window)
     image = augmentation.erase(image, example['erase_box'], fill,
                                example['noise_seed'])
     return {'images': image, **common(example)}
@@ -167,80 +162,11 @@ def _epoch_examples(sampler, *, epoch, start_step, process_index,
   return examples
 
 
-def train_dataset(table: tables.ExampleTable, *, batch_size: int, seed: int,
-                  epoch: int, start_step: int = 0,
-                  image_size: tuple[int, int] = (384, 128),
-                  flip_probability: float = 0.5,
-                  erasing: augmentation.RandomErasing | None = (
-                      augmentation.RandomErasing()),
-                  crop: augmentation.RandomCrop | None = None,
-                  sampler: samplers.Sampler | None = None,
-                  process_index: int = 0, process_count: int = 1,
-                  num_parallel_calls: int = tf.data.AUTOTUNE,
-                  prefetch: int = tf.data.AUTOTUNE,
-                  augment_on_device: bool = False,
-                  staging_size: tuple[int, int] = (128, 64)
-                  ) -> tf.data.Dataset:
-  """One epoch of sampled, augmented train batches for this process.
-
-  The rows and their order are the sampler's, this process's slice of each
-  global batch (``samplers.process_share``); each example's crop, flip and
-  erasing are drawn for its position in the epoch from (seed, epoch)
-  (``augmentation.sample_epoch``).
-
-  Args:
-    table: the train split.
-    batch_size: per-process batch size.
-    seed: the run's seed.
-    epoch: the epoch (0-based); changes the order and the augmentation.
-    start_step: first step of the epoch to produce (resuming a run).
-    image_size: network input (height, width), default (384, 128).
-    flip_probability: chance of a horizontal flip (default 0.5; 0 disables).
-    erasing: random erasing parameters, None to disable.
-    crop: random crop (enlarged resize and crop) parameters, None (default)
-      to disable.
-    sampler: the epoch's global batches (``data.samplers``); its global
-      batch must be ``batch_size * process_count``. None (default): every
-      row once per epoch in a random order (`uniform_sampler`).
-    process_index: this process (e.g. ``jax.process_index()``).
-    process_count: number of processes (e.g. ``jax.process_count()``).
-    num_parallel_calls: parallel decode/augment calls (default autotuned).
-    prefetch: batches prepared ahead (default autotuned).
-    augment_on_device: only decode here; leave resize (or crop), flip,
-      normalisation and erasing to ``device_augment.augment_batch``
-      (default False).
-    staging_size: (height, width) of the decoded images emitted with
-      ``augment_on_device`` (default (128, 64), Market-1501's own size);
-      other sizes are resized to it as ``resize`` does and rounded to uint8
-      (then resized again on device: not bit-equal to the CPU path).
-
-  Returns:
-    a dataset of dicts: ``images`` float32 (B, H, W, 3), ``labels``,
-    ``person_ids``, ``camera_ids`` int32 (B,), ``indices`` int64 (B,) (rows
-    of the table), ``positions`` int32 (B,) (places in the epoch, unique
-    within it, which key the augmentation and dropout). With
-    ``augment_on_device``, ``images`` are uint8 (B, *staging_size, 3) and
-    the draws to apply come along: ``flip`` bool (B,), ``erase_box`` int32
-    (B, 4) (top, left, height, width at ``image_size``; height 0 for none),
-    ``noise_seed`` int64 (B, 2) (seed of a ``'random'`` fill), ``crop``
-    bool (B,) and ``crop_offset`` int32 (B, 2) (top, left in the enlarged
-    image).
-  """
-  return _batch_stream(
-      table, batch_size=batch_size, seed=seed, start_epoch=epoch,
-      start_step=start_step, num_epochs=epoch + 1, image_size=image_size,
-      flip_probability=flip_probability, erasing=erasing, crop=crop,
-      sampler=sampler, process_index=process_index,
-      process_count=process_count, num_parallel_calls=num_parallel_calls,
-      prefetch=prefetch, augment_on_device=augment_on_device,
-      staging_size=staging_size)
-
-
 def _batch_stream(table, *, batch_size, seed, start_epoch, start_step,
                   num_epochs, image_size, flip_probability, erasing, crop,
                   sampler, process_index, process_count, num_parallel_calls,
                   prefetch, augment_on_device, staging_size):
-  """The dataset of `train_batches` (and, for one epoch, `train_dataset`)."""
+  """The tf.data dataset of `train_batches`."""
   sampler = _sampler(table, sampler, batch_size, process_count)
   share = dict(process_index=process_index, process_count=process_count)
   draw_options = dict(seed=seed, image_size=tuple(image_size),
@@ -250,7 +176,7 @@ def _batch_stream(table, *, batch_size, seed, start_epoch, start_step,
   samplers.process_share(sampler, seed=seed, epoch=start_epoch,
                          start_step=start_step, **share)
   if augment_on_device:
-    staging_size = check_size(staging_size, 'staging_size')
+    staging_size = images_lib.check_size(staging_size, 'staging_size')
 
   def plan():
     epoch = start_epoch
@@ -284,22 +210,56 @@ def train_batches(table: tables.ExampleTable, *, batch_size: int, seed: int,
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Numpy train batches across epochs, from (start_epoch, start_step).
 
-  Yields exactly the batches of ``train_dataset`` for each epoch in turn,
-  from one pipeline, so epoch boundaries cost no restart.
+  One pipeline for every epoch, so epoch boundaries cost no restart. The
+  rows and their order are the sampler's, this process's slice of each
+  global batch (``samplers.process_share``); each example's crop, flip and
+  erasing are drawn for its position in its epoch from (seed, epoch)
+  (``augmentation.sample_epoch``), so an epoch's batches do not depend on
+  where the stream started.
 
   Args:
     table: the train split.
     batch_size: per-process batch size.
     seed: the run's seed.
-    start_epoch: epoch to start in.
-    start_step: step within ``start_epoch`` to start at.
+    start_epoch: epoch to start in (0-based); the epoch changes the order
+      and the augmentation.
+    start_step: step within ``start_epoch`` to start at (resuming a run).
     num_epochs: stop before this epoch; None runs forever.
-    image_size, flip_probability, erasing, crop, sampler, process_index,
-      process_count, num_parallel_calls, prefetch, augment_on_device,
-      staging_size: as for ``train_dataset``.
+    image_size: network input (height, width), default (384, 128).
+    flip_probability: chance of a horizontal flip (default 0.5; 0 disables).
+    erasing: random erasing parameters, None to disable.
+    crop: random crop (enlarged resize and crop) parameters, None (default)
+      to disable.
+    sampler: the epoch's global batches (``data.samplers``); its global
+      batch must be ``batch_size * process_count``. None (default): every
+      row once per epoch in a random order (`uniform_sampler`).
+    process_index: this process (e.g. ``jax.process_index()``).
+    process_count: number of processes (e.g. ``jax.process_count()``).
+    num_parallel_calls: parallel decode/augment calls (default autotuned).
+    prefetch: batches prepared ahead (default autotuned).
+    augment_on_device: only decode here; leave resize (or crop), flip,
+      normalisation and erasing to ``device_augment.augment_batch``
+      (default False).
+    staging_size: (height, width) of the decoded images emitted with
+      ``augment_on_device`` (default (128, 64), Market-1501's own size);
+      other sizes are resized to it as ``resize`` does and rounded to uint8
+      (then resized again on device: not bit-equal to the CPU path).
 
   Returns:
-    an iterator of dicts of numpy arrays (see ``train_dataset``).
+    an iterator of dicts of numpy arrays: ``images`` float32 (B, H, W, 3),
+    ``labels``, ``person_ids``, ``camera_ids`` int32 (B,), ``indices``
+    int64 (B,) (rows of the table), ``positions`` int32 (B,) (places in the
+    epoch, unique within it, which key the augmentation and dropout). With
+    ``augment_on_device``, ``images`` are uint8 (B, *staging_size, 3) and
+    the draws to apply come along: ``flip`` bool (B,), ``erase_box`` int32
+    (B, 4) (top, left, height, width at ``image_size``; height 0 for none),
+    ``noise_seed`` int64 (B, 2) (seed of a ``'random'`` fill), ``crop``
+    bool (B,) and ``crop_offset`` int32 (B, 2) (top, left in the enlarged
+    image).
+
+  Raises:
+    ValueError: for a bad sampler, process share or staging size, at once
+      (not inside tf.data).
   """
   return _batch_stream(
       table, batch_size=batch_size, seed=seed, start_epoch=start_epoch,
@@ -364,8 +324,8 @@ def eval_dataset(table: tables.ExampleTable, *, batch_size: int,
   rows = np.concatenate([rows, np.repeat(filler, padded_size - len(rows))])
 
   def prepare(example):
-    image = preprocess(_read(example['image'], table.images_are_paths),
-                       image_size)
+    image = preprocessing.preprocess(
+        _read(example['image'], table.images_are_paths), image_size)
     return {'images': image, 'mask': example['mask'],
             'labels': example['label'], 'person_ids': example['person_id'],
             'camera_ids': example['camera_id'], 'indices': example['index'],

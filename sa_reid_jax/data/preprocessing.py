@@ -1,8 +1,8 @@
 """Image operations of the input pipelines, in TensorFlow, as PIL does them.
 
-Decoding (libjpeg's accurate DCT, as PIL), PIL-style bilinear resizing
-(antialiased only when shrinking), the official RGA crop window, mirroring
-and ImageNet normalisation of one image (see ``pipeline`` for how the
+PIL-style bilinear resizing (antialiased only when shrinking), the official
+RGA crop window, mirroring and ImageNet normalisation of one decoded image
+(decoding: ``datasets.images.decode_image``; see ``pipeline`` for how the
 pipelines use them).
 """
 
@@ -11,28 +11,8 @@ import functools
 import numpy as np  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
-# Defined beside the TensorFlow-free device augmentation, used by both paths.
-from sa_reid_jax.data.device_augment import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data.device_augment import IMAGENET_STD  # pylint: disable=g-import-not-at-top
-
-
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
-  """Decodes JPEG (with libjpeg's accurate DCT, as PIL) or PNG/BMP/GIF bytes.
-
-  Args:
-    contents: scalar string tensor, the file's bytes.
-
-  Returns:
-    uint8 tensor (height, width, 3).
-  """
-  image = tf.cond(
-      tf.io.is_jpeg(contents),
-      lambda: tf.io.decode_jpeg(contents, channels=3,
-                                dct_method='INTEGER_ACCURATE'),
-      lambda: tf.io.decode_image(contents, channels=3,
-                                 expand_animations=False))
-  image.set_shape([None, None, 3])
-  return image
+from sa_reid_jax.datasets.images import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.images import IMAGENET_STD  # pylint: disable=g-import-not-at-top
 
 
 @functools.lru_cache(maxsize=8)

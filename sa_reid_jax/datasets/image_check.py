@@ -3,7 +3,7 @@
 Every reader of image folders uses this module: the TFDS builders, training
 and evaluation on ``--config.dataset.folder`` (`tables.from_folders`), and
 the ``search`` and ``visualize`` tools. Images are decoded with the input
-pipeline's own decoder (`pipeline.decode_image`), in parallel with
+pipelines' own decoder (`images.decode_image`), in parallel with
 tf.data, so a file passes here exactly when the pipeline can read it; a
 failing file is decoded once more on its own to get the reason.
 
@@ -72,13 +72,13 @@ def decode_error(path: str) -> Optional[str]:
     TensorFlow's message, or ``empty image (HxW)``.
   """
   from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets import images  # pylint: disable=g-import-not-at-top
   try:
     contents = tf.io.read_file(path)
   except tf.errors.OpError as e:
     return f'cannot read ({_first_line(e)})'
   try:
-    image = pipeline.decode_image(contents)
+    image = images.decode_image(contents)
   except (tf.errors.OpError, ValueError) as e:
     return f'not a decodable image ({_first_line(e)})'
   if 0 in image.shape:
@@ -97,12 +97,12 @@ def _first_line(error: Exception) -> str:
 def _decoded_sizes(paths: Sequence[str]) -> np.ndarray:
   """Pixels per decoded image, -1 where decoding failed (in parallel)."""
   from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
-  from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.datasets import images  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
   tensorflow_cpu.hide_accelerators_from_tensorflow()
 
   def decode(index, path):
-    image = pipeline.decode_image(tf.io.read_file(path))
+    image = images.decode_image(tf.io.read_file(path))
     # Returning the size keeps the decode from being optimised away.
     return index, tf.reduce_prod(tf.shape(image))
 

@@ -3,16 +3,16 @@
 The package uses TensorFlow only to read and decode data. Every module that
 needs it takes ``tf`` from here (``from sa_reid_jax.datasets.tensorflow_cpu
 import tf``), so that the first import, wherever it happens, is the quiet one.
+
+The import leaves the process's environment alone: how much TensorFlow logs
+afterwards (``TF_CPP_MIN_LOG_LEVEL``) is the program's choice, made by the
+entry points before the import (`command_line.quiet_tensorflow`).
 """
 
 import os
 import subprocess
 import sys
 import uuid
-
-# TensorFlow's C++ logs below WARNING stay hidden after the import too (e.g.
-# tf.data's notes), unless a user asked for them (``--verbosity=0`` sets 0).
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # The holder of the captured output: a separate process, because the lines
 # TensorFlow writes while its libraries load are written with the GIL held

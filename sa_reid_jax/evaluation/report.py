@@ -8,7 +8,7 @@ URI), readable offline in any browser:
   valid queries, and the distances of true and false matches;
 - per-camera results (the valid queries grouped by their camera);
 - the hardest queries (lowest AP) and a few random ones, each with its top-k
-  gallery images bordered as ``visualize.ranks_picture`` does: green a true
+  gallery images bordered as ``pictures.ranks_picture`` does: green a true
   match, red another person, grey what the protocol ignores (junk, or the
   same person seen by the same camera).
 
@@ -32,10 +32,9 @@ from PIL import Image
 
 from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 from sa_reid_jax.evaluation.evaluate import Evaluation
+from sa_reid_jax.evaluation import pictures
 from sa_reid_jax.evaluation.metrics import RankResult
 from sa_reid_jax.models import registry
-from sa_reid_jax.tools import drawing
-from sa_reid_jax.tools import visualize
 
 REPORT_HTML = 'report.html'
 SETTINGS = ('plain', 'reranked')
@@ -264,12 +263,12 @@ def _examples(evaluation: Evaluation, rows: Sequence[int], topk: int,
   for q in rows:
     distances = evaluation.distances[q]
     order = np.argsort(distances, kind='stable')[:topk]
-    kinds = visualize.match_kinds(query.person_ids[q], query.camera_ids[q],
-                                  gallery.person_ids, gallery.camera_ids)
+    kinds = pictures.match_kinds(query.person_ids[q], query.camera_ids[q],
+                                 gallery.person_ids, gallery.camera_ids)
     ranked = {'paths': [gallery.images[i] for i in order],
               'kinds': [str(kinds[i]) for i in order],
               'distances': [float(distances[i]) for i in order]}
-    picture = visualize.ranks_picture([query.images[q]], [ranked], thumbnail)
+    picture = pictures.ranks_picture([query.images[q]], [ranked], thumbnail)
     i = position[q]
     caption = (f'query {html.escape(str(query.filenames[q]))} (person '
                f'{query.person_ids[q]}, camera {query.camera_ids[q] + 1}): AP '
@@ -357,10 +356,10 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
                                    seed)
   legend = ''.join(
       f'<span style="background: rgb{colour}">{kind}</span> '
-      for kind, colour in (('query', drawing.BLUE),
-                           ('true match', drawing.GREEN),
-                           ('other person', drawing.RED),
-                           ('ignored: junk or same camera', drawing.GREY)))
+      for kind, colour in (('query', pictures.BLUE),
+                           ('true match', pictures.GREEN),
+                           ('other person', pictures.RED),
+                           ('ignored: junk or same camera', pictures.GREY)))
   warning_html = ''.join(
       f'<p class="warning" id="warning"><strong>Warning:</strong> '
       f'{html.escape(line)}</p>\n' for line in warnings)

@@ -22,8 +22,8 @@ import jax
 import ml_collections
 
 from sa_reid_jax.data import samplers
+from sa_reid_jax.losses import attention_mining
 from sa_reid_jax.losses import classification
-from sa_reid_jax.losses import gradcam
 from sa_reid_jax.losses import siamese
 from sa_reid_jax.losses import triplet
 from sa_reid_jax.losses.classification import WEIGHTINGS
@@ -118,7 +118,7 @@ def _check_triplet_outputs(settings, outputs):
 
 def _attention_mining(outputs, batch, settings, axis_name):
   del axis_name  # a mean over an equal share of the batch
-  return gradcam.attention_mining_loss(outputs['erased_logits'],
+  return attention_mining.attention_mining_loss(outputs['erased_logits'],
                                        batch['labels'], settings.score), {}
 
 
@@ -128,8 +128,8 @@ def _check_attention_mining(settings, config):
            'attention_mining.alpha', settings.alpha, 'finite and > 0')
   _require(0 <= settings.beta <= 1, 'attention_mining.beta', settings.beta,
            'in [0, 1] (the maps are normalised to [0, 1])')
-  _require(settings.score in gradcam.MINING_SCORES, 'attention_mining.score',
-           settings.score, f'one of {gradcam.MINING_SCORES}')
+  _require(settings.score in attention_mining.MINING_SCORES, 'attention_mining.score',
+           settings.score, f'one of {attention_mining.MINING_SCORES}')
 
 
 def _verification(outputs, batch, settings, axis_name):

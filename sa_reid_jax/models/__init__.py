@@ -7,8 +7,6 @@ from sa_reid_jax.models.sanet import apply_spatial_attention
 from sa_reid_jax.models.sanet import spatial_attention_map
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.models.sanet import VARIANTS
-from sa_reid_jax.models.sanet import model_config
-from sa_reid_jax.models.sanet import model_from_config
 from sa_reid_jax.models.sanet import sanet_variant
 from sa_reid_jax.models.rga import RGA_VARIANTS
 from sa_reid_jax.models.rga import RGAModule

@@ -27,82 +27,62 @@ import ml_collections
 from sa_reid_jax.models import casn
 from sa_reid_jax.models import rga
 from sa_reid_jax.models import sanet
+from sa_reid_jax.models.module_config import module_config
+from sa_reid_jax.models.module_config import module_from_config
 
 # Directories written before families existed hold an SANet.
 DEFAULT_FAMILY = 'sanet'
 
+# Keys of every ``config.model`` block that are not network attributes:
+# which family and variant to build, and whether the trainer synchronises
+# BatchNorm across devices (it passes the axis name as ``bn_axis_name``).
+TRAINER_KEYS = ('family', 'variant', 'sync_batch_norm')
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """How one family is built, described and trained.
+  """One model family: everything the pipeline needs to know of it.
+
+  A family is its network module (which takes ``num_classes`` and
+  ``bn_axis_name`` and, if its layers depend on the input size,
+  ``image_size``) and this record; `build`, `describe`, `rebuild`, the
+  trainer, evaluation, export and the pictures work from it alone.
 
   Attributes:
     name: the family's name (``config.model.family``).
-    module_type: the network's Flax module class.
-    build: (model config block, num_classes, image_size, bn_axis_name) ->
-      network.
-    describe: network -> JSON-serialisable constructor arguments.
-    rebuild: (described arguments, source for errors) -> network.
-    variants: the networks ``config.model.variant`` names (the family's
-      own table, e.g. `rga.RGA_VARIANTS`: name -> constructor arguments).
+    module_type: the network's Flax module class. Its dataclass fields are
+      the ``config.model`` keys the family reads (besides `TRAINER_KEYS`).
+    variants: ``config.model.variant`` name -> the module attributes that
+      variant sets (the family's own table, e.g. `rga.RGA_VARIANTS`);
+      ``config.model`` keys given explicitly override them.
     frozen: parameter paths (tuples of names, matched as suffixes) that the
       optimizer must leave untouched.
+    maps: the pictures' maps, ``(model, variables, images, classes) ->
+      {'cams', 'attention', 'attention_name', 'classes', 'logits'}`` (see
+      `models.sanet.maps.sa_maps`), or None if ``visualize cam`` cannot
+      draw the family.
   """
   name: str
   module_type: type
-  build: Callable[[ml_collections.ConfigDict, int, tuple[int, int],
-                   Optional[str]], Any]
-  describe: Callable[[Any], dict[str, Any]]
-  rebuild: Callable[[dict[str, Any], str], Any]
-  variants: Mapping[str, Any]
+  variants: Mapping[str, Mapping[str, Any]]
   frozen: tuple[tuple[str, ...], ...] = ()
-
-
-def _build_sanet(m: ml_collections.ConfigDict, num_classes: int,
-                 image_size: tuple[int, int], bn_axis_name: Optional[str]):
-  del image_size  # any input size: the network has no size-bound layer
-  return sanet.sanet_variant(
-      m.variant, num_classes=num_classes,
-      attention_normalization=m.attention_normalization,
-      dropout_rate=m.dropout_rate, num_features=m.num_features,
-      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
-
-
-def _build_rga(m: ml_collections.ConfigDict, num_classes: int,
-               image_size: tuple[int, int], bn_axis_name: Optional[str]):
-  return rga.rga_variant(
-      m.variant, num_classes=num_classes, image_size=tuple(image_size),
-      descriptor=m.descriptor, channel_ratio=m.channel_ratio,
-      spatial_ratio=m.spatial_ratio, down_ratio=m.down_ratio,
-      stage_sizes=tuple(m.stage_sizes),
-      base_width=m.base_width, last_stride=m.last_stride, dtype=m.dtype,
-      bn_axis_name=bn_axis_name,
-      module_bn_scale_init=m.module_bn_scale_init)
-
-
-def _build_casn(m: ml_collections.ConfigDict, num_classes: int,
-                image_size: tuple[int, int], bn_axis_name: Optional[str]):
-  # Any input size: no size-bound layer (PCB needs at least num_stripes
-  # rows in the final map, checked when the network first runs).
-  del image_size
-  return casn.casn_variant(
-      m.variant, num_classes=num_classes, num_stripes=m.num_stripes,
-      reduced_dim=m.reduced_dim, dropout_rate=m.dropout_rate,
-      siamese_dim=m.siamese_dim,
-      stage_sizes=tuple(m.stage_sizes), base_width=m.base_width,
-      last_stride=m.last_stride, dtype=m.dtype, bn_axis_name=bn_axis_name)
+  maps: Optional[Callable[..., dict[str, Any]]] = None
 
 
 FAMILIES: dict[str, Family] = {
-    'sanet': Family('sanet', sanet.SANet, _build_sanet, sanet.model_config,
-                    sanet.model_from_config, sanet.VARIANTS),
-    'rga': Family('rga', rga.RGANet, _build_rga, rga.model_config,
-                  rga.model_from_config, rga.RGA_VARIANTS,
-                  frozen=rga.FROZEN_PARAMETERS),
-    'casn': Family('casn', casn.CASNNet, _build_casn, casn.model_config,
-                   casn.model_from_config, casn.CASN_VARIANTS),
+    'sanet': Family('sanet', sanet.SANet, sanet.VARIANTS,
+                    maps=sanet.sa_maps),
+    'rga': Family('rga', rga.RGANet, rga.RGA_VARIANTS,
+                  frozen=rga.FROZEN_PARAMETERS, maps=rga.rga_maps),
+    'casn': Family('casn', casn.CASNNet, casn.CASN_VARIANTS,
+                   maps=casn.casn_maps),
 }
+
+
+def _attributes(cls: type) -> set[str]:
+  """The constructor arguments of a Flax module class."""
+  return {field.name for field in dataclasses.fields(cls)
+          if field.init and field.name not in ('parent', 'name')}
 
 
 def family(name: str, key: str = 'config.model.family') -> Family:
@@ -131,12 +111,40 @@ def check_variant(config: ml_collections.ConfigDict) -> Family:
   return chosen
 
 
+def check_block(config: ml_collections.ConfigDict) -> Family:
+  """The family of a ``model`` block, checking its keys and variant.
+
+  Raises:
+    ValueError: naming the config key: an unknown family or variant, or a
+      key the family's network does not have (e.g. another family's block
+      with only ``family`` changed).
+  """
+  chosen = family(config.family)
+  known = _attributes(chosen.module_type) - {'num_classes', 'bn_axis_name',
+                                             'image_size'}
+  unknown = sorted(set(config) - known - set(TRAINER_KEYS))
+  if unknown:
+    raise ValueError(
+        f'config.model.{unknown[0]}: the {chosen.name} family\'s network has '
+        f'no such attribute (config.model.family={chosen.name!r}; its keys: '
+        f'{sorted(known)}); start from a config of that family rather than '
+        'changing config.model.family')
+  check_variant(config)
+  return chosen
+
+
 def build(config: ml_collections.ConfigDict, num_classes: int, *,
           image_size: tuple[int, int], bn_axis_name: Optional[str] = None):
-  """The network a config's ``model`` block describes.
+  """The network a config's ``model`` block describes, for any family.
+
+  The module of ``config.model.family`` gets the attributes of
+  ``config.model.variant`` (`Family.variants`), then every other key of the
+  block (`TRAINER_KEYS` aside; lists become tuples), ``num_classes``,
+  ``bn_axis_name`` and, if the module has that attribute, ``image_size``.
 
   Args:
-    config: the ``model`` block (``family`` and that family's keys).
+    config: the ``model`` block (``family``, ``variant`` and attributes of
+      that family's network).
     num_classes: train identities.
     image_size: the input (height, width) (RGA's modules are built for it).
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
@@ -145,30 +153,26 @@ def build(config: ml_collections.ConfigDict, num_classes: int, *,
     the Flax module.
 
   Raises:
-    ValueError: for an unknown family or variant, or a ``model`` block
-      without a key the family reads (e.g. another family's block with only
-      ``family`` changed), naming the config key.
+    ValueError: naming the config key: an unknown family or variant, a key
+      the family's network does not have (e.g. another family's block with
+      only ``family`` changed), or a value the network refuses.
   """
-  chosen = family(config.family)
+  chosen = check_block(config)
+  given = {key: value for key, value in config.items()
+           if key not in TRAINER_KEYS}
+  arguments = {**chosen.variants[config.variant], **given,
+               'num_classes': num_classes, 'bn_axis_name': bn_axis_name}
+  if 'image_size' in _attributes(chosen.module_type):
+    arguments['image_size'] = tuple(image_size)
+  arguments = {key: tuple(value) if isinstance(value, list) else value
+               for key, value in arguments.items()}
   try:
-    return chosen.build(config, num_classes, tuple(image_size), bn_axis_name)
+    return chosen.module_type(**arguments)
   except ValueError as e:
-    # Each network refuses a variant it does not build; say so by the key
-    # (checked only now, so that another family's block with only
-    # ``family`` changed is reported as such, below).
-    check_variant(config)
     if str(e).startswith('config.'):
       raise  # already names its key
     # The networks name their own attributes, which are config.model's keys.
     raise ValueError(f'config.model: {e}') from None
-  except AttributeError as e:
-    # ConfigDict names the missing field alone, quoted twice.
-    missing = str(e).strip('"\'')
-    raise ValueError(
-        f'config.model.family={config.family!r}: config.model has no key '
-        f'{missing!r}, which the {config.family} family reads; start from a '
-        'config of that family rather than changing config.model.family'
-    ) from None
 
 
 def embed(model: Any, variables: Any, images: jax.Array) -> jax.Array:
@@ -254,8 +258,7 @@ def family_of(model: Any) -> Family:
 
 def describe(model: Any) -> dict[str, Any]:
   """``{'family': name, 'config': constructor arguments}`` (JSON-ready)."""
-  owner = family_of(model)
-  return {'family': owner.name, 'config': owner.describe(model)}
+  return {'family': family_of(model).name, 'config': module_config(model)}
 
 
 def rebuild(description: dict[str, Any], source: str) -> Any:
@@ -265,8 +268,14 @@ def rebuild(description: dict[str, Any], source: str) -> Any:
     ValueError: naming `source` for an unknown family or config keys.
   """
   name = description.get('family', DEFAULT_FAMILY)
-  return family(name, key=f'{source}: family').rebuild(
-      description['config'], source)
+  chosen = family(name, key=f'{source}: family')
+  config = description['config']
+  # Lists in the JSON are the module's tuple attributes (Flax attributes
+  # must be hashable).
+  tuples = tuple(key for key, value in config.items()
+                 if isinstance(value, list))
+  return module_from_config(chosen.module_type, config, source, tuples,
+                            family=chosen.name)
 
 
 def frozen_mask(model: Any, params: Any) -> Any:

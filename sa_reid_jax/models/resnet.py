@@ -178,6 +178,23 @@ class ResNet(nn.Module):
     return outputs
 
 
+def backbone_stages(model: nn.Module, variables: Any, images: jax.Array
+                    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  """A network's outputs and its ResNet's stage maps, in eval mode.
+
+  Args:
+    model: a network whose ResNet is the submodule named ``backbone``.
+    variables: its variables.
+    images: (B, H, W, 3) float32, preprocessed as for evaluation.
+
+  Returns:
+    (the network's outputs, {stage name: (B, h, w, C) map}).
+  """
+  outputs, state = model.apply(
+      variables, images, train=False,
+      capture_intermediates=lambda module, _: module.name == 'backbone')
+  return outputs, state['intermediates']['backbone']['__call__'][0]
+
 
 def is_resnet_group(name: str) -> bool:
   """Whether `name`, a top-level group of a `ResNet`'s parameters, is the

@@ -5,7 +5,7 @@ One step of CASN (Zheng et al., CVPR 2019; the reference notes, "CASN"):
 1. the backbone's last feature map A and the head's outputs, in train mode
    (BatchNorm batch statistics, updating the running ones; dropout keyed per
    example);
-2. Grad-CAM of each image's true class (`losses.gradcam.grad_cam`) through
+2. Grad-CAM of each image's true class (`models.gradcam.grad_cam`) through
    the head in inference form, with this batch's BatchNorm statistics as
    constants and no dropout: the map explains the prediction of the network
    as it stands, and each image's map depends on that image alone (with
@@ -15,7 +15,7 @@ One step of CASN (Zheng et al., CVPR 2019; the reference notes, "CASN"):
    ``consistency`` term with ``maps='class'`` reads it;
 2b. if ``consistency`` is on with ``maps='siamese'`` (the default): the
    siamese module's maps M_i, ``siamese_attention_maps`` (B, h, w) in
-   [0, 1]: the same Grad-CAM (`losses.gradcam.score_grad_cam`, the same
+   [0, 1]: the same Grad-CAM (`models.gradcam.score_grad_cam`, the same
    gradient mode and normalisation) of the importance score s_i =
    sum_k max(f_ik, 0) of the siamese feature f_i (``siamese_importance``;
    seed 004, section 2.2, eq. 5, and the author's reply: the components of
@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from sa_reid_jax import losses
-from sa_reid_jax.losses import gradcam
+from sa_reid_jax.losses import attention_mining
+from sa_reid_jax.models import gradcam
 from sa_reid_jax.tasks.task import Task
 
 
@@ -191,7 +192,7 @@ def casn_task(config: ml_collections.ConfigDict) -> Task:
         model, params, batch_stats, batch, rng, gradient=gradient,
         with_maps=class_maps, with_siamese_maps=siamese_maps)
     if 'attention_mining' in active:
-      erased = gradcam.erase_attended(images, gradcam.soft_mask(
+      erased = attention_mining.erase_attended(images, attention_mining.soft_mask(
           outputs['attention_maps'], mining.alpha, mining.beta))
       erased_outputs, _ = model.apply(
           {'params': params, 'batch_stats': batch_stats}, erased, True,

@@ -1,34 +1,16 @@
-"""Pictures made of image tiles: colour maps, bordered and labelled rows,
-and the retrieval grid (`visualize`, `search`, the evaluation report).
+"""The picture of `search`'s rankings: a grid of thumbnails, one row per
+query, each image read as `evaluation.pictures.display_pixels` reads it.
 
-Colours are RGB tuples; sizes are pixels.
+Sizes are pixels.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from sa_reid_jax.datasets.tensorflow_cpu import tf
 
-from sa_reid_jax.tools import image_files
-
-# Tile borders (rank lists: query, true match, other person, ignored),
-# their width, the gap between tiles and the label strip under each, and
-# the weight of a colour map blended over its image.
-GREEN = (0, 170, 0)
-RED = (220, 0, 0)
-GREY = (150, 150, 150)
-BLUE = (0, 90, 220)
-BORDER = 4
-GAP = 6
-LABEL_HEIGHT = 14
-CAM_BLEND = 0.5
-# The default font draws a space 2 pixels wide: "#2 0.03" read as "#20.03".
-# Words of a tile's label are drawn this many pixels apart instead.
-WORD_GAP = 5
-# A map whose values differ by at most this fraction of its largest
-# magnitude is flat: `colorize` draws it as one colour, so it is noted.
-FLAT_TOLERANCE = 1e-6
+from sa_reid_jax.evaluation import pictures
 
 # The picture is an overview: results.json holds every query and match.
 MAX_GRID_ROWS = 20
@@ -43,115 +25,6 @@ _BACKGROUND = (255, 255, 255)
 _PLACEHOLDER = (200, 200, 200)
 _TEXT = (0, 0, 0)
 
-
-def colorize(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """A map scaled to [0, 1], resized bilinearly, in a blue-red colour scale.
-
-  Args:
-    heat: (h, w) values.
-    size: output (height, width).
-
-  Returns:
-    uint8 (height, width, 3): blue (low) through cyan, yellow to red (high).
-  """
-  heat = np.asarray(heat, np.float32)
-  span = heat.max() - heat.min()
-  scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-  resized = np.asarray(Image.fromarray(scaled).resize(
-      (size[1], size[0]), Image.BILINEAR)).clip(0, 1)
-  # Piecewise-linear ramps of a 'jet'-like scale.
-  red = np.clip(1.5 - np.abs(4 * resized - 3), 0, 1)
-  green = np.clip(1.5 - np.abs(4 * resized - 2), 0, 1)
-  blue = np.clip(1.5 - np.abs(4 * resized - 1), 0, 1)
-  return (np.stack([red, green, blue], -1) * 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-  """`heat` coloured and blended over the uint8 `image`."""
-  coloured = colorize(heat, image.shape[:2]).astype(np.float32)
-  return (CAM_BLEND * coloured + (1 - CAM_BLEND) * image).astype(np.uint8)
-
-
-def is_flat(heat: np.ndarray) -> bool:
-  """Whether `heat` holds (up to `FLAT_TOLERANCE`) a single value."""
-  heat = np.asarray(heat, np.float64)
-  return bool(np.ptp(heat) <= FLAT_TOLERANCE * max(np.abs(heat).max(),
-                                                     np.finfo(np.float32).tiny))
-
-
-def note_if_flat(tile: np.ndarray, heat: np.ndarray) -> np.ndarray:
-  """`tile` with "flat" and the map's value written on it if `heat` is flat.
-
-  `colorize` scales a map to its own range, so a flat one would be a solid
-  tile that says nothing of its value (e.g. SA weights all 1/(H*W)).
-
-  Args:
-    tile: uint8 (height, width, 3), the drawn map.
-    heat: the map it was drawn from.
-
-  Returns:
-    `tile` unchanged, or a copy with the note on a white strip at its top.
-  """
-  if not is_flat(heat):
-    return tile
-  picture = Image.fromarray(np.asarray(tile, np.uint8))
-  draw = ImageDraw.Draw(picture)
-  font = ImageFont.load_default()
-  value = float(np.asarray(heat, np.float64).flat[0])
-  lines = ['flat', f'{value:.3g}']
-  strip = len(lines) * LABEL_HEIGHT
-  draw.rectangle([0, 0, picture.width - 1, min(strip, picture.height) - 1],
-                 fill='white')
-  for i, line in enumerate(lines):
-    draw.text((1, 1 + i * LABEL_HEIGHT), line, fill='black', font=font)
-  return np.asarray(picture)
-
-
-def _draw_label(draw: ImageDraw.ImageDraw, position: tuple[int, int],
-                label: str, width: int) -> None:
-  """`label`'s words `WORD_GAP` apart, cut to fit `width` pixels."""
-  font = ImageFont.load_default()
-  x, y = position
-  right = x + width
-  for word in label.split():
-    while word and x + draw.textlength(word, font=font) > right:
-      word = word[:-1]
-    if not word:
-      break
-    draw.text((x, y), word, fill='black', font=font)
-    x += draw.textlength(word, font=font) + WORD_GAP
-
-
-def tile_row(tiles: Sequence[np.ndarray], labels: Sequence[str],
-             borders: Optional[Sequence[tuple]] = None,
-             gap_after_first: bool = False) -> Image.Image:
-  """Tiles side by side, each with an optional border and a label below."""
-  height, width = tiles[0].shape[:2]
-  cell_w, cell_h = width + 2 * BORDER, height + 2 * BORDER
-  extra = GAP if gap_after_first else 0
-  row = Image.new('RGB', (len(tiles) * (cell_w + GAP) + extra,
-                          cell_h + LABEL_HEIGHT), 'white')
-  draw = ImageDraw.Draw(row)
-  for i, (tile, label) in enumerate(zip(tiles, labels)):
-    left = i * (cell_w + GAP) + (extra if i > 0 else 0)
-    if borders is not None and borders[i] is not None:
-      draw.rectangle([left, 0, left + cell_w - 1, cell_h - 1],
-                     fill=borders[i])
-    row.paste(Image.fromarray(tile), (left + BORDER, BORDER))
-    _draw_label(draw, (left + 1, cell_h + 1), label, cell_w - 1)
-  return row
-
-
-def stack(rows: Sequence[Image.Image]) -> Image.Image:
-  """Rows one under the other, GAP apart, on white."""
-  width = max(r.width for r in rows)
-  picture = Image.new('RGB', (width, sum(r.height + GAP for r in rows)),
-                      'white')
-  top = 0
-  for r in rows:
-    picture.paste(r, (0, top))
-    top += r.height + GAP
-  return picture
 
 def thumbnail_size(image_size: Sequence[int],
                    max_height: int = MAX_THUMBNAIL_HEIGHT) -> tuple[int, int]:
@@ -172,7 +45,7 @@ def thumbnail_size(image_size: Sequence[int],
 
 def _thumbnail(path: str, size: tuple[int, int]) -> np.ndarray:
   try:
-    return image_files.display_pixels(path, size)
+    return pictures.display_pixels(path, size)
   except (tf.errors.OpError, ValueError):
     # The file changed or vanished since the search: leave a grey cell.
     return np.full((*size, 3), _PLACEHOLDER, np.uint8)

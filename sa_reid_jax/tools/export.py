@@ -17,7 +17,7 @@ call), and returns
   ``parts``: float32 (batch, P, D), each part L2-normalised.
 
 Images are resized and normalised inside the SavedModel by the project's own
-``pipeline.preprocess`` (PIL-style bilinear resize, ImageNet
+``preprocessing.preprocess`` (PIL-style bilinear resize, ImageNet
 normalisation), so a served descriptor equals evaluation's. The network is
 converted with ``jax.experimental.jax2tf`` (StableHLO, run by TensorFlow's
 ``XlaCallModule`` op) with a symbolic batch dimension, lowered for every
@@ -49,9 +49,9 @@ from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-n
 from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.data.device_augment import check_size  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.data import preprocessing  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import tensorflow_cpu  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.datasets.images import check_size  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import export_onnx  # pylint: disable=g-import-not-at-top
@@ -128,7 +128,7 @@ class FeatureExtractor(tf.Module):
     # preprocess is per image (its antialias choice depends on the image's
     # own size, and pfor cannot vectorise antialiased resizing).
     pixels = tf.map_fn(
-        lambda image: pipeline.preprocess(image, size), images,
+        lambda image: preprocessing.preprocess(image, size), images,
         fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
     parts_shape = (self.num_parts, self.part_dim)
     # The converted module requires batch >= 1; an empty batch gets an empty

@@ -37,8 +37,8 @@ import jax
 from jax import export as jax_export
 import numpy as np
 
-from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.data.device_augment import normalize
+from sa_reid_jax.datasets.images import check_size
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import resnet
 from sa_reid_jax.tools import outputs

@@ -1,10 +1,10 @@
 """Descriptors of arbitrary image files, for tools that work outside datasets.
 
 Images are decoded and preprocessed exactly as evaluation does
-(``pipeline.decode_image`` and ``preprocess``); a file that cannot be
-read or decoded is reported by name and left out, never dropped silently
-(the tools check files first with `datasets.image_check`; a file that
-breaks between the check and its description is caught here).
+(``datasets.images.decode_image`` and ``data.preprocessing.preprocess``); a
+file that cannot be read or decoded is reported by name and left out, never
+dropped silently (the tools check files first with `datasets.image_check`;
+a file that breaks between the check and its description is caught here).
 """
 
 import itertools
@@ -14,8 +14,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from sa_reid_jax.datasets.tensorflow_cpu import tf
 
-from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
 from sa_reid_jax.datasets import image_check
+from sa_reid_jax.datasets import images
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tensorflow_cpu
 from sa_reid_jax.evaluation.features import extract_features
@@ -93,8 +94,6 @@ def list_images(path: str, flag: str = 'path',
   return sorted(os.path.abspath(p) for p in found)
 
 
-
-
 def describe_files(model, variables: Any, paths: Sequence[str], *,
                    image_size: tuple[int, int], batch_size: int = 64,
                    flip: bool = False, progress: bool = True,
@@ -120,8 +119,8 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
   tensorflow_cpu.hide_accelerators_from_tensorflow()
 
   def load(index, path):
-    image = pipeline.decode_image(tf.io.read_file(path))
-    return {'images': pipeline.preprocess(image, image_size),
+    image = images.decode_image(tf.io.read_file(path))
+    return {'images': preprocessing.preprocess(image, image_size),
             'index': index}
 
   # Each file is decoded once; the ones that fail are dropped here and
@@ -149,16 +148,3 @@ def describe_files(model, variables: Any, paths: Sequence[str], *,
   failures = [(p, image_check.decode_error(p) or 'could not be read')
               for i, p in enumerate(paths) if i not in kept_indices]
   return descriptors, [paths[i] for i in described], failures
-
-
-def display_pixels(path: str | bytes, size: tuple[int, int]) -> np.ndarray:
-  """An image as uint8 (height, width, 3) at `size`, for pictures.
-
-  Args:
-    path: an image file, or the encoded image itself (a TFDS table's bytes).
-    size: (height, width).
-  """
-  encoded = path if isinstance(path, bytes) else tf.io.read_file(path)
-  image = pipeline.decode_image(encoded)
-  resized = pipeline.resize(tf.cast(image, tf.float32), size)
-  return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)

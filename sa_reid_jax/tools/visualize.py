@@ -48,13 +48,15 @@ from sa_reid_jax.datasets.tensorflow_cpu import tf
 
 from sa_reid_jax import command_line
 from sa_reid_jax.data import pipeline
+from sa_reid_jax.data import preprocessing
 from sa_reid_jax.datasets import image_check
+from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import market_layout
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
+from sa_reid_jax.evaluation import pictures
 from sa_reid_jax.models import store
 from sa_reid_jax.tools import cams
-from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import image_files
 from sa_reid_jax.tools import outputs
 
@@ -66,7 +68,7 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
 
   Args:
     models: (name, model, variables) of each network to show (families
-      of `cams.CAM_MAPS`).
+      with maps, `models.registry.Family.maps`).
     paths: image files.
     image_size: network input (height, width).
     classes: class per image, or None for each network's prediction.
@@ -79,7 +81,7 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
   results = [cams.class_activation_maps(model, variables, inputs,
                                    classes) for _, model, variables in models]
   for index, path in enumerate(paths):
-    image = image_files.display_pixels(path, image_size)
+    image = pictures.display_pixels(path, image_size)
     for (name, _, _), result in zip(models, results):
       predicted = int(result['classes'][index])
       tiles = [image]
@@ -87,67 +89,24 @@ def cam_picture(models: Sequence[tuple[str, Any, Any]],
       # 'layer4' -> 'L4': a label has about 12 characters under a 64-pixel
       # tile ('Grad-CAM layer4' was cut to 'Grad-CAM lay').
       for stage, cam in result['cams'].items():
-        tiles.append(drawing.note_if_flat(
-            drawing.overlay(image, np.asarray(cam[index])),
+        tiles.append(pictures.note_if_flat(
+            pictures.overlay(image, np.asarray(cam[index])),
             np.asarray(cam[index])))
         labels.append(f'{result.get("cam_name", "CAM")} '
                       f'{stage.replace("layer", "L")}')
       for stage, weights in result['attention'].items():
-        tiles.append(drawing.note_if_flat(
-            drawing.colorize(np.asarray(weights[index]), image_size),
+        tiles.append(pictures.note_if_flat(
+            pictures.colorize(np.asarray(weights[index]), image_size),
             np.asarray(weights[index])))
         labels.append(f'{result["attention_name"]} '
                       f'{stage.replace("layer", "L")}')
-      rows.append(drawing.tile_row(tiles, labels))
-  return drawing.stack(rows)
+      rows.append(pictures.tile_row(tiles, labels))
+  return pictures.stack(rows)
 
 
 def _preprocessed(path: str, image_size: tuple[int, int]) -> np.ndarray:
-  image = pipeline.decode_image(tf.io.read_file(path))
-  return pipeline.preprocess(image, image_size).numpy()
-
-
-def match_kinds(query_pid: int, query_cam: int, gallery_pids: np.ndarray,
-                gallery_cams: np.ndarray) -> np.ndarray:
-  """Per gallery image: 'match', 'wrong', 'junk' or 'same cam' (protocol)."""
-  kinds = np.where(gallery_pids == query_pid, 'match', 'wrong').astype(object)
-  kinds[(gallery_pids == query_pid) & (gallery_cams == query_cam)] = 'same cam'
-  kinds[gallery_pids == -1] = 'junk'
-  return kinds
-
-
-KIND_COLOURS = {'match': drawing.GREEN, 'wrong': drawing.RED,
-                'junk': drawing.GREY, 'same cam': drawing.GREY}
-
-
-def ranks_picture(query_paths: Sequence[str], ranked: Sequence[dict],
-                  image_size: tuple[int, int]) -> Image.Image:
-  """The ``ranks`` picture: per query, itself then its ranked gallery.
-
-  Args:
-    query_paths: query image files.
-    ranked: per query, ``paths``, ``kinds`` (see `match_kinds`) and
-      ``distances`` of its top-k gallery images in rank order.
-    image_size: thumbnail (height, width).
-
-  Returns:
-    the picture: the query in a blue border, a gap, then the gallery images
-    with borders coloured by `KIND_COLOURS` and "#rank" (plus the kind for
-    ignored ones) below.
-  """
-  rows = []
-  for query, result in zip(query_paths, ranked):
-    tiles = [image_files.display_pixels(query, image_size)]
-    labels, borders = ['query'], [drawing.BLUE]
-    for rank, (path, kind, distance) in enumerate(
-        zip(result['paths'], result['kinds'], result['distances']), start=1):
-      tiles.append(image_files.display_pixels(path, image_size))
-      ignored = kind in ('junk', 'same cam')
-      labels.append(f'#{rank} {kind}' if ignored else
-                    f'#{rank} {distance:.2f}')
-      borders.append(KIND_COLOURS[kind])
-    rows.append(drawing.tile_row(tiles, labels, borders, gap_after_first=True))
-  return drawing.stack(rows)
+  image = images_lib.decode_image(tf.io.read_file(path))
+  return preprocessing.preprocess(image, image_size).numpy()
 
 
 def rank_queries(model, variables, dataset_folder: str,
@@ -190,8 +149,8 @@ def rank_queries(model, variables, dataset_folder: str,
   ranked = []
   for row, q in zip(distances, queries):
     order = np.argsort(row, kind='stable')[:topk]
-    kinds = match_kinds(query.person_ids[q], query.camera_ids[q],
-                        gallery.person_ids, gallery.camera_ids)
+    kinds = pictures.match_kinds(query.person_ids[q], query.camera_ids[q],
+                                 gallery.person_ids, gallery.camera_ids)
     ranked.append({'paths': [str(gallery.images[i]) for i in order],
                    'kinds': [str(kinds[i]) for i in order],
                    'distances': [float(row[i]) for i in order]})
@@ -314,7 +273,7 @@ def _run(args) -> Image.Image:
     raise ValueError('--queries: no query index given')
   query_paths, ranked = rank_queries(model, variables, args.dataset_folder,
                                      queries, args.topk, image_size)
-  return ranks_picture(query_paths, ranked, image_size)
+  return pictures.ranks_picture(query_paths, ranked, image_size)
 
 
 def main(argv=None) -> int:

@@ -7,13 +7,15 @@ after 30, batch 16); alpha, beta, the threshold t, the loss weights and the
 width of the siamese fc are not published. Every such field below says
 what was chosen and why.
 `casn_experiment_config` starts from `defaults.experiment_config` (its run,
-data, checkpoint and evaluation blocks, documented there).
+data, checkpoint and evaluation blocks, documented there); `casn_config` is
+what ``configs/casn.py`` calls.
 """
 
 import ml_collections
 
 from sa_reid_jax.models import registry
-from sa_reid_jax.models.casn import CASN_VARIANTS  # pylint: disable=unused-import
+from sa_reid_jax.models.casn import CASN_VARIANTS
+from sa_reid_jax.training import defaults
 from sa_reid_jax.training.defaults import experiment_config
 
 # The CASN baselines are the network's (CASN_VARIANTS, imported from
@@ -76,7 +78,7 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   config.model.sync_batch_norm = True
 
   config.casn = ml_collections.ConfigDict()
-  # How gradients pass through the Grad-CAM maps (losses.gradcam
+  # How gradients pass through the Grad-CAM maps (models.gradcam
   # .GRADIENT_MODES): 'feature_map' = through the feature map with the
   # channel weights (themselves a gradient) held constant; 'full' also
   # through the weights, a second-order gradient; 'none' not at all. The
@@ -166,4 +168,43 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   # Cross-entropy networks with dropout: the SA recipe's augmentation
   # (flip, random erasing) is kept; the notes say nothing of it.
   config.eval.every_epochs = 10
+  return config
+
+
+# The CASN recipe's `defaults.TINY_OPTION`: the SA recipe's small network
+# and input, at the size where PCB's six stripes have rows.
+TINY = {
+    **defaults.TINY,
+    # 128x64 and width 8: a last-stride-1 layer4 map of 8x4, one row or more
+    # per stripe.
+    'model.base_width': 8,
+    'image_size': (128, 64),
+    'log_every_steps': 2,
+}
+
+# The options of configs/casn.py besides the dataset: the baseline network
+# (CASN_VARIANTS; default 'pcb') and `defaults.TINY_OPTION`.
+CASN_OPTIONS = tuple(CASN_VARIANTS) + (defaults.TINY_OPTION,)
+
+
+def casn_config(arg: str | None) -> ml_collections.ConfigDict:
+  """CASN on one dataset with the PCB (default) or IDE baseline.
+
+  Args:
+    arg: ``DATASET[,OPTION...]`` (`defaults.parse_argument`): at most one
+      of ``pcb`` and ``ide``, and ``tiny`` (`TINY`).
+
+  Returns:
+    `casn_experiment_config` for that network.
+
+  Raises:
+    ValueError: for an unknown dataset or option, a repeated option, or two
+      networks.
+  """
+  dataset, options = defaults.parse_argument(
+      arg, 'configs/casn.py', CASN_OPTIONS, tuple(CASN_VARIANTS))
+  variant = next((o for o in options if o in CASN_VARIANTS), 'pcb')
+  config = casn_experiment_config(dataset, variant)
+  if defaults.TINY_OPTION in options:
+    defaults.with_overrides(config, TINY)
   return config

@@ -11,7 +11,6 @@ import jax
 
 from sa_reid_jax.data import pipeline
 from sa_reid_jax.training import checkpoints
-from sa_reid_jax.training import optimizer as optimizer_lib
 from sa_reid_jax.training import reporting
 from sa_reid_jax.training import run as run_lib
 from sa_reid_jax.training import signals
@@ -51,7 +50,7 @@ def train(run: run_lib.Run, state: step_lib.TrainState, start: int,
                              if crop else None)}
   train_step = step_lib.make_parallel_train_step(
       run.mesh, model=run.model, task=run.task, optimizer=run.optimizer,
-      augment=augment,
+      learning_rates=run.learning_rates, augment=augment,
       average_batch_stats=not config.model.sync_batch_norm)
   if start >= run.stop_step:
     return state, 'completed'
@@ -108,8 +107,6 @@ def train(run: run_lib.Run, state: step_lib.TrainState, start: int,
         images_per_second = progress.images_per_second(step)
         if images_per_second is not None:
           scalars['images_per_second'] = images_per_second
-        scalars.update(optimizer_lib.current_learning_rates(
-            config.optimizer, run.steps_per_epoch, step - 1))
         run.writer.write(step, scalars, 'train')
         progress.update(step, scalars['loss'], force=True)
       if save_now or stop_now:

@@ -154,11 +154,3 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   return optax.multi_transform(
       transforms, lambda params: parameter_groups(
           params, frozen(params) if frozen is not None else None))
-
-
-def current_learning_rates(config: ml_collections.ConfigDict,
-                           steps_per_epoch: int, step: int) -> dict[str, float]:
-  """Each group's learning rate at `step`, for logging."""
-  return {f'learning_rate_{name}': float(jax.device_get(schedule(step)))
-          for name, schedule in learning_rate_schedules(
-              config, steps_per_epoch).items()}

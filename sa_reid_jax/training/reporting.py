@@ -47,22 +47,34 @@ class MetricWriter:
       self._jsonl.close()
 
 
+# Metrics logged as their value at the logged step, not as a mean over the
+# interval: a learning rate is a setting of the step, and a mean would mix
+# the rates on both sides of a decay.
+LAST_VALUE_PREFIXES = ('learning_rate_',)
+
+
 class MetricAverager:
-  """Running means of the step metrics between two log lines."""
+  """Running means of the step metrics between two log lines (the last
+  value of those named by `LAST_VALUE_PREFIXES`)."""
 
   def __init__(self):
     self._sums: dict[str, float] = {}
+    self._last: dict[str, float] = {}
     self._count = 0
 
   def add(self, metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
-      self._sums[key] = self._sums.get(key, 0.0) + float(value)
+      if key.startswith(LAST_VALUE_PREFIXES):
+        self._last[key] = float(value)
+      else:
+        self._sums[key] = self._sums.get(key, 0.0) + float(value)
     self._count += 1
 
   def pop(self) -> dict[str, float]:
     """The means since the last call (empty if nothing was added)."""
     means = {k: v / self._count for k, v in self._sums.items()}
-    self._sums, self._count = {}, 0
+    means.update(self._last)
+    self._sums, self._last, self._count = {}, {}, 0
     return means
 
 

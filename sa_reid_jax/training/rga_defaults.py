@@ -2,14 +2,15 @@
 
 `rga_experiment_config` starts from `defaults.experiment_config` (its run,
 data, checkpoint and evaluation blocks, documented there) and sets what the
-official RGA script trains differently; `rga_table_config` and `bot_config`
-are what the RGA and "bag of tricks" files in ``configs/`` call.
+official RGA script trains differently; `rga_config` is what
+``configs/rga.py`` calls, `bot_recipe` the BNNeck baseline's own recipe.
 """
 
 import ml_collections
 
 from sa_reid_jax.models import registry
 from sa_reid_jax.models.rga import RGA_VARIANTS  # pylint: disable=unused-import
+from sa_reid_jax.training import defaults
 from sa_reid_jax.training.defaults import experiment_config
 
 # The variants are the network's (RGA_VARIANTS, imported from models.rga):
@@ -116,33 +117,57 @@ def rga_experiment_config(dataset_name: str, variant: str = 'rga_sc'
   return config
 
 
-# The options of the RGA configs' argument: which RGA parts (default: both).
-RGA_OPTIONS = ('rga_s', 'rga_c')
+# The RGA recipe's `defaults.TINY_OPTION`: the SA recipe's small network
+# and input, at the sizes where every RGA module still has channels.
+TINY = {
+    **defaults.TINY,
+    # 128x64 and width 8: layer3/layer4 maps of 8x4 positions, whose
+    # spatial head (1 + 32 / 8) reduced by down_ratio 4 keeps 1 channel
+    # (by the official 8 it would keep none).
+    'model.base_width': 8,
+    'image_size': (128, 64),
+    'model.down_ratio': 4,
+    'log_every_steps': 2,
+}
+
+# The options of configs/rga.py besides the dataset: the network
+# (default RGA-SC; 'baseline' = the BNNeck baseline with its own recipe,
+# `bot_recipe`) and `defaults.TINY_OPTION`.
+NETWORK_OPTIONS = ('rga_s', 'rga_c', 'baseline')
+RGA_OPTIONS = NETWORK_OPTIONS + (defaults.TINY_OPTION,)
 
 
-def rga_table_config(dataset_name: str, arg: str | None = None
-                     ) -> ml_collections.ConfigDict:
-  """The official RGA-SC recipe on one dataset, or RGA-S / RGA-C.
+def rga_config(arg: str | None) -> ml_collections.ConfigDict:
+  """The official RGA-SC recipe on one dataset, RGA-S or RGA-C, or the
+  BNNeck baseline.
 
   Args:
-    dataset_name: TFDS builder name.
-    arg: None or '' for RGA-SC, ``'rga_s'`` (spatial part only) or
-      ``'rga_c'`` (channel part only).
+    arg: ``DATASET[,OPTION...]`` (`defaults.parse_argument`): at most one
+      network option, ``rga_s`` (spatial part only), ``rga_c`` (channel part
+      only) or ``baseline`` (neither: the BNNeck baseline, trained with its
+      own recipe, `bot_recipe`); and ``tiny`` (`TINY`).
 
   Returns:
-    `rga_experiment_config` for that network.
+    `rga_experiment_config` for that network (and recipe).
 
   Raises:
-    ValueError: for another argument.
+    ValueError: for an unknown dataset or option, a repeated option, or two
+      networks.
   """
-  if arg and arg not in RGA_OPTIONS:
-    raise ValueError(f'config argument must be empty or one of '
-                     f'{RGA_OPTIONS}, got {arg!r}')
-  return rga_experiment_config(dataset_name, arg or 'rga_sc')
+  dataset, options = defaults.parse_argument(arg, 'configs/rga.py',
+                                             RGA_OPTIONS, NETWORK_OPTIONS)
+  network = next((o for o in options if o in NETWORK_OPTIONS), 'rga_sc')
+  config = rga_experiment_config(dataset, network)
+  if network == 'baseline':
+    bot_recipe(config)
+  if defaults.TINY_OPTION in options:
+    defaults.with_overrides(config, TINY)
+  return config
 
 
-def bot_config(dataset_name: str) -> ml_collections.ConfigDict:
-  """The BNNeck baseline ("bag of tricks", Luo et al., CVPRW 2019).
+def bot_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The BNNeck baseline's recipe ("bag of tricks", Luo et al., CVPRW 2019)
+  on an RGA config of the ``baseline`` network; returns it.
 
   ResNet-50 (last stride 1) + BNNeck, label-smoothed cross-entropy and the
   batch-hard triplet loss, P x K batches of 16 x 4, Adam 3.5e-4 with a
@@ -155,7 +180,6 @@ def bot_config(dataset_name: str) -> ml_collections.ConfigDict:
   official RGA random crop (p 0.5 of a 1.125x resize) instead of a
   10-pixel pad and crop.
   """
-  config = rga_experiment_config(dataset_name, 'baseline')
   # reid-strong-baseline's sampler: every identity's images in chunks of 4,
   # so an epoch is about one pass over the images (REFERENCE.md, the BNNeck
   # baseline: about 184 steps of 64 on Market-1501, 120 epochs about 22,000

@@ -205,6 +205,9 @@ class Run:
     self.optimizer = optimizer_lib.make_optimizer(
         config.optimizer, self.steps_per_epoch,
         frozen=lambda params: registry.frozen_mask(self.model, params))
+    # The same schedules, for the step to report the rates it applies.
+    self.learning_rates = optimizer_lib.learning_rate_schedules(
+        config.optimizer, self.steps_per_epoch)
 
   def open(self) -> None:
     """Starts writing to the workdir (created, and held, by now)."""

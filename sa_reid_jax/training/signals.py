@@ -2,9 +2,12 @@
 
 The first signal only sets a flag: the run finishes its step, saves a
 checkpoint and returns, so nothing is left half-written and the same
-command resumes. A second Ctrl-C quits at once, with one line and no
-traceback (a checkpoint being written then is left unfinished; the next
-start removes it and resumes from the newest finished one).
+command resumes. A second Ctrl-C stops at once without saving (a checkpoint
+being written then is left unfinished; the next start removes it and
+resumes from the newest finished one): in a library call (a notebook, a
+script of one's own) it raises KeyboardInterrupt, the process lives on; a
+program that asks for it (``train.py``) ends there, with one line and no
+traceback.
 """
 
 import os
@@ -16,29 +19,37 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from sa_reid_jax import command_line
-
-# Exit status of a process stopped by Ctrl-C, so that scripts running
-# train.py stop too.
-INTERRUPTED_EXIT_STATUS = command_line.INTERRUPTED_EXIT_STATUS
+# Exit status of a process stopped by Ctrl-C (128 + SIGINT, as the shells
+# report one), so that scripts running train.py stop too.
+INTERRUPTED_EXIT_STATUS = 128 + signal.SIGINT
 NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C (SIGINT)'}
+_SECOND_INTERRUPT = (b'second Ctrl-C: stopped at once without saving; the '
+                     b'newest finished checkpoint is kept\n')
 
 
 class StopRequest:
   """``with StopRequest(...) as stop:`` catches SIGTERM and SIGINT.
 
   Signal handlers can only be installed from the main thread; elsewhere the
-  context does nothing and the signals keep their handlers.
+  context does nothing and the signals keep their handlers. Leaving the
+  context, by return or exception, puts back the handlers it found.
   """
 
-  def __init__(self, on_quit: Optional[Callable[[], None]] = None):
+  def __init__(self, on_quit: Optional[Callable[[], None]] = None,
+               quit_on_second_interrupt: bool = False):
     """
     Args:
-      on_quit: called before a second Ctrl-C ends the process (e.g. to
-        remove the workdir's lock file).
+      on_quit: with `quit_on_second_interrupt`, called before a second
+        Ctrl-C ends the process (e.g. to remove the workdir's lock file,
+        which no ``finally`` would).
+      quit_on_second_interrupt: a second Ctrl-C ends the process at once
+        (``os._exit(INTERRUPTED_EXIT_STATUS)``), for a program's own run;
+        False (a library call) raises KeyboardInterrupt in the main thread
+        instead, after putting back the handlers the context found.
     """
     self.signal: Optional[int] = None
     self.on_quit = on_quit
+    self.quit_on_second_interrupt = quit_on_second_interrupt
     self._previous = {}
 
   def __enter__(self) -> 'StopRequest':
@@ -48,6 +59,9 @@ class StopRequest:
     return self
 
   def __exit__(self, *exc):
+    self._restore()
+
+  def _restore(self) -> None:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
@@ -60,12 +74,16 @@ class StopRequest:
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT and self.signal == signal.SIGINT:
-      if self.on_quit is not None:
+      if self.quit_on_second_interrupt and self.on_quit is not None:
         self.on_quit()
       # os.write: print() may be in use by the interrupted code.
-      os.write(2, b'second Ctrl-C: stopped at once without saving; the '
-               b'newest finished checkpoint is kept\n')
-      os._exit(INTERRUPTED_EXIT_STATUS)  # pylint: disable=protected-access
+      os.write(2, _SECOND_INTERRUPT)
+      if self.quit_on_second_interrupt:
+        os._exit(INTERRUPTED_EXIT_STATUS)  # pylint: disable=protected-access
+      # Put back first: a further Ctrl-C while the run unwinds (closing its
+      # files, releasing the workdir) is the caller's again.
+      self._restore()
+      raise KeyboardInterrupt
     if self.signal is None:
       self.signal = signum
       if signum == signal.SIGINT:

@@ -194,6 +194,7 @@ def _per_device(tree: Any, axis_name: str) -> Any:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
                task: tasks_lib.Task, optimizer: optax.GradientTransformation,
+               learning_rates: Optional[dict[str, optax.Schedule]] = None,
                augment: Optional[dict[str, Any]] = None,
                axis_name: Optional[str] = DATA_AXIS,
                average_batch_stats: bool = False
@@ -209,6 +210,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
       statistics are synchronised over `axis_name`.
     task: the forward pass and loss (`sa_reid_jax.tasks`).
     optimizer: the optax transformation.
+    learning_rates: the optimizer's schedules by parameter group
+      (`optimizer.learning_rate_schedules`), whose rates at this step are
+      reported; None reports none.
     augment: ``{'image_size': ..., 'fill': ..., 'crop_size': ...}`` to run
       ``device_augment.augment_batch`` on the staged images first.
     axis_name: the mapped device axis (None on a single device, unmapped).
@@ -218,8 +222,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
 
   Returns:
     the new state and the step's metrics (the task's, e.g. each loss term,
-    ``loss`` and ``accuracy``, averaged over devices), and the global
-    ``grad_norm`` and (updated) ``param_norm``.
+    ``loss`` and ``accuracy``, averaged over devices), the global
+    ``grad_norm`` and (updated) ``param_norm``, and each group's
+    ``learning_rate_GROUP`` applied by this step.
   """
   if augment is not None:
     batch = dict(batch, images=device_augment.augment_batch(batch, **augment))
@@ -255,6 +260,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   params = optax.apply_updates(state.params, updates)
   # A finite loss and gradient can still step to non-finite parameters.
   metrics['param_norm'] = optax.tree.norm(params)
+  for name, schedule in (learning_rates or {}).items():
+    metrics[f'learning_rate_{name}'] = jnp.asarray(schedule(state.step),
+                                                   jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   return new_state, metrics
@@ -269,7 +277,7 @@ def make_parallel_train_step(mesh: Mesh, **step_options
     mesh: the ``data`` mesh; the state is replicated over it, the batch
       split along its leading axis.
     **step_options: `train_step`'s keyword arguments (model, task,
-      optimizer, augment, average_batch_stats).
+      optimizer, learning_rates, augment, average_batch_stats).
 
   Returns:
     ``step(state, batch) -> (state, metrics)``; the input state's buffers

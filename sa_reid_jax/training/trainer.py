@@ -26,7 +26,8 @@ NonFiniteLossError = run_lib.NonFiniteLossError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Optional[Sequence[jax.Device]] = None
+                       devices: Optional[Sequence[jax.Device]] = None, *,
+                       quit_on_second_interrupt: bool = False
                        ) -> dict[str, Any]:
   """Trains the configured network, resuming from `workdir` if it can.
 
@@ -40,12 +41,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint and returns; running again resumes. The workdir is held
   (``workdir/lock``) for the run: a second run on it is refused.
 
+  Called from the main thread, it handles SIGTERM and SIGINT for the run
+  and puts back the handlers it found when it returns or raises; it leaves
+  the environment and absl's flags alone.
+
   Args:
     config: an experiment config (``configs/``).
     workdir: the run's directory (created if needed).
     devices: the devices to train on (default: every device of every
       process); the global batch is split evenly over them. A resumed run
       may use another number of devices.
+    quit_on_second_interrupt: a second Ctrl-C (after the first asked for a
+      checkpoint) ends the process at once, exit status
+      `signals.INTERRUPTED_EXIT_STATUS`, the workdir's lock removed: for a
+      program whose whole process is the run (``train.py``). By default it
+      raises KeyboardInterrupt instead (the process, e.g. a notebook's,
+      lives on).
 
   Returns:
     ``status`` (``'completed'`` or ``'terminated'``, then with ``signal``,
@@ -62,8 +73,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       another model, optimizer, dataset or batch size.
     workdir.WorkdirBusyError: another live process holds the workdir.
     workdir.DiskFullError: a checkpoint could not be written.
+    KeyboardInterrupt: a second Ctrl-C, without `quit_on_second_interrupt`
+      (the newest finished checkpoint is kept).
   """
-  with signals.StopRequest() as stop, contextlib.ExitStack() as held:
+  with signals.StopRequest(
+      quit_on_second_interrupt=quit_on_second_interrupt
+  ) as stop, contextlib.ExitStack() as held:
     is_chief = jax.process_index() == 0
 
     def hold():

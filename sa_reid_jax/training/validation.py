@@ -27,8 +27,8 @@ from sa_reid_jax import losses
 from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import samplers
-from sa_reid_jax.data.device_augment import check_size
 from sa_reid_jax.datasets import builders
+from sa_reid_jax.datasets.images import check_size
 from sa_reid_jax.evaluation import distances
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import sanet
@@ -195,21 +195,27 @@ def _check_dataset(dataset: ml_collections.ConfigDict) -> None:
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
-  # Names config.model.family or config.model.variant.
-  registry.check_variant(model)
-  try:
-    dtype = jnp.dtype(model.dtype).name
-  except (TypeError, ValueError):
-    dtype = None  # not a dtype name at all ('float8')
-  if dtype not in sanet.DTYPES:
-    _fail('model.dtype', f'one of {sanet.DTYPES}', model.dtype)
-  stages = tuple(model.stage_sizes)
-  if len(stages) != NUM_STAGES or not all(
-      _is_number(n) and float(n).is_integer() and n >= 1 for n in stages):
-    _fail('model.stage_sizes', f'{NUM_STAGES} integers >= 1 (blocks per '
-          'ResNet stage)', stages)
-  _one_of('model.last_stride', model.last_stride, LAST_STRIDES)
+  # Names config.model.family, config.model.variant or a key the family's
+  # network does not have.
+  registry.check_block(model)
   _boolean('model.sync_batch_norm', model.sync_batch_norm)
+  # The keys below are checked where a family has them (every family here
+  # has the ResNet's; a new family need not).
+  if 'dtype' in model:
+    try:
+      dtype = jnp.dtype(model.dtype).name
+    except (TypeError, ValueError):
+      dtype = None  # not a dtype name at all ('float8')
+    if dtype not in sanet.DTYPES:
+      _fail('model.dtype', f'one of {sanet.DTYPES}', model.dtype)
+  if 'stage_sizes' in model:
+    stages = tuple(model.stage_sizes)
+    if len(stages) != NUM_STAGES or not all(
+        _is_number(n) and float(n).is_integer() and n >= 1 for n in stages):
+      _fail('model.stage_sizes', f'{NUM_STAGES} integers >= 1 (blocks per '
+            'ResNet stage)', stages)
+  if 'last_stride' in model:
+    _one_of('model.last_stride', model.last_stride, LAST_STRIDES)
   for key in _POSITIVE_MODEL_KEYS:
     if key in model:
       _integer(f'model.{key}', model[key], 1)

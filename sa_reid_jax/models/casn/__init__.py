@@ -2,8 +2,6 @@
 
 from sa_reid_jax.models.casn.network import CASN_VARIANTS
 from sa_reid_jax.models.casn.network import CASNNet
-from sa_reid_jax.models.casn.network import FAMILY
 from sa_reid_jax.models.casn.network import HEADS
 from sa_reid_jax.models.casn.network import casn_variant
-from sa_reid_jax.models.casn.network import model_config
-from sa_reid_jax.models.casn.network import model_from_config
+from sa_reid_jax.models.casn.maps import casn_maps

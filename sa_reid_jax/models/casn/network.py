@@ -55,8 +55,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_reid_jax.models.module_config import module_config
-from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.resnet import ResNet, conv_kernel_init
 from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
 from sa_reid_jax.models.sanet.network import PartHead
@@ -64,7 +62,6 @@ from sa_reid_jax.models.sanet.network import l2_normalize
 from sa_reid_jax.models.sanet.network import per_example_dropout
 from sa_reid_jax.models.sanet.network import stripe_pool
 
-FAMILY = 'casn'
 HEADS = ('ide', 'pcb')
 
 
@@ -279,7 +276,7 @@ class CASNNet(nn.Module):
     the same/different (BCE) prediction, and s_i collects them (seed 004,
     section 2.2, eq. 5, and the author's reply there); it is not a class
     score. Grad-CAM of s_i with respect to the feature map gives the siamese
-    attention map M_i (`losses.gradcam.score_grad_cam`). Example by
+    attention map M_i (`models.gradcam.score_grad_cam`). Example by
     example: global average pooling and the fc, no batch statistics and no
     dropout, so the gradient of the batch's summed scores is each image's
     own.
@@ -341,32 +338,6 @@ class CASNNet(nn.Module):
       return x
     return per_example_dropout(x, self.dropout_rate, self.make_rng('dropout'),
                                example_ids)
-
-
-def model_config(model: CASNNet) -> dict[str, Any]:
-  """`model`'s constructor arguments as JSON data (the family is recorded
-  beside them by `models.registry.describe`)."""
-  return module_config(model)
-
-
-def model_from_config(config: dict[str, Any],
-                      source: str = 'config') -> CASNNet:
-  """Builds a `CASNNet` from `model_config`'s output.
-
-  Args:
-    config: constructor arguments, with or without ``family`` (which must
-      then be ``'casn'``); unknown keys are an error.
-    source: where the config came from, for the error message.
-
-  Returns:
-    the model.
-
-  Raises:
-    ValueError: another family, unknown keys or a bad value, naming
-      `source`.
-  """
-  return module_from_config(CASNNet, config, source, ('stage_sizes',),
-                            family=FAMILY)
 
 
 # The paper's two identity baselines: IDE keeps the ImageNet network's last

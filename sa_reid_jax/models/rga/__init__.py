@@ -6,6 +6,5 @@ from sa_reid_jax.models.rga.network import FROZEN_PARAMETERS
 from sa_reid_jax.models.rga.network import RGA_VARIANTS
 from sa_reid_jax.models.rga.network import RGANet
 from sa_reid_jax.models.rga.network import frozen_parameters
-from sa_reid_jax.models.rga.network import model_config
-from sa_reid_jax.models.rga.network import model_from_config
 from sa_reid_jax.models.rga.network import rga_variant
+from sa_reid_jax.models.rga.maps import rga_maps

@@ -23,8 +23,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_reid_jax.models.module_config import module_config
-from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet
 from sa_reid_jax.models.rga.module import OFFICIAL_RATIO, RGAModule
@@ -32,7 +30,6 @@ from sa_reid_jax.models.rga.module import check_bn_scale_init
 from sa_reid_jax.models.sanet import l2_normalize
 from sa_reid_jax.models.sanet.network import DTYPES, classifier_kernel_init
 
-FAMILY = 'rga'
 # The official input (height, width) (``--height 256 --width 128``).
 OFFICIAL_IMAGE_SIZE = (256, 128)
 # 'pre_bn': feat_, before the BNNeck's BatchNorm; 'post_bn': feat, after it.
@@ -178,31 +175,6 @@ class RGANet(nn.Module):
         'embeddings': {'global': pooled, 'bn': normalised},
         'attention': attention,
     }
-
-
-def model_config(model: RGANet) -> dict[str, Any]:
-  """`model`'s constructor arguments as JSON data (the family is recorded
-  beside them by `models.registry.describe`)."""
-  return module_config(model)
-
-
-def model_from_config(config: dict[str, Any],
-                      source: str = 'config') -> RGANet:
-  """Builds an `RGANet` from `model_config`'s output.
-
-  Args:
-    config: constructor arguments, with or without ``family`` (which must
-      then be ``'rga'``); unknown keys are an error.
-    source: where the config came from, for the error message.
-
-  Returns:
-    the model.
-
-  Raises:
-    ValueError: another family, or unknown keys, naming `source`.
-  """
-  return module_from_config(RGANet, config, source,
-                            ('stage_sizes', 'image_size'), family=FAMILY)
 
 
 # The networks of the paper (RGA-S, RGA-C, RGA-SC) and the BNNeck baseline,

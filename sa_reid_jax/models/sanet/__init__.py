@@ -7,8 +7,7 @@ from sa_reid_jax.models.sanet.network import DTYPES
 from sa_reid_jax.models.sanet.network import SANet
 from sa_reid_jax.models.sanet.network import VARIANTS
 from sa_reid_jax.models.sanet.network import l2_normalize
-from sa_reid_jax.models.sanet.network import model_config
-from sa_reid_jax.models.sanet.network import model_from_config
 from sa_reid_jax.models.sanet.network import per_example_dropout
 from sa_reid_jax.models.sanet.network import sanet_variant
 from sa_reid_jax.models.sanet.network import stripe_pool
+from sa_reid_jax.models.sanet.maps import sa_maps

@@ -22,8 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sa_reid_jax.models.module_config import module_config
-from sa_reid_jax.models.module_config import module_from_config
 from sa_reid_jax.models.normalization import BatchNorm
 from sa_reid_jax.models.resnet import STAGE_NAMES, ResNet, conv_kernel_init
 from sa_reid_jax.models.sanet.attention import NORMALIZATIONS
@@ -295,27 +293,6 @@ class SANet(nn.Module):
       return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return per_example_dropout(x, self.dropout_rate, self.make_rng('dropout'),
                                example_ids)
-
-
-def model_config(model: SANet) -> dict[str, Any]:
-  """The constructor arguments of `model` as a JSON-serialisable dict."""
-  return module_config(model)
-
-
-def model_from_config(config: dict[str, Any], source: str = 'config') -> SANet:
-  """Builds an `SANet` from `model_config`'s output.
-
-  Args:
-    config: constructor arguments; unknown keys are an error.
-    source: where the config came from, for the error message.
-
-  Returns:
-    the model.
-
-  Raises:
-    ValueError: naming the unknown keys and the `source`.
-  """
-  return module_from_config(SANet, config, source, ('stage_sizes',))
 
 
 # The paper's networks (Table 2 rows and the full model of Tables 1 and 3).

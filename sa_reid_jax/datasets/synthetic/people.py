@@ -1,22 +1,22 @@
 """Procedurally drawn pedestrians seen by procedurally drawn cameras.
 
-This is the renderer behind ``synthetic.py``. A ``Person`` is a set of
+This is the renderer behind ``generator.py``. A ``Person`` is a set of
 appearance attributes (clothing colours and patterns, hair, bag, build), each
 drawn from a small palette so that many identities share most of them. A
 ``Camera`` fixes a background, an illumination and colour cast, a blur, a
 noise level and which viewpoints it tends to see. ``render`` draws one
 detection-style crop of a person in a camera, with random scale, position,
 pose, viewpoint (front, back, side, mirrored) and occasional occlusion
-(``synthetic_painting``; harder scenes: ``synthetic_scenes``).
-The ``difficulty`` argument (``synthetic_settings``) widens every draw and
-adds attributes; with ``EASY`` the draws are exactly the original ones.
+(``painting``; harder scenes: ``scenes``). The ``difficulty`` argument
+(``settings``) widens every draw and adds attributes; with ``EASY`` the
+draws are exactly the original ones.
 """
 
 import dataclasses
 
 import numpy as np
 
-from sa_reid_jax.datasets.synthetic_settings import Difficulty, EASY
+from sa_reid_jax.datasets.synthetic.settings import Difficulty, EASY
 
 # RGB palettes, 0-255. Kept small on purpose: identities collide on most
 # attributes, so telling them apart needs several cues at once.

@@ -2,13 +2,13 @@
 
 Shapes are painted by slicing their bounding boxes, which keeps one 128x64
 image at about a millisecond. ``render`` is the original generator's image;
-``synthetic_scenes`` composes the harder ones from the same pieces.
+``scenes`` composes the harder ones from the same pieces.
 """
 
 import numpy as np
 
-from sa_reid_jax.datasets import synthetic_effects
-from sa_reid_jax.datasets.synthetic_people import (
+from sa_reid_jax.datasets.synthetic import effects
+from sa_reid_jax.datasets.synthetic.people import (
     CLOTHING_COLOURS, SCENE_COLOURS, VIEWS, Camera, Person, palette_colour)
 
 
@@ -219,6 +219,15 @@ def occlude(image: np.ndarray, rng: np.random.Generator):
       image[:, width - cover:] = colour
 
 
+def background_window(camera: Camera, rng: np.random.Generator
+                      ) -> np.ndarray:
+  """A copy of a random window of the camera's background, which is twice
+  as wide as an image: uint8 (height, width, 3)."""
+  width = camera.background.shape[1] // 2
+  shift = int(rng.integers(0, width + 1))
+  return camera.background[:, shift:shift + width].copy()
+
+
 def render(person: Person | None, camera: Camera, rng: np.random.Generator,
            scale: float | None = None, occlusion_probability: float = 0.15,
            fragment: bool = False) -> np.ndarray:
@@ -237,10 +246,8 @@ def render(person: Person | None, camera: Camera, rng: np.random.Generator,
   Returns:
     uint8 image (height, width, 3).
   """
-  height, double_width, _ = camera.background.shape
-  width = double_width // 2
-  shift = int(rng.integers(0, width + 1))
-  image = camera.background[:, shift:shift + width].copy()
+  image = background_window(camera, rng)
+  height, width, _ = image.shape
   if person is not None:
     view = VIEWS[rng.choice(len(VIEWS), p=camera.view_probabilities)]
     if scale is None:
@@ -268,7 +275,7 @@ def render(person: Person | None, camera: Camera, rng: np.random.Generator,
       image = image[:, ::-1]
   if rng.random() < occlusion_probability:
     occlude(image, rng)
-  image = synthetic_effects.box_blur(image, camera.blur_passes)
+  image = effects.box_blur(image, camera.blur_passes)
   gain = camera.gain * rng.uniform(0.9, 1.1)
   image *= gain * camera.colour_cast
   # Sensor noise: a random window of the camera's noise field, either sign.

@@ -6,7 +6,7 @@ of or behind the person, objects covering part of them (railing, bench,
 pole, car), a misplaced box (person cut off or lost in a loose crop), a
 leaning pose, a light gradient, motion blur, a low-resolution camera with
 its own tone curve, colour cast and noise. How much of each: the
-``Difficulty`` (``synthetic_settings``).
+``Difficulty`` (``settings``).
 """
 
 import dataclasses
@@ -14,11 +14,11 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from sa_reid_jax.datasets import synthetic_effects
-from sa_reid_jax.datasets import synthetic_painting
-from sa_reid_jax.datasets import synthetic_people
-from sa_reid_jax.datasets.synthetic_people import VIEWS, Camera, Person
-from sa_reid_jax.datasets.synthetic_settings import Difficulty
+from sa_reid_jax.datasets.synthetic import effects
+from sa_reid_jax.datasets.synthetic import painting
+from sa_reid_jax.datasets.synthetic import people
+from sa_reid_jax.datasets.synthetic.people import VIEWS, Camera, Person
+from sa_reid_jax.datasets.synthetic.settings import Difficulty
 
 
 def _paint_figure(image: np.ndarray, person: Person, view: str,
@@ -40,22 +40,21 @@ def _paint_figure(image: np.ndarray, person: Person, view: str,
   mirrored = side and rng.random() < 0.5
   if mirrored:  # a side view faces right; mirrored, it faces left
     layer, centre, shade = layer[:, ::-1], width - centre, shade[::-1]
-  synthetic_painting.paint_person(
-      synthetic_painting.Canvas(layer, shade, person.texture), person, view,
+  painting.paint_person(
+      painting.Canvas(layer, shade, person.texture), person, view,
       top, body_height, centre, half_width, stride)
   if mirrored:
     layer = layer[:, ::-1]
   lean = rng.uniform(-difficulty.max_lean, difficulty.max_lean)
-  return synthetic_effects.composite_leaning(image, layer, lean,
-                                             top + body_height)
+  return effects.composite_leaning(image, layer, lean, top + body_height)
 
 
 def _occlude(image: np.ndarray, rng: np.random.Generator):
   """Covers part of the crop with a railing or bench (bottom), a pole, a
   car (a large low shape) or a wall edge (one side)."""
   height, width, _ = image.shape
-  colour = synthetic_people.palette_colour(rng, np.concatenate(
-      [synthetic_people.SCENE_COLOURS, synthetic_people.CLOTHING_COLOURS]), 15)
+  colour = people.palette_colour(rng, np.concatenate(
+      [people.SCENE_COLOURS, people.CLOTHING_COLOURS]), 15)
   kind = rng.integers(4)
   if kind == 0:  # railing or bench: bars across the lower part
     top = height - int(height * rng.uniform(0.15, 0.4))
@@ -99,15 +98,13 @@ def render_hard(person: Person | None, camera: Camera,
   Returns:
     uint8 image (height, width, 3).
   """
-  height, double_width, _ = camera.background.shape
-  width = double_width // 2
-  shift = int(rng.integers(0, width + 1))
-  image = camera.background[:, shift:shift + width].copy()
+  image = painting.background_window(camera, rng)
+  height, width, _ = image.shape
   if rng.random() < difficulty.bystander_probability:
     for _ in range(int(rng.integers(1, 4))):
       far = rng.uniform(0.25, 0.5)
       image = _paint_figure(
-          image, synthetic_people.draw_person(rng, difficulty),
+          image, people.draw_person(rng, difficulty),
           VIEWS[rng.integers(len(VIEWS))], rng, difficulty, far,
           rng.uniform(0, width), rng.uniform(0.05, 0.35) * height)
   passerby = rng.random() < difficulty.passerby_probability
@@ -116,7 +113,7 @@ def render_hard(person: Person | None, camera: Camera,
   def add_passerby(image):
     side = rng.choice((-1, 1))
     return _paint_figure(
-        image, synthetic_people.draw_person(rng, difficulty),
+        image, people.draw_person(rng, difficulty),
         VIEWS[rng.integers(len(VIEWS))], rng, difficulty,
         rng.uniform(0.9, 1.2) if in_front else rng.uniform(0.7, 0.95),
         width / 2 + side * rng.uniform(0.45, 0.85) * width,
@@ -143,15 +140,15 @@ def render_hard(person: Person | None, camera: Camera,
     image = add_passerby(image)
   if rng.random() < difficulty.occlusion_probability:
     _occlude(image, rng)
-  image = synthetic_effects.illumination(image, rng,
-                                         difficulty.illumination_gradient)
-  image = synthetic_effects.box_blur(image, camera.blur_passes)
+  image = effects.illumination(image, rng,
+                               difficulty.illumination_gradient)
+  image = effects.box_blur(image, camera.blur_passes)
   if rng.random() < difficulty.motion_blur_probability:
-    image = synthetic_effects.motion_blur(
+    image = effects.motion_blur(
         image, int(rng.integers(2, difficulty.motion_blur_length + 1)))
-  image = synthetic_effects.low_resolution(image, camera.resolution)
+  image = effects.low_resolution(image, camera.resolution)
   image = image * (camera.gain * rng.uniform(0.9, 1.1) * camera.colour_cast)
-  image = synthetic_effects.tone(image, camera.gamma)
+  image = effects.tone(image, camera.gamma)
   noise_shift = int(rng.integers(0, width + 1))
   image += rng.choice((-1, 1)) * camera.noise[:, noise_shift:noise_shift +
                                               width]
@@ -190,7 +187,7 @@ def render_and_save(jobs: list[ImageJob], cameras: list[Camera],
     jobs: the images.
     cameras: the cameras that ``ImageJob.camera`` indexes.
     jpeg_quality: JPEG quality, 1-100.
-    difficulty: ``EASY`` renders with ``synthetic_painting.render`` (the
+    difficulty: ``EASY`` renders with ``painting.render`` (the
       original images), anything else with ``render_hard``.
 
   Returns:
@@ -200,7 +197,7 @@ def render_and_save(jobs: list[ImageJob], cameras: list[Camera],
     rng = np.random.default_rng(job.seed)
     camera = cameras[job.camera]
     if difficulty.is_easy:
-      image = synthetic_painting.render(
+      image = painting.render(
           job.person, camera, rng, scale=job.scale,
           occlusion_probability=difficulty.occlusion_probability,
           fragment=job.fragment)

@@ -1,12 +1,12 @@
 """Writes a synthetic re-id dataset in Market-1501 layout.
 
-Identities are procedurally drawn pedestrians (``synthetic_people``) seen by
-several cameras that differ in background, illumination, colour cast, blur,
-noise and the viewpoints they see. ``--difficulty`` picks the preset
-(``synthetic_settings``): ``hard`` (the default: textured clothing, carried
-objects, occlusion by people and objects, clutter, misplaced boxes, low
-resolution, motion blur, strong camera shifts, near-twin identities) or
-``easy`` (the original stick figures). The settings used are written to
+Identities are procedurally drawn pedestrians (``people``) seen by several
+cameras that differ in background, illumination, colour cast, blur, noise
+and the viewpoints they see. ``--difficulty`` picks the preset
+(``settings``): ``hard`` (the default: textured clothing, carried objects,
+occlusion by people and objects, clutter, misplaced boxes, low resolution,
+motion blur, strong camera shifts, near-twin identities) or ``easy`` (the
+original stick figures). The settings used are written to
 ``generator_settings.json`` in the dataset folder. Train and test
 identities are disjoint.
 Every test identity is seen by at least two cameras; its queries come from
@@ -25,14 +25,13 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 
 from sa_reid_jax.datasets import market_layout
-from sa_reid_jax.datasets import synthetic_people
-from sa_reid_jax.datasets import synthetic_scenes
-from sa_reid_jax.datasets.synthetic_settings import DIFFICULTIES
+from sa_reid_jax.datasets.synthetic import people
+from sa_reid_jax.datasets.synthetic import scenes
+from sa_reid_jax.datasets.synthetic.settings import DIFFICULTIES
 
 _MAX_PERSON_ID = 9999  # four digits in Market-1501 file names
 SETTINGS_JSON = 'generator_settings.json'
@@ -121,7 +120,7 @@ class _Planner:
     self.counts = {split: 0 for split in folders}
 
   def add(self, split: str, person_id: int, camera: int,
-          person: synthetic_people.Person | None, scale: float | None = None,
+          person: people.Person | None, scale: float | None = None,
           fragment: bool = False):
     frame = self.frames.get(camera, 0) + int(self.rng.integers(1, 60))
     self.frames[camera] = frame
@@ -129,7 +128,7 @@ class _Planner:
     box = int(self.rng.integers(1, 9))
     person_name = '-1' if person_id < 0 else f'{person_id:04d}'
     name = f'{person_name}_c{camera + 1}s{sequence}_{frame:06d}_{box:02d}.jpg'
-    self.jobs.append(synthetic_scenes.ImageJob(
+    self.jobs.append(scenes.ImageJob(
         path=os.path.join(self.folders[split], name), person=person,
         camera=camera, seed=(self.seed, len(self.jobs)), scale=scale,
         fragment=fragment))
@@ -161,7 +160,7 @@ def generate(output_dir: str, *, num_ids: int = 100,
     width: image width (default 64).
     jpeg_quality: JPEG quality of the written files (default 90).
     seed: the seed everything is drawn from.
-    difficulty: a preset of ``synthetic_settings.DIFFICULTIES``: ``'hard'``
+    difficulty: a preset of ``settings.DIFFICULTIES``: ``'hard'``
       (default; calibrated for the demo network) or ``'easy'`` (the
       original generator, same files as before the presets existed).
 
@@ -185,7 +184,7 @@ def generate(output_dir: str, *, num_ids: int = 100,
   person_ids = 1 + rng.permutation(num_ids + num_test_ids)
   train_ids = np.sort(person_ids[:num_ids])
   test_ids = np.sort(person_ids[num_ids:])
-  cameras = [synthetic_people.draw_camera(rng, height, width, settings)
+  cameras = [people.draw_camera(rng, height, width, settings)
              for _ in range(num_cameras)]
   planner = _Planner(folders, rng, seed)
   low, high = images_per_camera
@@ -197,14 +196,14 @@ def generate(output_dir: str, *, num_ids: int = 100,
   # Near twins are drawn within a split: train and test people stay apart.
   train_people, test_people = [], []
   for person_id in train_ids:
-    person = synthetic_people.draw_identity(rng, train_people, settings)
+    person = people.draw_identity(rng, train_people, settings)
     train_people.append(person)
     for camera in seen_by():
       for _ in range(rng.integers(low, high + 1)):
         planner.add('train', int(person_id), int(camera), person)
 
   for person_id in test_ids:
-    person = synthetic_people.draw_identity(rng, test_people, settings)
+    person = people.draw_identity(rng, test_people, settings)
     test_people.append(person)
     seen = seen_by()
     asks = rng.random(len(seen)) < query_probability
@@ -220,19 +219,18 @@ def generate(output_dir: str, *, num_ids: int = 100,
     camera = int(rng.integers(num_cameras))
     bad_crop = rng.random() < 0.5
     planner.add('gallery', market_layout.DISTRACTOR_PERSON_ID, camera,
-                synthetic_people.draw_person(rng, settings),
+                people.draw_person(rng, settings),
                 scale=float(rng.uniform(1.3, 1.8)) if bad_crop else None,
                 fragment=not bad_crop)
 
   for _ in range(num_junk):
     camera = int(rng.integers(num_cameras))
-    person = (synthetic_people.draw_person(rng, settings)
+    person = (people.draw_person(rng, settings)
               if rng.random() < 0.5 else None)
     planner.add('gallery', market_layout.JUNK_PERSON_ID, camera, person,
                 scale=float(rng.uniform(0.4, 0.6)), fragment=True)
 
-  synthetic_scenes.render_and_save(planner.jobs, cameras, jpeg_quality,
-                                   settings)
+  scenes.render_and_save(planner.jobs, cameras, jpeg_quality, settings)
   with open(os.path.join(output_dir, SETTINGS_JSON), 'w') as file:
     json.dump({'arguments': {
         'num_ids': num_ids, 'num_test_ids': num_test_ids,
@@ -308,7 +306,3 @@ def main(argv=None) -> int:
         f'gallery images incl. {summary.num_distractor_images} distractors '
         f'and {summary.num_junk_images} junk)')
   return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
