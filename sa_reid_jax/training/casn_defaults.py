@@ -133,7 +133,9 @@ def casn_experiment_config(dataset_name: str, variant: str = 'pcb'
   # 'probability', its softmax probability, which is bounded, so the loss
   # cannot fall by raising the other classes' logits (training the
   # classifier rather than the attention), at the price of departing from
-  # the source.
+  # the source. The CPU demo's small network, from random weights, diverged
+  # with the logit (configs/demo_casn_synthetic.py) and trains with the
+  # probability.
   mining.score = 'logit'
   # Soft mask S = sigmoid(alpha (M - beta)) of the [0, 1] map M. beta 0.5
   # erases what is at least half as attended as the peak; alpha 10 makes S
