@@ -34,7 +34,9 @@ frozen BNNeck bias, device-count invariance).
 from sa_reid_jax.training.rga_defaults import rga_experiment_config
 
 
-def get_config():
+def get_config(arg=None):
+  if arg:
+    raise ValueError(f'configs/demo_rga_synthetic.py takes no argument, got {arg!r}')
   config = rga_experiment_config('market_layout_folder', 'rga_sc')
   # No ImageNet backbone fits this small network: train it from random
   # weights, explicitly (an empty init_from is refused).

@@ -20,7 +20,9 @@ CPU cores, from scratch, at the synthetic images' own 128x64 size.
 from sa_reid_jax.training import experiment_config
 
 
-def get_config():
+def get_config(arg=None):
+  if arg:
+    raise ValueError(f'configs/demo_synthetic.py takes no argument, got {arg!r}')
   config = experiment_config('market_layout_folder', 'full')
   # No ImageNet backbone fits this small network: train it from random
   # weights, explicitly (an empty init_from is refused).

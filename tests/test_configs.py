@@ -55,14 +55,18 @@ def test_family_configs_differ_by_dataset_only_in_the_dataset(name):
 
 @pytest.mark.parametrize('name, arg, expected', [
     ('sa.py', 'market1502', "DATASET one of ['cuhk03_detected'"),
-    ('sa.py', 'no_sa', "got 'no_sa'"),  # the dataset comes first
-    ('sa.py', 'market1501,no_sa,no_sa', 'each at most once'),
+    ('sa.py', 'market1502', "got 'market1502': unknown dataset 'market1502'"),
+    # The dataset comes first.
+    ('sa.py', 'no_sa', "unknown dataset 'no_sa'"),
+    ('sa.py', 'market1501,no_sa,no_sa', "'no_sa' given twice"),
     ('sa.py', 'market1501,rga_s', "OPTIONs from ['no_sa', 'released', "
      "'tiny']"),
+    ('sa.py', 'market1501,rga_s', "unknown option 'rga_s'"),
     ('rga.py', 'market1501,rga_s,rga_c', "at most one of ['rga_s', 'rga_c', "
      "'baseline']"),
-    ('casn.py', 'market1501,ide,pcb', "at most one of ['ide', 'pcb']"),
-    ('casn.py', 'market1501;ide', "got 'market1501;ide'"),
+    ('rga.py', 'market1501,rga_s,rga_c', 'rga_s and rga_c exclude each other'),
+    ('casn.py', 'market1501,ide,pcb', 'ide and pcb exclude each other'),
+    ('casn.py', 'market1501;ide', "unknown dataset 'market1501;ide'"),
 ])
 def test_a_bad_config_argument_names_the_file_and_the_choices(name, arg,
                                                                expected):
@@ -71,6 +75,15 @@ def test_a_bad_config_argument_names_the_file_and_the_choices(name, arg,
       rf'^config argument: expected configs/{name}:DATASET\[,OPTION\.\.\.\]'
       rf'.*{re.escape(expected)}')):
     module.get_config(arg)
+
+
+@pytest.mark.parametrize('name', ['demo_synthetic.py', 'demo_rga_synthetic.py',
+                                  'demo_casn_synthetic.py'])
+def test_a_demo_config_refuses_an_argument(name):
+  module = helpers.load_config_module(os.path.join(REPO, 'configs', name))
+  with pytest.raises(ValueError, match=rf"^configs/{name} takes no argument, "
+                     r"got 'tiny'$"):
+    module.get_config('tiny')
 
 
 @pytest.mark.parametrize('name, small', [

@@ -31,18 +31,22 @@ from sa_reid_jax.training import trainer
 
 
 class TinyNet(nn.Module):
-  """One strided convolution, BatchNorm, ReLU, pooling and a classifier."""
+  """One strided convolution, BatchNorm (optional), ReLU, pooling and a
+  classifier."""
   num_classes: int
   width: int = 8
+  batch_norm: bool = True
   bn_axis_name: Optional[str] = None
 
   def setup(self):
     self.conv = nn.Conv(self.width, (3, 3), strides=(4, 4))
-    self.bn = BatchNorm(axis_name=self.bn_axis_name)
+    if self.batch_norm:
+      self.bn = BatchNorm(axis_name=self.bn_axis_name)
     self.classifier = nn.Dense(self.num_classes)
 
   def feature_map(self, images, train=False):
-    return nn.relu(self.bn(self.conv(images), train))
+    x = self.conv(images)
+    return nn.relu(self.bn(x, train) if self.batch_norm else x)
 
   def __call__(self, images, train=False, example_ids=None):
     del example_ids  # no dropout
@@ -70,7 +74,8 @@ def tiny_maps(model: TinyNet, variables: Any, images: jax.Array,
 def tiny_family(monkeypatch):
   """The family registered, for this test only."""
   monkeypatch.setitem(registry.FAMILIES, 'tiny', registry.Family(
-      'tiny', TinyNet, variants={'plain': {}, 'wide': {'width': 16}},
+      'tiny', TinyNet, variants={'plain': {}, 'wide': {'width': 16},
+                                 'no_bn': {'batch_norm': False}},
       maps=tiny_maps))
 
 
@@ -134,10 +139,25 @@ def test_a_family_block_is_checked_against_its_network(tiny_family):
   block.dropout_rate = 0.5  # an attribute TinyNet does not have
   with pytest.raises(ValueError, match=(
       r"^config\.model\.dropout_rate: the tiny family's network has no such "
-      r"attribute \(config\.model\.family='tiny'; its keys: \['width'\]\)")):
+      r"attribute \(config\.model\.family='tiny'; its keys: "
+      r"\['batch_norm', 'width'\]\)")):
     registry.build(block, 3, image_size=(64, 32))
   del block['dropout_rate']
   block.variant = 'deep'
   with pytest.raises(ValueError, match=r"^config\.model\.variant must be one "
-                     r"of \['plain', 'wide'\] for the tiny family"):
+                     r"of \['no_bn', 'plain', 'wide'\] for the tiny family"):
     registry.build(block, 3, image_size=(64, 32))
+
+
+def test_a_family_without_batch_statistics_trains_and_loads(tiny_family,
+                                                            data, tmp_path):
+  # The trainer's state holds an empty batch_stats collection for it; the
+  # model directory must hold what the network's own variables hold.
+  del tiny_family
+  config = _config(data)
+  config.model.variant = 'no_bn'
+  config.max_steps = 1
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert result['status'] == 'completed'
+  model, variables = store.load_model(str(tmp_path / 'model'))
+  assert not model.batch_norm and set(variables) == {'params'}

@@ -57,7 +57,9 @@ def save_model(directory: str, model: Any, variables: Any,
   Args:
     directory: output directory; must not exist unless `overwrite`.
     model: the network whose family and config are recorded.
-    variables: its variables (``params``, ``batch_stats``).
+    variables: its variables (``params``, ``batch_stats``); an empty
+      collection (a network without BatchNorm has no statistics) is not
+      written, as the network's own `abstract_variables` has none.
     metadata: JSON-serialisable provenance (source file, epoch, ...).
     overwrite: replace an existing directory.
 
@@ -68,6 +70,8 @@ def save_model(directory: str, model: Any, variables: Any,
   if os.path.exists(path) and not overwrite:
     raise ModelStoreError(f'{directory}: already exists (choose another '
                           'output directory or allow overwriting)')
+  variables = {name: tree for name, tree in variables.items()
+               if jax.tree.leaves(tree)}
   _checkpointer().save(
       path,
       ocp.args.Composite(

@@ -281,11 +281,17 @@ def parse_argument(arg: str | None, config_file: str,
            'most once')
   if exclusive:
     usage += f' and at most one of {list(exclusive)}'
-  if (dataset not in DATASETS or not set(given) <= set(options) or
-      len(set(given)) != len(given) or
-      len([o for o in given if o in exclusive]) > 1):
+  unknown = [o for o in given if o not in options]
+  repeated = sorted({o for o in given if given.count(o) > 1})
+  networks = [o for o in given if o in exclusive]
+  fault = (f'unknown dataset {dataset!r}' if dataset not in DATASETS else
+           f'unknown option {unknown[0]!r}' if unknown else
+           f'{repeated[0]!r} given twice' if repeated else
+           f'{" and ".join(networks)} exclude each other'
+           if len(networks) > 1 else None)
+  if fault is not None:
     raise ValueError(f'config argument: expected {usage} (e.g. '
-                     f'"market1501,{options[0]}"); got {arg!r}')
+                     f'"market1501,{options[0]}"); got {arg!r}: {fault}')
   return DATASETS[dataset], given
 
 

@@ -109,8 +109,8 @@ class CASNNet(nn.Module):
   bn_axis_name: Optional[str] = None
 
   def __post_init__(self):
-    # Checked on construction (and so by `casn_variant`, the registry and
-    # `model_from_config`), not when the network first runs.
+    # Checked on construction (and so by `casn_variant` and the registry,
+    # from a config or a model directory), not when the network first runs.
     super().__post_init__()
     if jnp.dtype(self.dtype).name not in DTYPES:
       raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
