@@ -82,6 +82,9 @@ def _counting_steps(monkeypatch, interrupt_after: int = 0) -> list[int]:
   return ran
 
 
+# Two trainings and an evaluation, about 20 s from a cold compilation cache:
+# full tier (the fast tier checks the handlers in the two tests below).
+@pytest.mark.full
 def test_interrupted_run_then_resume_leave_the_process_alone(
     data, tmp_path, monkeypatch, capfd):
   config = helpers.tiny_config(data, max_steps=2)
