@@ -15,11 +15,11 @@ import tensorflow as tf
 
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import preprocessing
-from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import tables
+from sa_reid_jax.models import inputs
 
-MEAN = np.array(images_lib.IMAGENET_MEAN, np.float32)
-STD = np.array(images_lib.IMAGENET_STD, np.float32)
+MEAN = np.array(inputs.IMAGENET_MEAN, np.float32)
+STD = np.array(inputs.IMAGENET_STD, np.float32)
 ONE_GREY_LEVEL = 1.0 / (255 * STD.min())
 
 

@@ -18,9 +18,10 @@ from sa_reid_jax.datasets import builders
 from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.datasets import tensorflow_cpu
+from sa_reid_jax.models import inputs
 
-MEAN = np.array(images_lib.IMAGENET_MEAN, np.float32)
-STD = np.array(images_lib.IMAGENET_STD, np.float32)
+MEAN = np.array(inputs.IMAGENET_MEAN, np.float32)
+STD = np.array(inputs.IMAGENET_STD, np.float32)
 # PIL rounds its resized image to uint8 (a mean error of 1/4 grey level on its
 # own) and uses fixed-point weights; the pipeline keeps floats. One grey
 # level, in normalised units, bounds the gap.

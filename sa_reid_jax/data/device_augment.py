@@ -19,9 +19,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sa_reid_jax.datasets.images import IMAGENET_MEAN
-from sa_reid_jax.datasets.images import IMAGENET_STD
 from sa_reid_jax.datasets.images import check_size
+from sa_reid_jax.models.inputs import IMAGENET_MEAN
+from sa_reid_jax.models.inputs import IMAGENET_STD
 
 ERASING_FILLS = ('zeros', 'random')
 _KEYS = ('images', 'flip', 'erase_box', 'noise_seed')

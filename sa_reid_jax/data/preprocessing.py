@@ -11,8 +11,8 @@ import functools
 import numpy as np  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
 
-from sa_reid_jax.datasets.images import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.datasets.images import IMAGENET_STD  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.models.inputs import IMAGENET_MEAN  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.models.inputs import IMAGENET_STD  # pylint: disable=g-import-not-at-top
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,22 +1,16 @@
-"""Images as the package reads them: the one decoder, the ImageNet
-statistics inputs are normalised with, and the check of an image size.
+"""Images as the package reads them: the one decoder and the check of an
+image size (the ImageNet statistics inputs are normalised with are the
+networks': `models.inputs`).
 
 `decode_image` is shared by everything that reads an image (the input
 pipelines, the image check of `image_check`, the tools and the evaluation
 report's pictures), so that a file the check passes is one the pipelines
 read. TensorFlow is imported when an image is first decoded, not with this
-module: the JAX-only paths (device augmentation, the ONNX export) read the
-constants and `check_size` from here on machines without TensorFlow.
+module: the JAX-only paths (device augmentation, the ONNX export) read
+`check_size` from here on machines without TensorFlow.
 """
 
 import numpy as np
-
-# ImageNet's per-channel pixel mean and standard deviation (RGB, pixels in
-# [0, 1]): the statistics the pretrained backbones were trained with, so
-# every input is normalised with them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def check_size(size, name: str = 'image_size') -> tuple[int, int]:
   """`size` as a (height, width) tuple of positive ints.

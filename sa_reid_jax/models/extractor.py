@@ -1,0 +1,167 @@
+"""Descriptors of person crops from a model directory: for trackers and apps.
+
+``FeatureExtractor(model_dir)(crops)`` takes RGB crops of any size (numpy
+uint8 arrays or image paths) and returns one L2-normalised descriptor per
+crop, as evaluation computes them, without TensorFlow: crops are resized
+with Pillow's bilinear filter (antialiased when shrinking, which the input
+pipelines reproduce in TensorFlow: `data.preprocessing.resize`) on float
+pixels, normalised (`models.inputs`) and run through the network jitted
+over every local device; or, when asked, through the model's ONNX export
+on ONNX Runtime.
+"""
+
+import os
+from typing import Any, Optional, Sequence, Union
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+from PIL import Image
+
+from sa_reid_jax.models import inputs
+from sa_reid_jax.models import registry
+from sa_reid_jax.models import store
+
+BACKENDS = ('jax', 'onnx')
+Crop = Union[np.ndarray, str, os.PathLike]
+
+
+def _pixels(crop: Crop, index: int) -> np.ndarray:
+  """A crop as uint8 (H, W, 3); the error names its position."""
+  if isinstance(crop, (str, os.PathLike)):
+    try:
+      with Image.open(crop) as image:
+        return np.asarray(image.convert('RGB'))
+    except (OSError, ValueError) as error:
+      raise ValueError(f'crops[{index}]: {crop}: cannot read the image '
+                       f'({error})') from None
+  array = np.asarray(crop)
+  if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or (
+      min(array.shape[:2]) < 1):
+    raise ValueError(f'crops[{index}]: expected uint8 RGB (H, W, 3) or an '
+                     f'image path, got {array.dtype} {array.shape}')
+  return array
+
+
+def resize(pixels: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+  """Pillow's bilinear resize of each channel, on float pixels.
+
+  Args:
+    pixels: uint8 or float (H, W, 3).
+    image_size: output (height, width).
+
+  Returns:
+    float32 (*image_size, 3), not rounded (as the input pipelines).
+  """
+  height, width = image_size
+  channels = [np.asarray(Image.fromarray(
+      np.ascontiguousarray(pixels[..., c], np.float32), mode='F').resize(
+          (width, height), Image.Resampling.BILINEAR)) for c in range(3)]
+  return np.stack(channels, axis=-1)
+
+
+class FeatureExtractor:
+  """Retrieval descriptors of crops, from a model directory.
+
+  Attributes:
+    backend: ``'jax'`` or ``'onnx'``, the one that computes.
+    image_size: the network input (height, width) crops are resized to.
+    descriptor_size: values per descriptor (P x D: parts x width).
+  """
+
+  def __init__(self, model_dir: str, *, batch_size: int = 32,
+               image_size: Optional[Sequence[int]] = None,
+               backend: str = 'jax', onnx_model: Optional[str] = None):
+    """
+    Args:
+      model_dir: a model directory or a training workdir (its ``model``).
+      batch_size: crops per forward pass (rounded up to a multiple of the
+        local device count; a last, short batch is padded).
+      image_size: (height, width) to run at; default the size the directory
+        records (where training or conversion recorded one), else 384x128.
+      backend: ``'jax'`` (the network jitted over every local device) or
+        ``'onnx'`` (`onnx_model` on ONNX Runtime's CPU provider).
+      onnx_model: the ``.onnx`` file `tools.export_onnx` wrote for this
+        model (needed for ``backend='onnx'``; it takes uint8 images, so the
+        resized pixels are rounded first).
+
+    Raises:
+      ValueError: naming the argument: an unknown backend, a bad batch
+        size or image size, a missing ONNX file, an ONNX model of another
+        input size; `store.ModelStoreError` for a bad model directory.
+    """
+    if backend not in BACKENDS:
+      raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if int(batch_size) < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    directory = store.resolve_model_directory(model_dir, say=None)
+    self.image_size = store.input_size(directory, image_size,
+                                       flag='image_size', say=lambda _: None)
+    self.backend = backend
+    devices = jax.local_devices()
+    self._batch = -(-int(batch_size) // len(devices)) * len(devices)
+    if backend == 'onnx':
+      self._session = self._onnx_session(onnx_model)
+    else:
+      model, variables = store.load_model(directory)
+      registry.check_input_size(model, self.image_size, 'image_size')
+      mesh = Mesh(np.array(devices), ('data',))
+      self._images_sharding = NamedSharding(mesh, PartitionSpec('data'))
+      self._variables = jax.device_put(variables,
+                                       NamedSharding(mesh, PartitionSpec()))
+      self._embed = jax.jit(lambda v, x: registry.embed(model, v, x))
+    self.descriptor_size = int(self._run(np.zeros(
+        (1, *self.image_size, 3), np.uint8)).shape[1])
+
+  def _onnx_session(self, path: Optional[str]) -> Any:
+    if not path or not os.path.isfile(path):
+      raise ValueError(f"onnx_model: backend='onnx' needs the .onnx file "
+                       f'exported for this model, got {path!r}')
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    session = onnxruntime.InferenceSession(
+        path, providers=['CPUExecutionProvider'])
+    shape = session.get_inputs()[0].shape
+    if tuple(shape[1:3]) != tuple(self.image_size):
+      raise ValueError(f'onnx_model: {path} takes {shape[1]}x{shape[2]} '
+                       f'images, not {self.image_size[0]}x'
+                       f'{self.image_size[1]}')
+    return session
+
+  def _run(self, pixels: np.ndarray) -> np.ndarray:
+    """(B, P x D) descriptors of resized float (or uint8) pixels."""
+    if self.backend == 'onnx':
+      rounded = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+      return self._session.run(['descriptors'], {'images': rounded})[0]
+    count = len(pixels)
+    padded = np.zeros((self._batch, *pixels.shape[1:]), np.float32)
+    padded[:count] = inputs.normalize(pixels.astype(np.float32))
+    images = jax.device_put(padded, self._images_sharding)
+    parts = np.asarray(self._embed(self._variables, images))[:count]
+    return parts.reshape(count, -1)
+
+  def __call__(self, crops: Sequence[Crop]) -> np.ndarray:
+    """Descriptors of `crops`.
+
+    Args:
+      crops: uint8 RGB arrays (H, W, 3) of any size, or image file paths,
+        or a mix.
+
+    Returns:
+      float32 (len(crops), descriptor_size): the network's ``features``,
+      each of its P parts L2-normalised, flattened (as the SavedModel and
+      ONNX exports' ``descriptors``); Euclidean or cosine distances between
+      them rank as evaluation's do.
+
+    Raises:
+      ValueError: naming the crop (its index) that is not an RGB uint8
+        array or a readable image.
+    """
+    rows = []
+    for start in range(0, len(crops), self._batch):
+      chunk = crops[start:start + self._batch]
+      pixels = np.stack([resize(_pixels(crop, start + i), self.image_size)
+                         for i, crop in enumerate(chunk)])
+      rows.append(self._run(pixels))
+    if not rows:
+      return np.zeros((0, self.descriptor_size), np.float32)
+    return np.concatenate(rows).astype(np.float32)
