@@ -90,6 +90,34 @@ def test_bad_crops_and_arguments_are_named(saved_sanet, tmp_path):
   with pytest.raises(ValueError, match=r"^backend must be one of \('jax', "
                      r"'onnx'\), got 'torch'"):
     FeatureExtractor(path, backend='torch')
+  # One crop or one path rather than several, and what is not a list.
+  for one in (crop, str(tmp_path / 'broken.jpg')):
+    with pytest.raises(ValueError, match=r'^crops: expected several crops .*'
+                       r'for one crop pass \[crop\]$'):
+      extractor(one)
+  with pytest.raises(ValueError, match=r'^crops: expected a list of crops, '
+                     'got NoneType$'):
+    extractor(None)
+  # Any iterable, e.g. a generator of slices of a frame.
+  assert extractor(c for c in [crop, crop]).shape == (2, 768)
+  for size in ((0, 32), (64,), '64x32', 64, (64.0, 32)):
+    with pytest.raises(ValueError, match=r'^image_size must be \(height, '
+                       r'width\) in pixels'):
+      FeatureExtractor(path, image_size=size)
+  for batch_size in (0, 2.5, '8', None, True):
+    with pytest.raises(ValueError, match=r'^batch_size must be an integer'):
+      FeatureExtractor(path, batch_size=batch_size)
+  with pytest.raises(ValueError, match=r"^onnx_model: given without "
+                     r"backend='onnx'"):
+    FeatureExtractor(path, onnx_model=str(tmp_path / 'broken.jpg'))
+  with pytest.raises(ValueError, match=r'^onnx_model: .*broken\.jpg: cannot '
+                     'load it'):
+    FeatureExtractor(path, backend='onnx',
+                     onnx_model=str(tmp_path / 'broken.jpg'))
+  # Another size than the trained one runs, with a warning.
+  with pytest.warns(UserWarning, match=r'^image_size 96x48 differs from the '
+                    r'size the model was trained at, 64x32'):
+    assert FeatureExtractor(path, image_size=(96, 48)).image_size == (96, 48)
   with pytest.raises(ValueError, match=r"^onnx_model: backend='onnx' needs "
                      'the .onnx file'):
     FeatureExtractor(path, backend='onnx')
@@ -112,8 +140,9 @@ def test_onnx_backend_equals_jax_to_the_rounding_of_its_uint8_input(
   # what a wrong resize (3e-2 without antialiasing) or channel order (0.2)
   # gives.
   assert np.abs(got - FeatureExtractor(path)(crops)).max() <= 1e-2
-  with pytest.raises(ValueError, match=r'^onnx_model: .* takes 64x32 images, '
-                     r'not 128x64'):
+  with pytest.warns(UserWarning, match='differs from the size'), \
+      pytest.raises(ValueError, match=r'^onnx_model: .* takes 64x32 images, '
+                    r'not 128x64'):
     FeatureExtractor(path, backend='onnx', onnx_model=str(onnx_file),
                      image_size=(128, 64))
 

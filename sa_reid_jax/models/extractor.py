@@ -10,8 +10,10 @@ over every local device; or, when asked, through the model's ONNX export
 on ONNX Runtime.
 """
 
+import numbers
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
+import warnings
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -60,6 +62,20 @@ def resize(pixels: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
   return np.stack(channels, axis=-1)
 
 
+def _check_size(size: Any) -> tuple[int, int]:
+  """`size` as (height, width) positive ints; the error names it."""
+  try:
+    height, width = size
+    valid = all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                and v >= 1 for v in (height, width))
+  except (TypeError, ValueError):
+    valid = False
+  if isinstance(size, str) or not valid:
+    raise ValueError(f'image_size must be (height, width) in pixels, two '
+                     f'integers >= 1, got {size!r}')
+  return int(height), int(width)
+
+
 class FeatureExtractor:
   """Retrieval descriptors of crops, from a model directory.
 
@@ -87,16 +103,32 @@ class FeatureExtractor:
 
     Raises:
       ValueError: naming the argument: an unknown backend, a bad batch
-        size or image size, a missing ONNX file, an ONNX model of another
-        input size; `store.ModelStoreError` for a bad model directory.
+        size or image size, a missing or unreadable ONNX file, an ONNX
+        model of another input size, an ONNX file without the ONNX
+        backend; `store.ModelStoreError` for a bad model directory.
+
+    Warns:
+      UserWarning: for an `image_size` other than the one the model was
+        trained at (a network run at another size scores much lower).
     """
     if backend not in BACKENDS:
       raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
-    if int(batch_size) < 1:
-      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if onnx_model is not None and backend != 'onnx':
+      raise ValueError("onnx_model: given without backend='onnx', which "
+                       'is the backend that reads it')
+    if (isinstance(batch_size, bool) or
+        not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+      raise ValueError(f'batch_size must be an integer >= 1, got '
+                       f'{batch_size!r}')
+    if image_size is not None:
+      image_size = _check_size(image_size)
     directory = store.resolve_model_directory(model_dir, say=None)
+    lines = []
     self.image_size = store.input_size(directory, image_size,
-                                       flag='image_size', say=lambda _: None)
+                                       flag='image_size', say=lines.append)
+    for line in lines:  # which size, and a warning for a size not trained at
+      if line.startswith('warning: '):
+        warnings.warn(line[len('warning: '):], stacklevel=2)
     self.backend = backend
     devices = jax.local_devices()
     self._batch = -(-int(batch_size) // len(devices)) * len(devices)
@@ -118,8 +150,13 @@ class FeatureExtractor:
       raise ValueError(f"onnx_model: backend='onnx' needs the .onnx file "
                        f'exported for this model, got {path!r}')
     import onnxruntime  # pylint: disable=g-import-not-at-top
-    session = onnxruntime.InferenceSession(
-        path, providers=['CPUExecutionProvider'])
+    try:
+      session = onnxruntime.InferenceSession(
+          path, providers=['CPUExecutionProvider'])
+    except Exception as error:  # pylint: disable=broad-except
+      # ONNX Runtime raises its own classes for unreadable files.
+      raise ValueError(f'onnx_model: {path}: cannot load it: '
+                       f'{str(error).splitlines()[0]}') from None
     shape = session.get_inputs()[0].shape
     if tuple(shape[1:3]) != tuple(self.image_size):
       raise ValueError(f'onnx_model: {path} takes {shape[1]}x{shape[2]} '
@@ -139,12 +176,14 @@ class FeatureExtractor:
     parts = np.asarray(self._embed(self._variables, images))[:count]
     return parts.reshape(count, -1)
 
-  def __call__(self, crops: Sequence[Crop]) -> np.ndarray:
+  def __call__(self, crops: Union[Iterable[Crop], np.ndarray]
+               ) -> np.ndarray:
     """Descriptors of `crops`.
 
     Args:
-      crops: uint8 RGB arrays (H, W, 3) of any size, or image file paths,
-        or a mix.
+      crops: a list (or any iterable) of uint8 RGB arrays (H, W, 3) of any
+        size, or image file paths, or a mix; or one uint8 (N, H, W, 3)
+        array. One crop is ``[crop]``.
 
     Returns:
       float32 (len(crops), descriptor_size): the network's ``features``,
@@ -154,8 +193,18 @@ class FeatureExtractor:
 
     Raises:
       ValueError: naming the crop (its index) that is not an RGB uint8
-        array or a readable image.
+        array or a readable image, or `crops` when it is one crop or path
+        rather than several.
     """
+    if isinstance(crops, (str, bytes, os.PathLike)) or (
+        isinstance(crops, np.ndarray) and crops.ndim != 4):
+      raise ValueError('crops: expected several crops (a list, or a '
+                       '(N, H, W, 3) array); for one crop pass [crop]')
+    try:
+      crops = list(crops)
+    except TypeError:
+      raise ValueError(f'crops: expected a list of crops, got '
+                       f'{type(crops).__name__}') from None
     rows = []
     for start in range(0, len(crops), self._batch):
       chunk = crops[start:start + self._batch]
