@@ -16,6 +16,14 @@ OUTPUT_DIR/report.html is removed (with a line saying so): it would not match
 the new metrics.json. Those files are checked writable before the model is
 loaded: an unwritable output (e.g. a read-only models folder as the default
 OUTPUT_DIR) ends in one line naming --output_dir, before any extraction.
+
+--config.eval.extra_targets=SPEC[,SPEC...] (dataset specs: a TFDS name,
+folder:DIR, person_folders:DIR or a .csv/.tsv list file) also evaluates
+those datasets: each is printed under its spec and written to metrics.json
+under "targets" (with --report, to OUTPUT_DIR/report_<name>.html, linked
+from report.html). A config.dataset without query and gallery splits (a
+train-only dataset) is then skipped, metrics.json saying so under
+"not_evaluated".
 """
 
 import os
@@ -32,6 +40,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import registry
@@ -66,8 +75,15 @@ def main(argv):
   try:
     # The config's values before any work, each error naming its key.
     validation.check_evaluation_config(config)
-  except ValueError as e:
+    targets = validation.extra_target_blocks(config)
+    # A train-only config.dataset is evaluated through its targets only.
+    evaluates_main = sources.has_evaluation_splits(config.dataset)
+  except ValueError as e:  # LayoutError included
     sys.exit(f'eval.py: error: {e}')
+  if not evaluates_main and not targets:
+    sys.exit(f'eval.py: error: {sources.describe(config.dataset)} has no '
+             'query and gallery splits to evaluate on; name datasets that '
+             'have them with --config.eval.extra_targets=SPEC[,SPEC...]')
   try:
     checkpoint = store.resolve_model_directory(_CHECKPOINT.value)
   except store.ModelStoreError as e:
@@ -100,23 +116,43 @@ def main(argv):
     model = registry.with_overrides(
         model, {key: config.model[key] for key in given}, '--config.model.')
     registry.check_input_size(model, config.image_size, '--config.image_size')
-    evaluation = evaluate.run_evaluation(model, variables, config,
-                                         flip=_FLIP.value,
-                                         rerank=_RERANK.value)
+    evaluation = None
+    if evaluates_main:
+      evaluation = evaluate.run_evaluation(model, variables, config,
+                                           flip=_FLIP.value,
+                                           rerank=_RERANK.value)
+    target_evaluations = {
+        block.spec: evaluate.run_evaluation(
+            model, variables, config, flip=_FLIP.value, rerank=_RERANK.value,
+            dataset=block) for block in targets}
   except (store.ModelStoreError, market_layout.LayoutError, ValueError) as e:
     sys.exit(f'eval.py: error: {e}')
-  evaluate.record_source(evaluation.metrics, checkpoint,
-                         trained.get('trained_steps'),
-                         trained.get('image_size'))
-  print(evaluate.format_metrics(evaluation.metrics))
+  for result in [evaluation, *target_evaluations.values()]:
+    if result is not None:
+      evaluate.record_source(result.metrics, checkpoint,
+                             trained.get('trained_steps'),
+                             trained.get('image_size'))
+  if evaluation is not None:
+    print(evaluate.format_metrics(evaluation.metrics))
+    metrics = evaluation.metrics
+  else:
+    metrics = {'not_evaluated': f'{sources.describe(config.dataset)} has no '
+                                'query and gallery splits'}
+  for spec, result in target_evaluations.items():
+    print(evaluate.format_target(spec, result.metrics))
+  if target_evaluations:
+    metrics['targets'] = {spec: result.metrics
+                          for spec, result in target_evaluations.items()}
   path, action = written[0], 'write'
   try:
-    evaluate.write_metrics(evaluation.metrics, path)
+    evaluate.write_metrics(metrics, path)
     print(f'wrote {path}')
     if _REPORT.value:
-      path = report.write_report(evaluation, written[1], model, config,
-                                 checkpoint)
-      print(f'wrote {path}')
+      path = written[1]
+      for report_path in report.write_reports(evaluation, target_evaluations,
+                                              output_dir, model, config,
+                                              checkpoint):
+        print(f'wrote {report_path}')
     else:
       path, action = os.path.join(output_dir, report.REPORT_HTML), 'remove'
       report.remove_stale_report(output_dir, '--report')

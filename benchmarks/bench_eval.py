@@ -38,6 +38,7 @@ sys.path.insert(0, REPOSITORY)
 sys.path.insert(0, os.path.join(REPOSITORY, 'tests'))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_memory
 from sa_reid_jax.evaluation.metrics import evaluate_rank
 from sa_reid_jax.evaluation.rerank import re_rank
 from test_metrics import naive_evaluate
@@ -141,28 +142,15 @@ def rerank_inputs(num_query, num_gallery, seed=0):
       gallery, gallery)
 
 
-def _memory_status():
-  """(VmRSS, VmHWM) of this process in bytes."""
-  values = {}
-  with open('/proc/self/status') as status:
-    for line in status:
-      key, _, rest = line.partition(':')
-      if key in ('VmRSS', 'VmHWM'):
-        values[key] = int(rest.split()[0]) * 1024
-  return values['VmRSS'], values['VmHWM']
-
-
 def measure_in_this_process(method, num_query, num_gallery, output):
   """Child process: one re-ranking run; prints its figures as JSON."""
   inputs = rerank_inputs(num_query, num_gallery)
   function = re_rank if method == 'sparse' else dense_re_rank
-  with open('/proc/self/clear_refs', 'w') as clear_refs:
-    clear_refs.write('5')
-  before, _ = _memory_status()
+  before = bench_memory.reset_peak()
   start = time.perf_counter()
   result = function(*inputs)
   seconds = time.perf_counter() - start
-  _, peak = _memory_status()
+  _, peak = bench_memory.memory_status()
   if output:
     np.save(output, result)
   print(json.dumps(dict(seconds=seconds, before=before, peak=peak)))

@@ -155,3 +155,38 @@ def test_torch_comparison_is_of_the_sa_network_only(benchmarks, capsys):
   assert exit_info.value.code == 2
   assert ('--compare_torch: the PyTorch benchmark is of the SA network '
           "only, not 'rga_sc'") in capsys.readouterr().err
+
+
+@pytest.mark.full
+def test_bench_eval_scale_tiny():
+  # Both paths on the same descriptors must give the same figures.
+  stdout, rows = _run([os.path.join(_BENCHMARKS, 'bench_eval_scale.py'),
+                       '--tiny', '--sizes=2048', '--json'])
+  by_method = {(row['method'], row['rerank']): row for row in rows}
+  assert set(by_method) == {('streaming', False), ('dense', False),
+                            ('streaming', True), ('dense', True)}
+  for rerank in (False, True):
+    streaming, dense = by_method['streaming', rerank], by_method['dense',
+                                                                 rerank]
+    assert streaming['mAP'] == dense['mAP']
+    assert streaming['peak'] > 0 and streaming['seconds'] > 0
+  # Re-ranked from exact distances vs per-pair float32 distances: equal up
+  # to rounding (see tests/test_streaming_evaluation.py).
+  assert abs(by_method['streaming', True]['reranked_mAP']
+             - by_method['dense', True]['reranked_mAP']) < 1e-3
+  assert 're-ranked' in stdout
+
+
+@pytest.mark.full
+def test_bench_search_tiny():
+  stdout, figures = _run([os.path.join(_BENCHMARKS, 'bench_search.py'),
+                          '--tiny', '--json'])
+  assert figures['num_gallery'] == 20000 and figures['num_queries'] == 1000
+  assert figures['first_query_matches_full_sort']
+  for name in ('build_s', 'add_s', 'remove_s', 'search_s', 'product_s',
+               'peak_rss_gib'):
+    assert figures[name] > 0, name
+  # 20,000 x 2,048 float32 rows, appended; the 1,000 removed rows are dead
+  # (below the compaction fraction), so still on disk.
+  assert figures['index_gib'] == pytest.approx(21000 * 2048 * 4 / 2**30)
+  assert 'search / product' in stdout

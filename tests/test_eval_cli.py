@@ -77,6 +77,13 @@ def test_eval_prints_and_writes_metrics(setup, cli):
   assert metrics['settings']['flip'] is True
   num_query = len([n for n in os.listdir(data / 'query') if n.endswith('.jpg')])
   assert metrics['settings']['num_query'] == num_query
+  # Verification over the plain distances, at config.eval.verification_fprs.
+  verification = metrics['verification']
+  assert verification['fpr'] == [1e-4, 1e-3, 1e-2]
+  assert len(verification['tpr']) == len(verification['threshold']) == 3
+  assert 0.0 <= verification['auc'] <= 1.0
+  assert verification['curve']['tpr'][-1] == 1.0
+  assert 'verification TPR' in result.stdout
   # The report beside metrics.json: its images decode, its numbers are these.
   parser, images = helpers.parse_report(root / 'out' / 'report.html')
   helpers.check_report_numbers(parser, metrics)
@@ -331,6 +338,8 @@ def test_cosine_distances_re_rank(setup, cli):
     ('--config.model.dtype=float8', 'config.model.dtype must be one of '),
     ('--config.eval.report_thumbnail=(0,0)', 'config.eval.report_thumbnail'),
     ('--config.image_size=(0,64)', 'config.image_size'),
+    ('--config.eval.verification_fprs=(0.01,1.5)',
+     'config.eval.verification_fprs[1] must be in (0, 1), got 1.5'),
 ])
 def test_bad_config_values_are_refused_before_any_work(setup, cli, tmp_path,
                                                        flag, message):

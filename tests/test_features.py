@@ -299,3 +299,44 @@ def test_bad_batches_are_a_clear_error(tiny_model, batches, message):
   model, variables = tiny_model
   with pytest.raises(ValueError, match=message):
     extract_features(model, variables, batches, progress=False)
+
+
+def test_batches_are_split_over_every_local_device(tiny_model, monkeypatch):
+  """Each batch's rows go to both of the suite's host devices (an odd batch
+  padded with masked rows), and the descriptors equal one device's: float32
+  convolutions over half the batch may sum in another order, ~1e-7 on
+  unit-norm parts (as above); 1e-5 leaves margin, a misplaced row would
+  move a descriptor by its own scale."""
+  from sa_reid_jax.evaluation import features  # pylint: disable=g-import-not-at-top
+  model, variables = tiny_model
+  seen = []
+  original = features._descriptors  # pylint: disable=protected-access
+
+  def spy(model, variables, images, flip):
+    seen.append((images.shape[0], images.sharding.device_set))
+    return original(model, variables, images, flip=flip)
+
+  monkeypatch.setattr(features, '_descriptors', spy)
+  five = images(5, seed=3)
+  both = extract_features(model, variables, padded_batches(five, 3),
+                          progress=False)
+  assert seen == [(4, set(jax.local_devices()))] * 2
+  assert len(jax.local_devices()) == 2
+  seen.clear()
+  one = extract_features(model, variables, padded_batches(five, 3),
+                         progress=False, devices=jax.local_devices()[:1])
+  assert seen == [(3, {jax.local_devices()[0]})] * 2
+  assert both.shape == one.shape == (5, 6, 256)
+  np.testing.assert_allclose(both, one, rtol=0, atol=1e-5)
+
+
+def test_two_devices_give_one_devices_descriptors_in_float64(float64_model):
+  # Exact up to the order of float64 sums (see FLOAT64_ROUNDING).
+  model, variables = float64_model
+  seven = images64(7, seed=4)
+  both = extract_features(model, variables, padded_batches(seven, 3),
+                          flip=True, progress=False)
+  one = extract_features(model, variables, padded_batches(seven, 3),
+                         flip=True, progress=False,
+                         devices=jax.local_devices()[:1])
+  np.testing.assert_allclose(both, one, rtol=0, atol=FLOAT64_ROUNDING)

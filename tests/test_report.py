@@ -11,7 +11,9 @@ import pytest
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
+from sa_reid_jax.evaluation import report_figures
 from sa_reid_jax.evaluation.metrics import evaluate_rank
+from sa_reid_jax.evaluation import verification
 from sa_reid_jax.models.sanet import SANet
 from sa_reid_jax.training import defaults
 
@@ -133,9 +135,9 @@ def test_hardest_queries_have_the_lowest_ap(small):
 
 
 def test_distance_histograms_equal_a_pair_by_pair_count(small, monkeypatch):
-  monkeypatch.setattr(report, 'HISTOGRAM_ROWS', 5)  # several passes
+  monkeypatch.setattr(report_figures, 'HISTOGRAM_ROWS', 5)  # several passes
   q, g = small.query, small.gallery
-  edges, true_counts, false_counts = report.match_distance_histograms(
+  edges, true_counts, false_counts = report_figures.match_distance_histograms(
       small.distances, q.person_ids, g.person_ids, q.camera_ids, g.camera_ids,
       bins=7)
   true_values, false_values = [], []
@@ -154,3 +156,47 @@ def test_distance_histograms_equal_a_pair_by_pair_count(small, monkeypatch):
   assert true_counts.sum() == len(true_values)
   assert false_counts.sum() == len(false_values)
 
+
+def test_report_shows_the_roc_curve_and_the_verification_table(small,
+                                                                 tmp_path):
+  q, g = small.query, small.gallery
+  # 12 queries x 27 kept gallery images: 1e-2 is the smallest estimable FPR.
+  # The fixture's distances go below 0, which verification refuses.
+  summary = verification.summarize_verification(
+      verification.evaluate_verification(
+          small.distances - small.distances.min(), q.person_ids, g.person_ids, q.camera_ids,
+          g.camera_ids, fprs=(1e-3, 1e-2, 1e-1)))
+  assert summary['tpr'][0] is None and summary['tpr'][1] is not None
+  metrics = dict(small.metrics, verification=summary)
+  evaluate.write_metrics(metrics, str(tmp_path / 'metrics.json'))
+  with_roc = evaluate.Evaluation(
+      metrics=metrics, query=q, gallery=g, distances=small.distances,
+      plain=small.plain, reranked=small.reranked)
+  path = report.write_report(with_roc, str(tmp_path / 'report.html'),
+                             SANet(num_classes=6), _config(), 'runs/x', 7)
+  parser, images = helpers.parse_report(path)
+  # CMC, AP, distances, ROC, then the rank lists.
+  assert len(images) == 4 + NUM_HARDEST + NUM_RANDOM
+  assert images[3].format == 'PNG'
+  text = (tmp_path / 'report.html').read_text()
+  assert 'id="roc"' in text and 'id="verification"' in text
+  with open(tmp_path / 'metrics.json') as f:
+    written = json.load(f)['verification']
+  helpers.check_report_numbers(parser, metrics)
+  for i, (tpr, threshold) in enumerate(zip(written['tpr'],
+                                           written['threshold'])):
+    shown_tpr = parser.cells[f'verification.tpr.{i}']
+    shown_threshold = parser.cells[f'verification.threshold.{i}']
+    if tpr is None:
+      assert shown_tpr == shown_threshold == '-'
+      continue
+    # Two decimals of a percentage; six significant digits of a distance.
+    assert float(shown_tpr) == pytest.approx(100 * tpr, abs=0.005)
+    assert float(shown_threshold) == pytest.approx(threshold, rel=5e-6)
+  assert float(parser.cells['verification.auc']) == pytest.approx(
+      100 * written['auc'], abs=0.005)
+  assert 'fewer than 1/FPR = 1000' in text
+  # And the printed line of eval.py and training.
+  line = evaluate.format_metrics(metrics).splitlines()[-1]
+  assert line.startswith('verification TPR n/a at FPR 1e-3')
+  assert f'{100 * written["tpr"][1]:.2f}% at FPR 1e-2 (d <= ' in line

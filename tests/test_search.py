@@ -1,4 +1,4 @@
-"""Retrieval on plain folders: rankings, gallery cache, picture and CLI."""
+"""Retrieval on plain folders: rankings, gallery index, picture and CLI."""
 
 import json
 import os
@@ -13,10 +13,12 @@ import pytest
 import tensorflow as tf
 
 from sa_reid_jax.data import preprocessing
+from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.models import store
-from sa_reid_jax.tools import descriptor_cache
 from sa_reid_jax.tools import drawing
+from sa_reid_jax.tools import gallery_index
+from sa_reid_jax.tools import nearest
 from sa_reid_jax.tools import search
 
 IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
@@ -25,7 +27,7 @@ IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
 def save_other_model(root, saved_sanet):
   """A model directory with `saved_sanet`'s config and other weights."""
   _, model, variables = saved_sanet
-  # Other weights, same config: the gallery cache must not serve them.
+  # Other weights, same config: the gallery index must not serve them.
   rng = np.random.default_rng(1)
   other = {**variables, 'params': jax.tree.map(
       lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype),
@@ -99,7 +101,7 @@ def test_rankings_cache_and_picture(env, capsys):
   output = env['root'] / 'out'
   broken = str(env['gallery'] / 'broken.jpg')
   out, first = run_search(capsys, env, output)
-  assert 'gallery cache: none for this model' in out
+  assert 'gallery index: none for this model' in out
   assert f'skipped {broken}: ' in out
   assert [f['file'] for f in first['failures']] == [broken]
 
@@ -143,12 +145,12 @@ def test_rankings_cache_and_picture(env, capsys):
       picture[y:y + height, match_x:match_x + width], env['exact_pixels'])
 
   out, second = run_search(capsys, env, output)
-  assert 'gallery cache: used (' in out
+  assert 'gallery index: used (' in out
   assert f'skipped {broken}: ' in out
-  assert second['gallery_cache']['reused'] == 10
-  assert second['gallery_cache']['described'] == 0
-  assert ({**second, 'gallery_cache': None} ==
-          {**first, 'gallery_cache': None})
+  assert second['gallery_index']['reused'] == 10
+  assert second['gallery_index']['described'] == 0
+  assert ({**second, 'gallery_index': None} ==
+          {**first, 'gallery_index': None})
 
   changed = env['gallery'] / 'exact.png'
   os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
@@ -156,7 +158,7 @@ def test_rankings_cache_and_picture(env, capsys):
   assert 'describing 1 new or changed file\n' in out
 
   out, _ = run_search(capsys, env, output, checkpoint=env['model_b'])
-  assert 'gallery cache: none for this model' in out
+  assert 'gallery index: none for this model' in out
 
   # Altered contents (new size), an added and a removed file.
   victim = sorted(env['gallery'].glob('0*.jpg'))[-1]
@@ -167,6 +169,7 @@ def test_rankings_cache_and_picture(env, capsys):
   os.remove(removed)
   out, third = run_search(capsys, env, output)
   assert 'describing 2 new or changed files' in out
+  assert third['gallery_index']['removed'] == 1
   assert third['num_gallery'] == 9  # 8 crops + exact.png, one swapped
   truth = naive_rankings(env['model_a'], readable_gallery(env), query_files)
   for query in third['queries']:
@@ -175,11 +178,11 @@ def test_rankings_cache_and_picture(env, capsys):
 
 
 def test_cache_key_covers_settings():
-  key = descriptor_cache.cache_key('fingerprint', (64, 32), False)
-  assert key == descriptor_cache.cache_key('fingerprint', [64, 32], False)
-  assert len({key, descriptor_cache.cache_key('other', (64, 32), False),
-              descriptor_cache.cache_key('fingerprint', (64, 31), False),
-              descriptor_cache.cache_key('fingerprint', (64, 32), True)}) == 4
+  key = gallery_index.cache_key('fingerprint', (64, 32), False)
+  assert key == gallery_index.cache_key('fingerprint', [64, 32], False)
+  assert len({key, gallery_index.cache_key('other', (64, 32), False),
+              gallery_index.cache_key('fingerprint', (64, 31), False),
+              gallery_index.cache_key('fingerprint', (64, 32), True)}) == 4
 
 
 def test_query_in_gallery_is_excluded(env, capsys):
@@ -197,7 +200,7 @@ def test_query_in_gallery_is_excluded(env, capsys):
     files = [m['file'] for m in entry['matches']]
     assert query not in files
     assert len(files) == results['num_gallery'] - 1
-  assert 'gallery cache: used (' in capsys.readouterr().out
+  assert 'gallery index: used (' in capsys.readouterr().out
   assert str(output / 'ranks.png') not in files
 
 
@@ -270,3 +273,268 @@ def test_search_in_a_real_process_writes_one_error_line(env, tmp_path):
       'nor a training workdir; expected the output of convert_weights.py or '
       'a training WORKDIR/model'], result.stderr
   assert not (tmp_path / 'out').exists()
+
+
+def test_max_distance_limits_the_matches(env, capsys, tmp_path):
+  output = tmp_path / 'limited'
+  # Below the distance of every other image (> 0.1 above) and above the
+  # duplicate's rounding (< 5e-3 above).
+  _, results = run_search(capsys, env, output, '--max_distance=0.05')
+  assert results['max_distance'] == 0.05
+  by_query = {os.path.basename(q['query']): q for q in results['queries']}
+  duplicate = by_query.pop('copy_of_exact.png')
+  assert [m['file'] for m in duplicate['matches']] == [
+      str(env['gallery'] / 'exact.png')]
+  assert not duplicate['no_match']
+  (other,) = by_query.values()
+  assert other['matches'] == [] and other['no_match']
+  assert (output / 'ranks.png').is_file()
+
+  # fpr:RATE reads the threshold a training workdir's metrics.json recorded.
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(env['model_a'], workdir / 'model')
+  verification = {'fpr': [1e-4, 1e-3, 1e-2], 'threshold': [None, 0.05, 0.9],
+                  'tpr': [None, 0.5, 0.9]}
+  settings = {'image_size': list(IMAGE_SIZE), 'flip': False,
+              'metric': 'euclidean'}
+  (workdir / 'metrics.json').write_text(json.dumps(
+      {'verification': verification, 'settings': settings}))
+  search.main([f'--checkpoint={workdir / "model"}',
+               f'--gallery={env["gallery"]}', f'--query={env["queries"]}',
+               f'--output={output}', '--topk=5', '--max_distance=fpr:1e-3'])
+  with open(output / 'results.json') as f:
+    recorded = json.load(f)
+  assert recorded['max_distance'] == 0.05
+  assert recorded['queries'] == results['queries']
+  capsys.readouterr()
+
+
+def write_metrics(folder, verification=None, **settings):
+  folder.mkdir(parents=True, exist_ok=True)
+  metrics = {'settings': {'image_size': [64, 32], 'flip': False,
+                          'metric': 'euclidean', **settings}}
+  if verification is not None:
+    metrics['verification'] = verification
+  (folder / 'metrics.json').write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize('value, metrics, message', [
+    ('-1', None, "expected a distance >= 0 or fpr:RATE (e.g. fpr:1e-3), "
+     "got '-1'"),
+    ('near', None, "got 'near'"),
+    ('fpr:2', None, 'expected fpr:RATE with 0 < RATE < 1'),
+    ('fpr:1e-3', None, 'nor its parent holds a metrics.json'),
+    ('fpr:1e-3', {}, 'records no verification thresholds'),
+    ('fpr:1e-5', {'verification': True}, 'not 1e-05'),
+    ('fpr:1e-4', {'verification': True}, 'no threshold at FPR 0.0001'),
+    ('fpr:1e-3', {'verification': True, 'image_size': [128, 64]},
+     'image size [128, 64], this search [64, 32]'),
+    ('fpr:1e-3', {'verification': True, 'flip': True},
+     'flip True, this search False'),
+    ('fpr:1e-3', {'verification': True, 'metric': 'cosine'},
+     'metric cosine, this search euclidean'),
+])
+def test_max_distance_errors_name_the_flag(tmp_path, value, metrics, message):
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  if metrics is not None:
+    settings = dict(metrics)
+    verification = ({'fpr': [1e-4, 1e-3], 'threshold': [None, 0.7]}
+                    if settings.pop('verification', False) else None)
+    write_metrics(model_dir, verification, **settings)
+  with pytest.raises(ValueError) as error:
+    search.max_distance_threshold(value, str(model_dir), (64, 32), False)
+  assert str(error.value).startswith('--max_distance: ')
+  assert message in str(error.value)
+
+
+def test_max_distance_values(tmp_path):
+  assert search.max_distance_threshold(None, str(tmp_path), (64, 32),
+                                       False) is None
+  assert search.max_distance_threshold('0.5', str(tmp_path), (64, 32),
+                                       False) == 0.5
+  # The model directory's own metrics.json (eval.py) before its parent's.
+  write_metrics(tmp_path, {'fpr': [1e-3], 'threshold': [0.9]})
+  write_metrics(tmp_path / 'model', {'fpr': [1e-3], 'threshold': [0.7]})
+  assert search.max_distance_threshold(
+      'fpr:1e-3', str(tmp_path / 'model'), (64, 32), False) == 0.7
+
+
+def test_nearest_matches_a_full_stable_sort_on_tie_heavy_data():
+  rng = np.random.default_rng(1)
+  # Small integers: every float32 product and sum is exact, and the sqrt
+  # of distinct integers up to 36 stays distinct, so the float32 order is
+  # the integer order and the ties are exact ties.
+  gallery = rng.integers(0, 3, (300, 4)).astype(np.float32)
+  queries = rng.integers(0, 3, (23, 4)).astype(np.float32)
+  # Rows out of order (as after appends); position p's descriptor is
+  # stored at row rows[p].
+  rows = rng.permutation(300)
+  stored = np.empty_like(gallery)
+  stored[rows] = gallery
+  exclude = [[0, 5], [], [299]]
+  squared = ((queries[:, None].astype(np.int64) - gallery[None]) ** 2).sum(-1)
+  squared = squared.astype(np.float64)
+  for q, own in enumerate(exclude):
+    squared[q, own] = np.inf
+  expected = np.argsort(squared, axis=1, kind='stable')[:, :10]
+  distances, positions = nearest.nearest(
+      queries, stored, 10, rows=rows, exclude=exclude, block_rows=37,
+      query_batch=7)
+  np.testing.assert_array_equal(positions, expected)
+  np.testing.assert_array_equal(
+      distances, np.sqrt(np.take_along_axis(squared, expected, axis=1)))
+  # One value everywhere: the lowest positions, across blocks.
+  same = np.ones((50, 4), np.float32)
+  _, positions = nearest.nearest(same[:2], same, 20, block_rows=7,
+                                 exclude=[[3]])
+  np.testing.assert_array_equal(positions[0], [0, 1, 2, *range(4, 21)])
+  np.testing.assert_array_equal(positions[1], np.arange(20))
+  # A gallery smaller than k, one position excluded: inf and -1 fill in.
+  distances, positions = nearest.nearest(queries[:1], gallery[:3], 5,
+                                         exclude=[[1]])
+  assert positions.shape == (1, 3) and positions[0, 2] == -1
+  assert np.isinf(distances[0, 2]) and 1 not in positions[0, :2]
+
+
+class FakeGallery:
+  """Gallery files with descriptors drawn from their contents."""
+
+  def __init__(self, folder):
+    self.folder = folder
+    self.folder.mkdir(parents=True, exist_ok=True)
+    self.calls = []
+    self.messages = []
+
+  def write(self, name, content):
+    (self.folder / name).write_text(content)
+
+  def truth(self, path):
+    seed = int.from_bytes(pathlib.Path(path).read_bytes()[-4:], 'little')
+    return np.random.default_rng(seed).standard_normal((2, 3)).astype(
+        np.float32)
+
+  def describe(self, paths):
+    self.calls.append(list(paths))
+    good = {p: self.truth(p) for p in paths if 'broken' not in p}
+    return good, {p: 'not an image' for p in paths if 'broken' in p}
+
+  def open(self, folder=None):
+    self.calls.clear()
+    paths = sorted(str(p) for p in self.folder.iterdir() if p.is_file())
+    index = gallery_index.open_index(
+        paths, key='k' * 64, gallery_folder=str(folder or self.folder),
+        describe=self.describe, log=self.messages.append)
+    for position, path in enumerate(index.paths):
+      np.testing.assert_array_equal(index.descriptor(position),
+                                    self.truth(path))
+    assert index.paths == [p for p in paths if 'broken' not in p]
+    return index
+
+
+def data_files(index):
+  return sorted(n for n in os.listdir(index.info['index'])
+                if n.startswith('descriptors-'))
+
+
+def test_index_appends_adds_marks_removals_and_compacts(tmp_path,
+                                                        monkeypatch):
+  gallery = FakeGallery(tmp_path / 'gallery')
+  for i in range(6):
+    gallery.write(f'a{i}.jpg', f'crop {i:4d}')
+  gallery.write('broken.jpg', 'junk')
+  monkeypatch.setattr(gallery_index, 'DESCRIBE_CHUNK', 4)
+  index = gallery.open()
+  # Described in chunks of 4, each appended before the next is described.
+  assert [len(c) for c in gallery.calls] == [4, 3]
+  assert index.failures == {str(gallery.folder / 'broken.jpg'):
+                            'not an image'}
+  (data,) = data_files(index)
+  data = os.path.join(index.info['index'], data)
+  first_bytes = pathlib.Path(data).read_bytes()
+  assert len(first_bytes) == 6 * 6 * 4  # six rows of 2 x 3 float32
+
+  index = gallery.open()
+  assert gallery.calls == [] and index.info['reused'] == 7
+  assert index.failures  # failures are indexed and reported again
+
+  gallery.write('b0.jpg', 'crop  100')
+  gallery.write('a1.jpg', 'crop  101')  # changed contents and size
+  os.remove(gallery.folder / 'a2.jpg')
+  index = gallery.open()
+  assert gallery.calls == [[str(gallery.folder / 'a1.jpg'),
+                            str(gallery.folder / 'b0.jpg')]]
+  assert (index.info['reused'], index.info['described'],
+          index.info['removed']) == (5, 2, 1)
+  # Appended: the first rows' bytes are untouched, two rows added.
+  grown = pathlib.Path(data).read_bytes()
+  assert grown[:len(first_bytes)] == first_bytes
+  assert len(grown) == 8 * 6 * 4
+
+  for i in (0, 3, 4, 5):
+    os.remove(gallery.folder / f'a{i}.jpg')
+  index = gallery.open()
+  # 6 of 8 rows dead (> COMPACT_DEAD_FRACTION): the live ones are copied.
+  assert any('compacting' in m for m in gallery.messages)
+  assert data_files(index) == ['descriptors-1.f32']
+  assert index.descriptors.shape == (2, 6)
+  assert gallery.calls == []
+  index = gallery.open()
+  assert gallery.calls == [] and len(index.paths) == 2
+
+
+def test_damaged_index_is_rebuilt(tmp_path):
+  gallery = FakeGallery(tmp_path / 'gallery')
+  for i in range(3):
+    gallery.write(f'a{i}.jpg', f'crop {i:4d}')
+  index = gallery.open()
+  folder = index.info['index']
+  data = os.path.join(folder, 'descriptors-0.f32')
+  # An append cut short (rows without a manifest naming them): ignored,
+  # then overwritten by the next append.
+  with open(data, 'ab') as f:
+    f.write(b'\xff' * 10)
+  index = gallery.open()
+  assert gallery.calls == []
+  gallery.write('b.jpg', 'crop   99')
+  index = gallery.open()
+  assert os.path.getsize(data) == 4 * 6 * 4
+
+  damages = {
+      'a short descriptor file': lambda: os.truncate(data, 20),
+      'a missing manifest': lambda: os.remove(
+          os.path.join(folder, gallery_index.MANIFEST)),
+      'a damaged manifest': lambda: pathlib.Path(
+          folder, gallery_index.MANIFEST).write_bytes(b'PK\x03\x04junk'),
+  }
+  for damage in damages.values():
+    damage()
+    gallery.messages.clear()
+    index = gallery.open()
+    assert [len(c) for c in gallery.calls] == [4]
+    assert gallery.messages[0].startswith(
+        f'gallery index: damaged index {folder} (')
+    assert gallery.messages[0].endswith('; rebuilding it')
+
+
+def test_read_only_gallery_is_indexed_in_the_user_cache(tmp_path,
+                                                        monkeypatch):
+  gallery = FakeGallery(tmp_path / 'gallery')
+  for i in range(3):
+    gallery.write(f'a{i}.jpg', f'crop {i:4d}')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'user_cache'))
+  # The gallery's cache folder cannot be created: a file is in the way (as
+  # tests/test_image_check.py does; permissions do not stop root).
+  (gallery.folder / gallery_index.CACHE_FOLDER).write_bytes(b'')
+  index = gallery.open()
+  folder = index.info['index']
+  # The same place image_check keeps this folder's verdicts, beside them.
+  verdicts = image_check.cache_files(str(gallery.folder))[1]
+  assert folder.startswith(str(tmp_path / 'user_cache' / 'sa_reid_jax'))
+  assert os.path.dirname(os.path.dirname(os.path.dirname(folder))) == (
+      os.path.dirname(os.path.dirname(verdicts)))
+  assert gallery.messages[0] == (
+      f'gallery index: {gallery.folder / ".sa_reid_cache"} is not writable; '
+      f'index kept in {folder}')
+  index = gallery.open()
+  assert gallery.calls == [] and index.info['index'] == folder

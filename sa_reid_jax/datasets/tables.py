@@ -1,10 +1,13 @@
 """A split held in memory as one row per image: what the input pipeline reads.
 
+A config's dataset block becomes tables through `sources.read_splits`.
 Two sources give the same table: a Market-layout folder (``from_folders``,
 ``from_folder``: file paths, read lazily by the pipeline after every image
 was checked decodable) and a built TFDS dataset (``from_tfds``: the encoded
 images themselves, checked when it was built). Rows are in file-name order
-either way, so both sources yield identical batches.
+either way, so both sources yield identical batches. List files and
+person folders (`list_file`, `person_folders`) become tables through
+``from_records``.
 """
 
 import dataclasses
@@ -32,8 +35,11 @@ class ExampleTable:
     person_ids: int32, as in the file names (-1 junk, 0 distractor).
     labels: int32 train classes 0..K-1 (sorted person-id order), or
       ``builders.NO_LABEL`` (-1) outside the train split.
-    camera_ids: int32, 0-based.
-    filenames: object array of base names.
+    camera_ids: int32, 0-based; -1 where the source has no cameras
+      (`image_records.UNKNOWN_CAMERA`: list files and person folders
+      without them).
+    filenames: object array of base names (list files and person folders:
+      the path relative to the list file's or split's folder).
   """
   images: np.ndarray
   images_are_paths: bool
@@ -82,7 +88,7 @@ def from_folders(root: str, splits: Sequence[str],
   image_check.require_readable(
       [record.path for split in splits for record in records[split]], root,
       log)
-  return {split: _folder_table(split, records[split]) for split in splits}
+  return {split: from_records(split, records[split]) for split in splits}
 
 
 def from_folder(root: str, split: str,
@@ -91,7 +97,23 @@ def from_folder(root: str, split: str,
   return from_folders(root, (split,), log)[split]
 
 
-def _folder_table(split: str, records) -> ExampleTable:
+def from_records(split: str, records) -> ExampleTable:
+  """The table of a split's checked image records, in their order.
+
+  Args:
+    split: ``'train'`` gets labels 0..K-1 (`market_layout.train_labels`),
+      the other splits ``builders.NO_LABEL``.
+    records: objects with ``path``, ``person_id``, ``camera_id`` (0-based,
+      or -1 where unknown: `image_records.UNKNOWN_CAMERA`) and ``filename``
+      (`market_layout.ImageRecord`, `image_records.ImageEntry`).
+
+  Returns:
+    the table, its images the files' paths.
+
+  Raises:
+    LayoutError: naming the first junk (person id -1) image of a train
+      split.
+  """
   if split == 'train':
     labels = market_layout.train_labels(records)
   else:

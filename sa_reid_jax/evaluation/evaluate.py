@@ -7,18 +7,20 @@ TensorFlow (tf.data), which accelerator-only code must not need to import.
 import dataclasses
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
 
 from sa_reid_jax.data import pipeline
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.datasets import tables
-from sa_reid_jax.evaluation.distances import pairwise_distances
+from sa_reid_jax.evaluation.distances import DistanceRows
 from sa_reid_jax.evaluation.features import extract_features
 from sa_reid_jax.evaluation.metrics import RankResult, evaluate_rank
 from sa_reid_jax.evaluation.metrics import valid_queries
-from sa_reid_jax.evaluation.rerank import re_rank
+from sa_reid_jax.evaluation.rerank import re_rank_descriptors
+from sa_reid_jax.evaluation import verification
 
 REPORTED_RANKS = (1, 5, 10)
 
@@ -28,51 +30,65 @@ def load_splits(dataset: ml_collections.ConfigDict,
   """The splits named by a config's ``dataset`` block.
 
   Args:
-    dataset: ``folder`` (a Market-1501-layout folder, read directly, every
-      image of the splits checked readable first) or, when it is empty,
-      ``name`` and ``data_dir`` of a built TFDS dataset.
+    dataset: a ``list`` file, a ``folder`` in its ``layout``, or ``name``
+      and ``data_dir`` of a built TFDS dataset (`sources.read_splits`);
+      every image of the splits checked readable first.
     splits: which splits.
 
   Returns:
     the splits' tables, in `splits` order.
 
   Raises:
-    LayoutError: for a folder not in Market layout, or listing every
-      unreadable image of the splits.
+    LayoutError: starting with the config key, for a source that cannot
+      be read (every fault listed), or listing every unreadable image of a
+      folder's splits.
+    ValueError: for a bad block or a TFDS dataset that is not built.
   """
-  if dataset.folder:
-    folder_tables = tables.from_folders(dataset.folder, splits)
-    return [folder_tables[split] for split in splits]
-  return [tables.from_tfds(dataset.name, split,
-                           data_dir=dataset.data_dir or None)
-          for split in splits]
+  read = sources.read_splits(dataset, splits)
+  return [read[split] for split in splits]
 
 
 def check_evaluation_splits(query: tables.ExampleTable,
                             gallery: tables.ExampleTable,
-                            dataset: ml_collections.ConfigDict) -> None:
+                            dataset: ml_collections.ConfigDict,
+                            log: Callable[[str], None] = print) -> None:
   """Refuses query and gallery splits the evaluation protocol cannot score.
 
   The Market-1501 protocol removes each query's same-camera gallery images
   of its person, and skips a query with no true match left; with none
-  left, every evaluation would fail, after training or extraction.
+  left, every evaluation would fail, after training or extraction. Where
+  cameras are unknown (`image_records.UNKNOWN_CAMERA`: a list file without
+  a camera column, person folders without camera folders) nothing is
+  removed for sharing a camera, and a line to `log` says so.
 
   Args:
     query: the query split's table.
     gallery: the gallery split's table.
     dataset: the config's ``dataset`` block, named in the error.
+    log: where the line on unknown cameras goes.
 
   Raises:
-    ValueError: naming config.dataset.folder and the folder (or
-      config.dataset.name) when no query has a gallery match from another
-      camera, with the cameras each split holds.
+    ValueError: naming the source's config key and value
+      (`sources.describe`) when no query has a true match in the gallery,
+      with the cameras each split holds where they are known.
   """
+  known = sources.cameras_known(query, gallery)
+  if not known:
+    # A target (sources.block_from_spec) is named: several are read.
+    named = f'{dataset.source}: ' if dataset.get('source', '') else ''
+    log(f'{named}cameras unknown: no same-camera removal (every gallery '
+        "image of a query's person is a true match; junk still removed)")
   valid = valid_queries(query.person_ids, gallery.person_ids,
-                                query.camera_ids, gallery.camera_ids)
+                        query.camera_ids, gallery.camera_ids)
   if valid.any():
     return
-  source = (f'config.dataset.folder: {dataset.folder}' if dataset.folder
-            else f'config.dataset.name: {dataset.name}')
+  source = sources.describe(dataset)
+  if not known:
+    raise ValueError(
+        f'{source}: no query has a gallery image of its person (cameras '
+        f'unknown, so none is removed), so the evaluation could score none '
+        f'of its {len(query)} queries. Each query person needs gallery '
+        'images of the same person id')
 
   def cameras(table):
     # File names number cameras from 1 (c1); the tables from 0.
@@ -85,7 +101,8 @@ def check_evaluation_splits(query: tables.ExampleTable,
       f'{len(query)} queries; query cameras: {cameras(query)}, gallery '
       f'cameras: {cameras(gallery)}. Each query person needs gallery images '
       'from a camera other than the query\'s (the _c<camera> in the file '
-      'names)')
+      'names, the camera_id of a list file, the camera folders of person '
+      'folders)')
 
 
 def describe(model, variables, table: tables.ExampleTable,
@@ -117,14 +134,15 @@ class Evaluation:
     metrics: what `evaluate_model` returns (and metrics.json holds).
     query: the query split.
     gallery: the gallery split.
-    distances: float32 (num_query, num_gallery) query-gallery distances.
+    distances: float32 (num_query, num_gallery) query-gallery distances, as
+      a `DistanceRows` (read by rows; ``np.asarray`` builds it whole).
     plain: the ranking metrics of `distances`, per query included.
     reranked: those of the re-ranked distances, or None without re-ranking.
   """
   metrics: dict[str, Any]
   query: tables.ExampleTable
   gallery: tables.ExampleTable
-  distances: np.ndarray
+  distances: DistanceRows
   plain: RankResult
   reranked: Optional[RankResult]
 
@@ -141,7 +159,9 @@ def evaluate_model(model, variables, config: ml_collections.ConfigDict,
 
 def run_evaluation(model, variables, config: ml_collections.ConfigDict,
                    flip: Optional[bool] = None,
-                   rerank: Optional[bool] = None) -> Evaluation:
+                   rerank: Optional[bool] = None,
+                   dataset: Optional[ml_collections.ConfigDict] = None
+                   ) -> Evaluation:
   """Market-1501-protocol evaluation of a model on the configured dataset.
 
   Args:
@@ -152,43 +172,65 @@ def run_evaluation(model, variables, config: ml_collections.ConfigDict,
     flip: flip test-time augmentation (default ``config.eval.flip``).
     rerank: also report k-reciprocal re-ranked metrics (default
       ``config.eval.rerank``).
+    dataset: the dataset block evaluated on (default ``config.dataset``;
+      an evaluation target's, `validation.extra_target_blocks`).
 
   Returns:
     an `Evaluation` whose ``metrics`` are ``{'plain': {...}}`` and, with
     re-ranking, ``{'reranked': {...}}`` (each holding rank1/rank5/rank10,
-    mAP, mINP and num_valid_queries) and ``{'settings': {...}}``.
+    mAP, mINP and num_valid_queries), ``{'verification': {...}}`` (TPR and
+    distance threshold at each ``config.eval.verification_fprs``, AUC and
+    the ROC curve of the plain distances:
+    `verification.summarize_verification`) and ``{'settings': {...}}``.
   """
   flip = config.eval.flip if flip is None else flip
   rerank = config.eval.rerank if rerank is None else rerank
-  query, gallery = load_splits(config.dataset)
-  check_evaluation_splits(query, gallery, config.dataset)
+  dataset = config.dataset if dataset is None else dataset
+  query, gallery = load_splits(dataset)
+  check_evaluation_splits(query, gallery, dataset)
   query_features = describe(model, variables, query, config, flip, 'query')
   gallery_features = describe(model, variables, gallery, config, flip,
                               'gallery')
   metric = config.eval.metric
-  q_g = pairwise_distances(query_features, gallery_features, metric)
+  # Rows computed on the device as they are read: MSMT17's (Q, G) matrix
+  # (3.6 GiB) is kept on the host only below distances.HOST_CACHE_BYTES.
+  q_g = DistanceRows(query_features, gallery_features, metric)
   ids = (query.person_ids, gallery.person_ids, query.camera_ids,
          gallery.camera_ids)
   plain = evaluate_rank(q_g, *ids, max_rank=config.eval.max_rank)
   metrics = {'plain': summarize(plain)}
+  # On the plain distances: re-ranked values are no thresholdable distance.
+  metrics['verification'] = verification.summarize_verification(
+      verification.evaluate_verification(
+          q_g, *ids, fprs=config.eval.verification_fprs))
   reranked_result = None
   if rerank:
-    q_q = pairwise_distances(query_features, query_features, metric)
-    g_g = pairwise_distances(gallery_features, gallery_features, metric)
-    reranked = re_rank(q_g, q_q, g_g, k1=config.eval.k1, k2=config.eval.k2,
-                       lambda_value=config.eval.lambda_value)
+    # No g_g (MSMT17: 25 GiB): neighbours and the few pair distances
+    # re-ranking needs come from the descriptors, block by block.
+    reranked = re_rank_descriptors(
+        query_features, gallery_features, metric, q_g_dist=q_g,
+        k1=config.eval.k1, k2=config.eval.k2,
+        lambda_value=config.eval.lambda_value)
     reranked_result = evaluate_rank(reranked, *ids,
                                     max_rank=config.eval.max_rank)
     metrics['reranked'] = summarize(reranked_result)
   metrics['settings'] = {'flip': bool(flip), 'metric': metric,
                          'image_size': [int(v) for v in config.image_size],
                          'num_query': len(query), 'num_gallery': len(gallery)}
+  metrics['settings']['same_camera_removal'] = sources.cameras_known(
+      query, gallery)
+  metrics['settings']['dataset'] = sources.spec_of(dataset)
   if rerank:
     metrics['settings'].update(k1=config.eval.k1, k2=config.eval.k2,
                                lambda_value=config.eval.lambda_value)
   return Evaluation(metrics=metrics, query=query, gallery=gallery,
-                    distances=np.asarray(q_g, np.float32), plain=plain,
+                    distances=q_g, plain=plain,
                     reranked=reranked_result)
+
+
+def format_target(spec: str, metrics: dict[str, Any]) -> str:
+  """`format_metrics` of an evaluation target, under a line naming it."""
+  return f'target {spec}:\n{format_metrics(metrics)}'
 
 
 def record_source(metrics: dict[str, Any], checkpoint: str,
@@ -221,7 +263,8 @@ def record_source(metrics: dict[str, Any], checkpoint: str,
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-  """One line per setting: rank-1/5/10, mAP and mINP in percent."""
+  """One line per setting: rank-1/5/10, mAP and mINP in percent; then
+  the verification TPRs at fixed FPR, with their distance thresholds."""
   lines = []
   for setting in ('plain', 'reranked'):
     if setting in metrics:
@@ -231,6 +274,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
       lines.append(f'{setting:<9} {ranks}  mAP {100 * m["mAP"]:.2f}  '
                    f'mINP {100 * m["mINP"]:.2f}  '
                    f'({m["num_valid_queries"]} queries)')
+  if 'verification' in metrics:
+    lines.append(verification.format_verification(metrics['verification']))
   return '\n'.join(lines)
 
 

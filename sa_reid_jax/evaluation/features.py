@@ -4,12 +4,14 @@ import collections.abc
 import functools
 import sys
 import time
-from typing import Any, Iterable, Mapping, Optional, TextIO
+from typing import Any, Iterable, Mapping, Optional, Sequence, TextIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sa_reid_jax.evaluation.distances import aligned_empty
+from sa_reid_jax.models import devices as devices_lib
 from sa_reid_jax.models import registry
 from sa_reid_jax.models.sanet import l2_normalize
 
@@ -18,11 +20,16 @@ def extract_features(model, variables, batches: Iterable[Mapping[str, Any]],
                      flip: bool = False, total: Optional[int] = None,
                      progress: bool = True, description: str = 'features',
                      log_interval_s: float = 10.0,
-                     stream: Optional[TextIO] = None) -> np.ndarray:
+                     stream: Optional[TextIO] = None,
+                     devices: Optional[Sequence[jax.Device]] = None
+                     ) -> np.ndarray:
   """Runs the model over batches and keeps one descriptor per real image.
 
   The forward pass is one jit-compiled function (compiled once per batch
-  shape, so a padded last batch costs no recompilation). Batch n + 1 is
+  shape, so a padded last batch costs no recompilation), split over every
+  local device (`models.devices`, as `FeatureExtractor`): each batch is
+  padded with masked rows to a multiple of the device count, its rows
+  split over the devices, the variables replicated on each. Batch n + 1 is
   dispatched before batch n's descriptors are copied to the host.
 
   Args:
@@ -40,6 +47,8 @@ def extract_features(model, variables, batches: Iterable[Mapping[str, Any]],
     description: label of the progress lines.
     log_interval_s: seconds between progress lines when not on a terminal.
     stream: where progress goes (default sys.stdout).
+    devices: the devices to split batches over (default
+      ``jax.local_devices()``).
 
   Returns:
     (num_real_images, P, D) float32 numpy array, in input order.
@@ -50,11 +59,20 @@ def extract_features(model, variables, batches: Iterable[Mapping[str, Any]],
   """
   reporter = _ProgressReporter(description, total, log_interval_s,
                                stream or sys.stdout) if progress else None
+  parallel = devices_lib.data_parallel(devices)
+  variables = jax.device_put(variables, parallel.replicated)
   kept = []
   pending = None
   for index, batch in enumerate(batches):
     images, mask = _check_batch(batch, index)
-    descriptors = _descriptors(model, variables, images, flip=flip)
+    size = parallel.padded_size(len(mask))
+    if size != len(mask):
+      images = np.concatenate([np.asarray(images), np.zeros(
+          (size - len(mask), *images.shape[1:]), images.dtype)])
+      mask = np.concatenate([mask, np.zeros(size - len(mask), bool)])
+    descriptors = _descriptors(model, variables,
+                               jax.device_put(images, parallel.batch),
+                               flip=flip)
     if pending is not None:
       kept.append(_collect(*pending, reporter))
     pending = (descriptors, mask)
@@ -63,7 +81,12 @@ def extract_features(model, variables, batches: Iterable[Mapping[str, Any]],
   kept.append(_collect(*pending, reporter))
   if reporter is not None:
     reporter.finish()
-  return np.concatenate(kept)
+  # 64-byte-aligned, so that the distance computations can share it with
+  # the CPU device instead of copying it (`distances.device_descriptors`).
+  out = aligned_empty((sum(len(k) for k in kept),) + kept[0].shape[1:],
+                      kept[0].dtype)
+  np.concatenate(kept, out=out)
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'flip'))
@@ -78,11 +101,13 @@ def _descriptors(model, variables, images, flip):
 
 
 def _check_batch(batch, index):
-  """(images as a JAX array, mask as numpy bool) of a validated batch."""
+  """(images as numpy or JAX, mask as numpy bool) of a validated batch."""
   if not isinstance(batch, collections.abc.Mapping) or 'images' not in batch:
     raise ValueError(f'batch {index}: expected a dict with "images" (B, H, W, '
                      f'3) and "mask" (B,), got {type(batch).__name__}')
-  images = jnp.asarray(batch['images'])
+  images = batch['images']
+  if not isinstance(images, jax.Array):
+    images = np.asarray(images)
   if images.ndim != 4:
     raise ValueError(f'batch {index}: images must be (B, H, W, 3), got shape '
                      f'{images.shape}')

@@ -22,6 +22,7 @@ import numpy as np
 
 # market_layout is plain Python (no TensorFlow), so importing it is cheap.
 from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
+from sa_reid_jax.datasets.image_records import UNKNOWN_CAMERA
 
 # Distance-matrix entries per chunk of queries: bounds the working memory
 # (about 1 + 4 bytes per entry plus 8 bytes per kept image) and keeps it
@@ -76,8 +77,10 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
   at rank k when p_1 <= k.
 
   Args:
-    distmat: (num_query, num_gallery) real distances (numpy or JAX array);
-      float32 takes the fastest path. NaN ranks after every number (as
+    distmat: (num_query, num_gallery) real distances (numpy or JAX array,
+      or rows computed when read: `distances.DistanceRows`,
+      `rerank.ReRankedRows`, read one chunk of rows at a time and never
+      whole); float32 takes the fastest path. NaN ranks after every number (as
       in np.argsort); NaN between a query and a true match is an error.
     q_pids: (num_query,) integer person ids of the queries.
     g_pids: (num_gallery,) integer person ids of the gallery.
@@ -95,7 +98,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
       to a true match, a non-positive max_rank or chunk_size, or when no
       query is valid.
   """
-  distmat = np.asarray(distmat)
+  if not hasattr(distmat, 'blocks'):  # rows computed when read stay lazy
+    distmat = np.asarray(distmat)
   q_pids, g_pids, q_camids, g_camids = _check_inputs(
       distmat, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
   num_query, num_gallery = distmat.shape
@@ -155,7 +159,9 @@ def valid_queries(q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
   """Which queries the protocol evaluates: those with a true match left.
 
   A true match is a gallery image of the query's person (not junk) from
-  another camera; `evaluate_rank` skips every other query, and fails when
+  another camera, where a camera id of `UNKNOWN_CAMERA` (-1) is never the
+  same camera as any other (so without cameras no gallery image is removed
+  for sharing one); `evaluate_rank` skips every other query, and fails when
   none is left. No distances are needed, so a split can be checked before
   any network runs.
 
@@ -221,8 +227,9 @@ def _same_person_pairs(q_pids, g_pids, q_camids, g_camids):
 
   Returns:
     (match_q, match_g, removed_q, removed_g): the true matches (other camera)
-    and the same-camera pairs the protocol removes. Pairs of junk ids are in
-    neither: junk gallery columns are removed for every query.
+    and the same-camera pairs the protocol removes; a pair with an
+    `UNKNOWN_CAMERA` on either side is never the same camera. Pairs of junk
+    ids are in neither: junk gallery columns are removed for every query.
   """
   order = np.argsort(g_pids, kind='stable')
   sorted_pids = g_pids[order]
@@ -233,7 +240,8 @@ def _same_person_pairs(q_pids, g_pids, q_camids, g_camids):
   offsets = np.arange(len(pair_q)) - np.repeat(np.cumsum(counts) - counts,
                                               counts)
   pair_g = order[np.repeat(lo, counts) + offsets]
-  same_camera = g_camids[pair_g] == q_camids[pair_q]
+  same_camera = ((g_camids[pair_g] == q_camids[pair_q]) &
+                 (q_camids[pair_q] != UNKNOWN_CAMERA))
   return (pair_q[~same_camera], pair_g[~same_camera],
           pair_q[same_camera], pair_g[same_camera])
 

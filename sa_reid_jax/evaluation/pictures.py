@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sa_reid_jax.data import preprocessing
 from sa_reid_jax.datasets import images
+from sa_reid_jax.datasets.image_records import UNKNOWN_CAMERA
 from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
 from sa_reid_jax.datasets.tensorflow_cpu import tf
 
@@ -173,10 +174,15 @@ def match_kinds(query_pid: int, query_cam: int, gallery_pids: np.ndarray,
   Returns:
     object array (num_gallery,) of 'match' (the same person, another
     camera), 'wrong' (another person), 'junk' (person id -1) or 'same cam'
-    (the same person, the same camera).
+    (the same person, the same camera). A camera id `UNKNOWN_CAMERA` is
+    never the same camera (as `metrics.valid_queries` rules): without
+    cameras every image of the query's person is a 'match'.
   """
+  gallery_pids = np.asarray(gallery_pids)
+  gallery_cams = np.asarray(gallery_cams)
   kinds = np.where(gallery_pids == query_pid, 'match', 'wrong').astype(object)
-  kinds[(gallery_pids == query_pid) & (gallery_cams == query_cam)] = 'same cam'
+  same_camera = (gallery_cams == query_cam) & (query_cam != UNKNOWN_CAMERA)
+  kinds[(gallery_pids == query_pid) & same_camera] = 'same cam'
   kinds[gallery_pids == JUNK_PERSON_ID] = 'junk'
   return kinds
 

@@ -4,6 +4,8 @@ One file, no external resources (every picture is embedded as a base64 data
 URI), readable offline in any browser:
 
 - the run's settings and the metrics table (plain and re-ranked);
+- verification: TPR and distance threshold at fixed FPRs, AUC, and the ROC
+  curve (from metrics.json's ``verification`` block, when present);
 - the CMC curve (ranks 1 to ``max_rank``), the distribution of AP over the
   valid queries, and the distances of true and false matches;
 - per-camera results (the valid queries grouped by their camera);
@@ -18,35 +20,34 @@ entry of metrics.json (e.g. ``plain.mAP``) and show it in percent to two
 decimals.
 """
 
-import base64
+import glob
 import html
-import io
 import os
+import re
 from typing import Any, Callable, Optional, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from sa_reid_jax.datasets.market_layout import JUNK_PERSON_ID
+from sa_reid_jax.datasets import sources
+from sa_reid_jax.datasets.image_records import UNKNOWN_CAMERA
 from sa_reid_jax.evaluation.evaluate import Evaluation
 from sa_reid_jax.evaluation import pictures
+from sa_reid_jax.evaluation import report_figures
+from sa_reid_jax.evaluation import verification
 from sa_reid_jax.evaluation.metrics import RankResult
 from sa_reid_jax.models import registry
 
 REPORT_HTML = 'report.html'
+# An evaluation target's report beside report.html: report_<name>.html, the
+# name its dataset spec with every run of other characters than these made
+# one '_', cut to its last TARGET_NAME_CHARS characters.
+TARGET_REPORT = 'report_{}.html'
+TARGET_NAME_CHARS = 80
+_UNSAFE = re.compile(r'[^A-Za-z0-9.-]+')
 SETTINGS = ('plain', 'reranked')
 METRIC_COLUMNS = (('rank1', 'rank-1'), ('rank5', 'rank-5'),
                   ('rank10', 'rank-10'), ('mAP', 'mAP'), ('mINP', 'mINP'))
-# Query rows of the distance matrix per histogram pass (bounds the memory of
-# the masks to this many rows at a time).
-HISTOGRAM_ROWS = 256
-HISTOGRAM_BINS = 50
-FIGURE_SIZE = (6.4, 3.6)  # inches, at FIGURE_DPI
-FIGURE_DPI = 100
-JPEG_QUALITY = 90
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1100px; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
@@ -59,101 +60,28 @@ figcaption { font-size: 0.85em; color: #333; }
 """
 
 
-def _data_uri(image: Image.Image, image_format: str) -> str:
-  buffer = io.BytesIO()
-  image.save(buffer, format=image_format, quality=JPEG_QUALITY)
-  mime = 'jpeg' if image_format == 'JPEG' else image_format.lower()
-  encoded = base64.b64encode(buffer.getvalue()).decode('ascii')
-  return f'data:image/{mime};base64,{encoded}'
-
-
-def _figure_uri(figure: Figure) -> str:
-  buffer = io.BytesIO()
-  FigureCanvasAgg(figure).print_png(buffer)
-  encoded = base64.b64encode(buffer.getvalue()).decode('ascii')
-  return f'data:image/png;base64,{encoded}'
-
-
-def _new_figure(title: str, xlabel: str, ylabel: str):
-  figure = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI, layout='constrained')
-  axes = figure.add_subplot()
-  axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-  axes.grid(alpha=0.3)
-  return figure, axes
-
-
-def cmc_figure(results: dict[str, RankResult]) -> Figure:
-  """CMC curves (percent of valid queries hit within rank k) per setting."""
-  figure, axes = _new_figure('CMC', 'rank', 'matching rate (%)')
-  for setting, result in results.items():
-    ranks = np.arange(1, len(result.cmc) + 1)
-    axes.plot(ranks, 100 * result.cmc, marker='.', label=setting)
-  axes.set_xlim(1, max(len(r.cmc) for r in results.values()))
-  axes.legend(loc='lower right')
-  return figure
-
-
-def ap_figure(results: dict[str, RankResult]) -> Figure:
-  """Histogram of the per-query AP of each setting."""
-  figure, axes = _new_figure('AP over queries', 'average precision (%)',
-                             'queries')
-  bins = np.linspace(0, 100, 21)
-  for setting, result in results.items():
-    axes.hist(100 * result.average_precision, bins=bins, alpha=0.6,
-              label=f'{setting} (mAP {100 * result.mAP:.2f})')
-  axes.legend(loc='upper left')
-  return figure
-
-
-def match_distance_histograms(distances: np.ndarray, q_pids, g_pids,
-                              q_camids, g_camids,
-                              bins: int = HISTOGRAM_BINS
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Histograms of the distances of true and of false matches.
-
-  As in the protocol: junk gallery images and same-person same-camera pairs
-  are left out, distractors (person id 0) count as false matches.
-
-  Args:
-    distances: (num_query, num_gallery) distances.
-    q_pids, g_pids, q_camids, g_camids: ids of the queries and the gallery.
-    bins: number of equal-width bins over the finite distances' range.
-
-  Returns:
-    (edges (bins + 1,), true-match counts (bins,), false-match counts
-    (bins,)), counts as int64.
-  """
-  finite = distances[np.isfinite(distances)]
-  low, high = (float(finite.min()), float(finite.max())) if finite.size else (
-      0.0, 1.0)
-  edges = np.linspace(low, high if high > low else low + 1, bins + 1)
-  true_counts = np.zeros(bins, np.int64)
-  false_counts = np.zeros(bins, np.int64)
-  g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
-  kept_columns = g_pids != JUNK_PERSON_ID
-  for start in range(0, len(distances), HISTOGRAM_ROWS):
-    rows = slice(start, start + HISTOGRAM_ROWS)
-    same = np.asarray(q_pids)[rows, None] == g_pids
-    same_camera = np.asarray(q_camids)[rows, None] == g_camids
-    block = distances[rows]
-    true_mask = same & ~same_camera & kept_columns
-    false_mask = ~same & kept_columns
-    true_counts += np.histogram(block[true_mask], edges)[0]
-    false_counts += np.histogram(block[false_mask], edges)[0]
-  return edges, true_counts, false_counts
-
-
-def distance_figure(edges, true_counts, false_counts) -> Figure:
-  """The two histograms of `match_distance_histograms`, each normalised."""
-  figure, axes = _new_figure('distances of true and false matches',
-                             'distance', 'share of pairs (%)')
-  for counts, label, colour in ((true_counts, 'true matches', 'tab:green'),
-                                (false_counts, 'false matches', 'tab:red')):
-    total = max(int(counts.sum()), 1)
-    axes.stairs(100 * counts / total, edges, fill=True, alpha=0.5,
-                color=colour, label=f'{label} ({int(counts.sum()):,} pairs)')
-  axes.legend(loc='upper right')
-  return figure
+def _verification_table(summary: dict[str, Any]) -> str:
+  """FPR / TPR / threshold rows, keyed ``verification.tpr.I`` and
+  ``verification.threshold.I`` (I the FPR's index in metrics.json), and
+  the AUC (``verification.auc``)."""
+  rows = []
+  for i, (f, tpr, threshold, reason) in enumerate(zip(
+      summary['fpr'], summary['tpr'], summary['threshold'],
+      summary['not_estimable'])):
+    shown = ('-' if threshold is None else f'{threshold:.6g}')
+    note = html.escape(reason or '')
+    rows.append(f'<tr><td class="name">{verification.fpr_text(f)}</td>'
+                f'{_cell(tpr, f"verification.tpr.{i}")}'
+                f'<td data-key="verification.threshold.{i}">{shown}</td>'
+                f'<td class="name">{note}</td></tr>')
+  rows.append(f'<tr><td class="name">AUC (%)</td>'
+              f'{_cell(summary["auc"], "verification.auc")}<td></td>'
+              f'<td class="name">over {summary["num_positive_pairs"]:,} '
+              f'positive and {summary["num_negative_pairs"]:,} negative '
+              'pairs</td></tr>')
+  return ('<table id="verification"><tr><th class="name">FPR</th>'
+          '<th>TPR (%)</th><th>threshold (distance)</th>'
+          f'<th class="name">note</th></tr>{"".join(rows)}</table>')
 
 
 def per_camera(result: RankResult, q_camids: np.ndarray
@@ -165,15 +93,16 @@ def per_camera(result: RankResult, q_camids: np.ndarray
     q_camids: (num_query,) camera of every query.
 
   Returns:
-    one dict per camera seen among the queries, in camera order: ``camera``
-    (0-based id), ``num_queries`` (all), ``num_valid_queries``, and over the
-    valid ones ``rank1``, ``rank5``, ``mAP``, ``mINP`` (fractions, None
-    without a valid query).
+    one dict per known camera seen among the queries (queries of an
+    unknown camera, `UNKNOWN_CAMERA`, are in no row), in camera order:
+    ``camera`` (0-based id), ``num_queries`` (all), ``num_valid_queries``,
+    and over the valid ones ``rank1``, ``rank5``, ``mAP``, ``mINP``
+    (fractions, None without a valid query).
   """
   q_camids = np.asarray(q_camids)
   valid_cameras = q_camids[result.query_index]
   rows = []
-  for camera in np.unique(q_camids):
+  for camera in np.unique(q_camids[q_camids != UNKNOWN_CAMERA]):
     mask = valid_cameras == camera
     row = {'camera': int(camera),
            'num_queries': int(np.count_nonzero(q_camids == camera)),
@@ -270,12 +199,14 @@ def _examples(evaluation: Evaluation, rows: Sequence[int], topk: int,
               'distances': [float(distances[i]) for i in order]}
     picture = pictures.ranks_picture([query.images[q]], [ranked], thumbnail)
     i = position[q]
+    camera = ('unknown' if query.camera_ids[q] == UNKNOWN_CAMERA else
+              query.camera_ids[q] + 1)
     caption = (f'query {html.escape(str(query.filenames[q]))} (person '
-               f'{query.person_ids[q]}, camera {query.camera_ids[q] + 1}): AP '
+               f'{query.person_ids[q]}, camera {camera}): AP '
                f'{100 * result.average_precision[i]:.2f}%, first true match '
                f'at rank {result.first_match_rank[i]}')
     figures.append(f'<figure><img alt="ranked gallery of query {q}" '
-                   f'src="{_data_uri(picture, "JPEG")}"><figcaption>{caption}'
+                   f'src="{report_figures.data_uri(picture, "JPEG")}"><figcaption>{caption}'
                    '</figcaption></figure>')
   return '<br>'.join(figures)
 
@@ -308,6 +239,8 @@ def remove_stale_report(directory: str, hint: str,
   Returns:
     the removed file's path, or None when there was none.
   """
+  for target in remove_target_reports(directory):
+    say(f'removed {target}: an earlier evaluation target\'s report')
   path = os.path.join(directory, REPORT_HTML)
   if not os.path.isfile(path):
     return None
@@ -321,7 +254,8 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
                   num_hardest: int, num_random: int, topk: int,
                   thumbnail: tuple[int, int], seed: int,
                   title: str = 'Re-identification evaluation',
-                  warnings: Sequence[str] = ()) -> str:
+                  warnings: Sequence[str] = (),
+                  links: Sequence[tuple[str, str, str]] = ()) -> str:
   """The report as one HTML document.
 
   Args:
@@ -336,6 +270,8 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
     title: the page's title.
     warnings: lines shown above the settings, framed in red (e.g.
       `image_size_warning`), each with ``id="warning"``.
+    links: (file, dataset spec, summary) of the other evaluation targets'
+      reports, listed after the settings (`write_reports`).
 
   Returns:
     the HTML text (UTF-8), images embedded as data URIs.
@@ -344,13 +280,24 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
   if evaluation.reranked is not None:
     results['reranked'] = evaluation.reranked
   query, gallery = evaluation.query, evaluation.gallery
-  histograms = match_distance_histograms(
+  histograms = report_figures.match_distance_histograms(
       evaluation.distances, query.person_ids, gallery.person_ids,
       query.camera_ids, gallery.camera_ids)
-  plots = [('cmc', cmc_figure(results)), ('ap', ap_figure(results)),
-           ('distances', distance_figure(*histograms))]
+  plots = [('cmc', report_figures.cmc_figure(results)),
+           ('ap', report_figures.ap_figure(results)),
+           ('distances', report_figures.distance_figure(*histograms))]
+  summary = evaluation.metrics.get('verification')
+  verification_html = ''
+  if summary is not None:
+    plots.append(('roc', report_figures.roc_figure(summary)))
+    verification_html = f"""<h2>Verification</h2>
+<p>Same person or not: a query-gallery pair of the protocol (positive: same
+person, other camera; negative: another person or a distractor) is accepted
+when its plain distance is at most the threshold, the largest distance whose
+false-positive rate is at most the FPR. ROC curve below.</p>
+{_verification_table(summary)}"""
   plot_html = ''.join(f'<figure><img id="{name}" alt="{name} plot" '
-                      f'src="{_figure_uri(figure)}"></figure>'
+                      f'src="{report_figures.figure_uri(figure)}"></figure>'
                       for name, figure in plots)
   hardest, drawn = example_queries(evaluation.plain, num_hardest, num_random,
                                    seed)
@@ -363,16 +310,19 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
   warning_html = ''.join(
       f'<p class="warning" id="warning"><strong>Warning:</strong> '
       f'{html.escape(line)}</p>\n' for line in warnings)
+  protocol = protocol_sentence(
+      evaluation.metrics.get('settings', {}).get(
+          'same_camera_removal',
+          sources.cameras_known(query, gallery)))
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 {warning_html}<h2>Settings</h2>{_settings_table(settings)}
-<h2>Metrics</h2>
-<p>{len(query):,} queries, {len(gallery):,} gallery images; Market-1501
-protocol (junk and same-person same-camera gallery images removed per query,
-queries without a true match skipped).</p>
+{_links_html(links)}<h2>Metrics</h2>
+<p>{len(query):,} queries, {len(gallery):,} gallery images; {protocol}</p>
 {_metrics_table(evaluation.metrics)}
+{verification_html}
 <h2>Curves and distributions</h2>{plot_html}
 <h2>Per query camera</h2>
 <p>Valid queries grouped by their camera (plain ranking).</p>
@@ -390,7 +340,8 @@ each followed by its top {topk} gallery images: {legend}</p>
 
 def write_report(evaluation: Evaluation, path: str, model,
                  config: ml_collections.ConfigDict, checkpoint: str,
-                 step: Optional[int] = None) -> str:
+                 step: Optional[int] = None, *, dataset: str = '',
+                 links: Sequence[tuple[str, str, str]] = ()) -> str:
   """Writes the report of `evaluation` with the config's report options.
 
   Args:
@@ -402,6 +353,9 @@ def write_report(evaluation: Evaluation, path: str, model,
     checkpoint: the model directory or training run shown as the source.
     step: trained steps, when known (default: ``trained_steps`` of the
       evaluation's settings, see `evaluate.record_source`).
+    dataset: the evaluated dataset as shown (default
+      ``sources.describe(config.dataset)``).
+    links: the other targets' reports (`render_report`).
 
   Returns:
     `path`.
@@ -412,7 +366,7 @@ def write_report(evaluation: Evaluation, path: str, model,
     step = run.get('trained_steps')
   if step is not None:
     settings['trained steps'] = step
-  settings['dataset'] = config.dataset.folder or config.dataset.name
+  settings['dataset'] = dataset or sources.describe(config.dataset)
   settings['image size'] = 'x'.join(str(v) for v in config.image_size)
   if run.get('trained_image_size'):
     settings['trained image size'] = 'x'.join(
@@ -424,6 +378,8 @@ def write_report(evaluation: Evaluation, path: str, model,
       [f'{key}={value}' for key, value in description['config'].items()])
   settings['flip'] = run['flip']
   settings['metric'] = run['metric']
+  if 'same_camera_removal' in run:
+    settings['same_camera_removal'] = run['same_camera_removal']
   if evaluation.reranked is not None:
     settings['re-ranking'] = (f'k1={run["k1"]}, k2={run["k2"]}, '
                               f'lambda={run["lambda_value"]}')
@@ -434,7 +390,119 @@ def write_report(evaluation: Evaluation, path: str, model,
       num_random=config.eval.report_random, topk=config.eval.report_topk,
       thumbnail=tuple(config.eval.report_thumbnail), seed=config.seed,
       title=f'Evaluation of {checkpoint}',
-      warnings=[warning] if warning else [])
+      warnings=[warning] if warning else [], links=links)
   with open(path, 'w', encoding='utf-8') as f:
     f.write(text)
   return path
+
+
+# --- several evaluation targets ----------------------------------------------
+
+
+def protocol_sentence(same_camera_removal: bool) -> str:
+  """What the evaluation removed, for the report's metrics section (from
+  metrics.json's ``settings.same_camera_removal``)."""
+  if same_camera_removal:
+    return ('Market-1501 protocol (junk and same-person same-camera gallery '
+            'images removed per query, queries without a true match '
+            'skipped).')
+  return ('Market-1501 protocol without cameras: cameras are unknown, so no '
+          'gallery image is removed for sharing the query\'s camera (every '
+          'gallery image of its person is a true match); junk removed, '
+          'queries without a true match skipped.')
+
+
+def target_report_name(spec: str, taken: Sequence[str] = ()) -> str:
+  """The file name of a target's report (`TARGET_REPORT`), e.g.
+  ``report_folder_data_duke.html`` for ``folder:data/duke``; ``_2``,
+  ``_3``, ... appended where the name is in `taken`."""
+  name = _UNSAFE.sub('_', spec).strip('_')[-TARGET_NAME_CHARS:] or 'target'
+  candidate, n = TARGET_REPORT.format(name), 1
+  while candidate in taken:
+    n += 1
+    candidate = TARGET_REPORT.format(f'{name}_{n}')
+  return candidate
+
+
+def remove_target_reports(directory: str) -> list[str]:
+  """Removes the targets' reports (`TARGET_REPORT`) an earlier evaluation
+  left in `directory`; returns their paths."""
+  paths = sorted(glob.glob(os.path.join(glob.escape(directory),
+                                        TARGET_REPORT.format('*'))))
+  for path in paths:
+    os.remove(path)
+  return paths
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+  plain = metrics['plain']
+  return (f'rank-1 {100 * plain["rank1"]:.2f}%, mAP {100 * plain["mAP"]:.2f}%'
+          f' ({plain["num_valid_queries"]} queries)')
+
+
+def _links_html(links: Sequence[tuple[str, str, str]]) -> str:
+  if not links:
+    return ''
+  items = ''.join(f'<li><a href="{html.escape(path)}">{html.escape(spec)}'
+                  f'</a>: {html.escape(summary)}</li>'
+                  for path, spec, summary in links)
+  return (f'<h2>Evaluation targets</h2><p>Each target '
+          f'(config.eval.extra_targets) has its own report:</p>'
+          f'<ul id="targets">{items}</ul>\n')
+
+
+def render_index(title: str, note: str,
+                 links: Sequence[tuple[str, str, str]]) -> str:
+  """report.html of a run whose own dataset was not evaluated: `note`
+  (why) and the targets' reports (`render_report`'s `links`)."""
+  return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p id="note">{html.escape(note)}</p>
+{_links_html(links)}</body></html>
+"""
+
+
+def write_reports(main: Optional[Evaluation],
+                  targets: dict[str, Evaluation], directory: str, model,
+                  config: ml_collections.ConfigDict, checkpoint: str,
+                  step: Optional[int] = None, *, dataset: str = ''
+                  ) -> list[str]:
+  """report.html and one report per evaluation target, linked from it.
+
+  Earlier targets' reports in `directory` are removed first.
+
+  Args:
+    main: the evaluation of config.dataset, or None (a train-only dataset:
+      report.html then only says so and links the targets' reports).
+    targets: {dataset spec: its evaluation}.
+    directory: where the reports go (it exists).
+    model, config, checkpoint, step: as in `write_report`.
+    dataset: config.dataset as shown (default `sources.describe`).
+
+  Returns:
+    the paths written, report.html first.
+  """
+  remove_target_reports(directory)
+  dataset = dataset or sources.describe(config.dataset)
+  links, written = [], []
+  for spec, evaluation in targets.items():
+    name = target_report_name(spec, [path for path, _, _ in links])
+    written.append(write_report(
+        evaluation, os.path.join(directory, name), model, config,
+        checkpoint, step, dataset=evaluation.metrics['settings'].get(
+            'dataset', spec)))
+    links.append((name, spec, _summary(evaluation.metrics)))
+  path = os.path.join(directory, REPORT_HTML)
+  if main is not None:
+    write_report(main, path, model, config, checkpoint, step,
+                 dataset=dataset, links=links)
+  else:
+    text = render_index(
+        f'Evaluation of {checkpoint}',
+        f'{dataset} has no query and gallery splits (it only trains); the '
+        'evaluation targets are reported below.', links)
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(text)
+  return [path] + written

@@ -17,7 +17,12 @@ argsort and N x N weight matrix V, N = num_query + num_gallery:
    the gallery rows k with V[k, j] > 0), so only pairs that share a column
    are visited.
 
-Peak memory is the inputs, the (Q, G) output and a few hundred MB of blocks.
+`re_rank` takes the three distance matrices; its peak memory is the inputs,
+the (Q, G) output and a few hundred MB of blocks. `re_rank_descriptors`
+takes the descriptors instead: step 1 runs block by block on the device
+(`descriptor_joint`), step 3 computes just the pair distances it needs, and
+step 4 produces the output rows when they are read (`ReRankedRows`), so no
+N x N or (Q, G) matrix is ever stored.
 """
 
 from typing import NamedTuple
@@ -25,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sa_reid_jax.evaluation import neighbours as neighbours_lib
+from sa_reid_jax.evaluation import row_access
 
 # Rows per block when testing reciprocity and expansions (their (rows, k1, k1/2,
 # k1) membership tensor is the largest array there).
@@ -83,15 +89,118 @@ def re_rank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
   q_g_dist, q_q_dist, g_g_dist = _check_inputs(q_g_dist, q_q_dist, g_g_dist,
                                                k1, k2, lambda_value)
   num_query, num_gallery = q_g_dist.shape
-  num_all = num_query + num_gallery
+
+  def neighbours(num_neighbours):
+    return neighbours_lib.nearest_neighbours(
+        q_g_dist, q_q_dist, g_g_dist, num_neighbours,
+        on_negative=_raise_negative)
+
+  def gather(rows, cols):
+    return _gather_distances(q_g_dist, q_q_dist, g_g_dist, rows, cols)
+
+  row_max_sq, weights = _weights(neighbours, gather, num_query + num_gallery,
+                                 k1, k2)
+  blend = _Blend(weights, num_query, num_gallery, row_max_sq, lambda_value)
+  out = np.empty((num_query, num_gallery), dtype=np.float32)
+  blend.fill(out, 0, q_g_dist)
+  return out
+
+
+def re_rank_descriptors(query, gallery, metric: str = 'euclidean',
+                        k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                        q_g_dist=None) -> 'ReRankedRows':
+  """`re_rank` of the descriptors' distances, without any N x N matrix.
+
+  The joint matrix's row maxima, neighbours and pair distances come from
+  the descriptors, block by block on the device
+  (`descriptor_joint.DescriptorJoint`); the re-ranked rows are computed when
+  read. Memory: the descriptors, the sparse sets (tens of entries per row)
+  and the blocks read, so MSMT17 (11,659 queries, 82,161 gallery images)
+  re-ranks in a few GB, where `re_rank` needs its g_g (25 GiB).
+
+  Equal to ``re_rank(q_g, q_q, g_g)`` of the same distances; the distances
+  here are computed per block and per pair, so float32 descriptors can give
+  entries a unit in the last place away from `pairwise_distances`'s, and
+  the result then differs by about as much (exactly equal where the
+  distances are exact, e.g. small-integer descriptors).
+
+  Args:
+    query: (Q, ...) query descriptors.
+    gallery: (G, ...) gallery descriptors.
+    metric: ``'euclidean'`` or ``'cosine'``.
+    k1, k2, lambda_value: as `re_rank`.
+    q_g_dist: the query-gallery distances when already at hand (an array or
+      a `distances.DistanceRows` of the same descriptors); by default a
+      `DistanceRows` of `query` and `gallery`.
+
+  Returns:
+    a `ReRankedRows`, (Q, G) re-ranked distances read by rows.
+
+  Raises:
+    ValueError: for an unknown metric, descriptors of different sizes or
+      not finite, every descriptor identical, or k1, k2, lambda_value out of
+      range.
+  """
+  # Imported here: it needs JAX, which the dense path does not.
+  from sa_reid_jax.evaluation import descriptor_joint  # pylint: disable=g-import-not-at-top
+  from sa_reid_jax.evaluation import distances  # pylint: disable=g-import-not-at-top
+  _check_settings(k1, k2, lambda_value)
+  joint = descriptor_joint.DescriptorJoint(query, gallery, metric)
+  if q_g_dist is None:
+    q_g_dist = distances.DistanceRows(query, gallery, metric)
+  if tuple(q_g_dist.shape) != (joint.num_query, joint.num_gallery):
+    raise ValueError(f'q_g_dist must have shape ({joint.num_query}, '
+                     f'{joint.num_gallery}), got {tuple(q_g_dist.shape)}')
+  row_max_sq, weights = _weights(joint.neighbours, joint.gather,
+                                 joint.num_all, k1, k2)
+  return ReRankedRows(_Blend(weights, joint.num_query, joint.num_gallery,
+                             row_max_sq, lambda_value), q_g_dist)
+
+
+class ReRankedRows(row_access.LazyRows):
+  """(Q, G) re-ranked distances computed when read, by rows
+  (`row_access.LazyRows`); `metrics.evaluate_rank` reads them chunk by
+  chunk, and nothing is kept between reads.
+
+  Attributes:
+    shape: (Q, G).
+    dtype: float32.
+  """
+
+  def __init__(self, blend: '_Blend', q_g_dist):
+    self._blend = blend
+    self._q_g_dist = q_g_dist
+    self.shape = (blend.num_query, blend.num_gallery)
+
+  def _slice(self, start: int, stop: int) -> np.ndarray:
+    out = np.empty((stop - start, self.shape[1]), np.float32)
+    self._blend.fill(out, start, self._q_g_dist)
+    return out
+
+  def _take(self, rows: np.ndarray) -> np.ndarray:
+    out = np.empty((len(rows), self.shape[1]), np.float32)
+    for n, row in enumerate(rows):
+      out[n] = self._slice(int(row), int(row) + 1)[0]
+    return out
+
+
+def _weights(neighbours, gather, num_all, k1, k2):
+  """Steps 1-3: the row maxima of T's squares and the sparse weights V.
+
+  Args:
+    neighbours: num_neighbours -> (row_max_sq, neighbour lists), as
+      `neighbours.nearest_neighbours`.
+    gather: (rows, cols) -> float32 joint-matrix entries.
+    num_all: N = Q + G.
+    k1, k2: as `re_rank`.
+  """
   num_neighbours = min(max(k1 + 1, k2), num_all)
-  row_max_sq, neighbours = neighbours_lib.nearest_neighbours(
-      q_g_dist, q_q_dist, g_g_dist, num_neighbours, on_negative=_raise_negative)
-  rows, cols = _expanded_reciprocal_sets(neighbours, k1)
-  weights = _set_weights(q_g_dist, q_q_dist, g_g_dist, row_max_sq, rows, cols)
+  row_max_sq, lists = neighbours(num_neighbours)
+  rows, cols = _expanded_reciprocal_sets(lists, k1)
+  weights = _set_weights(gather(rows, cols), row_max_sq, rows, cols)
   if k2 != 1:
-    weights = _query_expansion(weights, neighbours[:, :min(k2, num_all)])
-  return _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value)
+    weights = _query_expansion(weights, lists[:, :min(k2, num_all)])
+  return row_max_sq, weights
 
 
 def _check_inputs(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
@@ -117,13 +226,17 @@ def _check_inputs(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value):
     raise ValueError(f'g_g_dist must have shape ({num_gallery}, {num_gallery}) '
                      f'to match q_g_dist {q_g_dist.shape}, got '
                      f'{g_g_dist.shape}')
+  _check_settings(k1, k2, lambda_value)
+  return q_g_dist, q_q_dist, g_g_dist
+
+
+def _check_settings(k1, k2, lambda_value):
   if k1 < 1:
     raise ValueError(f'k1 must be >= 1, got {k1}')
   if k2 < 1:
     raise ValueError(f'k2 must be >= 1, got {k2}')
   if not 0 <= lambda_value <= 1:
     raise ValueError(f'lambda_value must be in [0, 1], got {lambda_value}')
-  return q_g_dist, q_q_dist, g_g_dist
 
 
 def _raise_negative(q_g_dist, q_q_dist, g_g_dist):
@@ -215,9 +328,11 @@ def _gather_distances(q_g_dist, q_q_dist, g_g_dist, rows, cols):
   return out
 
 
-def _set_weights(q_g_dist, q_q_dist, g_g_dist, row_max_sq, rows, cols):
-  """V: exp(-T) over each expanded set, normalised to sum to one per row."""
-  distances = _gather_distances(q_g_dist, q_q_dist, g_g_dist, rows, cols)
+def _set_weights(distances, row_max_sq, rows, cols):
+  """V: exp(-T) over each expanded set, normalised to sum to one per row.
+
+  `distances` are the joint-matrix entries (rows[n], cols[n]).
+  """
   weights = np.exp(-((distances * distances) / row_max_sq[rows]))
   num_all = len(row_max_sq)
   totals = np.bincount(rows, weights=weights, minlength=num_all)
@@ -261,57 +376,72 @@ def _expand_ranges(starts, counts):
   return np.repeat(starts, counts) + offsets
 
 
-def _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value):
-  """(1 - lambda) * Jaccard(V[query], V[gallery]) + lambda * T, (Q, G).
+class _Blend:
+  """Step 4: (1 - lambda) * Jaccard(V[query], V[gallery]) + lambda * T.
 
   Most query-gallery pairs share no column of V: their Jaccard distance is 1.
   Each output block is filled with that value first, then the pairs that do
   share columns are overwritten.
   """
-  num_query, num_gallery = q_g_dist.shape
-  num_all = num_query + num_gallery
-  # Inverted index over the gallery rows of V: column j -> (row, value).
-  row_ids = weights.row_ids()
-  gallery = slice(weights.row_starts[num_query], None)
-  gallery_rows = row_ids[gallery] - num_query
-  gallery_cols = weights.columns[gallery]
-  order = np.argsort(gallery_cols, kind='stable')
-  index_rows = gallery_rows[order]
-  index_values = weights.values[gallery][order]
-  index_sizes = np.bincount(gallery_cols, minlength=num_all)
-  index_starts = np.cumsum(index_sizes) - index_sizes
 
-  # Work per query row: the index entries its columns lead to.
-  query_rows = row_ids[:weights.row_starts[num_query]]
-  work = np.bincount(query_rows, minlength=num_query,
-                     weights=index_sizes[weights.columns[:len(query_rows)]])
-  original_weight = np.float32(lambda_value)
-  jaccard_weight = np.float32(1 - lambda_value)
-  out = np.empty((num_query, num_gallery), dtype=np.float32)
-  max_rows = max(1, OUTPUT_BLOCK_ENTRIES // num_gallery)
-  start = 0
-  while start < num_query:
-    stop = _block_end(work, start, JACCARD_BLOCK_ENTRIES, max_rows)
-    block = out[start:stop]
+  def __init__(self, weights, num_query, num_gallery, row_max_sq,
+               lambda_value):
+    self.num_query, self.num_gallery = num_query, num_gallery
+    num_all = num_query + num_gallery
+    self._weights = weights
+    self._row_max_sq = row_max_sq
+    # Inverted index over the gallery rows of V: column j -> (row, value).
+    row_ids = weights.row_ids()
+    gallery = slice(weights.row_starts[num_query], None)
+    gallery_cols = weights.columns[gallery]
+    order = np.argsort(gallery_cols, kind='stable')
+    self._index_rows = (row_ids[gallery] - num_query)[order]
+    self._index_values = weights.values[gallery][order]
+    self._index_sizes = np.bincount(gallery_cols, minlength=num_all)
+    self._index_starts = np.cumsum(self._index_sizes) - self._index_sizes
+    # Work per query row: the index entries its columns lead to.
+    self._query_rows = row_ids[:weights.row_starts[num_query]]
+    self._work = np.bincount(
+        self._query_rows, minlength=num_query,
+        weights=self._index_sizes[weights.columns[:len(self._query_rows)]])
+    self._original_weight = np.float32(lambda_value)
+    self._jaccard_weight = np.float32(1 - lambda_value)
+
+  def fill(self, out, first_row, q_g_dist):
+    """Writes query rows first_row.. (as many as `out` has) into `out`.
+
+    `q_g_dist` is indexed by absolute query rows ([start:stop] slices).
+    """
+    max_rows = max(1, OUTPUT_BLOCK_ENTRIES // self.num_gallery)
+    start, end = first_row, first_row + len(out)
+    while start < end:
+      stop = min(end, _block_end(self._work, start, JACCARD_BLOCK_ENTRIES,
+                                 max_rows))
+      self._fill_block(out[start - first_row:stop - first_row], start, stop,
+                       np.asarray(q_g_dist[start:stop], dtype=np.float32))
+      start = stop
+
+  def _fill_block(self, block, start, stop, original_rows):
+    weights, num_gallery = self._weights, self.num_gallery
+    row_max_sq = self._row_max_sq
     # lambda * T + (1 - lambda) * Jaccard with Jaccard = 1, in the float32
     # operations of the dense formula.
-    np.square(np.asarray(q_g_dist[start:stop], dtype=np.float32), out=block)
+    np.square(original_rows, out=block)
     block /= row_max_sq[start:stop, None]
-    block *= original_weight
-    block += np.float32(1) * jaccard_weight
+    block *= self._original_weight
+    block += np.float32(1) * self._jaccard_weight
 
     entries = slice(weights.row_starts[start], weights.row_starts[stop])
     cols = weights.columns[entries]
-    counts = index_sizes[cols]
+    counts = self._index_sizes[cols]
     if not counts.any():
-      start = stop
-      continue
-    visited = _expand_ranges(index_starts[cols], counts)
-    block_rows = query_rows[entries] - start
+      return
+    visited = _expand_ranges(self._index_starts[cols], counts)
+    block_rows = self._query_rows[entries] - start
     targets = (np.repeat(block_rows, counts) * num_gallery
-               + index_rows[visited])
+               + self._index_rows[visited])
     minima = np.minimum(np.repeat(weights.values[entries], counts),
-                        index_values[visited])
+                        self._index_values[visited])
     # Sum per (query, gallery) pair in float32, in ascending column order.
     order = np.argsort(targets, kind='stable')
     targets = targets[order]
@@ -325,12 +455,10 @@ def _jaccard_blend(weights, q_g_dist, row_max_sq, lambda_value):
     targets = targets[firsts]
     jaccard = 1 - shared / (2 - shared)
     rows, cols = np.divmod(targets, num_gallery)
-    original = np.asarray(q_g_dist[start + rows, cols], dtype=np.float32)
+    original = original_rows[rows, cols]
     original = (original * original) / row_max_sq[start + rows]
-    block.reshape(-1)[targets] = (jaccard * jaccard_weight
-                                  + original * original_weight)
-    start = stop
-  return out
+    block.reshape(-1)[targets] = (jaccard * self._jaccard_weight
+                                  + original * self._original_weight)
 
 
 def _block_end(work, start, budget, max_rows):

@@ -16,10 +16,10 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import warnings
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 from PIL import Image
 
+from sa_reid_jax.models import devices as devices_lib
 from sa_reid_jax.models import inputs
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import store
@@ -130,17 +130,15 @@ class FeatureExtractor:
       if line.startswith('warning: '):
         warnings.warn(line[len('warning: '):], stacklevel=2)
     self.backend = backend
-    devices = jax.local_devices()
-    self._batch = -(-int(batch_size) // len(devices)) * len(devices)
+    parallel = devices_lib.data_parallel()
+    self._batch = parallel.padded_size(batch_size)
     if backend == 'onnx':
       self._session = self._onnx_session(onnx_model)
     else:
       model, variables = store.load_model(directory)
       registry.check_input_size(model, self.image_size, 'image_size')
-      mesh = Mesh(np.array(devices), ('data',))
-      self._images_sharding = NamedSharding(mesh, PartitionSpec('data'))
-      self._variables = jax.device_put(variables,
-                                       NamedSharding(mesh, PartitionSpec()))
+      self._images_sharding = parallel.batch
+      self._variables = jax.device_put(variables, parallel.replicated)
       self._embed = jax.jit(lambda v, x: registry.embed(model, v, x))
     self.descriptor_size = int(self._run(np.zeros(
         (1, *self.image_size, 3), np.uint8)).shape[1])

@@ -60,7 +60,9 @@ def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
   then after GRID_QUERY_GAP min(``topk``, `max_matches`) match cells, each
   followed by GRID_PADDING; every row is thumbnail height +
   GRID_LABEL_HEIGHT + GRID_PADDING tall after a top GRID_PADDING. Labels
-  under the thumbnails read ``query`` or the match's distance.
+  under the thumbnails read ``query`` or the match's distance; a query
+  marked ``no_match`` has ``no match`` written where its first match would
+  be.
 
   Args:
     results: the dict returned by `search`.
@@ -102,4 +104,8 @@ def draw_grid(results: dict[str, Any], *, thumbnail: Sequence[int],
     for column, match in enumerate(query['matches'][:columns]):
       cell(match['file'], first_match + column * (width + GRID_PADDING), y,
            f'{match["distance"]:.3f}')
+    if query.get('no_match'):
+      # search's max_distance left no match: said where the first would be.
+      draw.text((first_match, y + height // 2), 'no match', fill=_TEXT,
+                font=font)
   return canvas

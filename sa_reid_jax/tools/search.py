@@ -2,7 +2,7 @@ r"""Retrieval on any folder of person crops: no person ids or cameras needed.
 
   python -m sa_reid_jax.tools.search --checkpoint=DIR --gallery=FOLDER \
       --query=IMAGE_OR_FOLDER [--topk=10] [--output=DIR] [--image_size=H,W] \
-      [--flip] [--batch_size=64]
+      [--flip] [--batch_size=64] [--max_distance=D | --max_distance=fpr:RATE]
 
 Ranks the gallery images by the Euclidean distance between their part
 descriptors and each query's (the paper's retrieval distance) and writes
@@ -10,17 +10,25 @@ OUTPUT/results.json (the top-k gallery files of every query, with distances
 and ranks, and every file that could not be read) and OUTPUT/ranks.png (one
 row per query, for the first `drawing.MAX_GRID_ROWS` queries: the query, a
 gap, then its top-k matches, at most `drawing.MAX_GRID_MATCHES`, with their
-distances underneath).
+distances underneath). With --max_distance, matches farther than the
+limit are not listed and a query with none nearer gets "no match" (in
+results.json and in its row of ranks.png); ``fpr:RATE`` takes the limit
+from the threshold the model's evaluation recorded at that false-positive
+rate (`max_distance_threshold`).
 
 A query that is itself a gallery file (the same file after resolving the
 absolute path and symlinks) is left out of its own results, so a query folder
 may be the gallery folder; an identical copy elsewhere is still a match, at
-a distance of about 0 (up to ~1e-3: `evaluation.pairwise_distances` expands
-|a - b|^2 in float32).
+a distance of about 0 (up to ~1e-3: `nearest.nearest` expands |a - b|^2
+in float32).
 
-Gallery descriptors are cached in FOLDER/.sa_reid_cache/ (list_images skips
-hidden folders) and reused while the model and the files are unchanged; see
-`descriptor_cache`. Before that, every gallery and query file is checked
+Gallery descriptors are kept in an index in FOLDER/.sa_reid_cache/
+(list_images skips hidden folders; the user's cache folder for a gallery
+that cannot be written) and reused while the model and the files are
+unchanged; an added file is appended, a removed one dropped without
+rewriting the others (see `gallery_index`). Ranking is exact, by blocks of
+the gallery and a partial selection of each query's top-k
+(`nearest`). Before that, every gallery and query file is checked
 decodable (`datasets.image_check`, its verdicts cached in the same folder):
 unreadable files are skipped and listed, hidden and system files
 (.DS_Store, ._name.jpg, Thumbs.db) skipped with a count, image files of
@@ -46,12 +54,17 @@ from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
-from sa_reid_jax.tools import descriptor_cache  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import drawing  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import gallery_index  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import image_files  # pylint: disable=g-import-not-at-top
+from sa_reid_jax.tools import nearest  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.tools import outputs  # pylint: disable=g-import-not-at-top
 
 METRIC = 'euclidean'
+# Where eval.py and train.py record an evaluation (with its thresholds).
+METRICS_FILE = 'metrics.json'
+# `--max_distance=fpr:RATE` reads the threshold at that false-positive rate.
+FPR_PREFIX = 'fpr:'
 
 
 class SearchError(ValueError):
@@ -80,8 +93,9 @@ def _describe(model, variables, paths, *, role, image_size, flip, batch_size,
 def search(model, variables: Any, gallery_paths: Sequence[str],
            query_paths: Sequence[str], *, topk: int = 10,
            image_size: Sequence[int], flip: bool = False,
-           batch_size: int = 64, cache_dir: Optional[str] = None,
-           check_folder: Optional[str] = None, progress: bool = True,
+           batch_size: int = 64, index_folder: Optional[str] = None,
+           check_folder: Optional[str] = None,
+           max_distance: Optional[float] = None, progress: bool = True,
            log: Callable[[str], None] = print) -> dict[str, Any]:
   """Ranks gallery images for each query image by descriptor distance.
 
@@ -91,13 +105,18 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   unreadable files are skipped, logged (``skipped FILE: reason``) and listed
   under ``failures``.
 
-  With `cache_dir`, gallery descriptors are kept in
-  ``cache_dir/<key>.npz`` (see `descriptor_cache`). The key covers
-  `descriptor_cache.model_fingerprint` (config and variable values),
-  `image_size`, `flip` and `descriptor_cache.CACHE_VERSION`; only files whose
-  size and modification time (ns) still match are reused: a changed or added
-  file is described again, a removed one dropped. Failures are cached too and
-  reported again.
+  With `index_folder`, gallery descriptors are kept in the gallery index
+  of that folder (`gallery_index`: ``FOLDER/.sa_reid_cache/<key>/``, or the
+  user's cache folder when FOLDER cannot be written). The key covers
+  `gallery_index.model_fingerprint` (config and variable values),
+  `image_size`, `flip` and `gallery_index.CACHE_VERSION`; only files whose
+  size and modification time (ns) still match are reused: a changed or
+  added file is described and appended, a removed one dropped. Failures
+  are indexed too and reported again.
+
+  Ranking is exact (`nearest.nearest`: blocks of the gallery, partial
+  selection of each query's `topk`); equal distances keep gallery (sorted
+  path) order.
 
   Args:
     model: a network of any registered family (the output contract of
@@ -109,36 +128,45 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
     image_size: network input (height, width).
     flip: average each descriptor with the mirrored image's.
     batch_size: images per forward pass.
-    cache_dir: folder of the gallery descriptor cache; None disables it.
+    index_folder: the gallery folder whose index to use and update; None
+      describes the gallery in memory, without an index.
     check_folder: the folder whose image-check verdict cache covers the
       gallery (see `image_check`); None checks without a cache.
+    max_distance: matches farther than this (Euclidean distance between
+      descriptors) are not listed; a query without any nearer gets
+      ``no_match``. None lists the `topk` whatever their distance.
     progress: print progress lines while describing images.
     log: where messages go.
 
   Returns:
     a JSON-serialisable dict: ``metric``, ``topk``, ``image_size``,
-    ``flip``, ``num_gallery`` (readable gallery images), ``gallery_cache``
-    (``file``, ``reused``, ``described``), ``failures`` (``file``, ``role``,
+    ``flip``, ``max_distance``, ``num_gallery`` (readable gallery images),
+    ``gallery_index`` (``index``: its folder or None, ``reused``,
+    ``described``, ``removed``), ``failures`` (``file``, ``role``,
     ``reason``) and ``queries``: per readable query, in input order,
-    ``query``, ``excluded_self`` and ``matches`` (``rank`` from 1, ``file``,
+    ``query``, ``excluded_self``, ``no_match`` (True when `max_distance`
+    left no match) and ``matches`` (``rank`` from 1, ``file``,
     ``distance``), nearest first.
 
   Raises:
     SearchError: when no gallery or no query image is readable.
-    ValueError: for a `topk` or `batch_size` below 1.
+    ValueError: for a `topk` or `batch_size` below 1 or a negative
+      `max_distance`.
   """
   if topk < 1:
     raise ValueError(f'topk must be at least 1, got {topk}')
   if batch_size < 1:
     raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+  if max_distance is not None and not max_distance >= 0:
+    raise ValueError(f'max_distance must be >= 0, got {max_distance}')
   image_size = tuple(int(v) for v in image_size)
   gallery_paths = [os.path.abspath(p) for p in gallery_paths]
   query_paths = [os.path.abspath(p) for p in query_paths]
-  key = descriptor_cache.cache_key(
-      descriptor_cache.model_fingerprint(model, variables), image_size, flip)
+  key = gallery_index.cache_key(
+      gallery_index.model_fingerprint(model, variables), image_size, flip)
   # Every gallery file is checked first (verdicts cached in the gallery
   # folder, see image_check); only the readable ones are described, and the
-  # failures go into the descriptor cache like any other entry.
+  # failures go into the index like any other entry.
   unreadable = dict(image_check.check_files(gallery_paths, check_folder, log))
 
   def describe_gallery(paths):
@@ -149,23 +177,22 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
     failures.update((p, unreadable[p]) for p in paths if p in unreadable)
     return descriptors, failures
 
-  entries, cache_info = descriptor_cache.gallery_entries(
-      gallery_paths, key=key, cache_dir=cache_dir, describe=describe_gallery,
-      log=log)
-  failures = [{'file': p, 'role': 'gallery', 'reason': e.reason}
-              for p, e in entries.items() if e.reason is not None]
-  gallery = [p for p in gallery_paths if entries[p].reason is None]
+  index = gallery_index.open_index(
+      gallery_paths, key=key, gallery_folder=index_folder,
+      describe=describe_gallery, log=log)
+  failures = [{'file': p, 'role': 'gallery', 'reason': r}
+              for p, r in index.failures.items()]
+  gallery = index.paths
   if not gallery:
     for failure in failures:
       log(f'skipped {failure["file"]}: {failure["reason"]}')
     raise SearchError('gallery', f'none of the {len(gallery_paths)} gallery '
                       'images could be read')
-  gallery_descriptors = np.stack([entries[p].descriptor for p in gallery])
 
   # Queries from the gallery reuse its descriptors and skip themselves.
   same_file = collections.defaultdict(list)
-  for index, path in enumerate(gallery):
-    same_file[os.path.realpath(path)].append(index)
+  for position, path in enumerate(gallery):
+    same_file[os.path.realpath(path)].append(position)
   failed_gallery = {os.path.realpath(f['file']): f['reason']
                     for f in failures}
   fresh = [p for p in query_paths if os.path.realpath(p) not in same_file
@@ -184,39 +211,43 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   # A file failing as gallery and as query image is reported once.
   for path, reason in dict((f['file'], f['reason']) for f in failures).items():
     log(f'skipped {path}: {reason}')
-  queries, query_descriptors = [], []
+  queries, query_descriptors, own_positions = [], [], []
   for path in query_paths:
-    own = same_file.get(os.path.realpath(path))
+    own = same_file.get(os.path.realpath(path), [])
     if own:
-      queries.append(path)
-      query_descriptors.append(gallery_descriptors[own[0]])
+      query_descriptors.append(index.descriptor(own[0]))
     elif path in fresh_descriptors:
-      queries.append(path)
       query_descriptors.append(fresh_descriptors[path])
+    else:
+      continue
+    queries.append(path)
+    own_positions.append(own)
   if not queries:
     raise SearchError('query', f'none of the {len(query_paths)} query images '
                       'could be read')
 
-  distances = evaluation.pairwise_distances(
-      np.stack(query_descriptors), gallery_descriptors, METRIC)
+  flat = np.stack(query_descriptors).reshape(len(queries), -1)
+  distances, positions = nearest.nearest(
+      flat, index.descriptors, topk, rows=index.rows, exclude=own_positions)
   results = []
-  for path, row in zip(queries, distances):
-    own = same_file.get(os.path.realpath(path), [])
-    ranked = row.copy()
-    ranked[own] = np.inf
-    # Stable sort: equal distances keep gallery (sorted path) order.
-    order = np.argsort(ranked, kind='stable')[:min(topk, len(row) - len(own))]
+  for path, own, row, found in zip(queries, own_positions, distances,
+                                   positions):
+    kept = found >= 0
+    if max_distance is not None:
+      kept &= row <= max_distance
     results.append({
         'query': path,
         'excluded_self': bool(own),
+        'no_match': max_distance is not None and not kept.any(),
         'matches': [{'rank': rank, 'file': gallery[i],
-                     'distance': float(row[i])}
-                    for rank, i in enumerate(order, start=1)],
+                     'distance': float(d)}
+                    for rank, (i, d) in enumerate(
+                        zip(found[kept], row[kept]), start=1)],
     })
   return {'metric': METRIC, 'topk': topk, 'image_size': list(image_size),
-          'flip': bool(flip), 'num_gallery': len(gallery),
-          'gallery_cache': cache_info, 'failures': failures,
-          'queries': results}
+          'flip': bool(flip), 'max_distance': max_distance,
+          'num_gallery': len(gallery), 'gallery_index': index.info,
+          'failures': failures, 'queries': results}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -244,8 +275,114 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--batch_size', type=command_line.positive_int_argument,
                       default=64,
                       help='images per forward pass (default 64)')
+  parser.add_argument('--max_distance', default=None,
+                      help='a query whose nearest gallery image is farther '
+                      'than this descriptor distance gets "no match", and '
+                      'farther matches are not listed; fpr:RATE (e.g. '
+                      'fpr:1e-3) takes the distance threshold at that '
+                      'false-positive rate from the metrics.json of the '
+                      "model's evaluation (default: no limit)")
   command_line.add_verbosity_argument(parser)
   return parser
+
+
+def _recorded_metrics(model_dir: str) -> Optional[str]:
+  """The metrics.json of the model's evaluation: eval.py writes it into
+  the model directory, train.py into the training workdir (its parent)."""
+  for folder in (model_dir, os.path.dirname(os.path.abspath(model_dir))):
+    path = os.path.join(folder, METRICS_FILE)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def max_distance_threshold(value: Optional[str], model_dir: str,
+                           image_size: Sequence[int],
+                           flip: bool) -> Optional[float]:
+  """The distance limit `--max_distance` asks for.
+
+  Args:
+    value: the flag: None, a distance >= 0, or ``fpr:RATE``: the threshold
+      the model's evaluation recorded at false-positive rate RATE
+      (``metrics['verification']``: a query-gallery pair is the same person
+      when its distance is <= the threshold; see
+      `evaluation.verification`), from the first metrics.json found in
+      `model_dir` or its parent.
+    model_dir: the model directory searched with.
+    image_size: the search's network input (height, width).
+    flip: the search's flip setting.
+
+  Returns:
+    the distance, or None for no limit.
+
+  Raises:
+    ValueError: naming --max_distance, for a value that is neither, no
+      metrics.json, one without verification figures, an FPR not evaluated
+      or not estimable there, or an evaluation at another image size, flip
+      setting or metric than this search.
+  """
+  if value is None:
+    return None
+  flag = '--max_distance'
+  if not value.startswith(FPR_PREFIX):
+    try:
+      distance = float(value)
+    except ValueError:
+      distance = -1.0
+    if not 0 <= distance < float('inf'):
+      raise ValueError(f'{flag}: expected a distance >= 0 or {FPR_PREFIX}RATE '
+                       f'(e.g. {FPR_PREFIX}1e-3), got {value!r}')
+    return distance
+  try:
+    rate = float(value[len(FPR_PREFIX):])
+  except ValueError:
+    rate = -1.0
+  if not 0 < rate < 1:
+    raise ValueError(f'{flag}: expected {FPR_PREFIX}RATE with 0 < RATE < 1, '
+                     f'got {value!r}')
+  path = _recorded_metrics(model_dir)
+  if path is None:
+    raise ValueError(f'{flag}: {value} needs the model\'s evaluation, but '
+                     f'neither {model_dir} nor its parent holds a '
+                     f'{METRICS_FILE} (run eval.py on this model first, or '
+                     'give a distance)')
+  try:
+    with open(path) as f:
+      metrics = json.load(f)
+    verification = metrics.get('verification')
+    settings = metrics.get('settings', {})
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f'{flag}: cannot read {path} ({e})') from None
+  if not isinstance(verification, dict) or not {'fpr', 'threshold'} <= set(
+      verification):
+    raise ValueError(f'{flag}: {path} records no verification thresholds '
+                     '(written by an older eval.py: evaluate the model again, '
+                     'or give a distance)')
+  evaluated = [float(f) for f in verification['fpr']]
+  matching = [i for i, f in enumerate(evaluated)
+              if abs(f - rate) <= 1e-9 * rate]
+  if not matching:
+    raise ValueError(f'{flag}: {path} has thresholds at FPR '
+                     f'{", ".join(f"{f:g}" for f in evaluated)}, not {rate:g} '
+                     '(config.eval.verification_fprs sets them)')
+  threshold = verification['threshold'][matching[0]]
+  if threshold is None:
+    raise ValueError(f'{flag}: {path} holds no threshold at FPR {rate:g} '
+                     '(too few negative pairs in that evaluation)')
+  differences = []
+  if list(settings.get('image_size', image_size)) != list(image_size):
+    differences.append(f'image size {settings["image_size"]}, this search '
+                       f'{list(image_size)}')
+  if bool(settings.get('flip', flip)) != bool(flip):
+    differences.append(f'flip {bool(settings["flip"])}, this search '
+                       f'{bool(flip)}')
+  if settings.get('metric', METRIC) != METRIC:
+    differences.append(f'metric {settings["metric"]}, this search {METRIC}')
+  if differences:
+    raise ValueError(f'{flag}: the threshold in {path} was evaluated with '
+                     f'{"; ".join(differences)}: its distances are not this '
+                     'search\'s (match the settings, or give a distance)')
+  return float(threshold)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -284,20 +421,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
              f'{args.checkpoint}: {type(e).__name__}: {e}')
   try:
     registry.check_input_size(model, image_size, '--image_size')
+    max_distance = max_distance_threshold(args.max_distance, args.checkpoint,
+                                          image_size, args.flip)
   except ValueError as e:
     sys.exit(f'{program}: error: {e}')
   folder = (args.gallery if os.path.isdir(args.gallery)
             else os.path.dirname(os.path.abspath(args.gallery)))
   print(f'model {args.checkpoint}; '
-        f'{descriptor_cache.plural(len(gallery), "gallery file")}, '
-        f'{descriptor_cache.plural(len(queries), "query file")}')
+        f'{gallery_index.plural(len(gallery), "gallery file")}, '
+        f'{gallery_index.plural(len(queries), "query file")}')
   try:
     results = search(model, variables, gallery, queries, topk=args.topk,
                      image_size=image_size, flip=args.flip,
                      batch_size=args.batch_size,
-                     cache_dir=os.path.join(folder,
-                                            descriptor_cache.CACHE_FOLDER),
-                     check_folder=folder)
+                     index_folder=folder, check_folder=folder,
+                     max_distance=max_distance)
   except SearchError as e:
     sys.exit(f'{program}: error: --{e.role}: {e}')
   num_queries = len(results['queries'])

@@ -3,7 +3,8 @@ r"""Pictures of what the network looks at and what it retrieves.
   python -m sa_reid_jax.tools.visualize cam --checkpoint=DIR [--compare=DIR2] \
       --images=FILE_OR_FOLDER [--classes=3,7] --output=cam.png
   python -m sa_reid_jax.tools.visualize ranks --checkpoint=DIR \
-      --dataset_folder=FOLDER [--queries=0,5,9 | --num_queries=8] \
+      (--dataset_folder=FOLDER [--dataset_layout=person_folders] | \
+       --dataset_list=FILE) [--queries=0,5,9 | --num_queries=8] \
       [--topk=10] --output=ranks.png
 
 ``cam``: per image, the image, the class activation map (CAM) of each
@@ -21,7 +22,8 @@ With ``--compare``, a second row under each image shows the second network
 (e.g. with and without SA, as the paper's figures); the first tile of each
 row is then labelled with its model's name instead of the class.
 
-``ranks``: per query of a Market-layout dataset, the query and its top-k
+``ranks``: per query of a dataset (a folder in Market-1501 layout or in
+person folders, or a list file: docs/datasets.md), the query and its top-k
 gallery images by the official distance, bordered green (same person, other
 camera: a true match), red (another person), or grey (ignored by the
 protocol: junk, or the same person seen by the same camera, marked "junk"
@@ -42,6 +44,7 @@ if __name__ == '__main__':
   from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
   command_line.quiet_tensorflow(sys.argv)
 
+import ml_collections
 import numpy as np
 from PIL import Image
 from sa_reid_jax.datasets.tensorflow_cpu import tf
@@ -52,7 +55,7 @@ from sa_reid_jax.data import preprocessing
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.datasets import market_layout
-from sa_reid_jax.datasets import tables
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.evaluation import extract_features, pairwise_distances
 from sa_reid_jax.evaluation import pictures
 from sa_reid_jax.models import store
@@ -109,15 +112,15 @@ def _preprocessed(path: str, image_size: tuple[int, int]) -> np.ndarray:
   return preprocessing.preprocess(image, image_size).numpy()
 
 
-def rank_queries(model, variables, dataset_folder: str,
+def rank_queries(model, variables, dataset: ml_collections.ConfigDict,
                  queries: Sequence[int], topk: int,
                  image_size: tuple[int, int], batch_size: int = 64
                  ) -> tuple[list[str], list[dict]]:
-  """Top-k gallery images of chosen queries of a Market-layout folder.
+  """Top-k gallery images of chosen queries of a dataset.
 
   Args:
     model, variables: the network.
-    dataset_folder: holds ``query/`` and ``bounding_box_test/``.
+    dataset: a dataset block (`dataset_block`; `sources.read_splits`).
     queries: indices into the query split (file-name order).
     topk: gallery images per query.
     image_size: network input.
@@ -127,14 +130,16 @@ def rank_queries(model, variables, dataset_folder: str,
     (query paths, per query ``{'paths', 'kinds', 'distances'}``).
 
   Raises:
-    LayoutError: for a folder not in Market layout, or listing every
-      unreadable image of its query and gallery folders.
+    LayoutError: naming the flag, for a dataset that cannot be read, or
+      listing every unreadable image of its query and gallery splits.
   """
-  both = tables.from_folders(dataset_folder, ('query', 'gallery'))
+  both = sources.read_splits(dataset, ('query', 'gallery'), log=print,
+                             keys=FLAG_KEYS)
   query, gallery = both['query'], both['gallery']
   bad = [q for q in queries if not 0 <= q < len(query)]
   if bad:
-    raise ValueError(f'--queries: {bad} out of range; {dataset_folder} has '
+    source = sources.describe(dataset, FLAG_KEYS).split(': ', 1)[1]
+    raise ValueError(f'--queries: {bad} out of range; {source} has '
                      f'{len(query)} queries')
 
   def describe(table, name):
@@ -155,6 +160,18 @@ def rank_queries(model, variables, dataset_folder: str,
                    'kinds': [str(kinds[i]) for i in order],
                    'distances': [float(row[i]) for i in order]})
   return [str(query.images[q]) for q in queries], ranked
+
+
+# How the errors of `sources.read_splits` name the ranks flags.
+FLAG_KEYS = '--dataset_{}'
+
+
+def dataset_block(args) -> ml_collections.ConfigDict:
+  """The dataset block (a config's ``dataset``, `sources`) of the ranks
+  flags ``--dataset_folder``, ``--dataset_layout``, ``--dataset_list``."""
+  return ml_collections.ConfigDict({
+      'name': '', 'data_dir': '', 'folder': args.dataset_folder or '',
+      'layout': args.dataset_layout, 'list': args.dataset_list or ''})
 
 
 def _ints(text: str) -> list[int]:
@@ -181,8 +198,14 @@ def _parse_arguments(argv):
                    help='images of a folder shown (default 8)')
   ranks = commands.add_parser('ranks', help='ranked gallery per query')
   ranks.add_argument('--checkpoint', required=True, help='model directory')
-  ranks.add_argument('--dataset_folder', required=True,
-                     help='folder in Market-1501 layout')
+  source = ranks.add_mutually_exclusive_group(required=True)
+  source.add_argument('--dataset_folder',
+                      help='dataset folder, laid out as --dataset_layout')
+  source.add_argument('--dataset_list',
+                      help='CSV or TSV list file (docs/datasets.md)')
+  ranks.add_argument('--dataset_layout', choices=sources.LAYOUTS,
+                     default=sources.MARKET_LAYOUT,
+                     help='layout of --dataset_folder')
   ranks.add_argument('--queries', type=_ints, help='query indices')
   ranks.add_argument('--num_queries', type=command_line.positive_int_argument,
                      default=6,
@@ -264,15 +287,16 @@ def _run(args) -> Image.Image:
       models.append((_short_name(args.compare), other, other_variables))
     return cam_picture(models, paths, image_size, args.classes)
   queries = args.queries
+  dataset = dataset_block(args)
   if queries is None:
-    count = len(market_layout.scan_split(args.dataset_folder, 'query',
-                                         log=lambda _: None))
+    count = len(sources.read_splits(dataset, ('query',), log=lambda _: None,
+                                    keys=FLAG_KEYS)['query'])
     queries = sorted(set(np.linspace(0, count - 1, min(args.num_queries,
                                                        count)).astype(int)))
   if not queries:
     raise ValueError('--queries: no query index given')
-  query_paths, ranked = rank_queries(model, variables, args.dataset_folder,
-                                     queries, args.topk, image_size)
+  query_paths, ranked = rank_queries(model, variables, dataset, queries,
+                                     args.topk, image_size)
   return pictures.ranks_picture(query_paths, ranked, image_size)
 
 

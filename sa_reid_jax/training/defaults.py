@@ -43,8 +43,25 @@ def experiment_config(dataset_name: str,
   config.dataset.name = dataset_name
   # Where the TFDS dataset was built; '' for TFDS's default directory.
   config.dataset.data_dir = ''
-  # A folder in Market-1501 layout read directly; when set, replaces TFDS.
+  # A dataset folder read directly (its layout below); when set, replaces
+  # TFDS.
   config.dataset.folder = ''
+  # How config.dataset.folder is laid out (sa_reid_jax.datasets.sources
+  # .LAYOUTS): 'market1501' (bounding_box_train/, query/, bounding_box_test/
+  # with "<pid>_c<camera>..." file names) or 'person_folders' (train/,
+  # query/, gallery/, each with one folder per person, optionally one per
+  # camera inside; datasets/person_folders.py).
+  config.dataset.layout = 'market1501'
+  # A CSV or TSV list file (columns path, person_id, split, optionally
+  # camera_id; relative paths from the file's folder; see
+  # datasets/list_file.py); when set, replaces TFDS. Not with folder.
+  config.dataset.list = ''
+  # More train sources, comma-separated dataset specs (a TFDS name read
+  # from data_dir, folder:DIR, person_folders:DIR, or a .csv/.tsv list
+  # file; datasets/sources.py), e.g. 'dukemtmc_reid,person_folders:crops':
+  # their train splits join this block's, each source's identities kept
+  # apart (labels and person ids offset). '' for none.
+  config.dataset.extra_train = ''
 
   # Network input (height, width); images are resized bilinearly to it.
   config.image_size = (384, 128)
@@ -224,6 +241,16 @@ def experiment_config(dataset_name: str,
   config.eval.k1 = 20
   config.eval.k2 = 6
   config.eval.lambda_value = 0.3
+  # False-positive rates at which metrics.json and the report give the
+  # verification TPR and distance threshold over query-gallery pairs (as
+  # fast-reid reports them; evaluation/verification.py). Each in (0, 1).
+  config.eval.verification_fprs = (1e-4, 1e-3, 1e-2)
+  # More evaluation targets, comma-separated dataset specs as in
+  # config.dataset.extra_train (e.g. 'folder:data/duke,crops.csv'): the
+  # final evaluation (not the periodic ones) and eval.py also evaluate
+  # their query and gallery splits, each in metrics.json under
+  # targets[spec] and in its own report_<name>.html. '' for none.
+  config.eval.extra_targets = ''
   # Write report.html (settings, metrics, CMC and AP plots, distances of
   # true and false matches, per-camera results, example rank lists) next to
   # metrics.json after the final evaluation (eval.py: with --report).

@@ -7,7 +7,7 @@ checkpoint manager and metric writer, and the evaluations made so far.
 
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -17,7 +17,7 @@ import numpy as np
 from sa_reid_jax import losses
 from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.data import samplers
-from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.datasets import tables
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.models import registry
@@ -32,42 +32,93 @@ from sa_reid_jax.training import validation
 from sa_reid_jax.training import workdir as workdir_lib
 
 EVALUATIONS_JSON = 'evaluations.json'
+# (`Run.evaluate` hides the module's name inside the class.)
+_Evaluation = evaluate.Evaluation
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradient became NaN or infinite."""
 
 
-def _train_table(dataset: ml_collections.ConfigDict) -> tables.ExampleTable:
-  """The train table of config.dataset, its evaluation splits checked.
+def _train_table(dataset: ml_collections.ConfigDict,
+                 log: Callable[[str], None] = print) -> tables.ExampleTable:
+  """The train table of a dataset block, its evaluation splits checked.
 
-  The query and gallery splits are read too (a folder's images all
-  checked readable) and checked scorable, so that a fault in them stops
-  the run now, not at its first evaluation, after training.
+  The query and gallery splits are read too where the block has them (a
+  train-only dataset has neither, `sources.has_evaluation_splits`), every
+  image checked readable, and checked scorable, so that a fault in them
+  stops the run now, not at its evaluation after training. The train split
+  needs no cameras.
 
   Raises:
-    LayoutError: for a folder not in Market layout (naming
-      config.dataset.folder), or listing its unreadable images.
+    LayoutError: starting with the block's key (config.dataset.list,
+      config.dataset.folder, or config.dataset.extra_train and the spec),
+      for a source that cannot be read (`sources.read_splits`), or listing
+      its unreadable images.
     ValueError: for a TFDS dataset that is not built, or splits in which
-      no query has a gallery match from another camera (naming the folder).
+      no query has a true match in the gallery (naming the source).
   """
-  splits = ('train', 'query', 'gallery')
-  if dataset.folder:
-    try:
-      read = tables.from_folders(dataset.folder, splits)
-    except market_layout.LayoutError as e:
-      # The layout error names the folder or file; this names the key.
-      # Its subclasses (unreadable images, listed with their paths) are
-      # about the files, not the key, and keep their type.
-      if type(e) is not market_layout.LayoutError:
-        raise
-      raise market_layout.LayoutError(f'config.dataset.folder: {e}') from None
-  else:
-    read = {split: tables.from_tfds(dataset.name, split,
-                                    data_dir=dataset.data_dir or None)
-            for split in splits}
-  evaluate.check_evaluation_splits(read['query'], read['gallery'], dataset)
+  evaluated = sources.has_evaluation_splits(dataset)
+  read = sources.read_splits(
+      dataset, sources.SPLITS if evaluated else ('train',), log)
+  if evaluated:
+    evaluate.check_evaluation_splits(read['query'], read['gallery'], dataset,
+                                     log)
   return read['train']
+
+
+def _read_sources(config: ml_collections.ConfigDict,
+                  log: Callable[[str], None] = print
+                  ) -> tuple[tables.ExampleTable, bool,
+                             list[ml_collections.ConfigDict]]:
+  """The train table of the config's sources, every evaluation split checked.
+
+  The train splits of config.dataset (`_train_table`) and of each spec of
+  config.dataset.extra_train are joined with their identities kept apart
+  (`sources.union_train`; one line per source when there are several).
+  The query and gallery splits of every spec of config.eval.extra_targets
+  are read and checked as config.dataset's are, so that a fault in any
+  source or target stops the run before its first step.
+
+  Returns:
+    (the train table, whether config.dataset is evaluated, the blocks of
+    config.eval.extra_targets).
+
+  Raises:
+    LayoutError: as `_train_table`, also for an extra train source without
+      a train split and a target without its query or gallery split (each
+      naming the key and the spec).
+    ValueError: as `_train_table`, also for a bad spec.
+  """
+  dataset = config.dataset
+  evaluates_main = sources.has_evaluation_splits(dataset)
+  train = [(sources.spec_of(dataset), _train_table(dataset, log))]
+  for block in validation.extra_train_blocks(config):
+    train.append((block.spec, sources.read_splits(block, ('train',),
+                                                  log)['train']))
+  targets = validation.extra_target_blocks(config)
+  for block in targets:
+    read = sources.read_splits(block, ('query', 'gallery'), log)
+    evaluate.check_evaluation_splits(read['query'], read['gallery'], block,
+                                     log)
+  if len(train) > 1:
+    for i, (spec, table) in enumerate(train, start=1):
+      log(sources.train_source_line(i, len(train), spec, table))
+  table = sources.union_train([t for _, t in train])
+  if len(train) > 1:
+    log(f'training on the union: {table.num_classes:,} identities, '
+        f'{len(table):,} images')
+  if not evaluates_main:
+    where = f'{sources.describe(dataset)} has no query and gallery splits'
+    if targets:
+      log(f'{where}: no evaluation during training; the final evaluation '
+          f'is on config.eval.extra_targets only ({len(targets)} '
+          f'target{"s" if len(targets) > 1 else ""})')
+    else:
+      log(f'no evaluation: {where} and config.eval.extra_targets is empty; '
+          'training runs without evaluation (metrics.json records it; the '
+          'model directory is still written)')
+  return table, evaluates_main, targets
 
 
 def _build_sampler(config: ml_collections.ConfigDict,
@@ -188,7 +239,7 @@ class Run:
     self.is_chief = jax.process_index() == 0
     self.mesh = step_lib.make_mesh(devices)
     _check_config(config, self.mesh.size, jax.process_count())
-    self.table = _train_table(config.dataset)
+    self.table, self.evaluates_main, self.targets = _read_sources(config)
     self.process_batch = config.batch_size // jax.process_count()
     self.sampler = _build_sampler(config, self.table)
     self.steps_per_epoch = self.sampler.steps_per_epoch
@@ -285,8 +336,12 @@ class Run:
     with open(path) as f:
       return json.load(f)
 
-  def evaluate(self, state: step_lib.TrainState) -> dict[str, Any]:
-    """Evaluates the current network; logs and records the metrics."""
+  def evaluate(self, state: step_lib.TrainState
+               ) -> Optional[dict[str, Any]]:
+    """Evaluates the current network on config.dataset; logs and records
+    the metrics (None, doing nothing, for a train-only dataset)."""
+    if not self.evaluates_main:
+      return None
     step = int(jax.device_get(state.step))
     variables = step_lib.local_copy({'params': state.params,
                                      'batch_stats': state.batch_stats})
@@ -308,6 +363,28 @@ class Run:
       evaluate.write_metrics(self.evaluations,
                              os.path.join(self.workdir, EVALUATIONS_JSON))
     return metrics
+
+  def evaluate_targets(self, state: step_lib.TrainState
+                       ) -> dict[str, '_Evaluation']:
+    """Evaluates the current network on each of config.eval.extra_targets
+    (the final evaluation's); prints each target's metrics under its spec.
+
+    Returns:
+      {spec: its evaluation}, in the config's order.
+    """
+    step = int(jax.device_get(state.step))
+    variables = step_lib.local_copy({'params': state.params,
+                                     'batch_stats': state.batch_stats})
+    evaluations = {}
+    for block in self.targets:
+      evaluation = evaluate.run_evaluation(self.eval_model, variables,
+                                           self.config, dataset=block)
+      evaluation.metrics['step'] = step
+      evaluation.metrics['epoch'] = step / self.steps_per_epoch
+      print(f'evaluation of {block.spec} at step {step}:\n'
+            f'{evaluate.format_metrics(evaluation.metrics)}', flush=True)
+      evaluations[block.spec] = evaluation
+    return evaluations
 
   def check_finite(self, step: int, metrics: dict[str, Any]) -> None:
     if all(np.isfinite(metrics[key])

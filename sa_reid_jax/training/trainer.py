@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.evaluation import evaluate
 from sa_reid_jax.evaluation import report
 from sa_reid_jax.models import store
@@ -36,8 +37,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   TensorBoard (``workdir/tensorboard``) and ``workdir/metrics.jsonl``, the
   evaluations to ``workdir/evaluations.json``; at the end, the trained
   network to ``workdir/model`` (readable by ``eval.py``), the final
-  metrics to ``workdir/metrics.json`` and, with ``config.eval.report``, the
-  evaluation report to ``workdir/report.html``. SIGTERM or Ctrl-C saves a
+  metrics (of config.dataset and of each config.eval.extra_targets spec) to
+  ``workdir/metrics.json`` and, with ``config.eval.report``, the evaluation
+  report to ``workdir/report.html`` (and one ``report_<name>.html`` per
+  target, linked from it). SIGTERM or Ctrl-C saves a
   checkpoint and returns; running again resumes. The workdir is held
   (``workdir/lock``) for the run: a second run on it is refused.
 
@@ -62,7 +65,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``status`` (``'completed'`` or ``'terminated'``, then with ``signal``,
     e.g. ``'SIGINT'``), ``step``, ``devices`` (how many
     trained), and the ``initial`` (step 0, if
-    evaluated) and ``final`` evaluation metrics.
+    evaluated) and ``final`` evaluation metrics (None for a train-only
+    config.dataset), ``targets`` ({spec: metrics}) and, where nothing was
+    evaluated, ``not_evaluated`` (why).
 
   Raises:
     NonFiniteLossError: when the loss or gradient stops being finite.
@@ -132,37 +137,58 @@ def _resume_and_train(run: run_lib.Run,
 
 def _finish(run: run_lib.Run, state: step_lib.TrainState,
             step: int) -> dict[str, Any]:
-  """Final evaluation, the trained model and metrics.json of a whole run."""
-  # The report needs this process's evaluation of the final step (a rerun
-  # of a complete run has only the recorded metrics).
-  needs_report = run.config.eval.report and (
-      run.last_evaluation is None or run.last_evaluation[0] != step)
-  if (not run.evaluations or run.evaluations[-1]['step'] != step or
-      needs_report):
-    run.evaluate(state)
+  """Final evaluations, the trained model and metrics.json of a whole run.
+
+  metrics.json holds ``final`` (config.dataset's metrics; None for a
+  train-only dataset), ``initial``, ``targets`` ({spec: the same block as
+  ``final``} for config.eval.extra_targets) and, where nothing was
+  evaluated, ``not_evaluated`` saying why.
+  """
+  model_dir = os.path.join(run.workdir, MODEL_DIR)
+  final = None
+  if run.evaluates_main:
+    # The report needs this process's evaluation of the final step (a
+    # rerun of a complete run has only the recorded metrics).
+    needs_report = run.config.eval.report and (
+        run.last_evaluation is None or run.last_evaluation[0] != step)
+    if (not run.evaluations or run.evaluations[-1]['step'] != step or
+        needs_report):
+      run.evaluate(state)
+    # What the final metrics came from, as eval.py records it (the report
+    # of the final evaluation shares this dict).
+    final = evaluate.record_source(run.evaluations[-1], model_dir, step,
+                                   run.config.image_size)
+  targets = run.evaluate_targets(state) if run.targets else {}
+  for evaluation in targets.values():
+    evaluate.record_source(evaluation.metrics, model_dir, step,
+                           run.config.image_size)
   # Host copies: the model directory must not depend on this run's devices.
   variables = jax.device_get(step_lib.local_copy(
       {'params': state.params, 'batch_stats': state.batch_stats}))
-  store.save_model(os.path.join(run.workdir, MODEL_DIR), run.eval_model,
-                   variables,
-                   metadata={'trained_steps': step,
-                             'dataset': run.config.dataset.name,
-                             'image_size': list(run.config.image_size)},
+  metadata = {'trained_steps': step,
+              'dataset': sources.describe(run.config.dataset),
+              'image_size': list(run.config.image_size)}
+  extra = run.config.dataset.get('extra_train', '')
+  if extra:
+    metadata['extra_train'] = [s.strip() for s in extra.split(',')]
+  store.save_model(model_dir, run.eval_model, variables, metadata=metadata,
                    overwrite=True)
   initial = [e for e in run.evaluations if e['step'] == 0]
-  # What the final metrics came from, as eval.py records it (the report of
-  # the final evaluation shares this dict).
-  final = evaluate.record_source(
-      run.evaluations[-1], os.path.join(run.workdir, MODEL_DIR), step,
-      run.config.image_size)
-  summary = {'final': final, 'initial': initial[0] if initial else None}
+  summary = {'final': final, 'initial': initial[0] if initial else None,
+             'targets': {spec: evaluation.metrics
+                         for spec, evaluation in targets.items()}}
+  if final is None and not targets:
+    summary['not_evaluated'] = (
+        f'{sources.describe(run.config.dataset)} has no query and gallery '
+        'splits and config.eval.extra_targets is empty: no evaluation target')
   if run.is_chief:
     evaluate.write_metrics({'step': step, **summary},
                            os.path.join(run.workdir, METRICS_JSON))
-    if run.config.eval.report:
-      report.write_report(run.last_evaluation[1],
-                          os.path.join(run.workdir, report.REPORT_HTML),
-                          run.eval_model, run.config, run.workdir, step)
+    if run.config.eval.report and (final is not None or targets):
+      main = run.last_evaluation[1] if final is not None else None
+      report.write_reports(main, targets, run.workdir, run.eval_model,
+                           run.config, run.workdir, step,
+                           dataset=sources.describe(run.config.dataset))
     else:
       report.remove_stale_report(run.workdir, 'config.eval.report=True')
   return summary

@@ -28,6 +28,7 @@ from sa_reid_jax import tasks as tasks_lib
 from sa_reid_jax.data import augmentation
 from sa_reid_jax.data import samplers
 from sa_reid_jax.datasets import builders
+from sa_reid_jax.datasets import sources
 from sa_reid_jax.datasets.images import check_size
 from sa_reid_jax.evaluation import distances
 from sa_reid_jax.models import registry
@@ -171,6 +172,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int = 1,
   for key in ('every_steps', 'keep', 'sigterm_check_steps'):
     _integer(f'checkpoint.{key}', config.checkpoint[key], 1)
   _check_eval(config.eval)
+  extra_train_blocks(config)
+  extra_target_blocks(config)
 
 
 def _check_run(config: ml_collections.ConfigDict) -> None:
@@ -187,8 +190,11 @@ def _check_run(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_dataset(dataset: ml_collections.ConfigDict) -> None:
-  if dataset.folder:
-    return  # its layout is checked when it is read, naming the folder
+  # Both list and folder set, an unknown layout, a list file without its
+  # columns.
+  sources.check_block(dataset)
+  if dataset.folder or dataset.get('list', ''):
+    return  # its images are checked when it is read, naming the key
   # TFDS answers an unknown name with every dataset it knows.
   if dataset.name not in builders.dataset_names():
     raise ValueError(builders.unknown_dataset(dataset.name))
@@ -292,6 +298,41 @@ def check_evaluation_config(config: ml_collections.ConfigDict) -> None:
   _size('image_size', config.image_size)
   _check_model(config.model)
   _check_eval(config.eval)
+  extra_target_blocks(config)
+
+
+def _spec_blocks(config: ml_collections.ConfigDict, block: str, key: str
+                 ) -> list[ml_collections.ConfigDict]:
+  specs = config[block].get(key, '')
+  if not isinstance(specs, str):
+    _fail(f'{block}.{key}', 'a string of comma-separated dataset specs',
+          specs)
+  blocks = sources.blocks_from_specs(specs, f'config.{block}.{key}',
+                                     config.dataset.data_dir)
+  for dataset in blocks:
+    # A list file's header, before any image is read.
+    sources.check_block(dataset)
+  return blocks
+
+
+def extra_train_blocks(config: ml_collections.ConfigDict
+                       ) -> list[ml_collections.ConfigDict]:
+  """The dataset blocks of ``config.dataset.extra_train`` (one per spec,
+  `sources.block_from_spec`; TFDS names read from
+  ``config.dataset.data_dir``).
+
+  Raises:
+    ValueError: naming config.dataset.extra_train and the spec at fault (a
+      bad spec, or a list file that is missing or lacks a column).
+  """
+  return _spec_blocks(config, 'dataset', 'extra_train')
+
+
+def extra_target_blocks(config: ml_collections.ConfigDict
+                        ) -> list[ml_collections.ConfigDict]:
+  """The dataset blocks of ``config.eval.extra_targets``, as
+  `extra_train_blocks` (errors naming config.eval.extra_targets)."""
+  return _spec_blocks(config, 'eval', 'extra_targets')
 
 
 def _check_eval(evaluation: ml_collections.ConfigDict) -> None:
@@ -313,3 +354,10 @@ def _check_eval(evaluation: ml_collections.ConfigDict) -> None:
   _integer('eval.report_random', evaluation.report_random, 0)
   _integer('eval.report_topk', evaluation.report_topk, 1)
   _size('eval.report_thumbnail', evaluation.report_thumbnail)
+  fprs = evaluation.verification_fprs
+  if not isinstance(fprs, (tuple, list)) or not fprs:
+    _fail('eval.verification_fprs', 'a non-empty list of FPRs in (0, 1)',
+          fprs)
+  for i, fpr in enumerate(fprs):
+    _number(f'eval.verification_fprs[{i}]', fpr, 0, 1, low_open=True,
+            high_open=True)
