@@ -26,7 +26,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 # The benchmarks directory is on sys.path when this file runs as a script.
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import bench_train
+import bench_train  # Puts the repository root on sys.path.
+from bench_flops import forward_macs, peak_flops, print_flops_and_mfu, xla_flops
+from bench_step import synthetic_batch
 from sa_reid_jax.models import registry
 from sa_reid_jax.training import step as step_lib
 
@@ -55,10 +57,9 @@ def main(argv=None):
   variables = jax.jit(lambda: model.init(
       jax.random.PRNGKey(0), np.zeros((2, *image_size, 3), np.float32),
       train=False))()
-  macs = bench_train.forward_macs(model, variables, image_size,
-                                   outputs=('features',))
+  macs = forward_macs(model, variables, image_size, outputs=('features',))
   variables = step_lib.replicate(variables, mesh)
-  local = bench_train.synthetic_batch(
+  local = synthetic_batch(
       args.batch_per_device * jax.local_device_count(), image_size,
       args.num_classes, seed=jax.process_index())['images']
   images = jax.make_array_from_process_local_data(
@@ -69,8 +70,8 @@ def main(argv=None):
   lowered = extract.lower(variables, images)
   compiled = lowered.compile()
   figures['compile_s'] = time.perf_counter() - start
-  lowered_flops = bench_train.xla_flops(lowered)
-  flops = bench_train.xla_flops(compiled) or lowered_flops
+  lowered_flops = xla_flops(lowered)
+  flops = xla_flops(compiled) or lowered_flops
 
   features = None
   for _ in range(args.warmup):
@@ -96,16 +97,16 @@ def main(argv=None):
       xla_lowered_flops_per_image=(lowered_flops / args.batch_per_device
                                    if lowered_flops else None),
       analytic_flops_per_image=2.0 * macs)
-  peak, figures['peak_source'] = bench_train.peak_flops(
-      figures['device_kind'], args.peak_tflops)
+  peak, figures['peak_source'] = peak_flops(figures['device_kind'],
+                                            args.peak_tflops)
   figures['peak_flops_per_device'] = peak
   print(f'compile: {figures["compile_s"]:.1f} s')
   print(f'features: {figures["batch_ms"]:.2f} ms per batch, '
         f'{figures["images_per_s"]:.1f} images/s '
         f'({figures["images_per_s_per_device"]:.1f} per device; '
         f'{args.steps} batches timed after {args.warmup} warm-up)')
-  bench_train.print_flops_and_mfu(figures, figures['images_per_s_per_device'],
-                                  passes='forward MACs x2')
+  print_flops_and_mfu(figures, figures['images_per_s_per_device'],
+                      passes='forward MACs x2')
   if args.json:
     print(json.dumps(figures))
 
