@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import helpers
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -15,6 +16,7 @@ import tensorflow as tf
 from sa_reid_jax import FeatureExtractor
 from sa_reid_jax.data import preprocessing
 from sa_reid_jax.evaluation import features
+from sa_reid_jax.models import store
 from sa_reid_jax.tools import export
 
 IMAGE_SIZE = helpers.SAVED_SANET_IMAGE_SIZE
@@ -145,6 +147,15 @@ def test_onnx_backend_equals_jax_to_the_rounding_of_its_uint8_input(
                     r'not 128x64'):
     FeatureExtractor(path, backend='onnx', onnx_model=str(onnx_file),
                      image_size=(128, 64))
+  # The same network with other weights: the file is not its export.
+  _, model, variables = saved_sanet
+  other = tmp_path / 'other_model'
+  store.save_model(str(other), model,
+                   jax.tree_util.tree_map(lambda x: x * 1.01, variables),
+                   metadata={'image_size': list(IMAGE_SIZE)})
+  with pytest.raises(ValueError, match=r'^onnx_model: .*model\.onnx was not '
+                     r'exported from this model directory'):
+    FeatureExtractor(str(other), backend='onnx', onnx_model=str(onnx_file))
 
 
 @pytest.mark.full

@@ -10,6 +10,7 @@ over every local device; or, when asked, through the model's ONNX export
 on ONNX Runtime.
 """
 
+import json
 import numbers
 import os
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -81,6 +82,7 @@ class FeatureExtractor:
 
   Attributes:
     backend: ``'jax'`` or ``'onnx'``, the one that computes.
+    model_dir: the model directory read (a workdir resolved to its model).
     image_size: the network input (height, width) crops are resized to.
     descriptor_size: values per descriptor (P x D: parts x width).
   """
@@ -104,8 +106,9 @@ class FeatureExtractor:
     Raises:
       ValueError: naming the argument: an unknown backend, a bad batch
         size or image size, a missing or unreadable ONNX file, an ONNX
-        model of another input size, an ONNX file without the ONNX
-        backend; `store.ModelStoreError` for a bad model directory.
+        model of another input size or exported from another model
+        (its recorded `store.model_fingerprint`), an ONNX file without the
+        ONNX backend; `store.ModelStoreError` for a bad model directory.
 
     Warns:
       UserWarning: for an `image_size` other than the one the model was
@@ -132,11 +135,13 @@ class FeatureExtractor:
     self.backend = backend
     parallel = devices_lib.data_parallel()
     self._batch = parallel.padded_size(batch_size)
+    self.model_dir = directory
+    model, variables = store.load_model(directory)
+    registry.check_input_size(model, self.image_size, 'image_size')
     if backend == 'onnx':
+      self._fingerprint = store.model_fingerprint(model, variables)
       self._session = self._onnx_session(onnx_model)
     else:
-      model, variables = store.load_model(directory)
-      registry.check_input_size(model, self.image_size, 'image_size')
       self._images_sharding = parallel.batch
       self._variables = jax.device_put(variables, parallel.replicated)
       self._embed = jax.jit(lambda v, x: registry.embed(model, v, x))
@@ -155,6 +160,15 @@ class FeatureExtractor:
       # ONNX Runtime raises its own classes for unreadable files.
       raise ValueError(f'onnx_model: {path}: cannot load it: '
                        f'{str(error).splitlines()[0]}') from None
+    recorded = json.loads(session.get_modelmeta().custom_metadata_map.get(
+        store.EXPORT_METADATA_KEY, '{}'))
+    if recorded.get('model_fingerprint') != self._fingerprint:
+      origin = recorded.get('checkpoint', 'an unrecorded model')
+      raise ValueError(
+          f'onnx_model: {path} was not exported from this model directory '
+          f'({self.model_dir}) but from {origin} (or by an older export '
+          'without a fingerprint): export this model with python -m '
+          'sa_reid_jax.tools.export --format=onnx')
     shape = session.get_inputs()[0].shape
     if tuple(shape[1:3]) != tuple(self.image_size):
       raise ValueError(f'onnx_model: {path} takes {shape[1]}x{shape[2]} '

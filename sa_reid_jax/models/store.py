@@ -7,11 +7,13 @@ provenance under ``metadata``, where ``image_size`` is the input size the
 network was trained or converted at).
 """
 
+import hashlib
 import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sa_reid_jax.models import registry
@@ -30,6 +32,36 @@ TRAINING_MODEL = 'model'
 
 class ModelStoreError(ValueError):
   """A model directory is missing, incomplete or inconsistent."""
+
+
+# The metadata entry of an export (the ONNX model's metadata key; the
+# SavedModel's assets.extra/<key>.json) holding its JSON description.
+EXPORT_METADATA_KEY = 'sa_reid'
+
+
+def model_fingerprint(model: Any, variables: Any) -> str:
+  """A hash of everything in a model that determines its descriptors.
+
+  Covers the module's configuration (its repr: class and attributes) and the
+  name, shape, dtype and bytes of every variable, so it identifies the
+  weights themselves, not the files they came from: a gallery index and an
+  ONNX export record it, and are refused by another model.
+
+  Args:
+    model: a Flax module.
+    variables: its variables.
+
+  Returns:
+    a hex SHA-256 digest.
+  """
+  digest = hashlib.sha256(repr(model).encode())
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)} {array.dtype.str} '
+                  f'{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
 
 
 def _checkpointer() -> ocp.Checkpointer:

@@ -61,7 +61,8 @@ PROGRAM = 'export'
 # Those jax2tf can lower for; one SavedModel serves on each of these.
 KNOWN_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
-METADATA_PATH = os.path.join('assets.extra', 'sa_reid.json')
+METADATA_PATH = os.path.join('assets.extra',
+                             f'{store.EXPORT_METADATA_KEY}.json')
 FORMAT_VERSION = 1
 
 
@@ -319,7 +320,10 @@ def export_checkpoint(checkpoint: str, output: str, *,
     registry.check_input_size(model, size, '--image_size')
   except ValueError as error:
     raise ExportError(str(error)) from None
-  metadata = {'checkpoint': os.path.abspath(checkpoint)}
+  # The fingerprint lets FeatureExtractor refuse an ONNX file exported from
+  # another model than the model directory it is given.
+  metadata = {'checkpoint': os.path.abspath(checkpoint),
+              'model_fingerprint': store.model_fingerprint(model, variables)}
   if output_format == 'onnx':
     try:
       return export_onnx.export_onnx(model, variables, output, image_size=size,

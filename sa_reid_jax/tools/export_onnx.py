@@ -41,11 +41,12 @@ from sa_reid_jax.data.device_augment import normalize
 from sa_reid_jax.datasets.images import check_size
 from sa_reid_jax.models import registry
 from sa_reid_jax.models import resnet
+from sa_reid_jax.models import store
 from sa_reid_jax.tools import outputs
 
 # ONNX operator set the model is written for (ONNX Runtime >= 1.16 runs it).
 OPSET = 21
-METADATA_KEY = 'sa_reid'
+METADATA_KEY = store.EXPORT_METADATA_KEY
 FORMAT_VERSION = 1
 
 
