@@ -153,7 +153,7 @@ def test_excel_files_count_their_lines_as_an_editor_does(own):
   path = own / 'data' / 'crops.csv'
   path.write_bytes(text.encode('utf-8'))
   with pytest.raises(market_layout.LayoutError) as error:
-    _read(str(path))
+    _read(str(path), ('train',))  # no other split's absence to name
   assert str(error.value) == (f"config.dataset.list: {path}:5: unknown split "
                               "'val'; expected one of train, query, gallery")
 
@@ -244,10 +244,72 @@ def test_every_undecodable_image_is_listed_with_its_line(own):
       'not a decodable image .*', message), message
 
 
+def test_train_py_on_an_undecodable_list_image_prints_only_its_lines(own):
+  # A real process (TensorFlow's C++ log writes to file descriptor 2, which
+  # only a real process shows): a file named .jpg that is no image makes
+  # TensorFlow log a WARNING line as it fails to decode, which the image
+  # check keeps off the terminal; the error line says it all.
+  (own / 'data' / 'imgs' / 'carol_g.jpg').write_text('meeting notes')
+  path = _write_list(own / 'data' / 'crops.csv', HEADER[:3],
+                     [r[:3] for r in ROWS])
+  result = helpers.run_as_user(
+      'train.py', '--config=configs/demo_synthetic.py',
+      f'--workdir={own / "run"}', f'--config.dataset.list={path}')
+  assert result.returncode == 1, result.stderr
+  assert helpers.lines_besides_slow_compile_alarms(result.stderr) == [
+      f'train.py: error: config.dataset.list: {path}:6: unreadable image '
+      f'{own / "data" / "imgs" / "carol_g.jpg"}: not a decodable image '
+      '(Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, '
+      'WebP required.)'], result.stderr
+  assert result.stdout.splitlines() == [
+      f"{path}: 4 person names, mapped to ids 1..4 in sorted order (line 2: "
+      "'alice' is not an integer); cameras unknown"], result.stdout
+
+
 def test_a_split_without_rows_is_named(own):
   rows = [r[:3] for r in ROWS if r[2] != 'query']
   path, message = _fault(own, HEADER[:3], rows)
-  assert message == f"config.dataset.list: {path}: no 'query' rows"
+  assert message == (f"config.dataset.list: {path}: no 'query' rows, but "
+                     'its gallery split is there: evaluation needs both (or '
+                     'neither, for a dataset that only trains)')
+  # Train rows only, read for evaluation: both splits named.
+  rows = [r[:3] for r in ROWS if r[2] == 'train']
+  path, message = _fault(own, HEADER[:3], rows)
+  assert message.splitlines() == [
+      f'config.dataset.list: {path}: 2 faults:',
+      f"  {path}: no 'query' rows", f"  {path}: no 'gallery' rows"]
+
+
+def test_row_image_and_split_faults_come_in_one_error(own):
+  # Line 3 has an unknown split, line 6 a missing file, line 5 (carol's
+  # query, a valid row) an undecodable image, and no row is a gallery
+  # row: every fault in one error, whether training checks the splits
+  # first (has_evaluation_splits) or the splits are read.
+  images = own / 'data' / 'imgs'
+  (images / 'carol_q.jpg').write_bytes(b'not an image')
+  rows = [('imgs/alice_1.jpg', 'alice', 'train'),
+          ('imgs/alice_2.jpg', 'alice', 'tran'),
+          ('imgs/bob_1.jpg', 'bob', 'train'),
+          ('imgs/carol_q.jpg', 'carol', 'query'),
+          ('imgs/gone.jpg', 'dave', 'train')]
+  path = _write_list(own / 'data' / 'crops.csv', HEADER[:3], rows)
+  expected = [
+      f'config.dataset.list: {path}: 4 faults:',
+      f"  {path}: no 'gallery' rows, but its query split is there: "
+      'evaluation needs both (or neither, for a dataset that only trains)',
+      f"  {path}:3: unknown split 'tran'; expected one of train, query, "
+      'gallery',
+      f'  {path}:6: missing file {images / "gone.jpg"}',
+      f'  {path}:5: unreadable image {images / "carol_q.jpg"}: not a '
+      'decodable image (']
+  with pytest.raises(market_layout.LayoutError) as error:
+    sources.has_evaluation_splits(_block(list=path), log=lambda _: None)
+  with pytest.raises(market_layout.LayoutError) as read_error:
+    _read(path)
+  for message in (str(error.value), str(read_error.value)):
+    lines = message.splitlines()
+    assert lines[:-1] == expected[:-1], message
+    assert lines[-1].startswith(expected[-1]), message
 
 
 def test_block_faults_are_named_before_any_image_is_read(own, tmp_path):
@@ -310,11 +372,14 @@ def test_person_folders_for_training_only(tmp_path):
       market_layout.skipped_message(2, root),
       f'{root}: 2 person folders (names mapped to ids 1..2), cameras '
       'unknown']
-  # Training evaluates: without query/ the block names the folder.
-  with pytest.raises(market_layout.LayoutError, match=re.escape(
-      f'config.dataset.folder: {os.path.join(root, "query")}: missing; a '
-      'person-folders dataset holds train/')):
+  # Training evaluates: without query/ and gallery/ the block names both.
+  with pytest.raises(market_layout.LayoutError) as error:
     _folders(root)
+  lines = str(error.value).splitlines()
+  assert lines[0] == f'config.dataset.folder: {root}: 2 faults:'
+  for line, split in zip(lines[1:], ('query', 'gallery')):
+    assert line.startswith(f'  {os.path.join(root, split)}: missing; a '
+                           'person-folders dataset holds train/'), line
 
 
 def test_person_folders_with_evaluation_splits_and_cameras(tmp_path):
@@ -356,8 +421,38 @@ def test_person_folder_faults_name_the_folder(tmp_path, make, expected):
   make(d)
   with pytest.raises(market_layout.LayoutError) as error:
     _folders(str(d), ('train',))
-  assert str(error.value).startswith(
-      'config.dataset.folder: ' + expected.format(d=d)), str(error.value)
+  message = str(error.value)
+  # One fault: the first line; several (a mix names each folder holding
+  # images directly): after a count line, one per line.
+  lines = [message.splitlines()[0].removeprefix('config.dataset.folder: ')]
+  if lines[0] != f'{d}: {len(message.splitlines()) - 1} faults:':
+    assert len(message.splitlines()) == 1, message
+  else:
+    lines = [line.strip() for line in message.splitlines()[1:]]
+  assert message.startswith('config.dataset.folder: '), message
+  assert any(line.startswith(expected.format(d=d)) for line in lines), message
+
+
+def test_every_person_folder_fault_comes_in_one_error(tmp_path):
+  d = tmp_path / 'd'
+  # Integer names throughout, so that 7 and 007 are one person id.
+  _person_folders(d, {'train': {'5': 1, '7': 1, '007': 1},
+                      'query': {'7': 1}, 'gallery': {'7': 1}})
+  _image(str(d / 'train' / 'loose.jpg'))
+  _image(str(d / 'train' / 'stray.png'))
+  os.makedirs(d / 'gallery' / '9')
+  with pytest.raises(market_layout.LayoutError) as error:
+    _folders(str(d))
+  help_text = ('a person-folders dataset holds train/, query/ and gallery/ '
+               '(query/ and gallery/ for evaluation), each with one folder '
+               'per person: SPLIT/PERSON/IMAGE or SPLIT/PERSON/CAMERA/IMAGE')
+  assert str(error.value).splitlines() == [
+      f'config.dataset.folder: {d}: 3 faults:',
+      f'  {d / "train"}: 2 images outside a person folder (e.g. loose.jpg); '
+      + help_text,
+      f'  {d / "train"}: person folders 007 and 7 are both person id 7; '
+      'merge them',
+      f'  {d / "gallery" / "9"}: no images (.jpg, .jpeg, .png)']
 
 
 def test_person_folders_list_every_undecodable_image(tmp_path):

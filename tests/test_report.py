@@ -1,6 +1,7 @@
 """The HTML evaluation report: parsed back, its images decoded, its numbers
 compared with metrics.json and with independent computations."""
 
+import dataclasses
 import json
 
 import helpers
@@ -200,3 +201,49 @@ def test_report_shows_the_roc_curve_and_the_verification_table(small,
   line = evaluate.format_metrics(metrics).splitlines()[-1]
   assert line.startswith('verification TPR n/a at FPR 1e-3')
   assert f'{100 * written["tpr"][1]:.2f}% at FPR 1e-2 (d <= ' in line
+
+
+def _verification_paragraph(text):
+  start = text.index('<h2>Verification</h2>')
+  return ' '.join(text[start:text.index('</p>', start)].split())
+
+
+def test_unknown_cameras_change_the_verification_text_and_camera_section(
+    small):
+  q, g = small.query, small.gallery
+  unknown = [dataclasses.replace(t, camera_ids=np.full(
+      len(t), report.UNKNOWN_CAMERA, np.int32)) for t in (q, g)]
+  ids = (q.person_ids, g.person_ids, unknown[0].camera_ids,
+         unknown[1].camera_ids)
+  plain = evaluate_rank(small.distances, *ids)
+  summary = verification.summarize_verification(
+      verification.evaluate_verification(
+          small.distances - small.distances.min(), *ids, fprs=(1e-1,)))
+  texts = {}
+  for removal, (query, gallery, result) in (
+      (True, (q, g, small.plain)), (False, (*unknown, plain))):
+    metrics = dict(small.metrics, plain=evaluate.summarize(result),
+                   verification=summary,
+                   settings={**small.metrics['settings'],
+                             'same_camera_removal': removal})
+    texts[removal] = report.render_report(
+        evaluate.Evaluation(metrics=metrics, query=query, gallery=gallery,
+                            distances=small.distances, plain=result,
+                            reranked=None),
+        {}, num_hardest=1, num_random=0, topk=2, thumbnail=(32, 16), seed=0)
+  # The protocol's positives: other-camera pairs only where cameras are
+  # known and removed; every same-person pair where they are not.
+  assert '(positive: same person, other camera;' in _verification_paragraph(
+      texts[True])
+  assert ('(positive: same person, any camera (cameras unknown);' in
+          _verification_paragraph(texts[False]))
+  assert report.protocol_sentence(False) in texts[False]
+  # Per query camera: the table with known cameras (2 of them), one
+  # sentence without.
+  assert texts[True].count('<tr><td class="name">') >= 2
+  assert '<table id="cameras">' in texts[True]
+  assert report.NO_CAMERAS not in texts[True]
+  section = texts[False][texts[False].index('<h2>Per query camera</h2>'):
+                         texts[False].index('<h2>Hardest queries</h2>')]
+  assert ' '.join(section.split()) == (
+      f'<h2>Per query camera</h2> <p id="cameras">{report.NO_CAMERAS}</p>')

@@ -287,10 +287,16 @@ def test_a_list_file_without_evaluation_rows_is_train_only(tmp_path):
   assert not sources.has_evaluation_splits(block)
   (tmp_path / 'crops.csv').write_text(
       '\n'.join(rows + ['imgs/ann0.jpg,ann,query']) + '\n')
-  with pytest.raises(market_layout.LayoutError, match=re.escape(
-      f"{EXTRA}: {tmp_path / 'crops.csv'}: no 'gallery' rows in "
-      f"{tmp_path / 'crops.csv'}, but its query split is there")):
-    sources.has_evaluation_splits(block)
+  # The missing split and the file's other fault (ann0.jpg listed as a
+  # train and a query image), in one error.
+  with pytest.raises(market_layout.LayoutError) as error:
+    sources.has_evaluation_splits(block, log=lambda _: None)
+  path = tmp_path / 'crops.csv'
+  assert str(error.value).splitlines() == [
+      f'{EXTRA}: {path}: {path}: 2 faults:',
+      f"  {path}: no 'gallery' rows, but its query split is there: "
+      'evaluation needs both (or neither, for a dataset that only trains)',
+      f'  {path}:6: imgs/ann0.jpg listed twice (first on line 2)']
 
 
 def test_eval_py_needs_a_split_to_evaluate(tmp_path, saved_sanet, cli):

@@ -19,12 +19,22 @@ TensorFlow version, whose decoder gives the verdicts.
 
 Which files of a folder are images (hidden and system files are not) is
 decided by `market_layout.list_folder`, before this check.
+
+A file that fails to decode makes TensorFlow's C++ runtime write a WARNING
+line to stderr (TensorFlow 2.21: ``W0000 00:00:... local_rendezvous.cc:412]
+Local rendezvous is aborting with status: INVALID_ARGUMENT: Unknown image
+file format...``), which TF_CPP_MIN_LOG_LEVEL=1, the entry points' level,
+lets through. The reason is in this module's result already, so the
+decodes hold back TensorFlow's INFO and WARNING lines (`_tensorflow_log_held`);
+everything else written meanwhile is written after them, and nothing is
+held with TF_CPP_MIN_LOG_LEVEL=0 (``--verbosity=0``).
 """
 
 import contextlib
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import zipfile
 from typing import Callable, Optional, Sequence
@@ -42,6 +52,10 @@ CHECK_BATCH = 1024
 # Up to this many files to check (e.g. a few changed since the cache was
 # written) are decoded one by one: building a tf.data pipeline costs more.
 EAGER_BELOW = 32
+# A C++ log line of TensorFlow below ERROR, in absl's format: severity (I, W),
+# MMDD, time, thread id, FILE:LINE] (e.g. ``W0000 00:00:1796376725.374880
+# 9302 local_rendezvous.cc:412] Local rendezvous is aborting ...``).
+_TENSORFLOW_LOG_LINE = re.compile(rb'^[IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ')
 
 
 class UnreadableImagesError(market_layout.LayoutError):
@@ -60,6 +74,44 @@ class UnreadableImagesError(market_layout.LayoutError):
     super().__init__('\n'.join(lines))
 
 
+@contextlib.contextmanager
+def _tensorflow_log_held():
+  """Holds back TensorFlow's C++ INFO and WARNING lines (module docstring).
+
+  File descriptor 2 points at a temporary file while active; afterwards it
+  points back at stderr, and what was written meanwhile is written there
+  less the lines of `_TENSORFLOW_LOG_LINE`. Nothing is held with
+  TF_CPP_MIN_LOG_LEVEL=0 or without a usable file descriptor 2.
+  """
+  saved, held = None, None
+  if os.environ.get('TF_CPP_MIN_LOG_LEVEL') != '0':
+    try:
+      if sys.stderr is not None:
+        sys.stderr.flush()
+      held = tempfile.TemporaryFile()
+      saved = os.dup(2)
+      os.dup2(held.fileno(), 2)
+    except (OSError, ValueError):
+      if saved is not None:
+        os.close(saved)
+      saved = None
+  try:
+    yield
+  finally:
+    if saved is not None:
+      if sys.stderr is not None:
+        sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      kept = [line for line in held.read().splitlines(keepends=True)
+              if not _TENSORFLOW_LOG_LINE.match(line)]
+      if kept:
+        os.write(2, b''.join(kept))
+    if held is not None:
+      held.close()
+
+
 def decode_error(path: str) -> Optional[str]:
   """Why `path` cannot be read or decoded as the pipeline does, or None.
 
@@ -74,11 +126,13 @@ def decode_error(path: str) -> Optional[str]:
   from sa_reid_jax.datasets.tensorflow_cpu import tf  # pylint: disable=g-import-not-at-top
   from sa_reid_jax.datasets import images  # pylint: disable=g-import-not-at-top
   try:
-    contents = tf.io.read_file(path)
+    with _tensorflow_log_held():
+      contents = tf.io.read_file(path)
   except tf.errors.OpError as e:
     return f'cannot read ({_first_line(e)})'
   try:
-    image = images.decode_image(contents)
+    with _tensorflow_log_held():
+      image = images.decode_image(contents)
   except (tf.errors.OpError, ValueError) as e:
     return f'not a decodable image ({_first_line(e)})'
   if 0 in image.shape:
@@ -110,9 +164,10 @@ def _decoded_sizes(paths: Sequence[str]) -> np.ndarray:
   dataset = tf.data.Dataset.from_tensor_slices(
       (np.arange(len(paths)), list(paths))).map(
           decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  for indices, pixels in dataset.ignore_errors().batch(
-      CHECK_BATCH).as_numpy_iterator():
-    sizes[indices] = pixels
+  with _tensorflow_log_held():
+    for indices, pixels in dataset.ignore_errors().batch(
+        CHECK_BATCH).as_numpy_iterator():
+      sizes[indices] = pixels
   return sizes
 
 

@@ -24,9 +24,12 @@ lines are skipped; a UTF-8 byte order mark is dropped.
 missing column, a row with another number of fields than the header, an
 empty path, an unknown split, a bad person or camera id, an empty camera
 cell, junk or distractors outside the gallery, a path listed twice (both
-lines named), a missing file; then every image of the splits read is
-decoded (`image_check`, verdicts cached beside the list file) and every
-undecodable one is listed with its line.
+lines named), a missing file, a split without rows (a list with rows of
+one evaluation split, ``query`` or ``gallery``, but not of the other: the
+whole file's fault), and every image of the splits read that does not
+decode. The images of the rows without another fault are decoded even
+when other rows have faults (`image_check`, verdicts cached beside the
+list file), so that one run names every fault.
 """
 
 import csv
@@ -159,8 +162,10 @@ def read(path: str, splits: Sequence[str] = SPLITS,
     {split: its images in the list's row order}.
 
   Raises:
-    ListFileError: listing every fault with its line (module docstring),
-      or naming a split of `splits` with no rows.
+    ListFileError: listing every fault with its line (module docstring):
+      the whole file's faults (line 0: no rows, a split of `splits` with no
+      rows, rows of one evaluation split but not of the other) first, then
+      the rows' faults, then the undecodable images.
   """
   rows, delimiter, note = _rows(path)
   if note:
@@ -168,6 +173,7 @@ def read(path: str, splits: Sequence[str] = SPLITS,
   columns = _columns(path, rows[0])
   base = os.path.dirname(os.path.abspath(path))
   faults, first_line_of, kept = [], {}, []
+  listed = set()  # the splits named by rows of the header's width
   for line, fields in rows[1:]:
     if len(fields) != len(rows[0][1]):
       faults.append((line, f'{len(fields)} {DELIMITER_NAMES[delimiter]} '
@@ -178,7 +184,9 @@ def read(path: str, splits: Sequence[str] = SPLITS,
     if not value['path']:
       row_faults.append('empty path')
     split = value['split'].lower()
-    if split not in SPLITS:
+    if split in SPLITS:
+      listed.add(split)
+    else:
       row_faults.append(f'unknown split {value["split"]!r}; expected one '
                         f'of {", ".join(SPLITS)}')
     reason = image_records.person_value_error(value['person_id'])
@@ -201,8 +209,6 @@ def read(path: str, splits: Sequence[str] = SPLITS,
       continue
     first_line_of[image] = line
     kept.append((line, split, image, value))
-  if not kept and not faults:
-    faults.append((0, 'no images listed'))
   ids, as_integers = image_records.person_ids(
       v['person_id'] for *_, v in kept)
   cameras = (image_records.camera_ids(v[CAMERA_COLUMN] for *_, v in kept)
@@ -222,26 +228,50 @@ def read(path: str, splits: Sequence[str] = SPLITS,
         camera_id=cameras.get(value.get(CAMERA_COLUMN),
                               image_records.UNKNOWN_CAMERA),
         filename=os.path.relpath(image, base))))
-  if faults:
-    raise ListFileError(path, faults)
-  if as_integers:
-    reading = f'{len(set(ids.values()))} person ids, read as integers'
-  else:
-    line, name = next((line, v['person_id']) for line, _, _, v in kept
-                      if not image_records.is_integer(v['person_id']))
-    names = sum(1 for i in set(ids.values()) if i > 0)
-    reading = (f'{names} person names, mapped to ids 1..{names} in sorted '
-               f'order (line {line}: {name!r} is not an integer)')
-  log(f'{path}: {reading}; cameras '
-      f'{f"{len(cameras)} distinct" if cameras else "unknown"}')
-  empty = [split for split in splits if not entries[split]]
-  if empty:
-    raise ListFileError(path, [(0, f'no {split!r} rows') for split in empty])
+  faults = _file_faults(rows, listed, splits) + faults
+  if kept:
+    log(f'{path}: {_reading(ids, as_integers, kept)}; cameras '
+        f'{f"{len(cameras)} distinct" if cameras else "unknown"}')
+  # The images of the rows without another fault, decoded whatever the
+  # other rows hold: their faults go into the same error.
   lines = {entry.path: line for split in splits
            for line, entry in entries[split]}
   failures = image_check.check_files(list(lines), base, log)
-  if failures:
-    raise ListFileError(path, [
-        (lines[os.path.normpath(image)], f'unreadable image {image}: {why}')
-        for image, why in failures])
+  faults += [(lines[os.path.normpath(image)], f'unreadable image {image}: '
+              f'{why}') for image, why in failures]
+  if faults:
+    raise ListFileError(path, faults)
   return {split: [entry for _, entry in entries[split]] for split in splits}
+
+
+def _file_faults(rows: Sequence[tuple[int, list[str]]], listed: set[str],
+                 splits: Sequence[str]) -> list[tuple[int, str]]:
+  """The faults of the whole file (line 0): no rows at all, one evaluation
+  split without the other (when `splits` holds one: a train source's
+  other rows are not read), or a split of `splits` that no row names."""
+  if len(rows) == 1:
+    return [(0, 'no images listed')]
+  faults = []
+  evaluation = listed & {'query', 'gallery'}
+  if len(evaluation) == 1 and {'query', 'gallery'} & set(splits):
+    there = evaluation.pop()
+    missing = 'gallery' if there == 'query' else 'query'
+    faults.append((0, f'no {missing!r} rows, but its {there} split is '
+                   'there: evaluation needs both (or neither, for a '
+                   'dataset that only trains)'))
+    listed = listed | {missing}  # named by the fault above
+  return faults + [(0, f'no {split!r} rows') for split in splits
+                   if split not in listed]
+
+
+def _reading(ids: dict[str, int], as_integers: bool,
+             kept: Sequence[tuple[int, str, str, dict[str, str]]]) -> str:
+  """How the person ids were read, with the first value that is not an
+  integer (`image_records.person_ids`)."""
+  if as_integers:
+    return f'{len(set(ids.values()))} person ids, read as integers'
+  line, name = next((line, v['person_id']) for line, _, _, v in kept
+                    if not image_records.is_integer(v['person_id']))
+  names = sum(1 for i in set(ids.values()) if i > 0)
+  return (f'{names} person names, mapped to ids 1..{names} in sorted '
+          f'order (line {line}: {name!r} is not an integer)')

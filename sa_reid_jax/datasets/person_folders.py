@@ -21,8 +21,9 @@ all of its splits.
 `read` checks the layout before anything runs: hidden and system files are
 skipped and counted (as `market_layout.list_folder` does), an image outside
 a person folder, a person (or camera) folder without images and a mix of
-the two forms are errors listing every such path, and every image of the
-splits read is decoded (`image_check`, verdicts cached in the folder).
+the two forms are faults naming the folder, all of them listed in one
+error; then every image of the splits read is decoded (`image_check`,
+verdicts cached in the folder).
 """
 
 import os
@@ -64,8 +65,12 @@ def split_folder(root: str, split: str) -> str:
   """
   folder = os.path.join(root, SPLIT_FOLDERS[split])
   if not os.path.isdir(folder):
-    raise market_layout.LayoutError(f'{folder}: missing; {LAYOUT_HELP}')
+    raise market_layout.LayoutError(_missing(folder))
   return folder
+
+
+def _missing(folder: str) -> str:
+  return f'{folder}: missing; {LAYOUT_HELP}'
 
 
 def read(root: str, splits: Sequence[str],
@@ -88,18 +93,23 @@ def read(root: str, splits: Sequence[str],
     (``alice/0001.jpg``).
 
   Raises:
-    LayoutError: for a missing dataset or split folder, a person name that
-      is a negative integer below -1, junk (-1) or distractor (0) folders
-      outside the gallery, images outside person folders, empty person or
-      camera folders, or a mix of person folders with and without camera
-      folders (each listing every such path);
+    LayoutError: for a missing dataset folder; else one error listing
+      every layout fault of every split, each naming its folder (after a
+      ``ROOT: N faults:`` line when there are several): a missing split
+      folder, a person name that is a negative integer below -1, junk (-1)
+      or distractor (0) folders outside the gallery, images outside person
+      folders, empty person or camera folders, a mix of person folders
+      with and without camera folders, a bad camera folder name, two
+      folders that are one integer person id (``7``, ``007``);
       ``image_check.UnreadableImagesError`` listing every image that cannot
       be decoded.
   """
   if not os.path.isdir(root):
-    raise market_layout.LayoutError(f'{root}: missing; {LAYOUT_HELP}')
-  for split in splits:
-    split_folder(root, split)
+    raise market_layout.LayoutError(_missing(root))
+  # Every layout fault of every split, raised together at the end.
+  faults = [_missing(os.path.join(root, SPLIT_FOLDERS[split]))
+            for split in splits
+            if not os.path.isdir(os.path.join(root, SPLIT_FOLDERS[split]))]
   present = [s for s in SPLIT_FOLDERS
              if os.path.isdir(os.path.join(root, SPLIT_FOLDERS[s]))]
   # Names only, of every split present: ids that do not depend on `splits`.
@@ -108,44 +118,41 @@ def read(root: str, splits: Sequence[str],
     folder = os.path.join(root, SPLIT_FOLDERS[split])
     names, loose, system[split] = _subfolders(folder)
     if loose:
-      raise market_layout.LayoutError(
+      faults.append(
           f'{folder}: {len(loose)} image{"s" if len(loose) > 1 else ""} '
           f'outside a person folder (e.g. {loose[0]}); {LAYOUT_HELP}')
-    people[split] = {name: _subfolders(os.path.join(folder, name))
-                     for name in names}
+    people[split] = {}
+    for name in names:
+      reason = image_records.person_value_error(name)
+      if reason:
+        faults.append(f'{os.path.join(folder, name)}: {reason}')
+      else:
+        people[split][name] = _subfolders(os.path.join(folder, name))
     if any(sub for sub, _, _ in people[split].values()):
       # Camera folders: the person folders' own system files count too.
       system[split] += sum(n for _, _, n in people[split].values())
-  faults = []
-  for split, folders in people.items():
-    for name in folders:
-      reason = image_records.person_value_error(name)
-      if reason:
-        faults.append(f'{os.path.join(root, SPLIT_FOLDERS[split], name)}: '
-                      f'{reason}')
   with_cameras = {(split, name) for split, folders in people.items()
                   for name, (sub, _, _) in folders.items() if sub}
   if with_cameras:
     for split, folders in people.items():
-      for name, (sub, files, _) in folders.items():
+      for name in list(folders):
+        sub, files, count = folders[name]
+        where = os.path.join(root, SPLIT_FOLDERS[split], name)
         if not files and not sub:
-          faults.append(f'{os.path.join(root, SPLIT_FOLDERS[split], name)}: '
-                        'no images and no camera folders')
+          faults.append(f'{where}: no images and no camera folders')
         elif files:
           faults.append(
-              f'{os.path.join(root, SPLIT_FOLDERS[split], name)}: holds '
-              'images directly, but other person folders hold camera '
-              'folders (e.g. ' + os.path.join(root, *min(with_cameras)) +
-              '); put '
+              f'{where}: holds images directly, but other person folders '
+              'hold camera folders (e.g. ' +
+              os.path.join(root, *min(with_cameras)) + '); put '
               "every person's images either directly in its folder (cameras "
               'unknown) or in camera folders')
-        for camera in sub:
-          reason = image_records.camera_value_error(camera)
-          if reason:
-            faults.append(f'{os.path.join(root, SPLIT_FOLDERS[split], name)}'
-                          f'/{camera}: {reason}')
-  if faults:
-    raise market_layout.LayoutError('\n'.join(faults))
+        bad = [camera for camera in sub
+               if image_records.camera_value_error(camera)]
+        faults += [f'{where}/{camera}: '
+                   f'{image_records.camera_value_error(camera)}'
+                   for camera in bad]
+        folders[name] = ([c for c in sub if c not in bad], files, count)
   ids, as_integers = image_records.person_ids(
       name for folders in people.values() for name in folders)
   for split, folders in people.items():
@@ -161,9 +168,11 @@ def read(root: str, splits: Sequence[str],
       camera for folders in people.values()
       for sub, _, _ in folders.values() for camera in sub)
   entries, empty = {}, []
-  skipped = sum(system[split] for split in splits)
+  skipped = sum(system.get(split, 0) for split in splits)
   for split in splits:
     entries[split] = []
+    if split not in people:
+      continue  # missing: named above
     folder = os.path.join(root, SPLIT_FOLDERS[split])
     for name in people[split]:
       reason = image_records.split_error(split, ids[name])
@@ -186,8 +195,11 @@ def read(root: str, splits: Sequence[str],
       empty.append(folder)
   extensions = ', '.join(market_layout.IMAGE_EXTENSIONS)
   faults += [f'{folder}: no images ({extensions})' for folder in empty]
+  if len(faults) == 1:
+    raise market_layout.LayoutError(faults[0])
   if faults:
-    raise market_layout.LayoutError('\n'.join(faults))
+    raise market_layout.LayoutError('\n'.join(
+        [f'{root}: {len(faults)} faults:'] + ['  ' + f for f in faults]))
   if skipped:
     log(market_layout.skipped_message(skipped, root))
   named = sum(1 for i in set(ids.values()) if i > 0)

@@ -299,7 +299,8 @@ def _list_file_splits(path: str) -> set[str]:
 
 
 def has_evaluation_splits(dataset: ml_collections.ConfigDict,
-                          keys: str = CONFIG_KEYS) -> bool:
+                          keys: str = CONFIG_KEYS,
+                          log: Callable[[str], None] = print) -> bool:
   """Whether a block's source holds query and gallery splits, or is a
   train-only dataset (training then evaluates on
   ``config.eval.extra_targets`` only).
@@ -308,12 +309,15 @@ def has_evaluation_splits(dataset: ml_collections.ConfigDict,
   ``query/`` and ``bounding_box_test/``; a person-folders dataset when it
   has ``query/`` and ``gallery/``; a list file when rows of both splits are
   listed. A folder without its train folder counts as holding them, so
-  that reading it names the folders missing. Only names are looked at:
-  `read_splits` checks the rest.
+  that reading it names the folders missing. Only names are looked at
+  (`read_splits` checks the rest), except for a list file with rows of one
+  of the two splits only: it is read whole (`list_file.read`, `log` getting
+  its lines), so that its error lists that fault with every other.
 
   Raises:
     LayoutError: naming the block's key, for a source holding one of the
-      two splits without the other; a list file's header faults
+      two splits without the other (a list file: a `list_file.ListFileError`
+      listing every fault of the file); a list file's header faults
       (`check_block`).
   """
   keys = _keys(dataset, keys)
@@ -322,6 +326,9 @@ def has_evaluation_splits(dataset: ml_collections.ConfigDict,
   if path:
     try:
       present = _list_file_splits(path) & {'query', 'gallery'}
+      if len(present) == 1:
+        # Raises, naming the split missing with the file's other faults.
+        list_file.read(path, SPLITS, log)
     except list_file.ListFileError as e:
       raise list_file.ListFileError(e.path, e.faults,
                                     key=keys.format('list')) from None

@@ -8,7 +8,8 @@ URI), readable offline in any browser:
   curve (from metrics.json's ``verification`` block, when present);
 - the CMC curve (ranks 1 to ``max_rank``), the distribution of AP over the
   valid queries, and the distances of true and false matches;
-- per-camera results (the valid queries grouped by their camera);
+- per-camera results (the valid queries grouped by their camera; one
+  sentence, `NO_CAMERAS`, when no query has a known camera);
 - the hardest queries (lowest AP) and a few random ones, each with its top-k
   gallery images bordered as ``pictures.ranks_picture`` does: green a true
   match, red another person, grey what the protocol ignores (junk, or the
@@ -46,6 +47,8 @@ TARGET_REPORT = 'report_{}.html'
 TARGET_NAME_CHARS = 80
 _UNSAFE = re.compile(r'[^A-Za-z0-9.-]+')
 SETTINGS = ('plain', 'reranked')
+# The per-camera section when no query has a known camera.
+NO_CAMERAS = 'cameras unknown: no per-camera results'
 METRIC_COLUMNS = (('rank1', 'rank-1'), ('rank5', 'rank-5'),
                   ('rank10', 'rank-10'), ('mAP', 'mAP'), ('mINP', 'mINP'))
 STYLE = """
@@ -175,6 +178,15 @@ def _camera_table(rows: Sequence[dict[str, Any]]) -> str:
           f'<th>queries</th><th>valid</th>{header}</tr>{body}</table>')
 
 
+def _camera_section(rows: Sequence[dict[str, Any]]) -> str:
+  """The per-camera section's text and table (`per_camera` rows), or one
+  sentence when no query has a known camera."""
+  if not rows:
+    return f'<p id="cameras">{NO_CAMERAS}</p>'
+  return ('<p>Valid queries grouped by their camera (plain ranking).</p>\n'
+          + _camera_table(rows))
+
+
 def _settings_table(settings: dict[str, Any]) -> str:
   body = ''.join(f'<tr><td class="name">{html.escape(str(key))}</td>'
                  f'<td class="name">{html.escape(str(value))}</td></tr>'
@@ -286,13 +298,17 @@ def render_report(evaluation: Evaluation, settings: dict[str, Any], *,
   plots = [('cmc', report_figures.cmc_figure(results)),
            ('ap', report_figures.ap_figure(results)),
            ('distances', report_figures.distance_figure(*histograms))]
+  same_camera_removal = evaluation.metrics.get('settings', {}).get(
+      'same_camera_removal', sources.cameras_known(query, gallery))
   summary = evaluation.metrics.get('verification')
   verification_html = ''
   if summary is not None:
     plots.append(('roc', report_figures.roc_figure(summary)))
+    positive = ('same person, other camera' if same_camera_removal else
+                'same person, any camera (cameras unknown)')
     verification_html = f"""<h2>Verification</h2>
-<p>Same person or not: a query-gallery pair of the protocol (positive: same
-person, other camera; negative: another person or a distractor) is accepted
+<p>Same person or not: a query-gallery pair of the protocol (positive:
+{positive}; negative: another person or a distractor) is accepted
 when its plain distance is at most the threshold, the largest distance whose
 false-positive rate is at most the FPR. ROC curve below.</p>
 {_verification_table(summary)}"""
@@ -310,10 +326,7 @@ false-positive rate is at most the FPR. ROC curve below.</p>
   warning_html = ''.join(
       f'<p class="warning" id="warning"><strong>Warning:</strong> '
       f'{html.escape(line)}</p>\n' for line in warnings)
-  protocol = protocol_sentence(
-      evaluation.metrics.get('settings', {}).get(
-          'same_camera_removal',
-          sources.cameras_known(query, gallery)))
+  protocol = protocol_sentence(same_camera_removal)
   return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head><body>
@@ -325,8 +338,7 @@ false-positive rate is at most the FPR. ROC curve below.</p>
 {verification_html}
 <h2>Curves and distributions</h2>{plot_html}
 <h2>Per query camera</h2>
-<p>Valid queries grouped by their camera (plain ranking).</p>
-{_camera_table(per_camera(evaluation.plain, query.camera_ids))}
+{_camera_section(per_camera(evaluation.plain, query.camera_ids))}
 <h2>Hardest queries</h2>
 <p class="legend">The {len(hardest)} queries of lowest AP (plain ranking),
 each followed by its top {topk} gallery images: {legend}</p>
