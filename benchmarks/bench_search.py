@@ -6,8 +6,8 @@ descriptors (default 1,000,000 x 2,048: 8.2 GB; clustered, each row
 L2-normalised), then times:
 
 * building it (the synthetic descriptors' generation timed apart);
-* adding ``--num_added`` crops (appended rows and a new manifest);
-* removing as many (rows marked dead);
+* adding ``--num_added`` crops (appended rows and a journal record);
+* removing as many (rows marked dead, a journal record);
 * exact search (`sa_reid_jax.tools.nearest.nearest`, top ``--topk``) of
   ``--num_queries`` queries in one batch, per query, beside the bare matrix
   product of the same batch against the same memory-mapped gallery blocks
@@ -17,7 +17,8 @@ L2-normalised), then times:
   memory-mapped gallery the process touched, which the OS can drop).
 
 Files are fake (names and signatures only): the index is updated through
-`gallery_index.update`, as `search` does after stat'ing real files. The
+`gallery_index.update`, as `search` does after stat'ing real files (the
+stat'ing itself, one `os.stat` a file, is not timed). The
 first query's top-k is checked against a full stable sort of its row
 (computed directly, |q - g|^2 in float32: equal up to rounding, so a near
 tie could in principle differ).
@@ -113,7 +114,10 @@ class Synthetic:
 
 
 def _files(base, indices):
-  return {os.path.join(base, f'{i:08d}.jpg'): (1000 + i, i) for i in indices}
+  """(paths, sizes, mtimes) of fake files ``base/<index>.jpg``."""
+  indices = np.asarray(indices, np.int64)
+  return ([os.path.join(base, f'{i:08d}.jpg') for i in indices],
+          1000 + indices, indices)
 
 
 def _timed(function):
@@ -130,29 +134,27 @@ def run(args, workdir):
   key = 'b' * 64
   synthetic = Synthetic(args.dim)
   messages = []
-  files = _files(base, range(args.num_gallery))
 
-  def update(signatures):
-    return gallery_index.update(folder, key, base, signatures,
+  def update(files):
+    return gallery_index.update(folder, key, base, *files,
                                 synthetic.describe, messages.append)
 
+  files = _files(base, range(args.num_gallery))
   _, build_s = _timed(lambda: update(files))
   generation_s = synthetic.seconds
-  added = _files(base, range(args.num_gallery,
-                             args.num_gallery + args.num_added))
-  files.update(added)
+  files = _files(base, range(args.num_gallery + args.num_added))
   synthetic.seconds = 0.0
   _, add_s = _timed(lambda: update(files))
   add_generation_s = synthetic.seconds
-  for name in list(files)[:args.num_added]:
-    del files[name]
+  files = _files(base, range(args.num_added,
+                             args.num_gallery + args.num_added))
   index, remove_s = _timed(lambda: update(files))
 
   queries = synthetic.rows(np.arange(args.num_queries) * 7919 + 13)
 
   def exact_search():
     return nearest.nearest(queries, index.descriptors, args.topk,
-                           rows=index.rows)
+                           rows=index.rows, norms=index.norms)
 
   def bare_product():
     for start in range(0, len(index.rows), nearest.BLOCK_ROWS):

@@ -18,6 +18,7 @@ from sa_reid_jax.datasets import images as images_lib
 from sa_reid_jax.models import store
 from sa_reid_jax.tools import drawing
 from sa_reid_jax.tools import gallery_index
+from sa_reid_jax.tools import index_manifest
 from sa_reid_jax.tools import nearest
 from sa_reid_jax.tools import search
 
@@ -290,7 +291,8 @@ def test_max_distance_limits_the_matches(env, capsys, tmp_path):
   assert other['matches'] == [] and other['no_match']
   assert (output / 'ranks.png').is_file()
 
-  # fpr:RATE reads the threshold a training workdir's metrics.json recorded.
+  # fpr:RATE reads the threshold a training workdir's metrics.json recorded
+  # (trainer._finish's layout: the final evaluation under 'final').
   workdir = tmp_path / 'workdir'
   shutil.copytree(env['model_a'], workdir / 'model')
   verification = {'fpr': [1e-4, 1e-3, 1e-2], 'threshold': [None, 0.05, 0.9],
@@ -298,7 +300,8 @@ def test_max_distance_limits_the_matches(env, capsys, tmp_path):
   settings = {'image_size': list(IMAGE_SIZE), 'flip': False,
               'metric': 'euclidean'}
   (workdir / 'metrics.json').write_text(json.dumps(
-      {'verification': verification, 'settings': settings}))
+      {'step': 2, 'final': {'verification': verification,
+                            'settings': settings}, 'initial': None}))
   search.main([f'--checkpoint={workdir / "model"}',
                f'--gallery={env["gallery"]}', f'--query={env["queries"]}',
                f'--output={output}', '--topk=5', '--max_distance=fpr:1e-3'])
@@ -348,6 +351,15 @@ def test_max_distance_errors_name_the_flag(tmp_path, value, metrics, message):
   assert message in str(error.value)
 
 
+def test_max_distance_of_a_train_only_workdir_says_so(tmp_path):
+  (tmp_path / 'model').mkdir()
+  (tmp_path / 'metrics.json').write_text(json.dumps(
+      {'step': 2, 'final': None, 'targets': {}, 'initial': None}))
+  with pytest.raises(ValueError, match='--max_distance: .* was train-only'):
+    search.max_distance_threshold('fpr:1e-3', str(tmp_path / 'model'),
+                                  (64, 32), False)
+
+
 def test_max_distance_values(tmp_path):
   assert search.max_distance_threshold(None, str(tmp_path), (64, 32),
                                        False) is None
@@ -384,6 +396,14 @@ def test_nearest_matches_a_full_stable_sort_on_tie_heavy_data():
   np.testing.assert_array_equal(positions, expected)
   np.testing.assert_array_equal(
       distances, np.sqrt(np.take_along_axis(squared, expected, axis=1)))
+  # Stored squared norms (exact for small integers) give the same ranking.
+  with_norms = nearest.nearest(
+      queries, stored, 10, rows=rows, norms=(stored ** 2).sum(1),
+      exclude=exclude, block_rows=37, query_batch=7)
+  np.testing.assert_array_equal(with_norms[1], expected)
+  np.testing.assert_array_equal(with_norms[0], distances)
+  with pytest.raises(ValueError, match=r'norms \(299,\) must be \(300,\)'):
+    nearest.nearest(queries, stored, 10, norms=np.zeros(299, np.float32))
   # One value everywhere: the lowest positions, across blocks.
   same = np.ones((50, 4), np.float32)
   _, positions = nearest.nearest(same[:2], same, 20, block_rows=7,
@@ -502,10 +522,12 @@ def test_damaged_index_is_rebuilt(tmp_path):
 
   damages = {
       'a short descriptor file': lambda: os.truncate(data, 20),
+      'a short norm file': lambda: os.truncate(
+          os.path.join(folder, 'norms-0.f32'), 4),
       'a missing manifest': lambda: os.remove(
-          os.path.join(folder, gallery_index.MANIFEST)),
+          os.path.join(folder, index_manifest.MANIFEST)),
       'a damaged manifest': lambda: pathlib.Path(
-          folder, gallery_index.MANIFEST).write_bytes(b'PK\x03\x04junk'),
+          folder, index_manifest.MANIFEST).write_bytes(b'PK\x03\x04junk'),
   }
   for damage in damages.values():
     damage()
@@ -538,3 +560,115 @@ def test_read_only_gallery_is_indexed_in_the_user_cache(tmp_path,
       f'index kept in {folder}')
   index = gallery.open()
   assert gallery.calls == [] and index.info['index'] == folder
+
+
+def manifest_state(folder, key='k' * 64):
+  """{name: (size, mtime_ns, described, reason)} of an index's current
+  entries, its journal replayed (rows differ between histories)."""
+  manifest = index_manifest.read(str(folder), key, print)
+  return {manifest.names[i]: (int(manifest.sizes[i]), int(manifest.mtimes[i]),
+                              bool(manifest.rows[i] >= 0),
+                              manifest.reasons.get(manifest.names[i], ''))
+          for i in manifest.current()}
+
+
+def test_journal_replay_equals_a_fresh_build(tmp_path, monkeypatch):
+  # Never folded here: every change after the build stays in the journal.
+  monkeypatch.setattr(index_manifest, 'FOLD_FRACTION', 1e9)
+  gallery = FakeGallery(tmp_path / 'gallery')
+  for i in range(6):
+    gallery.write(f'a{i}.jpg', f'crop {i:4d}')
+  gallery.write('broken.jpg', 'junk')
+  folder = gallery.open().info['index']
+  base = pathlib.Path(folder, index_manifest.MANIFEST).read_bytes()
+  # Added, changed, removed, removed and added back, a failure removed.
+  gallery.write('b0.jpg', 'crop  100')
+  gallery.open()
+  gallery.write('a1.jpg', 'crop  101')
+  os.remove(gallery.folder / 'a2.jpg')
+  gallery.open()
+  os.remove(gallery.folder / 'a3.jpg')
+  os.remove(gallery.folder / 'broken.jpg')
+  gallery.open()
+  gallery.write('a3.jpg', 'crop  103')
+  index = gallery.open()
+  assert gallery.calls == [[str(gallery.folder / 'a3.jpg')]]
+  # O(changes) on disk: the base is still the empty one the build began
+  # with; the build and each update since are records of its journal.
+  assert pathlib.Path(folder, index_manifest.MANIFEST).read_bytes() == base
+  assert index_manifest.read(folder, 'k' * 64, print).journal_records == 5
+  journaled = manifest_state(folder)
+  # Independent truth: the files on disk now.
+  expected = {}
+  for path in sorted(gallery.folder.iterdir()):
+    if path.is_file():
+      stat = os.stat(path)
+      expected[path.name] = (stat.st_size, stat.st_mtime_ns, True, '')
+  assert journaled == expected
+  # A fresh build of the same files, folded into its base (an index kept
+  # for another folder, its names relative to that one: compared by file
+  # name), agrees.
+  monkeypatch.setattr(index_manifest, 'FOLD_FRACTION', 0.0)
+  FakeGallery(tmp_path / 'gallery').open(folder=tmp_path / 'fresh')
+  assert not any(n.startswith(index_manifest.JOURNAL_PREFIX) for n in
+                 os.listdir(index_manifest_folder(tmp_path / 'fresh')))
+  assert {os.path.basename(n): v for n, v in manifest_state(
+      index_manifest_folder(tmp_path / 'fresh')).items()} == (
+          journaled)
+  # Folding the journal into a new base keeps the state; the journal goes.
+  manifest = index_manifest.read(folder, 'k' * 64, print)
+  index_manifest.write_base(folder, 'k' * 64, manifest)
+  assert manifest_state(folder) == journaled
+  assert [n for n in os.listdir(folder)
+          if n.startswith(index_manifest.JOURNAL_PREFIX)] == []
+  assert gallery.open().info['described'] == 0 and gallery.calls == []
+  # The stored squared norms are the rows' (float32 sums of 6 products of
+  # standard normals: a few ulp apart at most, 1e-5 relative is ~100 ulp).
+  np.testing.assert_allclose(
+      index.norms, (np.asarray(index.descriptors, np.float64) ** 2).sum(1),
+      rtol=1e-5)
+
+
+def index_manifest_folder(gallery_folder):
+  """The single index folder of a gallery folder (FakeGallery's key)."""
+  (folder,) = (gallery_folder / gallery_index.CACHE_FOLDER).iterdir()
+  return folder
+
+
+@pytest.mark.parametrize('damage', ['cut short', 'checksum'])
+def test_torn_journal_record_is_ignored(tmp_path, monkeypatch, damage):
+  gallery = FakeGallery(tmp_path / 'gallery')
+  for i in range(4):
+    gallery.write(f'a{i}.jpg', f'crop {i:4d}')
+  folder = gallery.open().info['index']  # the build: folded into the base
+  monkeypatch.setattr(index_manifest, 'FOLD_FRACTION', 1e9)
+  gallery.write('b0.jpg', 'crop  100')
+  gallery.open()
+  os.remove(gallery.folder / 'a0.jpg')
+  gallery.open()
+  (journal,) = [n for n in os.listdir(folder)
+                if n.startswith(index_manifest.JOURNAL_PREFIX)]
+  journal = pathlib.Path(folder, journal)
+  data = journal.read_bytes()
+  header = index_manifest._HEADER  # pylint: disable=protected-access
+  (_, length, _) = header.unpack(data[:header.size])
+  offset = header.size + length  # the second (last) record's start
+  assert offset < len(data) - 5  # the damage is inside the last record
+  if damage == 'cut short':
+    journal.write_bytes(data[:-5])
+  else:
+    journal.write_bytes(data[:-5] + bytes(b ^ 1 for b in data[-5:]))
+  gallery.messages.clear()
+  index = gallery.open()  # checks every descriptor against the truth
+  assert gallery.messages[0].startswith(
+      f'gallery index: ignoring a torn journal record at byte {offset} of '
+      f'{journal} (')
+  # The removal it recorded is done again (nothing to describe), and the
+  # torn bytes are cut off before the new record: the next read is clean.
+  assert gallery.calls == [] and index.info['removed'] == 1
+  assert str(gallery.folder / 'a0.jpg') not in index.paths
+  gallery.messages.clear()
+  index = gallery.open()
+  assert gallery.calls == [] and not any('ignoring a torn' in m
+                                         for m in gallery.messages)
+  assert index.info['removed'] == 0 and len(index.paths) == 4

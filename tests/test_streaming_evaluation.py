@@ -166,6 +166,7 @@ def test_evaluation_of_re_ranked_rows_reads_them_by_chunks():
     (lambda q, g: (q[:, :3], g), 'differ in size'),
     (lambda q, g: (np.full_like(q, np.nan), g), 'must be finite'),
     (lambda q, g: (np.zeros_like(q), np.zeros_like(g)), 'all zeros'),
+    (lambda q, g: (q[:0], g), 'query is empty'),
 ])
 def test_bad_descriptors_are_a_clear_error(change, message):
   rng = np.random.default_rng(5)

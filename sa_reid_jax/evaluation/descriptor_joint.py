@@ -43,7 +43,7 @@ class DescriptorJoint:
 
   Raises:
     ValueError: for an unknown metric, descriptors that are not at least
-      2-D, or sizes that differ.
+      2-D, no descriptors on one side, or sizes that differ.
   """
 
   def __init__(self, query, gallery, metric: str = 'euclidean'):
@@ -52,6 +52,9 @@ class DescriptorJoint:
                        f'got {metric!r}')
     query = distances_lib._flat_descriptors(query, 'query')  # pylint: disable=protected-access
     gallery = distances_lib._flat_descriptors(gallery, 'gallery')  # pylint: disable=protected-access
+    for name, x in (('query', query), ('gallery', gallery)):
+      if not len(x):
+        raise ValueError(f'{name} is empty: no descriptors to re-rank')
     if query.shape[1] != gallery.shape[1]:
       raise ValueError(f'query and gallery descriptors differ in size: '
                        f'{query.shape[1]} vs {gallery.shape[1]} values')
@@ -107,8 +110,10 @@ class DescriptorJoint:
     unsure = []
     pending = None
     for chosen, block in self._row_blocks(np.arange(num_all), block_rows):
-      result = _candidates(block, *self._prepared[0], *self._prepared[1],
-                           metric=self.metric, num_candidates=num_candidates)
+      result = _candidates(
+          *distances_lib._prepare_rows(block, self.metric),  # pylint: disable=protected-access
+          *self._prepared[0], *self._prepared[1], metric=self.metric,
+          num_candidates=num_candidates)
       if pending is not None:
         unsure.append(self._keep(*pending, row_max_sq, neighbours,
                                  column_bits))
@@ -117,7 +122,8 @@ class DescriptorJoint:
     unsure = np.concatenate(unsure)
     for chosen, block in self._row_blocks(unsure, block_rows):
       rows = np.asarray(_joint_distances(
-          block, *self._prepared[0], *self._prepared[1],
+          *distances_lib._prepare_rows(block, self.metric),  # pylint: disable=protected-access
+          *self._prepared[0], *self._prepared[1],
           metric=self.metric))[:len(chosen)]
       t = (rows * rows) / row_max_sq[chosen, None]
       neighbours[chosen] = np.argsort(t, axis=1,
@@ -167,22 +173,24 @@ class DescriptorJoint:
     return out
 
 
-def _joint_distances(block, query, query_norms, gallery, gallery_norms,
-                     metric):
-  """(rows, Q + G) distances of a block of rows to every joint row."""
+def _joint_distances(block, block_norms, query, query_norms, gallery,
+                     gallery_norms, metric):
+  """(rows, Q + G) distances of a prepared block of rows
+  (`distances._prepare_rows`) to every joint row."""
   return jnp.concatenate([
-      distances_lib._distance_block(block, query, query_norms, metric=metric),  # pylint: disable=protected-access
-      distances_lib._distance_block(block, gallery, gallery_norms,  # pylint: disable=protected-access
-                                    metric=metric)], axis=1)
+      distances_lib._distance_block(block, block_norms, query, query_norms,  # pylint: disable=protected-access
+                                    metric=metric),
+      distances_lib._distance_block(block, block_norms, gallery,  # pylint: disable=protected-access
+                                    gallery_norms, metric=metric)], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=('metric', 'num_candidates'))
-def _candidates(block, query, query_norms, gallery, gallery_norms, metric,
-                num_candidates):
+def _candidates(block, block_norms, query, query_norms, gallery,
+                gallery_norms, metric, num_candidates):
   """Row maxima, and the num_candidates smallest distances with their
   columns, ascending (lower column first on ties), of a block of rows."""
-  block_distances = _joint_distances(block, query, query_norms, gallery,
-                                     gallery_norms, metric)
+  block_distances = _joint_distances(block, block_norms, query, query_norms,
+                                     gallery, gallery_norms, metric)
   negated, columns = jax.lax.top_k(-block_distances, num_candidates)
   return block_distances.max(axis=1), -negated, columns
 

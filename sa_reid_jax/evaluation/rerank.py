@@ -118,11 +118,17 @@ def re_rank_descriptors(query, gallery, metric: str = 'euclidean',
   and the blocks read, so MSMT17 (11,659 queries, 82,161 gallery images)
   re-ranks in a few GB, where `re_rank` needs its g_g (25 GiB).
 
-  Equal to ``re_rank(q_g, q_q, g_g)`` of the same distances; the distances
-  here are computed per block and per pair, so float32 descriptors can give
-  entries a unit in the last place away from `pairwise_distances`'s, and
-  the result then differs by about as much (exactly equal where the
-  distances are exact, e.g. small-integer descriptors).
+  Equal to ``re_rank(q_g, q_q, g_g)`` of the same distances. The distances
+  here are computed per block and per pair, in another summation order than
+  `pairwise_distances`'s matrices: where they are exact (Euclidean on
+  small-integer descriptors) the result is bit-equal; otherwise entries can
+  be a unit in the last place apart, the result differs by about as much,
+  except where two neighbours are within that of a tie: they can then be
+  ordered the other way, which changes their k-reciprocal sets and moves
+  some re-ranked distances by up to ~0.1 (seen with cosine distances of
+  tie-heavy small-integer descriptors; either order is as exact as the
+  other, the dense path on matrices computed in other blocks does the
+  same).
 
   Args:
     query: (Q, ...) query descriptors.

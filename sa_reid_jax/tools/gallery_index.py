@@ -6,10 +6,15 @@ One folder per model and settings (``<key[:16]>/``, see `cache_key`) holds
   descriptor flattened), appended to, never rewritten in place; read back
   memory-mapped (`numpy.memmap`), so a gallery larger than memory is
   ranked from the page cache;
-* ``manifest.npz``: for every gallery file its path relative to the
-  gallery folder, size and modification time (ns), and its row in the
-  descriptor file or the reason it could not be read; and how many rows of
-  the descriptor file are committed.
+* ``norms-<generation>.f32``: each row's squared L2 norm (float32), appended
+  with it, so ranking does not recompute it (`nearest.nearest`'s `norms`);
+* ``manifest.npz`` and ``journal-<n>.bin`` (`index_manifest`): for every
+  gallery file its path relative to the gallery folder, size and
+  modification time (ns), and its row in the descriptor file or the reason
+  it could not be read; and how many rows are committed. The base
+  (``manifest.npz``) is written whole at build, compaction or when the
+  journal has grown; an update appends a record of its changes to the
+  journal, so adding or removing files costs O(files changed) on disk.
 
 A file whose size and modification time are unchanged keeps its row; an
 added or changed file is described and appended; a removed or changed
@@ -18,14 +23,16 @@ rows are more than `COMPACT_DEAD_FRACTION` of the file, the live rows are
 copied into a new generation of the file (the only rewrite) and the old
 one deleted.
 
-Crash safety: rows are appended, flushed and fsync'ed before the manifest
-that names them replaces the old one (temporary file, fsync, `os.replace`),
-so a crash leaves either the old or the new index. Rows past the committed
-count (an append cut short) are cut off at the next append. A manifest that
-cannot be read, names a missing or too short descriptor file, or a
-descriptor file without a manifest, is logged and rebuilt. One process
-updates an index at a time (an exclusive `fcntl.flock` on ``lock``; a
-second waits, with a line saying so).
+Crash safety: rows and norms are appended, flushed and fsync'ed before the
+journal record naming them (each record checksummed; a torn last record is
+ignored with a line saying so), and a new base replaces the old one
+atomically (temporary file, fsync, `os.replace`) before the old journal is
+deleted, so a crash leaves the index as of the last whole record. Rows past
+the committed count (an append cut short) are cut off at the next append.
+A manifest that cannot be read, names a missing or too short descriptor or
+norm file, or a descriptor file or journal without a manifest, is logged
+and rebuilt. One process updates an index at a time (an exclusive
+`fcntl.flock` on ``lock``; a second waits, with a line saying so).
 
 Where: ``FOLDER/.sa_reid_cache/`` (listing skips hidden folders), else,
 for a gallery folder that cannot be written, the user's cache folder by
@@ -40,70 +47,45 @@ import errno
 import fcntl
 import hashlib
 import json
+import itertools
 import os
-import tempfile
-import zipfile
 from typing import Any, Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
 from sa_reid_jax.datasets import image_check
 from sa_reid_jax.datasets import market_layout
+from sa_reid_jax.tools import index_manifest
 
 # The cache folder inside a gallery folder (list_images skips hidden ones).
 CACHE_FOLDER = market_layout.CACHE_FOLDER
 # Part of the index key: bump when decoding, preprocessing or the index
-# layout changes (version 1 was one .npz of every descriptor, rewritten whole).
-CACHE_VERSION = 2
+# layout changes (version 1 was one .npz of every descriptor, rewritten whole;
+# version 2 a manifest rewritten whole at every update, without norms).
+CACHE_VERSION = 3
 # Folder of the indexes under the user's cache folder (read-only galleries).
 USER_CACHE_NAME = 'gallery_index'
 # Compaction (copying the live rows into a new file) runs when dead rows are
 # more than this fraction of the descriptor file: at most 2x the live data
 # on disk, and each row copied O(1) times on average over many updates.
 COMPACT_DEAD_FRACTION = 0.5
-MANIFEST = 'manifest.npz'
 LOCK = 'lock'
 # Rows copied per step while compacting (bounded memory: rows x P x D x 4 B).
 COPY_ROWS = 4096
 # Files described per call of `describe` before their rows are appended:
 # bounds the descriptors held in memory (SA's 6 x 2048 float32: 400 MB).
 DESCRIBE_CHUNK = 8192
-# Separates the names and reasons packed into one byte array in the manifest
-# (cannot occur in a path).
-_SEPARATOR = b'\0'
+# Names of the files an index folder holds besides its lock and base
+# manifest (`index_manifest.MANIFEST`).
+_INDEX_FILES = ('descriptors-', 'norms-', index_manifest.JOURNAL_PREFIX)
 Describe = Callable[[list[str]], tuple[dict[str, np.ndarray], dict[str, str]]]
-
-
-def model_fingerprint(model, variables: Any) -> str:
-  """A hash of everything in a model that determines its descriptors.
-
-  Covers the module's configuration (its repr: class and attributes) and the
-  name, shape, dtype and bytes of every variable, so it identifies the
-  weights themselves, not the files they came from.
-
-  Args:
-    model: a Flax module.
-    variables: its variables.
-
-  Returns:
-    a hex SHA-256 digest.
-  """
-  digest = hashlib.sha256(repr(model).encode())
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]
-  for path, leaf in leaves:
-    array = np.ascontiguousarray(leaf)
-    digest.update(f'{jax.tree_util.keystr(path)} {array.dtype.str} '
-                  f'{array.shape}'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
 
 
 def cache_key(fingerprint: str, image_size: Sequence[int], flip: bool) -> str:
   """The key of a gallery index: model, input size, flip, code version.
 
   Args:
-    fingerprint: `model_fingerprint` of the model.
+    fingerprint: `store.model_fingerprint` of the model.
     image_size: network input (height, width).
     flip: whether descriptors average in the mirrored image.
 
@@ -147,6 +129,9 @@ class GalleryIndex:
     failures: {path: reason} of the unreadable gallery files.
     info: ``{'index', 'reused', 'described', 'removed'}``: the index folder
       (None without one) and counts of files reused, described and dropped.
+    norms: float32 (num_rows,) squared L2 norm of each row of `descriptors`
+      (memory-mapped, stored when the row was appended), or None: computed
+      when needed.
   """
   paths: list[str]
   rows: np.ndarray
@@ -154,6 +139,7 @@ class GalleryIndex:
   part_shape: tuple[int, int]
   failures: dict[str, str]
   info: dict[str, Any]
+  norms: Optional[np.ndarray] = None
 
   def descriptor(self, position: int) -> np.ndarray:
     """The (P, D) descriptor of ``paths[position]``."""
@@ -161,111 +147,37 @@ class GalleryIndex:
         self.part_shape)
 
 
-@dataclasses.dataclass
-class _Manifest:
-  """The committed state of an index folder."""
-  data_file: str
-  num_rows: int
-  part_shape: tuple[int, int]
-  # {relative path: (size, mtime_ns, row or -1, reason or '')}
-  entries: dict[str, tuple[int, int, int, str]]
+def _norms_file(data_file: str) -> str:
+  """The squared-norm file beside descriptor file `data_file`."""
+  return data_file.replace('descriptors-', 'norms-', 1)
 
 
-def _pack(strings: Sequence[str]) -> np.ndarray:
-  return np.frombuffer(_SEPARATOR.join(s.encode() for s in strings),
-                       np.uint8)
-
-
-def _unpack(array: np.ndarray, count: int) -> list[str]:
-  if count == 0:
-    return []
-  strings = [s.decode() for s in array.tobytes().split(_SEPARATOR)]
-  if len(strings) != count:
-    raise ValueError(f'{len(strings)} packed names for {count} entries')
-  return strings
-
-
-def _read_manifest(folder: str, key: str) -> Optional[_Manifest]:
-  """The folder's manifest; None when absent. Raises ValueError if damaged."""
-  path = os.path.join(folder, MANIFEST)
-  if not os.path.exists(path):
-    if any(n.startswith('descriptors-') for n in os.listdir(folder)):
-      raise ValueError('descriptor rows without a manifest (an interrupted '
-                       'first write)')
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      if str(data['key']) != key:
-        raise ValueError('its key is not this model\'s and settings\'')
-      sizes, mtimes, rows = data['sizes'], data['mtimes'], data['rows']
-      names = _unpack(data['files'], len(sizes))
-      failed = rows < 0
-      reasons = iter(_unpack(data['reasons'], int(failed.sum())))
-      manifest = _Manifest(str(data['data_file']), int(data['num_rows']),
-                           tuple(int(v) for v in data['part_shape']), {})
-  except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-    raise ValueError(f'unreadable manifest ({type(e).__name__}: {e})'
-                     ) from None
-  if not (len(names) == len(mtimes) == len(rows)) or (
-      rows.max(initial=-1) >= manifest.num_rows):
-    raise ValueError('the manifest\'s arrays disagree')
-  data_path = os.path.join(folder, manifest.data_file)
+def _check_files(folder: str, manifest: index_manifest.Manifest) -> None:
+  """Raises ValueError when the descriptor or norm file is too short."""
   row_bytes = 4 * int(np.prod(manifest.part_shape))
-  size = os.path.getsize(data_path) if os.path.exists(data_path) else -1
-  if manifest.num_rows and size < manifest.num_rows * row_bytes:
-    raise ValueError(f'{manifest.data_file} holds {max(size, 0)} bytes, '
-                     f'the manifest names {manifest.num_rows * row_bytes}')
-  for name, size, mtime, row, fail in zip(names, sizes, mtimes, rows, failed):
-    manifest.entries[name] = (int(size), int(mtime), int(row),
-                              next(reasons) if fail else '')
-  return manifest
+  for name, width in ((manifest.data_file, row_bytes),
+                      (_norms_file(manifest.data_file), 4)):
+    path = os.path.join(folder, name)
+    size = os.path.getsize(path) if os.path.exists(path) else -1
+    if manifest.num_rows and size < manifest.num_rows * width:
+      raise ValueError(f'{name} holds {max(size, 0)} bytes, the manifest '
+                       f'names {manifest.num_rows * width}')
 
 
-def _fsync_folder(folder: str) -> None:
-  with contextlib.suppress(OSError):
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-      os.fsync(descriptor)
-    finally:
-      os.close(descriptor)
-
-
-def _write_manifest(folder: str, key: str, manifest: _Manifest) -> None:
-  """Replaces the manifest atomically (temporary file, fsync, rename)."""
-  names = sorted(manifest.entries)
-  values = [manifest.entries[n] for n in names]
-  arrays = {
-      'key': np.array(key), 'data_file': np.array(manifest.data_file),
-      'num_rows': np.array(manifest.num_rows, np.int64),
-      'part_shape': np.array(manifest.part_shape, np.int64),
-      'files': _pack(names),
-      'sizes': np.array([v[0] for v in values], np.int64),
-      'mtimes': np.array([v[1] for v in values], np.int64),
-      'rows': np.array([v[2] for v in values], np.int64),
-      'reasons': _pack([v[3] for v in values if v[2] < 0]),
-  }
-  with tempfile.NamedTemporaryFile(dir=folder, suffix='.tmp',
-                                   delete=False) as f:
-    try:
-      np.savez(f, **arrays)
+def _append(folder: str, data_file: str, committed_rows: int,
+            rows: np.ndarray) -> None:
+  """Writes `rows` and their squared norms after the first `committed_rows`
+  rows of `data_file` and its norm file, durably."""
+  rows = np.ascontiguousarray(rows, np.float32)
+  norms = np.einsum('ij,ij->i', rows, rows)
+  for name, values in ((data_file, rows), (_norms_file(data_file), norms)):
+    width = values.itemsize * (rows.shape[1] if values.ndim == 2 else 1)
+    with open(os.path.join(folder, name), 'ab+') as f:
+      f.truncate(committed_rows * width)  # drops an interrupted append
+      f.seek(committed_rows * width)
+      f.write(values.tobytes())
       f.flush()
       os.fsync(f.fileno())
-    except BaseException:
-      os.remove(f.name)
-      raise
-  os.replace(f.name, os.path.join(folder, MANIFEST))
-  _fsync_folder(folder)
-
-
-def _append(path: str, committed_rows: int, rows: np.ndarray) -> None:
-  """Writes `rows` after the first `committed_rows` rows, durably."""
-  row_bytes = rows.shape[1] * 4
-  with open(path, 'ab+') as f:
-    f.truncate(committed_rows * row_bytes)  # drops an interrupted append
-    f.seek(committed_rows * row_bytes)
-    f.write(np.ascontiguousarray(rows, np.float32).tobytes())
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _memmap(path: str, num_rows: int, width: int) -> np.ndarray:
@@ -274,25 +186,31 @@ def _memmap(path: str, num_rows: int, width: int) -> np.ndarray:
   return np.memmap(path, np.float32, 'r', shape=(num_rows, width))
 
 
-def _compact(folder: str, manifest: _Manifest) -> _Manifest:
-  """A new generation of the descriptor file holding the live rows only."""
+def _compact(folder: str, key: str,
+             manifest: index_manifest.Manifest) -> index_manifest.Manifest:
+  """A new generation of the descriptor and norm files holding the rows of
+  current entries only (in their old order), and a new base naming it."""
   width = int(np.prod(manifest.part_shape))
   old = _memmap(os.path.join(folder, manifest.data_file), manifest.num_rows,
                 width)
-  live = sorted((n, e) for n, e in manifest.entries.items() if e[2] >= 0)
+  old_norms = _memmap(os.path.join(folder, _norms_file(manifest.data_file)),
+                      manifest.num_rows, 1)
+  old_rows = manifest.rows[manifest.current()]
+  order = np.argsort(old_rows, kind='stable')
+  order = order[old_rows[order] >= 0]
+  new_rows = np.full(len(old_rows), -1, np.int64)
+  new_rows[order] = np.arange(len(order))
   generation = int(manifest.data_file.split('-')[1].split('.')[0]) + 1
   data_file = f'descriptors-{generation}.f32'
-  path = os.path.join(folder, data_file)
-  with open(path, 'wb') as f:
-    for start in range(0, len(live), COPY_ROWS):
-      chunk = [e[2] for _, e in live[start:start + COPY_ROWS]]
-      f.write(np.ascontiguousarray(old[chunk]).tobytes())
-    f.flush()
-    os.fsync(f.fileno())
-  entries = dict(manifest.entries)
-  for row, (name, entry) in enumerate(live):
-    entries[name] = (entry[0], entry[1], row, entry[3])
-  return _Manifest(data_file, len(live), manifest.part_shape, entries)
+  for name, source in ((data_file, old), (_norms_file(data_file), old_norms)):
+    with open(os.path.join(folder, name), 'wb') as f:
+      for start in range(0, len(order), COPY_ROWS):
+        chunk = old_rows[order[start:start + COPY_ROWS]]
+        f.write(np.ascontiguousarray(source[chunk]).tobytes())
+      f.flush()
+      os.fsync(f.fileno())
+  return index_manifest.write_base(folder, key, manifest, data_file,
+                                   new_rows)
 
 
 @contextlib.contextmanager
@@ -341,7 +259,8 @@ def open_index(paths: Sequence[str], *, key: str,
   while it was read is described again next time.
 
   Args:
-    paths: absolute gallery image files.
+    paths: absolute, normalised (`os.path.abspath`) gallery image files; a
+      repeated one counts once.
     key: `cache_key` of the model and settings.
     gallery_folder: the folder the index belongs to (names in it are kept
       relative to it); None: no index, every file described in memory.
@@ -352,25 +271,31 @@ def open_index(paths: Sequence[str], *, key: str,
   Returns:
     a `GalleryIndex`, its failures including files that cannot be stat'ed.
   """
-  signatures, failures = {}, {}
+  paths = list(dict.fromkeys(paths))
+  readable, sizes, mtimes, failures = [], [], [], {}
   for path in paths:
     try:
       stat = os.stat(path)
-      signatures[path] = (stat.st_size, stat.st_mtime_ns)
     except OSError as e:
       failures[path] = f'cannot stat: {e.strerror}'
+      continue
+    readable.append(path)
+    sizes.append(stat.st_size)
+    mtimes.append(stat.st_mtime_ns)
   folder = (_writable_folder(gallery_folder, key, log)
             if gallery_folder else None)
   if folder is None:
     if not gallery_folder:
       log('gallery index: off')
-    index = _in_memory(list(signatures), describe)
+    index = _in_memory(readable, describe)
   else:
     with _locked(folder, log):
-      index = update(folder, key, os.path.abspath(gallery_folder),
-                     signatures, describe, log)
-  index.failures = {p: index.failures.get(p, failures.get(p)) for p in paths
-                    if p in index.failures or p in failures}
+      index = update(folder, key, os.path.abspath(gallery_folder), readable,
+                     np.array(sizes, np.int64), np.array(mtimes, np.int64),
+                     describe, log)
+  if failures:
+    index.failures = {p: index.failures.get(p, failures.get(p)) for p in paths
+                      if p in index.failures or p in failures}
   return index
 
 
@@ -388,23 +313,65 @@ def _in_memory(paths: Sequence[str], describe: Describe) -> GalleryIndex:
       {'index': None, 'reused': 0, 'described': len(paths), 'removed': 0})
 
 
-def update(folder: str, key: str, base: str,
-           signatures: dict[str, tuple[int, int]], describe: Describe,
+def _relative(paths: Sequence[str], base: str) -> list[str]:
+  """`os.path.relpath(p, base)` of each path; a prefix cut for those inside
+  `base` (the same for normalised paths, and ~50x faster)."""
+  prefix = os.path.join(base, '')
+  cut = len(prefix)
+  return [p[cut:] if p.startswith(prefix) else os.path.relpath(p, base)
+          for p in paths]
+
+
+def _open_manifest(folder: str, key: str,
+                   log: Callable[[str], None]) -> index_manifest.Manifest:
+  """The folder's manifest; a new, empty one when absent or damaged."""
+  try:
+    manifest = index_manifest.read(folder, key, log)
+    if manifest is not None:
+      _check_files(folder, manifest)
+  except ValueError as e:
+    log(f'gallery index: damaged index {folder} ({e}); rebuilding it')
+    manifest = None
+    for name in os.listdir(folder):
+      if name.startswith(_INDEX_FILES) or name == index_manifest.MANIFEST:
+        os.remove(os.path.join(folder, name))
+  if manifest is None:
+    # An empty base (generation 0) first: the records of the first build go
+    # to its journal, so a build cut short keeps the chunks it described.
+    manifest = index_manifest.write_base(folder, key, index_manifest.Manifest(
+        'descriptors-0.f32', 0, (0, 0), generation=-1))
+  keep = {manifest.data_file, _norms_file(manifest.data_file),
+          manifest.journal_file}
+  for name in os.listdir(folder):
+    # Left by a compaction or a fold cut short (before or after its base).
+    if name.startswith(_INDEX_FILES) and name not in keep:
+      os.remove(os.path.join(folder, name))
+  return manifest
+
+
+def update(folder: str, key: str, base: str, paths: Sequence[str],
+           sizes: np.ndarray, mtimes: np.ndarray, describe: Describe,
            log: Callable[[str], None],
            describe_chunk: Optional[int] = None) -> GalleryIndex:
-  """Brings the index in `folder` up to date with the files of `signatures`.
+  """Brings the index in `folder` up to date with the files `paths`.
 
   The caller holds the folder's lock (`open_index` does). Files whose
   (size, mtime_ns) match the manifest keep their row; the others are
   described `describe_chunk` at a time (bounding memory to one chunk of
-  descriptors) and appended; entries of files absent from `signatures`
-  are dropped (their rows dead). Compacts past `COMPACT_DEAD_FRACTION`.
+  descriptors), appended, and recorded in the journal (one record per
+  chunk, the first also naming the files no longer in `paths`, whose rows
+  become dead). Compacts past `COMPACT_DEAD_FRACTION`; folds the journal
+  into a new base past `index_manifest.FOLD_FRACTION`. Matching the files
+  against the manifest is vectorised; the rest costs O(files changed).
 
   Args:
     folder: the index folder (exists, writable).
     key: `cache_key` of the model and settings.
-    base: the gallery folder the manifest's names are relative to.
-    signatures: {path: (size in bytes, mtime in ns)}, in gallery order.
+    base: the gallery folder the manifest's names are relative to
+      (absolute, normalised).
+    paths: the gallery files (distinct; absolute, normalised), in order.
+    sizes: int64 (len(paths),) sizes in bytes.
+    mtimes: int64 (len(paths),) modification times in ns.
     describe: as in `open_index`.
     log: where messages go.
     describe_chunk: files described (and appended) per call of `describe`
@@ -417,87 +384,87 @@ def update(folder: str, key: str, base: str,
     ValueError: naming the index folder when `describe` returns
       descriptors of another shape than the index holds.
   """
-  try:
-    manifest = _read_manifest(folder, key)
-  except ValueError as e:
-    log(f'gallery index: damaged index {folder} ({e}); rebuilding it')
-    manifest = None
-    for name in os.listdir(folder):
-      if name.startswith('descriptors-') or name == MANIFEST:
-        os.remove(os.path.join(folder, name))
-  if manifest is None:
-    manifest = _Manifest('descriptors-0.f32', 0, (0, 0), {})
-  for name in os.listdir(folder):
-    # Left by a compaction cut short (before or after its manifest).
-    if name.startswith('descriptors-') and name != manifest.data_file:
-      os.remove(os.path.join(folder, name))
-  known = manifest.entries
-  names = {p: os.path.relpath(p, base) for p in signatures}
-  entries, stale = {}, []
-  for path, signature in signatures.items():
-    entry = known.get(names[path])
-    if entry is not None and entry[:2] == tuple(signature):
-      entries[names[path]] = entry
-    else:
-      entries[names[path]] = (*signature, -1, 'not described')
-      stale.append(path)
-  reused = len(signatures) - len(stale)
-  removed = len(set(known) - set(entries))
-  if not stale:
+  manifest = _open_manifest(folder, key, log)
+  names = _relative(paths, base)
+  sizes, mtimes = np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64)
+  position = np.fromiter(
+      map(manifest.position.get, names, itertools.repeat(-1)), np.int64,
+      len(names))
+  known = position >= 0
+  same = known.copy()
+  same[known] = ((manifest.sizes[position[known]] == sizes[known])
+                 & (manifest.mtimes[position[known]] == mtimes[known]))
+  stale = np.flatnonzero(~same)
+  matched = np.zeros(len(manifest.names), bool)
+  matched[position[known]] = True
+  removed = [manifest.names[i] for i in np.flatnonzero(
+      manifest.live[:len(manifest.names)] & ~matched)]
+  reused, num_removed = len(paths) - len(stale), len(removed)
+  if not len(stale):
     log(f'gallery index: used ({plural(reused, "file")} unchanged, '
         f'{folder})')
   elif reused:
-    log(f'gallery index: used for {reused} of {len(signatures)} files; '
+    log(f'gallery index: used for {reused} of {len(paths)} files; '
         f'describing {plural(len(stale), "new or changed file")}')
-  elif known:
+  elif manifest.position:
     log('gallery index: no entry matches the current files; describing '
         f'{plural(len(stale), "file")}')
   else:
     log('gallery index: none for this model and settings; describing '
         f'{plural(len(stale), "file")}')
-  num_rows, part_shape = manifest.num_rows, manifest.part_shape
   describe_chunk = describe_chunk or DESCRIBE_CHUNK
-  data_path = os.path.join(folder, manifest.data_file)
   for start in range(0, len(stale), describe_chunk):
     chunk = stale[start:start + describe_chunk]
-    descriptors, failures = describe(chunk)
-    described = [p for p in chunk if p in descriptors]
-    for path in chunk:
-      if path not in descriptors:
-        entries[names[path]] = (*signatures[path], -1,
-                                failures.get(path, 'could not be read'))
-    if not described:
-      continue
-    rows = np.stack([np.asarray(descriptors[p], np.float32)
-                     for p in described])
-    if num_rows and rows.shape[1:] != part_shape:
-      raise ValueError(f'gallery index {folder}: descriptors of shape '
-                       f'{rows.shape[1:]}, the index holds {part_shape}')
-    part_shape = tuple(int(v) for v in rows.shape[1:])
-    _append(data_path, num_rows, rows.reshape(len(rows), -1))
-    for row, path in enumerate(described, start=num_rows):
-      entries[names[path]] = (*signatures[path], row, '')
-    num_rows += len(described)
-  new = _Manifest(manifest.data_file, num_rows, part_shape, entries)
-  live = sum(e[2] >= 0 for e in entries.values())
-  old_file = None
-  if num_rows - live > COMPACT_DEAD_FRACTION * num_rows:
-    old_file = new.data_file
-    log(f'gallery index: compacting {folder} ({num_rows - live} of '
-        f'{num_rows} rows no longer used)')
-    new = _compact(folder, new)
-  if stale or removed or old_file:
-    _write_manifest(folder, key, new)
+    chunk_paths = [paths[i] for i in chunk]
+    descriptors, failures = describe(chunk_paths)
+    good = np.array([p in descriptors for p in chunk_paths], bool)
+    rows = np.full(len(chunk), -1, np.int64)
+    num_rows, part_shape = manifest.num_rows, manifest.part_shape
+    if good.any():
+      stacked = np.stack([np.asarray(descriptors[p], np.float32)
+                          for p in itertools.compress(chunk_paths, good)])
+      if num_rows and stacked.shape[1:] != part_shape:
+        raise ValueError(f'gallery index {folder}: descriptors of shape '
+                         f'{stacked.shape[1:]}, the index holds {part_shape}')
+      part_shape = tuple(int(v) for v in stacked.shape[1:])
+      _append(folder, manifest.data_file, num_rows,
+              stacked.reshape(len(stacked), -1))
+      rows[good] = np.arange(num_rows, num_rows + len(stacked))
+      num_rows += len(stacked)
+    reasons = {names[i]: failures.get(paths[i], 'could not be read')
+               for i in chunk[~good]}
+    index_manifest.append_record(
+        folder, manifest, [names[i] for i in chunk], sizes[chunk],
+        mtimes[chunk], rows, reasons, removed, num_rows, part_shape)
+    removed = []
+  if removed:
+    index_manifest.append_record(
+        folder, manifest, [], np.zeros(0, np.int64), np.zeros(0, np.int64),
+        np.zeros(0, np.int64), {}, removed, manifest.num_rows,
+        manifest.part_shape)
+  live_rows = int((manifest.rows[manifest.current()] >= 0).sum())
+  if manifest.num_rows - live_rows > COMPACT_DEAD_FRACTION * manifest.num_rows:
+    log(f'gallery index: compacting {folder} ({manifest.num_rows - live_rows}'
+        f' of {manifest.num_rows} rows no longer used)')
+    old_files = (manifest.data_file, _norms_file(manifest.data_file))
+    manifest = _compact(folder, key, manifest)
+    for name in old_files:
+      os.remove(os.path.join(folder, name))
+  elif index_manifest.needs_fold(manifest):
+    manifest = index_manifest.write_base(folder, key, manifest)
+  if len(stale) or num_removed:
     log(f'gallery index: wrote {folder}')
-  if old_file is not None:
-    os.remove(os.path.join(folder, old_file))
-  kept = [p for p in signatures if new.entries[names[p]][2] >= 0]
-  rows = np.array([new.entries[names[p]][2] for p in kept], np.int64)
-  failures = {p: new.entries[names[p]][3] for p in signatures
-              if new.entries[names[p]][2] < 0}
+  rows = manifest.rows[np.fromiter(map(manifest.position.get, names),
+                                   np.int64, len(names))]
+  good = rows >= 0
+  width = int(np.prod(manifest.part_shape))
   return GalleryIndex(
-      kept, rows, _memmap(os.path.join(folder, new.data_file), new.num_rows,
-                          int(np.prod(new.part_shape))),
-      tuple(new.part_shape), failures,
+      list(itertools.compress(paths, good)), rows[good],
+      _memmap(os.path.join(folder, manifest.data_file), manifest.num_rows,
+              width),
+      tuple(manifest.part_shape),
+      {paths[i]: manifest.reasons[names[i]] for i in np.flatnonzero(~good)},
       {'index': folder, 'reused': reused, 'described': len(stale),
-       'removed': removed})
+       'removed': num_removed},
+      _memmap(os.path.join(folder, _norms_file(manifest.data_file)),
+              manifest.num_rows, 1)[:, 0])

@@ -3,7 +3,8 @@
 The gallery (memory-mapped by `gallery_index`, or in memory) is read in
 blocks of `BLOCK_ROWS` descriptors; each block's scores against a batch of
 queries come from one float32 matrix product (numpy's BLAS, on the host,
-where the memory-mapped gallery lives) and one pass adding |g|^2. Only
+where the memory-mapped gallery lives) and one pass adding |g|^2 (read
+from the index's stored norms when given, else computed from the block). Only
 scores that can still enter a query's top k are kept: below its k-th best
 so far, or, before it has k, below the k-th smallest of a sample of the
 block (a partial selection, `np.partition`); those few are sorted and
@@ -67,7 +68,8 @@ def _merge(best_scores, best_positions, scores, start, limits, k):
 
 
 def _gallery_block(gallery, rows, start, stop):
-  """float32 (stop - start, W) descriptors of gallery positions [start, stop)."""
+  """float32 rows of `gallery` (descriptors or norms) at positions
+  [start, stop)."""
   wanted = rows[start:stop]
   if len(wanted) and wanted[-1] - wanted[0] == len(wanted) - 1 and (
       np.all(np.diff(wanted) == 1)):
@@ -79,6 +81,7 @@ def _gallery_block(gallery, rows, start, stop):
 
 def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
             rows: Optional[np.ndarray] = None,
+            norms: Optional[np.ndarray] = None,
             exclude: Sequence[Sequence[int]] = (),
             block_rows: int = BLOCK_ROWS,
             query_batch: int = QUERY_BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +98,8 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
     k: neighbours per query.
     rows: int64 (G,): gallery position -> row of `gallery` (default all
       rows, in order); positions are what is returned and what breaks ties.
+    norms: float32 (R,) squared L2 norm of each row of `gallery`
+      (`gallery_index.GalleryIndex.norms`); None computes them per block.
     exclude: per query, gallery positions never returned (the query's own
       file); shorter than Q means none for the rest.
     block_rows: gallery positions per block.
@@ -107,7 +112,7 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
 
   Raises:
     ValueError: for k, block_rows or query_batch below 1, or descriptors of
-      different widths.
+      different widths, or `norms` not of length R.
   """
   if min(k, block_rows, query_batch) < 1:
     raise ValueError(f'k, block_rows and query_batch must be >= 1, got {k}, '
@@ -117,6 +122,9 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
       queries.shape[1] != gallery.shape[1]):
     raise ValueError(f'queries {queries.shape} and gallery {gallery.shape} '
                      'must be (Q, W) and (R, W)')
+  if norms is not None and np.shape(norms) != (len(gallery),):
+    raise ValueError(f'norms {np.shape(norms)} must be ({len(gallery)},): one '
+                     'per gallery row')
   rows = (np.arange(len(gallery), dtype=np.int64) if rows is None
           else np.asarray(rows, np.int64))
   size = len(rows)
@@ -139,7 +147,9 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
     for start in range(0, size, block_rows):
       block = _gallery_block(gallery, rows, start, start + block_rows)
       scores = scaled @ block.T
-      scores += np.einsum('ij,ij->i', block, block)[None, :]
+      scores += (np.einsum('ij,ij->i', block, block) if norms is None else
+                 _gallery_block(norms, rows, start, start + block_rows)
+                 )[None, :]
       inside = ((excluded_queries >= q_start) &
                 (excluded_queries < q_start + len(batch)) &
                 (excluded_positions >= start) &
@@ -149,10 +159,11 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int, *,
       limits = _limits(scores, best_scores[:, -1], k)
       best_scores, best_positions = _merge(best_scores, best_positions,
                                            scores, start, limits, k)
-    norms = np.einsum('ij,ij->i', batch, batch)
+    query_norms = np.einsum('ij,ij->i', batch, batch)
     found = np.isfinite(best_scores)
     distances[q_start:q_start + len(batch)] = np.where(
-        found, np.sqrt(np.maximum(norms[:, None] + best_scores, 0)), np.inf)
+        found, np.sqrt(np.maximum(query_norms[:, None] + best_scores, 0)),
+        np.inf)
     positions[q_start:q_start + len(batch)] = np.where(found, best_positions,
                                                        -1)
   return distances, positions

@@ -50,7 +50,6 @@ if __name__ == '__main__':
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from sa_reid_jax import command_line  # pylint: disable=g-import-not-at-top
-from sa_reid_jax import evaluation  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.datasets import image_check  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import registry  # pylint: disable=g-import-not-at-top
 from sa_reid_jax.models import store  # pylint: disable=g-import-not-at-top
@@ -108,7 +107,7 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   With `index_folder`, gallery descriptors are kept in the gallery index
   of that folder (`gallery_index`: ``FOLDER/.sa_reid_cache/<key>/``, or the
   user's cache folder when FOLDER cannot be written). The key covers
-  `gallery_index.model_fingerprint` (config and variable values),
+  `store.model_fingerprint` (config and variable values),
   `image_size`, `flip` and `gallery_index.CACHE_VERSION`; only files whose
   size and modification time (ns) still match are reused: a changed or
   added file is described and appended, a removed one dropped. Failures
@@ -163,7 +162,7 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
   gallery_paths = [os.path.abspath(p) for p in gallery_paths]
   query_paths = [os.path.abspath(p) for p in query_paths]
   key = gallery_index.cache_key(
-      gallery_index.model_fingerprint(model, variables), image_size, flip)
+      store.model_fingerprint(model, variables), image_size, flip)
   # Every gallery file is checked first (verdicts cached in the gallery
   # folder, see image_check); only the readable ones are described, and the
   # failures go into the index like any other entry.
@@ -228,7 +227,8 @@ def search(model, variables: Any, gallery_paths: Sequence[str],
 
   flat = np.stack(query_descriptors).reshape(len(queries), -1)
   distances, positions = nearest.nearest(
-      flat, index.descriptors, topk, rows=index.rows, exclude=own_positions)
+      flat, index.descriptors, topk, rows=index.rows, norms=index.norms,
+      exclude=own_positions)
   results = []
   for path, own, row, found in zip(queries, own_positions, distances,
                                    positions):
@@ -349,15 +349,26 @@ def max_distance_threshold(value: Optional[str], model_dir: str,
   try:
     with open(path) as f:
       metrics = json.load(f)
+    if 'final' in metrics:
+      # A training workdir's: the final evaluation of the main dataset
+      # (null for a train-only one).
+      if metrics['final'] is None:
+        raise ValueError(
+            f'{flag}: {path} records no evaluation of the main dataset (it '
+            'was train-only): run eval.py on this model with a dataset that '
+            'has query and gallery splits, or give a distance')
+      metrics = metrics['final']
     verification = metrics.get('verification')
     settings = metrics.get('settings', {})
-  except (OSError, ValueError, AttributeError) as e:
+  except (OSError, ValueError, AttributeError, TypeError) as e:
+    if str(e).startswith(flag):
+      raise
     raise ValueError(f'{flag}: cannot read {path} ({e})') from None
   if not isinstance(verification, dict) or not {'fpr', 'threshold'} <= set(
       verification):
     raise ValueError(f'{flag}: {path} records no verification thresholds '
-                     '(written by an older eval.py: evaluate the model again, '
-                     'or give a distance)')
+                     '(written before evaluations recorded them: evaluate '
+                     'the model again with eval.py, or give a distance)')
   evaluated = [float(f) for f in verification['fpr']]
   matching = [i for i, f in enumerate(evaluated)
               if abs(f - rate) <= 1e-9 * rate]
@@ -381,7 +392,9 @@ def max_distance_threshold(value: Optional[str], model_dir: str,
   if differences:
     raise ValueError(f'{flag}: the threshold in {path} was evaluated with '
                      f'{"; ".join(differences)}: its distances are not this '
-                     'search\'s (match the settings, or give a distance)')
+                     'search\'s (search with its --image_size and --flip, '
+                     f'evaluate with config.eval.metric={METRIC!r} (search\'s '
+                     'only metric), or give a distance)')
   return float(threshold)
 
 

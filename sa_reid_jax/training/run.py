@@ -58,7 +58,7 @@ def _train_table(dataset: ml_collections.ConfigDict,
     ValueError: for a TFDS dataset that is not built, or splits in which
       no query has a true match in the gallery (naming the source).
   """
-  evaluated = sources.has_evaluation_splits(dataset)
+  evaluated = sources.has_evaluation_splits(dataset, log)
   read = sources.read_splits(
       dataset, sources.SPLITS if evaluated else ('train',), log)
   if evaluated:
@@ -91,7 +91,7 @@ def _read_sources(config: ml_collections.ConfigDict,
     ValueError: as `_train_table`, also for a bad spec.
   """
   dataset = config.dataset
-  evaluates_main = sources.has_evaluation_splits(dataset)
+  evaluates_main = sources.has_evaluation_splits(dataset, log)
   train = [(sources.spec_of(dataset), _train_table(dataset, log))]
   for block in validation.extra_train_blocks(config):
     train.append((block.spec, sources.read_splits(block, ('train',),
