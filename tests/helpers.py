@@ -572,3 +572,22 @@ def one_camera_copy(folder: str, target) -> str:
       os.rename(os.path.join(directory, name),
                 os.path.join(directory, renamed))
   return str(target)
+
+
+def documented_dataset_commands(section: str) -> list[list[str]]:
+  """The ``.venv/bin/python`` lines of a docs/datasets.md section (marked
+  ``<!-- commands: SECTION -->`` before its code block), each as its argv
+  after the interpreter, in order."""
+  with open(os.path.join(REPO, 'docs', 'datasets.md')) as f:
+    text = f.read().replace('\\\n', ' ')
+  text = text.split(f'<!-- commands: {section} -->', 1)[1]
+  text = text.split('```', 2)[1]
+  return [shlex.split(line)[1:] for line in text.splitlines()
+          if line.startswith('.venv/bin/python ')]
+
+
+def documented_stand_ins() -> list[str]:
+  """Flags appended to a documented train.py command in the tests: the
+  tests' small network (`TINY`) and 2 steps."""
+  return [config_flag(key, value)
+          for key, value in {**TINY, 'max_steps': 2}.items()]

@@ -7,7 +7,6 @@ list file is checked to come back as one line naming the file and line.
 import json
 import os
 import re
-import shlex
 import shutil
 
 import numpy as np
@@ -532,30 +531,16 @@ def test_evaluation_splits_without_cameras_say_their_rule(own):
 # --- the documented commands, end to end --------------------------------------
 
 
-def _documented(section):
-  """The ``python train.py`` / ``eval.py`` lines of a docs/datasets.md
-  section (argv after the interpreter), in order."""
-  with open(os.path.join(helpers.REPO, 'docs', 'datasets.md')) as f:
-    text = f.read().replace('\\\n', ' ')
-  text = text.split(f'<!-- commands: {section} -->', 1)[1]
-  text = text.split('```', 2)[1]
-  return [shlex.split(line)[1:] for line in text.splitlines()
-          if line.startswith('.venv/bin/python ')]
-
-
-# Appended to the documented commands: the tests' small network, 2 steps.
-STAND_INS = [helpers.config_flag(key, value)
-             for key, value in {**helpers.TINY, 'max_steps': 2}.items()]
-
-
 def _run_documented(section, root, cli):
   """Runs a section's train.py then eval.py lines from `root` (holding the
   repository's configs/ and the data); returns eval.py's result."""
   os.symlink(os.path.join(helpers.REPO, 'configs'), root / 'configs')
   (train, train_args), (evaluation, eval_args) = [
-      (argv[0], argv[1:]) for argv in _documented(section)]
+      (argv[0], argv[1:])
+      for argv in helpers.documented_dataset_commands(section)]
   assert (train, evaluation) == ('train.py', 'eval.py')
-  result = cli('train.py', *train_args, *STAND_INS, cwd=str(root))
+  result = cli('train.py', *train_args, *helpers.documented_stand_ins(),
+               cwd=str(root))
   assert result.returncode == 0, result.stderr[-3000:]
   result = cli('eval.py', *eval_args, cwd=str(root))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -589,7 +574,7 @@ def test_documented_list_file_commands_train_and_evaluate(tmp_path, cli):
               ('path', 'person_id', 'split'), rows)
   result = _run_documented('list file', tmp_path, cli)
   assert 'cameras unknown: no same-camera removal' in result.stdout
-  eval_args = _documented('list file')[1]
+  eval_args = helpers.documented_dataset_commands('list file')[1]
   settings = _metrics_of(tmp_path, eval_args)['settings']
   assert settings['same_camera_removal'] is False
   assert settings['num_query'] == 3 and settings['num_gallery'] == 6
@@ -600,7 +585,8 @@ def test_documented_person_folder_commands_train_and_evaluate(tmp_path, cli):
   _own_crops(tmp_path)
   result = _run_documented('person folders', tmp_path, cli)
   assert 'cameras unknown: no same-camera removal' in result.stdout
-  metrics_json = _metrics_of(tmp_path, _documented('person folders')[1])
+  metrics_json = _metrics_of(
+      tmp_path, helpers.documented_dataset_commands('person folders')[1])
   assert metrics_json['settings']['same_camera_removal'] is False
   # Every query has its two gallery images: all 3 queries are scored.
   assert metrics_json['plain']['num_valid_queries'] == 3

@@ -10,7 +10,6 @@ files written here (tiny PIL images).
 import json
 import os
 import re
-import shlex
 
 import jax
 import numpy as np
@@ -62,7 +61,7 @@ def _config(data, **overrides):
   return helpers.tiny_config(data, **overrides)
 
 
-# --- dataset specs --------------------------------------------------------------
+# --- dataset specs -------------
 
 
 @pytest.mark.parametrize('spec, fields', [
@@ -445,22 +444,6 @@ def test_target_report_names_are_safe_and_distinct():
 # --- the documented commands, end to end -----------------------------------
 
 
-def _documented(section):
-  """The ``.venv/bin/python`` lines of a docs/datasets.md section (argv
-  after the interpreter), in order."""
-  with open(os.path.join(helpers.REPO, 'docs', 'datasets.md')) as f:
-    text = f.read().replace('\\\n', ' ')
-  text = text.split(f'<!-- commands: {section} -->', 1)[1]
-  text = text.split('```', 2)[1]
-  return [shlex.split(line)[1:] for line in text.splitlines()
-          if line.startswith('.venv/bin/python ')]
-
-
-# Appended to the documented train.py: the tests' small network, 2 steps.
-STAND_INS = [helpers.config_flag(key, value)
-             for key, value in {**helpers.TINY, 'max_steps': 2}.items()]
-
-
 def _own_crops(root):
   """``my_crops/crops.csv``: 3 test identities, a query and two gallery
   images each (cameras unknown), and 2 train identities."""
@@ -476,10 +459,11 @@ def _own_crops(root):
 def _run_documented(section, root, cli, *train_extra):
   os.symlink(os.path.join(helpers.REPO, 'configs'), root / 'configs')
   (train, train_args), (evaluation, eval_args) = [
-      (argv[0], argv[1:]) for argv in _documented(section)]
+      (argv[0], argv[1:])
+      for argv in helpers.documented_dataset_commands(section)]
   assert (train, evaluation) == ('train.py', 'eval.py')
-  trained = cli('train.py', *train_args, *STAND_INS, *train_extra,
-                cwd=str(root))
+  trained = cli('train.py', *train_args, *helpers.documented_stand_ins(),
+                *train_extra, cwd=str(root))
   assert trained.returncode == 0, trained.stderr[-3000:]
   evaluated = cli('eval.py', *eval_args, cwd=str(root))
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
