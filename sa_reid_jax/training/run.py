@@ -41,7 +41,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _train_table(dataset: ml_collections.ConfigDict,
-                 log: Callable[[str], None] = print) -> tables.ExampleTable:
+                 log: Callable[[str], None] = print,
+                 evaluated: Optional[bool] = None) -> tables.ExampleTable:
   """The train table of a dataset block, its evaluation splits checked.
 
   The query and gallery splits are read too where the block has them (a
@@ -58,7 +59,8 @@ def _train_table(dataset: ml_collections.ConfigDict,
     ValueError: for a TFDS dataset that is not built, or splits in which
       no query has a true match in the gallery (naming the source).
   """
-  evaluated = sources.has_evaluation_splits(dataset, log)
+  if evaluated is None:  # the caller may know it already (_read_sources)
+    evaluated = sources.has_evaluation_splits(dataset, log)
   read = sources.read_splits(
       dataset, sources.SPLITS if evaluated else ('train',), log)
   if evaluated:
@@ -92,7 +94,8 @@ def _read_sources(config: ml_collections.ConfigDict,
   """
   dataset = config.dataset
   evaluates_main = sources.has_evaluation_splits(dataset, log)
-  train = [(sources.spec_of(dataset), _train_table(dataset, log))]
+  train = [(sources.spec_of(dataset),
+            _train_table(dataset, log, evaluates_main))]
   for block in validation.extra_train_blocks(config):
     train.append((block.spec, sources.read_splits(block, ('train',),
                                                   log)['train']))
